@@ -1,0 +1,1 @@
+"""RobustLens core: models, data, attacks and the analyses, without any UI."""

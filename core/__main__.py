@@ -1,0 +1,28 @@
+"""Command line: python -m core {train,export,eval,data,cka,stitch,invert,precompute} ..."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from . import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m core", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (register, _run) in cli.COMMANDS.items():
+        register(sub.add_parser(name, help=_run.__doc__))
+    args = parser.parse_args(argv)
+    try:
+        result = cli.COMMANDS[args.command][1](args)
+    except cli.RobustLensError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if result is not None:
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

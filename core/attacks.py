@@ -1,0 +1,164 @@
+"""Projected gradient descent under L2 and Linf, and (robust) accuracy.
+
+Models take inputs in [0, 1] (normalisation lives inside the model). The model's
+train/eval mode is the caller's choice; only the gradient with respect to the
+input is computed, so weight gradients cost nothing here.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+NORMS = ("linf", "l2")
+
+
+def _flat_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+
+
+def _random_start(x: torch.Tensor, norm: str, eps: float,
+                  generator: torch.Generator | None) -> torch.Tensor:
+    if norm == "linf":
+        u = torch.rand(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        return (2 * u - 1) * eps
+    # uniform in the L2 ball: a Gaussian direction, radius eps * U^(1/d)
+    d = x[0].numel()
+    g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    r = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype)
+    r = (eps * r.pow(1.0 / d)).view(-1, *([1] * (x.ndim - 1)))
+    return g / _flat_norm(g).clamp_min(1e-12) * r
+
+
+def _project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
+    if norm == "linf":
+        return delta.clamp(-eps, eps)
+    return delta * (eps / _flat_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+
+
+def _ascent(grad: torch.Tensor, norm: str, step_size: float) -> torch.Tensor:
+    if norm == "linf":
+        return step_size * grad.sign()
+    return step_size * grad / _flat_norm(grad).clamp_min(1e-12)
+
+
+def pgd(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
+        norm: str = "linf", eps: float = 8 / 255, step_size: float = 2 / 255,
+        steps: int = 10, random_start: bool = True, best: bool = False,
+        targeted: bool = False, generator: torch.Generator | None = None,
+        loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+        ) -> torch.Tensor:
+    """Return adversarial examples for (x, y) inside the `norm` ball of radius eps.
+
+    best=True keeps, per example, the iterate with the highest loss seen (a
+    misclassifying iterate beats any other); otherwise the last iterate.
+    targeted=True moves towards the labels y instead of away from them.
+    """
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, not {norm!r}")
+    if eps < 0 or steps < 0 or step_size < 0:
+        raise ValueError("eps, step_size and steps must be non-negative")
+    x = x.detach()
+    if eps == 0 or steps == 0:
+        return x.clone()
+    loss_fn = loss_fn or (lambda logits, t: F.cross_entropy(logits, t, reduction="none"))
+    sign = -1.0 if targeted else 1.0
+    delta = _random_start(x, norm, eps, generator) if random_start else torch.zeros_like(x)
+    delta = ((x + delta).clamp(0, 1) - x)
+    best_x, best_score = x.clone(), torch.full((x.shape[0],), -math.inf, device=x.device)
+    for i in range(steps + (1 if best else 0)):
+        delta.requires_grad_(True)
+        logits = model(x + delta)
+        losses = sign * loss_fn(logits, y)
+        if best:
+            with torch.no_grad():
+                fooled = (logits.argmax(1) != y) if not targeted else (logits.argmax(1) == y)
+                score = losses.detach().float() + fooled.float() * 1e6
+                better = score > best_score
+                best_score = torch.where(better, score, best_score)
+                best_x[better] = (x + delta)[better].detach()
+            if i == steps:
+                break
+        grad, = torch.autograd.grad(losses.sum(), delta)
+        with torch.no_grad():
+            delta = _project(delta + _ascent(grad, norm, step_size), norm, eps)
+            delta = (x + delta).clamp(0, 1) - x
+    return best_x if best else (x + delta).detach()
+
+
+@dataclass(frozen=True)
+class PGD:
+    """A PGD attack as a value: hashable, printable, callable as attack(model, x, y)."""
+    norm: str = "linf"
+    eps: float = 8 / 255
+    step_size: float = 2 / 255
+    steps: int = 20
+    random_start: bool = True
+    best: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, not {self.norm!r}")
+
+    def __call__(self, model: Callable, x: torch.Tensor, y: torch.Tensor,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        if generator is None and self.random_start:
+            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        return pgd(model, x, y, self.norm, self.eps, self.step_size, self.steps,
+                   self.random_start, self.best, generator=generator)
+
+    def describe(self) -> str:
+        eps = f"{self.eps * 255:g}/255" if self.norm == "linf" else f"{self.eps:g}"
+        step = f"{self.step_size * 255:g}/255" if self.norm == "linf" else f"{self.step_size:g}"
+        return f"PGD-{self.steps} {self.norm.upper()} eps {eps} step {step}"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @staticmethod
+    def paper(norm: str) -> "PGD":
+        """The attacks of Cianfarani et al. (2022): Linf 8/255 and L2 1.0, 20 steps."""
+        if norm == "linf":
+            return PGD("linf", 8 / 255, 2 / 255, 20)
+        return PGD("l2", 1.0, 0.1, 20)
+
+
+def accuracy(model: nn.Module, loader: Iterable, attack: Callable | None = None,
+             device: torch.device | str | None = None,
+             progress: Callable[[int, int], None] | None = None) -> float:
+    """Top-1 accuracy in [0, 1] of model on (x, y) batches, optionally under attack.
+
+    `loader` is any iterable of (x, y) batches, or an ImageTensorDataset
+    (evaluated in batches of 256).
+    """
+    if device is None:
+        device = next(model.parameters()).device
+    if hasattr(loader, "batches"):
+        total_n = len(loader)
+        loader = loader.batches(256, device)
+    else:
+        total_n = None
+    correct, n = 0, 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with torch.no_grad():
+            ok = model(x).argmax(1) == y
+        if attack is not None and ok.any():
+            # a clean mistake counts as a robust mistake: attack the rest only
+            xa = attack(model, x[ok], y[ok])
+            with torch.no_grad():
+                ok[ok.clone()] = model(xa).argmax(1) == y[ok]
+        elif attack is not None:
+            ok = torch.zeros_like(ok)
+        correct += int(ok.sum())
+        n += len(y)
+        if progress is not None:
+            progress(n, total_n or n)
+    if n == 0:
+        raise ValueError("accuracy() got no data")
+    return correct / n

@@ -1,0 +1,127 @@
+"""The subcommands of `python -m core`: each a (register arguments, run) pair."""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+from .errors import RobustLensError
+
+__all__ = ["COMMANDS", "RobustLensError"]
+
+
+def _train_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", help="zoo entries to train (default: all)")
+    p.add_argument("--epochs", type=int, help="override the zoo recipe's epochs")
+    p.add_argument("--subset", type=int, help="train on n images only (smoke runs)")
+    p.add_argument("--data", help="CIFAR-10 root (official batches or ImageFolder)")
+    p.add_argument("--device", help="cuda, mps or cpu (default: best available)")
+    p.add_argument("--stop-after-epoch", type=int, help="end this call after that epoch")
+    p.add_argument("--no-export", action="store_true", help="do not write pretrained/")
+
+
+def _train(args: argparse.Namespace) -> dict:
+    """Train zoo models (resumable); export finished ones to pretrained/."""
+    import dataclasses
+
+    from . import train
+    names = args.names or list(train.ZOO)
+    done = {}
+    for name in names:
+        if name not in train.ZOO:
+            raise RobustLensError(f"no zoo recipe {name!r}; known: {', '.join(train.ZOO)}")
+        cfg = dataclasses.replace(train.ZOO[name], data_root=args.data, device=args.device)
+        if args.epochs:
+            cfg.epochs = args.epochs
+        if args.subset:
+            cfg.subset = args.subset
+        probe = train.train(cfg, stop_after_epoch=args.stop_after_epoch)
+        if probe.card["training"]["complete"] and not args.no_export:
+            done[name] = _export_run(cfg)
+    return {"exported": done}
+
+
+def _export_run(cfg) -> str:
+    from . import train, zoo
+    probe = train.load_run(cfg)
+    return str(zoo.export(probe, cfg.name))
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", help="zoo runs to export (default: all finished)")
+
+
+def _export(args: argparse.Namespace) -> dict:
+    """Write finished training runs to pretrained/ (fp16 safetensors + card)."""
+    from . import train
+    out = {}
+    for name in args.names or list(train.ZOO):
+        if name not in train.ZOO:
+            raise RobustLensError(f"no zoo recipe {name!r}")
+        if (train.run_dir(name) / "last.pt").exists():
+            out[name] = _export_run(train.ZOO[name])
+    return out
+
+
+def _eval_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("names", nargs="*", help="shipped models (default: all)")
+    p.add_argument("-n", type=int, default=None, help="first n test images of a fixed "
+                   "shuffle (default: the whole test set)")
+    p.add_argument("--write", action="store_true", help="store the numbers in the cards")
+    p.add_argument("--data", help="CIFAR-10 root")
+    p.add_argument("--device")
+
+
+def _eval(args: argparse.Namespace) -> dict:
+    """Measure clean and PGD-20 accuracy of shipped models (optionally into their cards)."""
+    from . import evaluation, zoo
+    out = {}
+    for name in args.names or zoo.names():
+        out[name] = evaluation.measure(name, n=args.n, root=args.data, device=args.device,
+                                       write=args.write, log=print)
+    return out
+
+
+def _data_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--download", action="store_true",
+                   help="download the official CIFAR-10 batches (torchvision; internet)")
+    g.add_argument("--from", dest="source", help="a cifar-10-batches-py folder, an "
+                   "ImageFolder tree or a .tar.gz of one, copied/extracted to the cache")
+
+
+def _data(args: argparse.Namespace) -> dict:
+    """Get CIFAR-10 into the cache folder, or say where it is found."""
+    import shutil
+    from pathlib import Path
+
+    from . import data
+    if args.download:
+        data.download_cifar10()
+    elif args.source:
+        src = Path(args.source).expanduser()
+        if not src.exists():
+            raise RobustLensError(f"{src} does not exist")
+        if src.is_file():
+            data.extract_archive(src)
+        else:
+            kind, path = data.locate_cifar10("test", src)
+            dest = data.cache_dir() / "data" / (path.name if kind == "batches" else "cifar10-jpeg")
+            if not dest.exists():
+                shutil.copytree(path if kind == "batches" else path.parent, dest)
+    found = {}
+    for split in ("train", "test"):
+        try:
+            ds = data.cifar10(split)
+            found[split] = {"images": len(ds), "source": ds.source}
+        except data.DataNotFoundError as e:
+            found[split] = str(e)
+    return found
+
+
+COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
+                          Callable[[argparse.Namespace], object]]] = {
+    "train": (_train_args, _train),
+    "export": (_export_args, _export),
+    "eval": (_eval_args, _eval),
+    "data": (_data_args, _data),
+}

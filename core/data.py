@@ -1,0 +1,284 @@
+"""Image sources: CIFAR-10, shipped samples, out-of-distribution photos, uploads.
+
+CIFAR-10 is read from the official python batches (torchvision.datasets.CIFAR10)
+or from any ImageFolder tree, decoded once into a cached uint8 tensor: every
+later use is a memory map away. Images are float tensors in [0, 1], CHW.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import BadImageError, DataNotFoundError
+
+CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
+           "dog", "frog", "horse", "ship", "truck")
+MEAN = (0.4914, 0.4822, 0.4465)   # the robustness library's CIFAR-10 constants
+STD = (0.2023, 0.1994, 0.2010)
+
+MAX_UPLOAD_BYTES = 20 * 2**20
+MAX_UPLOAD_PIXELS = 50_000_000     # refuse decompression bombs before decoding
+GET_DATA_HINT = (
+    "Get the full CIFAR-10 test set with `python -m core data --download` (internet, "
+    "torchvision's official batches) or `python -m core data --from PATH` (a "
+    "cifar-10-batches-py folder, an ImageFolder tree or a .tar.gz of one), or set "
+    "ROBUSTLENS_DATA to such a folder.")
+
+
+def cache_dir() -> Path:
+    """Where derived files (decoded tensors, results store, checkpoints) live."""
+    path = Path(os.environ.get("ROBUSTLENS_CACHE", Path.home() / ".cache" / "robustlens"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --------------------------------------------------------------------------- CIFAR-10
+
+class ImageTensorDataset(torch.utils.data.Dataset):
+    """uint8 NCHW images + int64 labels; items are (float CHW in [0,1], label)."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, source: str = "") -> None:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError("images must be a uint8 tensor of shape (N, 3, H, W)")
+        self.images, self.labels, self.source = images, labels.long(), source
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.images[i].float() / 255, int(self.labels[i])
+
+    def subset(self, indices: Iterable[int]) -> "ImageTensorDataset":
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return ImageTensorDataset(self.images[idx], self.labels[idx], self.source)
+
+    def batches(self, batch_size: int, device: torch.device | str = "cpu"):
+        """Yield (x float, y) batches in order; the fast path for evaluation."""
+        for s in range(0, len(self), batch_size):
+            x = self.images[s:s + batch_size].to(device).float().div_(255)
+            yield x, self.labels[s:s + batch_size].to(device)
+
+
+def fixed_subset(ds: ImageTensorDataset, n: int, seed: int = 0) -> ImageTensorDataset:
+    """The first n images of a fixed shuffle (the data are stored class by class)."""
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
+    return ds.subset(order[:n].tolist())
+
+
+def _candidate_roots() -> list[Path]:
+    roots = []
+    if os.environ.get("ROBUSTLENS_DATA"):
+        roots.append(Path(os.environ["ROBUSTLENS_DATA"]).expanduser())
+    roots += [cache_dir() / "data", Path.home() / ".cache" / "robustlens" / "data"]
+    return roots
+
+
+def _split_dir(root: Path, split: str) -> tuple[str, Path] | None:
+    """Recognise what `root` holds for `split`: ('batches', dir) or ('folder', dir)."""
+    for cand in (root, root / "cifar-10-batches-py"):
+        # torchvision reads the batches from <parent>/cifar-10-batches-py only
+        if cand.name == "cifar-10-batches-py" and (cand / "test_batch").is_file():
+            return "batches", cand
+    for base in (root, root / "cifar10-jpeg", root / "cifar10"):
+        if (base / split).is_dir() and any((base / split).iterdir()):
+            return "folder", base / split
+    return None
+
+
+def locate_cifar10(split: str = "test", root: str | os.PathLike | None = None) -> tuple[str, Path]:
+    """Find CIFAR-10 for `split`; raise DataNotFoundError with how to get it."""
+    if split not in ("train", "test"):
+        raise ValueError("split must be 'train' or 'test'")
+    roots = [Path(root).expanduser()] if root is not None else _candidate_roots()
+    for r in roots:
+        if r.suffixes[-2:] == [".tar", ".gz"] and r.is_file():
+            r = extract_archive(r)
+        if r.is_dir():
+            found = _split_dir(r, split)
+            if found:
+                return found
+    where = ", ".join(str(r) for r in roots)
+    raise DataNotFoundError(f"CIFAR-10 ({split}) not found in {where}. {GET_DATA_HINT}")
+
+
+def has_cifar10(split: str = "test") -> bool:
+    try:
+        locate_cifar10(split)
+        return True
+    except DataNotFoundError:
+        return False
+
+
+def extract_archive(archive: Path, dest: Path | None = None) -> Path:
+    """Extract a .tar.gz of CIFAR-10 once (safely: no paths outside dest)."""
+    dest = dest or cache_dir() / "data"
+    marker = dest / f".extracted-{archive.name}"
+    if not marker.exists():
+        dest.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+        marker.touch()
+    return dest
+
+
+def download_cifar10(root: Path | None = None) -> Path:
+    """Download the official python batches through torchvision (needs internet)."""
+    import torchvision
+    root = root or cache_dir() / "data"
+    torchvision.datasets.CIFAR10(str(root), train=False, download=True)
+    torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+    return root
+
+
+def _decode_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
+    images, labels = [], []
+    for label, cls in enumerate(classes):
+        for f in sorted((split_dir / cls).iterdir()):
+            with Image.open(f) as im:
+                images.append(np.asarray(im.convert("RGB").resize((32, 32))))
+            labels.append(label)
+    arr = np.stack(images).transpose(0, 3, 1, 2)
+    return torch.from_numpy(np.ascontiguousarray(arr)), torch.tensor(labels)
+
+
+def _decode_batches(batch_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    import torchvision
+    ds = torchvision.datasets.CIFAR10(str(batch_dir.parent), train=split == "train",
+                                      download=False)
+    # canonical order: class by class, official order within a class (a stable
+    # sort), which is also the order of an ImageFolder tree of the same files
+    labels = torch.tensor(ds.targets)
+    order = torch.sort(labels, stable=True).indices
+    arr = np.ascontiguousarray(ds.data.transpose(0, 3, 1, 2))
+    return torch.from_numpy(arr)[order].contiguous(), labels[order]
+
+
+def cifar10(split: str = "test", root: str | os.PathLike | None = None) -> ImageTensorDataset:
+    """CIFAR-10 as an ImageTensorDataset, decoded once and cached as uint8."""
+    kind, path = locate_cifar10(split, root)
+    stat = path.stat()
+    key = hashlib.sha1(f"{kind}|{path.resolve()}|{split}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    cached = cache_dir() / "tensors" / f"cifar10-{split}-{key}.pt"
+    if cached.exists():
+        blob = torch.load(cached, weights_only=True)
+        return ImageTensorDataset(blob["images"], blob["labels"], f"{kind}:{path}")
+    images, labels = _decode_batches(path, split) if kind == "batches" else _decode_folder(path)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".tmp")
+    torch.save({"images": images, "labels": labels}, tmp)
+    os.replace(tmp, cached)
+    return ImageTensorDataset(images, labels, f"{kind}:{path}")
+
+
+# --------------------------------------------------------------------------- samples
+
+@dataclass(frozen=True)
+class Sample:
+    """An image the app can show without the data set: uint8 HWC RGB, 32x32."""
+    key: str
+    title: str
+    image: np.ndarray
+    label: int | None
+    source: str
+
+    def tensor(self) -> torch.Tensor:
+        return torch.from_numpy(self.image.transpose(2, 0, 1).copy()).float() / 255
+
+
+def cifar_samples() -> list[Sample]:
+    """The 20 lossless, labelled CIFAR-10 test images that foolbox ships."""
+    try:
+        import foolbox
+    except ImportError as e:  # pragma: no cover - foolbox is in requirements.txt
+        raise DataNotFoundError("the foolbox package (which ships 20 CIFAR-10 test "
+                                "images) is not installed: pip install foolbox") from e
+    folder = Path(foolbox.__file__).parent / "data"
+    out = []
+    for f in sorted(folder.glob("cifar10_*_*.png")):
+        _, idx, label = f.stem.split("_")
+        with Image.open(f) as im:
+            img = np.asarray(im.convert("RGB"))
+        out.append(Sample(f"foolbox-{idx}", f"{CLASSES[int(label)]} #{int(idx)}", img,
+                          int(label), "CIFAR-10 test image shipped by foolbox"))
+    return out
+
+
+# name in skimage.data -> (title, closest CIFAR-10 class or None)
+_PHOTOS = {
+    "chelsea": ("cat (Chelsea)", 3),
+    "astronaut": ("astronaut", None),
+    "coffee": ("coffee cup", None),
+    "rocket": ("rocket", None),
+    "motorcycle_left": ("motorcycle", None),
+    "hubble_deep_field": ("Hubble deep field", None),
+}
+
+
+def ood_photos() -> list[Sample]:
+    """Real photos bundled with scikit-image, centre-cropped to 32x32."""
+    import skimage.data
+    folder = Path(skimage.data.__file__).parent
+    out = []
+    for name, (title, label) in _PHOTOS.items():
+        files = list(folder.glob(f"{name}.*"))
+        if not files:
+            continue
+        with Image.open(files[0]) as im:
+            img = to_model_size(im)
+        out.append(Sample(f"photo-{name}", title, img, label,
+                          "photo bundled with scikit-image (out of distribution)"))
+    return out
+
+
+def to_model_size(im: Image.Image, size: int = 32) -> np.ndarray:
+    """Any Pillow image -> uint8 RGB size x size, centre crop then resize."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, rgba)
+    elif im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        im = Image.fromarray(arr.astype(np.uint8))
+    im = ImageOps.fit(im.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def load_upload(data: bytes, size: int = 32) -> np.ndarray:
+    """Decode an uploaded image (any format Pillow reads) to uint8 RGB size x size.
+
+    Raises BadImageError for anything that is not a readable, sane image.
+    """
+    if not data:
+        raise BadImageError("the file is empty")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise BadImageError(f"the file is {len(data) / 2**20:.1f} MB; the limit is "
+                            f"{MAX_UPLOAD_BYTES // 2**20} MB")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > MAX_UPLOAD_PIXELS:
+                raise BadImageError(f"the image is {w}x{h} pixels; the limit is "
+                                    f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels")
+            if w < 1 or h < 1:
+                raise BadImageError("the image has no pixels")
+            im.load()
+            return to_model_size(im, size)
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadImageError(f"the image would decompress to too many pixels ({e})") from e
+    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError, EOFError) as e:
+        raise BadImageError(f"not a readable image: {e}") from e

@@ -1,0 +1,31 @@
+"""Exceptions that core raises for bad input; the UI shows their message as is."""
+
+
+class RobustLensError(Exception):
+    """Base class: a problem the user can fix, with a message that says how."""
+
+
+class CheckpointError(RobustLensError):
+    """A checkpoint is missing, corrupt, untrusted or does not fit the architecture."""
+
+
+class UnknownModelError(RobustLensError, KeyError):
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class UnknownLayerError(RobustLensError, KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DataNotFoundError(RobustLensError, FileNotFoundError):
+    """A data set is absent; the message says how to get it."""
+
+
+class BadImageError(RobustLensError, ValueError):
+    """An upload that is not a readable, sane image."""
+
+
+class StoreError(RobustLensError):
+    """The results store is unreadable."""

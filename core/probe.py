@@ -1,0 +1,275 @@
+"""Probe: a model + its input normalisation + named layer taps.
+
+Inputs are NCHW floats in [0, 1]; normalisation happens inside. Taps are
+forward hooks on module paths (torchvision feature_extraction style): handles
+are always removed, outputs are cloned (an in-place op later in the network
+must not change a tap), and the forward pass stops early once every requested
+tap has been seen.
+"""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import hashlib
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn as nn
+
+from .archs import ReLU
+from .errors import UnknownLayerError
+
+_LEAF_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, ReLU, nn.MaxPool2d,
+               nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.LayerNorm, nn.GroupNorm)
+
+
+class _StopForward(Exception):
+    pass
+
+
+def pick_device(preference: str | None = None) -> torch.device:
+    """The one place that decides the device: CUDA, then Apple MPS, then CPU."""
+    if preference and preference != "auto":
+        dev = torch.device(preference)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("CUDA was asked for but is not available")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class Probe(nn.Module):
+    """Any image classifier behind one interface (see DESIGN.md)."""
+
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float],
+                 name: str = "", card: dict | None = None,
+                 layers: Sequence[str] | None = None,
+                 representation_layer: str | None = None,
+                 input_size: int = 32) -> None:
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.name = name
+        self.card = dict(card or {})
+        self.input_size = input_size
+        self._modules_by_name = dict(model.named_modules())
+        self.representation_layer = representation_layer or getattr(
+            model, "representation_layer", None) or self._guess_representation()
+        self._layers = list(layers) if layers else (
+            model.block_layers() if hasattr(model, "block_layers") else self._guess_layers())
+        self._shapes: dict[str, tuple[int, ...]] | None = None
+        self._order: list[str] | None = None
+        self.eval()
+
+    # ------------------------------------------------------------------ layers
+    @property
+    def layers(self) -> list[str]:
+        """Default taps in forward order (stem, blocks, representation, logits)."""
+        return list(self._layers)
+
+    @property
+    def all_layers(self) -> list[str]:
+        """Every conv / norm / activation / pool / linear module, in call order."""
+        return [n for n in self.call_order() if isinstance(self._modules_by_name[n], _LEAF_TYPES)]
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def call_order(self) -> list[str]:
+        """Module paths in the order their forward runs (found once by a dry run)."""
+        if self._order is None:
+            self._trace()
+        return list(self._order or [])
+
+    def layer_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Output shape (without batch) of every module, from one dry run."""
+        if self._shapes is None:
+            self._trace()
+        return dict(self._shapes or {})
+
+    def _trace(self) -> None:
+        order, shapes, handles = [], {}, []
+
+        def hook(name):
+            def fn(_m, _i, out):
+                if torch.is_tensor(out):
+                    if name not in shapes:
+                        order.append(name)
+                    shapes[name] = tuple(out.shape[1:])
+            return fn
+        for name, module in self.model.named_modules():
+            if name:
+                handles.append(module.register_forward_hook(hook(name)))
+        try:
+            with torch.no_grad():
+                self(torch.zeros(1, 3, self.input_size, self.input_size, device=self.device))
+        finally:
+            for h in handles:
+                h.remove()
+        self._order, self._shapes = order, shapes
+
+    def check_layers(self, layers: Sequence[str]) -> list[str]:
+        """Validate tap names; UnknownLayerError names close matches."""
+        for layer in layers:
+            if layer not in self._modules_by_name or layer == "":
+                near = difflib.get_close_matches(layer, list(self._modules_by_name), n=3)
+                hint = f"; did you mean {', '.join(near)}?" if near else ""
+                raise UnknownLayerError(
+                    f"model {self.name or type(self.model).__name__} has no layer {layer!r}{hint}")
+        return list(layers)
+
+    def describe(self, layer: str) -> str:
+        """One line about a tap: module type, parameters and output shape."""
+        self.check_layers([layer])
+        m = self._modules_by_name[layer]
+        shape = self.layer_shapes().get(layer)
+        kind = type(m).__name__
+        if isinstance(m, nn.Conv2d):
+            kind = f"Conv2d {m.in_channels}->{m.out_channels}, {m.kernel_size[0]}x{m.kernel_size[1]}, stride {m.stride[0]}"
+        elif layer == self.representation_layer:
+            kind = "penultimate representation (global average pool)"
+        elif layer == getattr(self.model, "stem_layer", None):
+            kind = "stem (conv-bn-relu)"
+        elif kind in ("BasicBlock", "Bottleneck"):
+            kind = f"residual block ({kind})"
+        dims = "x".join(str(s) for s in shape) if shape else "?"
+        return f"{layer}: {kind}; output {dims}"
+
+    def _guess_representation(self) -> str | None:
+        for cand in ("avgpool", "flatten", "global_pool", "pool"):
+            if cand in self._modules_by_name:
+                return cand
+        return None
+
+    def _guess_layers(self) -> list[str]:
+        top = [n for n, _ in self.model.named_children()]
+        blocks = []
+        for n in top:
+            child = self._modules_by_name[n]
+            if isinstance(child, nn.Sequential) and len(child) and not isinstance(child[0], _LEAF_TYPES):
+                blocks += [f"{n}.{i}" for i in range(len(child))]
+            else:
+                blocks.append(n)
+        return blocks
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights and normalisation: the model's identity in
+        result keys (the shipped cards' file hash, else a hash of the tensors)."""
+        if getattr(self, "_fingerprint", None) is None:
+            sha = (self.card.get("weights") or {}).get("sha256")
+            if sha:
+                self._fingerprint = sha[:16]
+            else:
+                h = hashlib.sha256()
+                for k, v in sorted(self.state_dict().items()):
+                    h.update(k.encode())
+                    h.update(v.detach().cpu().contiguous().numpy().tobytes())
+                self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
+
+    def identity(self) -> dict:
+        """What result keys use to name this model."""
+        return {"name": self.name, "fingerprint": self.fingerprint()}
+
+    # ----------------------------------------------------------------- forward
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.normalize(x))
+
+    def features(self, x: torch.Tensor, layers: Sequence[str] | None = None,
+                 grad: bool = False) -> dict[str, torch.Tensor]:
+        """{layer: output} for the taps asked (default: `layers`).
+
+        With grad=False the outputs are detached clones and the forward pass
+        stops once the last tap is reached; with grad=True they stay in the graph.
+        """
+        layers = self.check_layers(list(layers) if layers is not None else self._layers)
+        wanted = set(layers)
+        out: dict[str, torch.Tensor] = {}
+        handles = []
+
+        def hook(name):
+            def fn(_m, _i, o):
+                out[name] = o if grad else o.detach().clone()
+                if not grad and len(out) == len(wanted):
+                    raise _StopForward
+            return fn
+        for name in wanted:
+            handles.append(self._modules_by_name[name].register_forward_hook(hook(name)))
+        try:
+            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+                self(x)
+        except _StopForward:
+            pass
+        finally:
+            for h in handles:
+                h.remove()
+        missing = wanted - set(out)
+        if missing:
+            raise UnknownLayerError(f"layers {sorted(missing)} did not run in the forward pass")
+        return {name: out[name] for name in layers}
+
+    def representation(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
+        """Penultimate features, (N, D)."""
+        if self.representation_layer is None:
+            raise UnknownLayerError("this model has no known representation layer")
+        return self.features(x, [self.representation_layer], grad=grad)[
+            self.representation_layer].flatten(1)
+
+    # ------------------------------------------------------ chains (stitching)
+    def has_chain(self) -> bool:
+        return hasattr(self.model, "chain")
+
+    def chain_layers(self) -> list[str]:
+        return [n for n, _ in self.model.chain()] if self.has_chain() else []
+
+    def forward_to(self, x: torch.Tensor, layer: str) -> torch.Tensor:
+        """Run from the input up to and including chain stage `layer`."""
+        h = self.normalize(x)
+        for name, module in self._chain(layer):
+            h = module(h)
+            if name == layer:
+                return h
+        raise UnknownLayerError(layer)
+
+    def forward_from(self, layer: str, h: torch.Tensor) -> torch.Tensor:
+        """Run the chain stages after `layer` on activations h; returns logits."""
+        after = False
+        for name, module in self._chain(layer):
+            if after:
+                h = module(h)
+            after = after or name == layer
+        return h
+
+    def _chain(self, layer: str) -> list[tuple[str, nn.Module]]:
+        if not self.has_chain():
+            raise UnknownLayerError(
+                f"{self.name or 'this model'} is not a chain of stages; stitching needs one")
+        chain = self.model.chain()
+        if layer not in [n for n, _ in chain]:
+            raise UnknownLayerError(
+                f"{layer!r} is not a stitch point of {self.name or 'this model'}; "
+                f"choose one of {', '.join(n for n, _ in chain)}")
+        return chain
+
+    # ---------------------------------------------------------------- fake relu
+    @contextlib.contextmanager
+    def fake_relu(self, enabled: bool = True) -> Iterator[None]:
+        """Make the ReLU that feeds the representation an identity in backward."""
+        relus = [m for n, m in self.model.named_modules() if isinstance(m, ReLU)]
+        target = relus[-1] if relus else None
+        old = target.fake if target is not None else False
+        if target is not None:
+            target.fake = enabled
+        try:
+            yield
+        finally:
+            if target is not None:
+                target.fake = old
