@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pickle
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,8 +154,12 @@ def _decode_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _decode_batches(batch_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     import torchvision
-    ds = torchvision.datasets.CIFAR10(str(batch_dir.parent), train=split == "train",
-                                      download=False)
+    try:
+        ds = torchvision.datasets.CIFAR10(str(batch_dir.parent), train=split == "train",
+                                          download=False)
+    except (RuntimeError, OSError, KeyError, pickle.UnpicklingError) as e:
+        raise DataNotFoundError(f"the CIFAR-10 batches in {batch_dir} are incomplete or "
+                                f"corrupt ({e}). {GET_DATA_HINT}") from e
     # canonical order: class by class, official order within a class (a stable
     # sort), which is also the order of an ImageFolder tree of the same files
     labels = torch.tensor(ds.targets)

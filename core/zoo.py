@@ -167,13 +167,18 @@ def read_checkpoint(path: Path, trust: bool = False) -> tuple[Any, dict]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
-        if "weights_only" in str(e) or "Weights only load failed" in str(e):
+        msg = str(e)
+        if "Unsupported global" in msg:
+            what = re.search(r"GLOBAL ([\w.]+)", msg)
             raise CheckpointError(
                 f"{path.name} was refused: loading it would execute code stored in the file "
-                "(it pickles Python objects, not just tensors). Load it only if you trust "
-                "its source: zoo.load(path, trust=True), or tick 'trust this file' in the app."
-            ) from e
-        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint: {e}") from e
+                f"(it pickles {what.group(1) if what else 'Python objects'}, not just tensors). "
+                "Load it only if you trust its source: zoo.load(path, trust=True), or tick "
+                "'trust this file' in the app.") from e
+        detail = msg.split("WeightsUnpickler error:")[-1].strip().split("\n")[0][:120]
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (the safe "
+                              f"loader stopped: {detail}). A legacy pickle from a source you "
+                              "trust can be loaded with trust=True.") from e
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, AttributeError,
             ImportError, TypeError, IndexError, KeyError, UnicodeDecodeError,
             MemoryError, OverflowError) as e:
@@ -269,6 +274,7 @@ def _load_into(model: nn.Module, sd: dict, what: str) -> None:
 def _load_robustbench(name: str, dataset: str, threat_model: str,
                       model_dir: str | os.PathLike) -> Probe:
     try:
+        _alias_autoattack()
         from robustbench.utils import load_model
     except ImportError as e:
         raise CheckpointError("RobustBench models need the optional extra: "
@@ -285,6 +291,18 @@ def _load_robustbench(name: str, dataset: str, threat_model: str,
     return Probe(model, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), name=f"robustbench:{name}",
                  card={"name": name, "source": "RobustBench", "dataset": dataset,
                        "threat_model": threat_model}, input_size=size)
+
+
+def _alias_autoattack() -> None:
+    """RobustBench imports `autoattack` (a git-only package); PyPI's robustbench
+    depends on `pyautoattack`, the same code under another name."""
+    import importlib
+    import sys
+    if importlib.util.find_spec("autoattack") is None and importlib.util.find_spec("pyautoattack"):
+        import pyautoattack
+        import pyautoattack.state
+        sys.modules.setdefault("autoattack", pyautoattack)
+        sys.modules.setdefault("autoattack.state", pyautoattack.state)
 
 
 def _load_torchvision(name: str) -> Probe:

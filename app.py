@@ -1,0 +1,19 @@
+"""RobustLens: see how adversarially robust and standard networks represent images."""
+import streamlit as st
+
+from core import backend
+
+st.set_page_config(page_title="RobustLens", page_icon=":material/visibility:", layout="wide")
+
+pages = st.navigation([
+    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
+    st.Page("pages/cka.py", title="CKA explorer", icon=":material/grid_on:", url_path="cka"),
+    st.Page("pages/stitching.py", title="Stitching matrix", icon=":material/join_inner:",
+            url_path="stitching"),
+    st.Page("pages/inversion.py", title="Representation inversion", icon=":material/flip:",
+            url_path="inversion"),
+    st.Page("pages/manipulation.py", title="Feature manipulation", icon=":material/tune:",
+            url_path="manipulation"),
+])
+backend.sidebar()
+pages.run()

@@ -1,0 +1,336 @@
+"""The cached facade the pages call: the only core module that imports streamlit.
+
+- models: st.cache_resource keyed by (spec, device, trust), never by tensors;
+- results: the SQLite store, one computation per key (locks), progress in the UI;
+- heavy compute runs under one lock per process so memory stays bounded;
+- errors of core (RobustLensError) become messages, never tracebacks;
+- view state lives in the URL query parameters so every view is a link.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+import streamlit as st
+import torch
+
+from . import data, zoo
+from .errors import RobustLensError
+from .probe import Probe, pick_device
+from .results import ResultStore
+
+DEFAULT_A = "resnet18-l2-1.0"      # the robust model with the clearest reconstructions
+DEFAULT_B = "resnet18-standard-s0"
+
+
+# ----------------------------------------------------------------- resources
+
+@st.cache_resource(show_spinner=False)
+def store() -> ResultStore:
+    return ResultStore()
+
+
+@st.cache_resource(show_spinner=False)
+def compute_lock() -> threading.Lock:
+    """One heavy computation at a time per server: bounded memory, fair queue."""
+    return threading.Lock()
+
+
+@st.cache_resource(show_spinner="Loading model...", max_entries=16)
+def _model(spec: str, device: str, trust: bool) -> Probe:
+    return zoo.load(spec, device=device, trust=trust)
+
+
+def device() -> str:
+    return st.session_state.get("device", "auto")
+
+
+def resolved_device() -> torch.device:
+    return pick_device(device())
+
+
+def model(spec: str) -> Probe:
+    """The Probe for a model spec (shipped name, file path, robustbench:/torchvision:)."""
+    trusted = spec in st.session_state.get("trusted_specs", set())
+    return _model(spec, str(resolved_device()), trusted)
+
+
+@st.cache_resource(show_spinner=False)
+def samples() -> list[data.Sample]:
+    return data.cifar_samples()
+
+
+@st.cache_resource(show_spinner=False)
+def photos() -> list[data.Sample]:
+    return data.ood_photos()
+
+
+@st.cache_resource(show_spinner="Reading CIFAR-10...", ttl=600)
+def _test_set() -> data.ImageTensorDataset | None:
+    try:
+        return data.cifar10("test")
+    except data.DataNotFoundError:
+        return None
+
+
+def test_set() -> data.ImageTensorDataset | None:
+    """The CIFAR-10 test set, or None on a machine without it."""
+    return _test_set()
+
+
+@st.cache_resource(show_spinner=False, ttl=600)
+def _train_set() -> data.ImageTensorDataset | None:
+    try:
+        return data.cifar10("train")
+    except data.DataNotFoundError:
+        return None
+
+
+def train_set() -> data.ImageTensorDataset | None:
+    return _train_set()
+
+
+# --------------------------------------------------------------- model lists
+
+def model_specs() -> list[str]:
+    """Shipped models, then the ones added in this session."""
+    return zoo.names() + [s for s in st.session_state.get("custom_specs", [])
+                          if s not in zoo.names()]
+
+
+def model_card(spec: str) -> dict:
+    if spec in zoo.names():
+        return zoo.card(spec)
+    try:
+        return model(spec).card
+    except RobustLensError:
+        return {"name": spec}
+
+
+def label(spec: str) -> str:
+    c = model_card(spec)
+    return f"{zoo.short_label(c)}" if c.get("label") else spec
+
+
+def robust_specs() -> list[str]:
+    return [s for s in model_specs() if zoo.is_robust(model_card(s))]
+
+
+def standard_specs() -> list[str]:
+    return [s for s in model_specs() if not zoo.is_robust(model_card(s))]
+
+
+# ---------------------------------------------------------- URL view state
+
+def _parse(raw: str, default: Any) -> Any:
+    if isinstance(default, bool):
+        return raw in ("1", "true", "True", "yes")
+    if isinstance(default, int):
+        return int(raw)
+    if isinstance(default, float):
+        return float(raw)
+    if isinstance(default, (list, tuple)):
+        return [x for x in raw.split(",") if x]
+    return raw
+
+
+def _format(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def url_state(key: str, default: Any, options: list | None = None) -> Any:
+    """Seed st.session_state[key] from the URL (once), falling back to default.
+
+    Use before creating the widget with key=key; call publish() after.
+    """
+    if key not in st.session_state:
+        value = default
+        if key in st.query_params:
+            try:
+                value = _parse(st.query_params[key], default)
+            except (TypeError, ValueError):
+                value = default
+        if options is not None:
+            if isinstance(value, list):
+                value = [v for v in value if v in options] or default
+            elif value not in options:
+                value = default
+        st.session_state[key] = value
+    return st.session_state[key]
+
+
+def publish(keys: list[str]) -> None:
+    """Write the current values of these session keys into the URL."""
+    for key in keys:
+        if key in st.session_state:
+            value = _format(st.session_state[key])
+            if st.query_params.get(key) != value:
+                st.query_params[key] = value
+
+
+def share_link(page: str) -> None:
+    """A 'copy link' control: the URL of this exact view."""
+    params = "&".join(f"{k}={v}" for k, v in st.query_params.items())
+    st.code(f"/{page}?{params}" if params else f"/{page}", language=None)
+
+
+# ------------------------------------------------------------------ compute
+
+def run_cached(kind: str, inputs: dict, compute: Callable[[Callable], Any],
+               label: str) -> Any:
+    """The stored result for (kind, inputs), computing it once with progress.
+
+    compute(progress) receives progress(done, total, message=""). A CUDA out-of-
+    memory error retries on the CPU with a message.
+    """
+    st_store = store()
+    value = st_store.get(kind, inputs)
+    if value is not None:
+        return value
+    with st.status(label, expanded=True) as status:
+        bar = st.progress(0.0, text="waiting for the compute queue...")
+        t0 = time.time()
+
+        def progress(done: float, total: float, message: str = "") -> None:
+            frac = 0.0 if not total else min(1.0, done / total)
+            bar.progress(frac, text=f"{message} ({time.time() - t0:.0f} s)".strip())
+
+        with compute_lock():
+            try:
+                value, _ = st_store.get_or_compute(kind, inputs, lambda: compute(progress))
+            except torch.OutOfMemoryError:
+                torch.cuda.empty_cache()
+                st.warning("The GPU ran out of memory; computing on the CPU instead.")
+                st.session_state["device"] = "cpu"
+                value, _ = st_store.get_or_compute(kind, inputs, lambda: compute(progress))
+        status.update(label=f"{label}: done in {time.time() - t0:.1f} s", state="complete",
+                      expanded=False)
+    return value
+
+
+@contextlib.contextmanager
+def guard() -> Iterator[None]:
+    """Show core's errors as messages; stop the page instead of a traceback."""
+    try:
+        yield
+    except RobustLensError as e:
+        st.error(str(e), icon=":material/error:")
+        st.stop()
+
+
+# ------------------------------------------------------------------ sidebar
+
+def _save_upload(upload) -> str:
+    blob = upload.getvalue()
+    digest = hashlib.sha256(blob).hexdigest()[:16]
+    suffix = "." + upload.name.rsplit(".", 1)[-1].lower() if "." in upload.name else ".pt"
+    folder = data.cache_dir() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{upload.name.rsplit('.', 1)[0][:40]}-{digest}{suffix}"
+    if not path.exists():
+        path.write_bytes(blob)
+    return str(path)
+
+
+def _add_model_form() -> None:
+    with st.expander("Add a model", icon=":material/add:"):
+        st.caption("A checkpoint file (safetensors, a state dict, a `robustness` library "
+                   "checkpoint), a path on the server, `robustbench:NAME` or "
+                   "`torchvision:NAME`.")
+        upload = st.file_uploader("Checkpoint", type=["pt", "pth", "ckpt", "safetensors", "bin"],
+                                  key="ckpt_upload")
+        spec_text = st.text_input("...or a path / name", key="ckpt_spec")
+        trust = st.checkbox("Trust this file (allows code execution while loading)",
+                            key="ckpt_trust", help="Only for pickles from a source you trust.")
+        if st.button("Add", key="ckpt_add"):
+            spec = _save_upload(upload) if upload is not None else spec_text.strip()
+            if not spec:
+                st.warning("Choose a file or type a path or name first.")
+                return
+            trusted = st.session_state.setdefault("trusted_specs", set())
+            if trust:
+                trusted.add(spec)
+            try:
+                probe = model(spec)
+            except RobustLensError as e:
+                st.error(str(e))
+                return
+            specs = st.session_state.setdefault("custom_specs", [])
+            if spec not in specs:
+                specs.append(spec)
+            st.success(f"Added {probe.name}: {len(probe.layers)} taps.")
+
+
+def _card_summary(spec: str) -> None:
+    c = model_card(spec)
+    measured = c.get("measured") or {}
+    bits = []
+    if c.get("arch"):
+        bits.append(f"{c['arch']} w{c.get('width', '?')}")
+    if c.get("parameters"):
+        bits.append(f"{c['parameters'] / 1e6:.1f}M params")
+    if "clean" in measured:
+        bits.append(f"clean {measured['clean']:.1%}")
+        own = _own_attack_acc(c)
+        if own:
+            bits.append(own)
+    st.caption(" · ".join(bits) if bits else c.get("source", ""))
+    with st.popover("Model card", icon=":material/badge:", width="stretch"):
+        st.json(c, expanded=1)
+
+
+def _own_attack_acc(c: dict) -> str | None:
+    from .evaluation import own_attack
+    atk = own_attack(c)
+    pgd = (c.get("measured") or {}).get("pgd", {})
+    if atk is not None and atk.describe() in pgd:
+        return f"PGD-20 {pgd[atk.describe()]:.1%}"
+    if "PGD-20 LINF eps 8/255 step 2/255" in pgd:
+        return f"Linf 8/255 PGD {pgd['PGD-20 LINF eps 8/255 step 2/255']:.1%}"
+    return None
+
+
+def sidebar() -> None:
+    """Device and model pickers shared by every page (keys 'a', 'b', 'device')."""
+    specs = model_specs()
+    with st.sidebar:
+        st.markdown("### Models")
+        if not specs:
+            st.warning("No models found in pretrained/; add one below.")
+        else:
+            default_a = DEFAULT_A if DEFAULT_A in specs else specs[0]
+            default_b = DEFAULT_B if DEFAULT_B in specs else specs[-1]
+            url_state("a", default_a, specs)
+            url_state("b", default_b, specs)
+            st.selectbox("Model A (robust)", specs, key="a", format_func=label,
+                         help="The model whose representations are studied; "
+                              "a robust one by default.")
+            _card_summary(st.session_state["a"])
+            st.selectbox("Model B (standard)", specs, key="b", format_func=label,
+                         help="The model to compare with; a standard one by default.")
+            _card_summary(st.session_state["b"])
+        _add_model_form()
+        options = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
+            ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
+        url_state("device", "auto", options)
+        st.selectbox("Device", options, key="device",
+                     help="auto: CUDA, then Apple MPS, then CPU. Results are the same "
+                          "on every device and are shared through the results store.")
+        publish(["a", "b", "device"])
+
+
+def selected(which: str) -> str:
+    """The spec chosen in the sidebar for 'a' or 'b'."""
+    return st.session_state[which]
+
+
+def card_json(spec: str) -> str:
+    return json.dumps(model_card(spec), indent=2)

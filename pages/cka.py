@@ -1,0 +1,4 @@
+import streamlit as st
+
+st.title("cka")
+st.info("Coming soon.")

@@ -1,0 +1,61 @@
+"""Home: what each page shows and where it comes from."""
+import streamlit as st
+
+from core import backend, zoo
+
+st.title("RobustLens")
+st.markdown(
+    "An interactive lab for seeing how **adversarially robust** and **standard** neural "
+    "networks represent images. Pick two models in the sidebar; every page compares them.")
+
+cols = st.columns(2)
+PAGES = [
+    ("CKA explorer", "pages/cka.py", ":material/grid_on:",
+     "Layer x layer Centered Kernel Alignment within a model and across models, on benign "
+     "or adversarial inputs.",
+     "Cianfarani et al., *Understanding Robust Learning through the Lens of Representation "
+     "Similarities*, NeurIPS 2022"),
+    ("Stitching matrix", "pages/stitching.py", ":material/join_inner:",
+     "The front of one network joined to the back of another through a trained 1x1 "
+     "stitching layer: clean and robust accuracy per layer and model pair.",
+     "Balogh & Jelasity, *On the Functional Similarity of Robust and Non-Robust Neural "
+     "Representations*, ICML 2023"),
+    ("Representation inversion", "pages/inversion.py", ":material/flip:",
+     "Click an image and see what a robust and a standard model reconstruct from its "
+     "representation alone.",
+     "Engstrom et al., *Adversarial Robustness as a Prior for Learned Representations*, 2019"),
+    ("Feature manipulation", "pages/manipulation.py", ":material/tune:",
+     "Feature visualisation, top-activating images, feature addition, interpolation and "
+     "what a model sees in its mistakes.",
+     "Engstrom et al., *Adversarial Robustness as a Prior for Learned Representations*, 2019"),
+]
+for i, (title, path, icon, what, paper) in enumerate(PAGES):
+    with cols[i % 2].container(border=True):
+        st.page_link(path, label=title, icon=icon)
+        st.markdown(what)
+        st.caption(paper)
+
+st.subheader("The shipped models")
+rows = []
+for name in zoo.names():
+    c = zoo.card(name)
+    m = c.get("measured") or {}
+    pgd = m.get("pgd", {})
+    rows.append({"model": name, "training": zoo.short_label(c),
+                 "clean": m.get("clean"),
+                 "PGD-20 Linf 8/255": pgd.get("PGD-20 LINF eps 8/255 step 2/255"),
+                 "PGD-20 L2 0.5": pgd.get("PGD-20 L2 eps 0.5 step 0.125"),
+                 "parameters": c.get("parameters")})
+if rows:
+    st.dataframe(rows, hide_index=True, column_config={
+        k: st.column_config.NumberColumn(format="percent") for k in
+        ("clean", "PGD-20 Linf 8/255", "PGD-20 L2 0.5")})
+    st.caption("Accuracy measured on the full CIFAR-10 test set with `python -m core eval`; "
+               "each model's card (sidebar) holds its recipe and wall time.")
+else:
+    st.info("No models in pretrained/ yet.")
+
+if backend.test_set() is None:
+    st.info("The CIFAR-10 test set is not on this machine: the pages use the shipped sample "
+            "images and precomputed results. " + backend.data.GET_DATA_HINT,
+            icon=":material/info:")

@@ -1,0 +1,4 @@
+import streamlit as st
+
+st.title("inversion")
+st.info("Coming soon.")

@@ -1,0 +1,4 @@
+import streamlit as st
+
+st.title("manipulation")
+st.info("Coming soon.")

@@ -1,0 +1,4 @@
+import streamlit as st
+
+st.title("stitching")
+st.info("Coming soon.")

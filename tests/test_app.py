@@ -1,0 +1,34 @@
+"""The app and every page run under Streamlit's AppTest without an exception."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+ROOT = Path(__file__).resolve().parent.parent
+PAGES = ["pages/home.py", "pages/cka.py", "pages/stitching.py", "pages/inversion.py",
+         "pages/manipulation.py"]
+
+
+def run_app(page: str | None = None, params: dict | None = None, timeout: float = 120) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
+    for k, v in (params or {}).items():
+        at.query_params[k] = v
+    at.run()
+    if page:
+        at.switch_page(page)
+        at.run()
+    return at
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_every_page_runs_without_exception(page):
+    at = run_app(page)
+    assert not at.exception, [e.value for e in at.exception]
+
+
+def test_sidebar_has_device_and_model_pickers():
+    at = run_app()
+    labels = [s.label for s in at.sidebar.selectbox]
+    assert "Device" in labels
