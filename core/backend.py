@@ -27,6 +27,19 @@ DEFAULT_A = "resnet18-l2-1.0"      # the robust model with the clearest reconstr
 DEFAULT_B = "resnet18-standard-s0"
 
 
+# ---------------------------------------------------------------- deep links
+
+def page_setup() -> None:
+    """First call of every page script. A cold server whose first visitor
+    follows a link to /cka runs pages/cka.py as a legacy "pages directory"
+    page, without app.py (no sidebar, no models): switch Streamlit to the
+    st.navigation mode of app.py and rerun, so the link opens the full app."""
+    from streamlit.runtime.pages_manager import PagesManager
+    if PagesManager.uses_pages_directory:
+        PagesManager.uses_pages_directory = False
+        st.rerun()
+
+
 # ----------------------------------------------------------------- resources
 
 @st.cache_resource(show_spinner=False)
@@ -199,9 +212,10 @@ def run_cached(kind: str, inputs: dict, compute: Callable[[Callable], Any],
         bar = st.progress(0.0, text="waiting for the compute queue...")
         t0 = time.time()
 
-        def progress(done: float, total: float, message: str = "") -> None:
+        def progress(done: float, total: float, message: object = "", *_: object) -> None:
             frac = 0.0 if not total else min(1.0, done / total)
-            bar.progress(frac, text=f"{message} ({time.time() - t0:.0f} s)".strip())
+            text = f"loss {message:.4f}" if isinstance(message, float) else str(message)
+            bar.progress(frac, text=f"{text} ({time.time() - t0:.0f} s)".strip())
 
         with compute_lock():
             try:
@@ -216,6 +230,61 @@ def run_cached(kind: str, inputs: dict, compute: Callable[[Callable], Any],
     return value
 
 
+def stored(job) -> Any | None:
+    """The stored result of a core.jobs.Job, without computing anything."""
+    return store().get(job.kind, job.inputs)
+
+
+def run_job(job) -> Any:
+    """The result of a core.jobs.Job: from the store, or computed once with progress."""
+    return run_cached(job.kind, job.inputs, job.compute, job.label)
+
+
+def run_live(job_list: list, show: Callable[[int, int, int, float, Any], None]) -> list:
+    """Run optimisation jobs side by side (a thread each), calling
+    show(job_index, step, steps, loss, images_or_None) from this script thread
+    as frames arrive. Stored results come back at once; one computation per key."""
+    import queue
+    st_store = store()
+    results = [st_store.get(j.kind, j.inputs) for j in job_list]
+    todo = [i for i, r in enumerate(results) if r is None]
+    if not todo:
+        return results
+    events: queue.Queue = queue.Queue()
+    errors: list[BaseException] = []
+
+    def work(i: int) -> None:
+        job = job_list[i]
+        try:
+            value, _ = st_store.get_or_compute(
+                job.kind, job.inputs,
+                lambda: job.compute(lambda step, steps, loss, images=None:
+                                    events.put((i, step, steps, loss, images))))
+            results[i] = value
+        except BaseException as e:  # reported in the script thread below
+            errors.append(e)
+    with compute_lock():
+        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in todo]
+        for t in threads:
+            t.start()
+        while any(t.is_alive() for t in threads) or not events.empty():
+            try:
+                i, step, steps, loss, images = events.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            show(i, step, steps, loss, images)
+        for t in threads:
+            t.join()
+    if errors:
+        raise errors[0]
+    return results
+
+
+def data_missing_message(what: str) -> None:
+    st.info(f"{what} needs the CIFAR-10 test set, which is not on this machine. "
+            + data.GET_DATA_HINT, icon=":material/download:")
+
+
 @contextlib.contextmanager
 def guard() -> Iterator[None]:
     """Show core's errors as messages; stop the page instead of a traceback."""
@@ -224,6 +293,106 @@ def guard() -> Iterator[None]:
     except RobustLensError as e:
         st.error(str(e), icon=":material/error:")
         st.stop()
+
+
+# ------------------------------------------------------------------ gallery
+
+_GALLERY_CSS = """
+.rl-gallery { display: flex; flex-wrap: wrap; gap: 8px; }
+.rl-tile { display: flex; flex-direction: column; align-items: center; gap: 2px;
+  padding: 4px; border: 2px solid transparent; border-radius: 8px; cursor: pointer;
+  background: var(--st-secondary-background-color); color: var(--st-text-color);
+  font: 11px var(--st-font, sans-serif); }
+.rl-tile:hover { border-color: var(--st-border-color, #ccc); }
+.rl-tile:focus-visible { outline: 3px solid var(--st-primary-color); outline-offset: 1px; }
+.rl-tile[aria-pressed="true"] { border-color: var(--st-primary-color); }
+.rl-tile img { width: var(--rl-size, 72px); height: var(--rl-size, 72px);
+  image-rendering: pixelated; border-radius: 4px; }
+.rl-tile span { max-width: var(--rl-size, 72px); overflow: hidden; text-overflow: ellipsis;
+  white-space: nowrap; }
+"""
+
+_GALLERY_JS = """
+export default function(component) {
+  const { data, setStateValue, parentElement } = component;
+  let root = parentElement.querySelector('.rl-gallery');
+  if (!root) {
+    root = document.createElement('div');
+    root.className = 'rl-gallery';
+    root.setAttribute('role', 'listbox');
+    parentElement.appendChild(root);
+  }
+  root.style.setProperty('--rl-size', (data.size || 72) + 'px');
+  root.setAttribute('aria-label', data.label || 'images');
+  root.replaceChildren();
+  const tiles = [];
+  data.items.forEach((it, i) => {
+    const b = document.createElement('button');
+    b.className = 'rl-tile';
+    b.type = 'button';
+    b.dataset.key = it.key;
+    b.title = it.title;
+    b.setAttribute('aria-pressed', String(it.key === data.selected));
+    const img = document.createElement('img');
+    img.src = it.src;
+    img.alt = it.title;
+    const cap = document.createElement('span');
+    cap.textContent = it.caption;
+    b.append(img, cap);
+    b.addEventListener('click', () => {
+      tiles.forEach((t) => t.setAttribute('aria-pressed', String(t === b)));
+      setStateValue('selected', it.key);
+    });
+    b.addEventListener('keydown', (e) => {
+      const step = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 }[e.key];
+      if (step) {
+        e.preventDefault();
+        tiles[(i + step + tiles.length) % tiles.length].focus();
+      }
+    });
+    tiles.push(b);
+    root.appendChild(b);
+  });
+}
+"""
+
+
+@st.cache_resource
+def _gallery_component():
+    import streamlit.components.v2 as components
+    return components.component("robustlens_gallery", css=_GALLERY_CSS, js=_GALLERY_JS)
+
+
+def png_data_url(img) -> str:
+    """A small image as a data: URL (for the gallery)."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    from .figures import to_uint8
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(img)).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def gallery(items: list[dict], key: str, selected: str | None = None, size: int = 72,
+            label: str = "images") -> str | None:
+    """A keyboard-accessible grid of clickable images; returns the selected key.
+
+    items: [{key, image (CHW float or HWC uint8), title, caption}]. The choice is
+    kept in st.session_state[key] (and so in the URL when published).
+    """
+    payload = {"items": [{"key": it["key"], "src": png_data_url(it["image"]),
+                          "title": it.get("title", it["key"]), "caption": it.get("caption", "")}
+                         for it in items],
+               "selected": st.session_state.get(key, selected), "size": size, "label": label}
+    result = _gallery_component()(data=payload, key=f"{key}-gallery",
+                                  on_selected_change=lambda: None)
+    choice = getattr(result, "selected", None)
+    if choice and choice != st.session_state.get(key) and choice in {it["key"] for it in items}:
+        st.session_state[key] = choice
+    return st.session_state.get(key, selected)
 
 
 # ------------------------------------------------------------------ sidebar
@@ -328,7 +497,11 @@ def sidebar() -> None:
 
 
 def selected(which: str) -> str:
-    """The spec chosen in the sidebar for 'a' or 'b'."""
+    """The spec chosen in the sidebar for 'a' or 'b' (stops the page if none)."""
+    if which not in st.session_state:
+        st.warning("No models are available: add one in the sidebar (a checkpoint file, "
+                   "`robustbench:NAME` or `torchvision:NAME`).", icon=":material/warning:")
+        st.stop()
     return st.session_state[which]
 
 

@@ -118,10 +118,94 @@ def _data(args: argparse.Namespace) -> dict:
     return found
 
 
+def _progress_printer(label: str):
+    import sys
+    import time
+    t0 = time.time()
+
+    def progress(done: float, total: float, message: object = "", *_: object) -> None:
+        frac = 0 if not total else done / total
+        text = f"loss {message:.4f}" if isinstance(message, float) else str(message)
+        print(f"\r{label[:60]}: {frac:6.1%} {text[:50]:50s} {time.time() - t0:6.0f} s",
+              end="", file=sys.stderr, flush=True)
+    return progress
+
+
+def _loader(device: str | None):
+    from functools import lru_cache
+
+    from . import zoo
+
+    @lru_cache(maxsize=None)
+    def load(spec: str):
+        return zoo.load(spec, device=device)
+    return load
+
+
+def run_job(job, force: bool = False):
+    """Run a core.jobs.Job through the results store, printing progress."""
+    import sys
+
+    from .results import default_store
+    store = default_store()
+    if force:
+        store.delete(job.kind, job.inputs)
+    value, fresh = store.get_or_compute(job.kind, job.inputs,
+                                        lambda: job.compute(_progress_printer(job.label)))
+    print(("\n" if fresh else "") + f"{job.label}: {'computed' if fresh else 'from the store'}",
+          file=sys.stderr)
+    return value
+
+
+def _write_out(value, out: str | None):
+    import json
+
+    import numpy as np
+    if out is None:
+        return value
+    plain = json.loads(json.dumps(value, default=lambda v: v.tolist() if isinstance(
+        v, np.ndarray) else float(v) if hasattr(v, "item") else str(v)))
+    with open(out, "w") as f:
+        json.dump(plain, f, indent=1)
+    return {"written": out}
+
+
+def _cka_args(p: argparse.ArgumentParser) -> None:
+    from .jobs import INPUT_CHOICES
+    p.add_argument("--a", required=True, help="model A (shipped name or checkpoint path)")
+    p.add_argument("--b", help="model B (default: A)")
+    p.add_argument("--adv-a", default="benign", choices=list(INPUT_CHOICES),
+                   help="inputs of A: benign, or PGD linf (8/255) / l2 (1.0) examples")
+    p.add_argument("--adv-b", default="benign", choices=list(INPUT_CHOICES))
+    p.add_argument("--against", default="self", choices=["self", "a", "b"],
+                   help="which model the adversarial examples are made against")
+    p.add_argument("--layers", default="blocks", help="blocks, all, or a comma list of taps")
+    p.add_argument("--kernel", default="linear", choices=["linear", "rbf"])
+    p.add_argument("-n", type=int, default=10_000, help="test images")
+    p.add_argument("--batch-size", type=int, help="default: 1024 (fewer for small -n)")
+    p.add_argument("--device")
+    p.add_argument("--force", action="store_true", help="recompute even if stored")
+    p.add_argument("--out", help="write the result as JSON here")
+
+
+def _cka(args: argparse.Namespace):
+    """Layer x layer CKA of two models (stored; --out writes JSON)."""
+    from . import jobs
+    layers = args.layers if args.layers in jobs.LAYER_SETS else args.layers.split(",")
+    job = jobs.cka_job(_loader(args.device), args.a, args.b or args.a, layers, layers,
+                       args.adv_a, args.adv_b, args.against, args.kernel, args.n, args.batch_size)
+    value = run_job(job, args.force)
+    if args.out is None:
+        return {"layers_a": value["layers_a"], "layers_b": value["layers_b"],
+                "matrix": [[round(float(v), 4) for v in row] for row in value["matrix"]]}
+    return _write_out(value, args.out)
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], object]]] = {
     "train": (_train_args, _train),
     "export": (_export_args, _export),
     "eval": (_eval_args, _eval),
     "data": (_data_args, _data),
+    "cka": (_cka_args, _cka),
 }

@@ -209,7 +209,7 @@ def card_fields(cfg: TrainConfig) -> dict:
     elif cfg.threat == "linf":
         threat, eps, label = "linf", cfg.eps, f"Linf {cfg.eps * 255:g}/255"
     else:
-        threat, eps, label = cfg.threat, cfg.eps, f"L2 {cfg.eps:g}"
+        threat, eps, label = cfg.threat, cfg.eps, f"L2 {cfg.eps:.1f}"
     return {"label": label, "dataset": "cifar10", "threat_model": threat, "eps": eps,
             "arch": cfg.arch, "width": cfg.width, "seed": cfg.seed}
 

@@ -31,7 +31,8 @@ from .data import MEAN, STD
 from .errors import CheckpointError, UnknownModelError
 from .probe import Probe, pick_device
 
-PRETRAINED = Path(__file__).resolve().parent.parent / "pretrained"
+PRETRAINED = Path(os.environ.get("ROBUSTLENS_PRETRAINED")
+                  or Path(__file__).resolve().parent.parent / "pretrained")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MAX_CHECKPOINT_BYTES = 2 * 2**30
 _BLOCKS = {(False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34",

@@ -1,4 +1,168 @@
+"""CKA explorer: layer x layer similarity within and across models, benign or adversarial."""
+import json
+
+import numpy as np
 import streamlit as st
 
-st.title("cka")
-st.info("Coming soon.")
+from core import backend, figures, jobs
+from core.cka import CKAResult
+
+PAPER = ("Cianfarani, Bhagoji, Sehwag, Zhao, Zheng, Mittal: *Understanding Robust Learning "
+         "through the Lens of Representation Similarities*, NeurIPS 2022")
+
+backend.page_setup()
+st.title("CKA explorer")
+st.caption("How similar are the representations of two layers? Linear CKA with the unbiased "
+           "minibatch HSIC estimator (Nguyen et al. 2021) over CIFAR-10 test images. "
+           f"After {PAPER}.")
+
+a, b = backend.selected("a"), backend.selected("b")
+name = {"A": backend.label(a), "B": backend.label(b)}
+spec = {"A": a, "B": b}
+
+backend.url_state("cka_view", "Explore", ["Explore", "Paper view"])
+view = st.segmented_control("View", ["Explore", "Paper view"], key="cka_view",
+                            label_visibility="collapsed")
+if view is None:
+    view = "Explore"
+
+with st.container(border=True):
+    c1, c2, c3, c4, c5 = st.columns([1.2, 1, 1, 1, 1])
+    if view == "Explore":
+        backend.url_state("cka_pair", "A vs B", ["A vs B", "A vs A", "B vs B", "B vs A"])
+        pair = c1.selectbox("Compare", ["A vs B", "A vs A", "B vs B", "B vs A"], key="cka_pair",
+                            help="A and B are the models chosen in the sidebar.")
+    backend.url_state("cka_in_a", "benign", list(jobs.INPUT_CHOICES))
+    backend.url_state("cka_in_b", "benign", list(jobs.INPUT_CHOICES))
+    in_a = c2.selectbox("Inputs, first side" if view == "Explore" else "Inputs",
+                        list(jobs.INPUT_CHOICES), key="cka_in_a", format_func=jobs.INPUT_LABELS.get,
+                        help="Benign test images, or PGD adversarial examples (Linf 8/255, "
+                             "step 2/255, or L2 1.0, step 0.1; 20 steps, random start).")
+    if view == "Explore":
+        in_b = c3.selectbox("Inputs, second side", list(jobs.INPUT_CHOICES), key="cka_in_b",
+                            format_func=jobs.INPUT_LABELS.get)
+        backend.url_state("cka_against", "self", ["self", "a", "b"])
+        against = c4.selectbox("Adversarial against", ["self", "a", "b"], key="cka_against",
+                               format_func={"self": "each side's own model", "a": "first model",
+                                            "b": "second model"}.get,
+                               disabled=in_a == "benign" and in_b == "benign")
+    else:
+        in_b, against = in_a, "self"
+    backend.url_state("cka_layers", "blocks", list(jobs.LAYER_SETS))
+    layers = c5.selectbox("Layers", list(jobs.LAYER_SETS), key="cka_layers",
+                          format_func={"blocks": "block outputs", "all": "every layer"}.get,
+                          help="Block outputs: stem, 8 residual blocks, pool, logits. Every "
+                               "layer: each conv, batch norm, ReLU, pool and linear layer.")
+    d1, d2, d3 = st.columns([1, 1, 2.2])
+    backend.url_state("cka_n", 10_000, [1000, 2000, 5000, 10_000])
+    n = d1.select_slider("Images", [1000, 2000, 5000, 10_000], key="cka_n")
+    backend.url_state("cka_kernel", "linear", ["linear", "rbf"])
+    kernel = d2.selectbox("Kernel", ["linear", "rbf"], key="cka_kernel",
+                          format_func={"linear": "linear", "rbf": "RBF (0.8 x median)"}.get)
+backend.publish(["cka_view", "cka_pair", "cka_in_a", "cka_in_b", "cka_against", "cka_layers",
+                 "cka_n", "cka_kernel"])
+
+
+def load_or_offer(job: jobs.Job, key: str) -> CKAResult | None:
+    """The stored result, or a button that computes it (nothing runs unasked)."""
+    value = backend.stored(job)
+    if value is None:
+        if backend.test_set() is None:
+            backend.data_missing_message("Computing this view")
+            return None
+        if not st.button(f"Compute: {job.label}", key=key, type="primary",
+                         icon=":material/play_arrow:"):
+            st.caption("Not computed yet. Results are stored: each view is computed once.")
+            return None
+        value = backend.run_job(job)
+    return CKAResult.from_dict(value)
+
+
+def describe_pair(res: CKAResult, i: int, j: int, pa, pb) -> None:
+    with st.container(border=True):
+        st.markdown(f"**{res.layers_a[i]}** × **{res.layers_b[j]}**")
+        m1, m2 = st.columns(2)
+        m1.metric("CKA", f"{res.matrix[i, j]:.3f}")
+        spread = res.spread[i, j]
+        m2.metric("Spread over batches", "n/a" if np.isnan(spread) else f"± {spread:.3f}",
+                  help=f"Standard deviation of the per-batch CKA over {res.n_batches} batches "
+                       f"of {res.batch_size} images.")
+        st.caption(f"{name_of(res, 'a')}: {pa.describe(res.layers_a[i])}")
+        st.caption(f"{name_of(res, 'b')}: {pb.describe(res.layers_b[j])}")
+
+
+def name_of(res: CKAResult, side: str) -> str:
+    ident = res.model_a if side == "a" else res.model_b
+    return backend.label(ident["name"]) if ident["name"] in backend.model_specs() else ident["name"]
+
+
+def downloads(res: CKAResult, stem: str) -> None:
+    c1, c2 = st.columns(2)
+    c1.download_button("CSV", res.to_csv(), f"{stem}.csv", "text/csv", icon=":material/download:")
+    payload = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in res.to_dict().items()}
+    c2.download_button("JSON", json.dumps(payload, indent=1, default=float), f"{stem}.json",
+                       "application/json", icon=":material/download:")
+
+
+with backend.guard():
+    if view == "Explore":
+        first, second = pair.split(" vs ")
+        job = jobs.cka_job(backend.model, spec[first], spec[second], layers, layers, in_a, in_b,
+                           against, kernel, n)
+        res = load_or_offer(job, "cka_compute")
+        if res is not None:
+            backend.url_state("cka_cell", [0, 0])
+            cell = st.session_state["cka_cell"]
+            i, j = (int(cell[0]), int(cell[1])) if len(cell) == 2 else (0, 0)
+            i, j = min(i, len(res.layers_a) - 1), min(j, len(res.layers_b) - 1)
+            left, right = st.columns([2.3, 1])
+            title = (f"{name[first]} ({jobs.INPUT_LABELS[in_a]}) vs "
+                     f"{name[second]} ({jobs.INPUT_LABELS[in_b]})")
+            fig = figures.cka_heatmap(res.matrix, res.layers_a, res.layers_b, title,
+                                      name[first], name[second], res.spread, selected=(i, j))
+            event = left.plotly_chart(fig, key="cka_heatmap", on_select="rerun",
+                                      selection_mode="points")
+            points = (event.selection.points if event and event.selection else [])
+            if points:
+                new = [int(points[0]["y"]), int(points[0]["x"])]
+                if new != [i, j]:
+                    st.session_state["cka_cell"] = new
+                    backend.publish(["cka_cell"])
+                    st.rerun()
+            with right:
+                st.markdown("**Layer pair** (click a cell)")
+                describe_pair(res, i, j, backend.model(spec[first]), backend.model(spec[second]))
+                st.caption(f"{res.n} images, batches of {res.batch_size}, {res.kernel} kernel, "
+                           f"unbiased HSIC; computed in {res.seconds:.0f} s.")
+                downloads(res, f"cka-{first}-{second}-{in_a}-{in_b}")
+            backend.publish(["cka_cell"])
+    else:
+        st.markdown(f"**Robust:** {name['A']} · **Standard:** {name['B']} · inputs: "
+                    f"{jobs.INPUT_LABELS[in_a]} (each model attacked on its own)")
+        specs = [("Standard – standard", b, b), ("Robust – robust", a, a), ("Standard – robust", b, a)]
+        panels, results = [], []
+        for title, x, y in specs:
+            job = jobs.cka_job(backend.model, x, y, layers, layers, in_a, in_a, "self", kernel, n)
+            res = load_or_offer(job, f"cka_paper_{title}")
+            if res is None:
+                st.stop()
+            results.append(res)
+            panels.append({"matrix": res.matrix, "layers_a": res.layers_a, "layers_b": res.layers_b,
+                           "title": f"{title}<br><sup>{backend.label(x)} vs {backend.label(y)}</sup>",
+                           "name_a": backend.label(x), "name_b": backend.label(y),
+                           "spread": res.spread})
+        st.plotly_chart(figures.cka_panels(panels), key="cka_panels")
+        cross = results[2]
+        k = min(len(cross.layers_a), len(cross.layers_b))
+        st.plotly_chart(figures.diagonal_profile(
+            [("standard vs robust, same layer", cross.layers_a[:k], np.diag(cross.matrix)[:k])]),
+            key="cka_diag")
+        off = lambda m: float(np.mean(m[~np.eye(len(m), dtype=bool)]))  # noqa: E731
+        c1, c2, c3 = st.columns(3)
+        c1.metric("Mean off-diagonal CKA, standard", f"{off(results[0].matrix):.2f}")
+        c2.metric("Mean off-diagonal CKA, robust", f"{off(results[1].matrix):.2f}",
+                  help="Cianfarani et al.: robust networks lose the block structure; distant "
+                       "layers stay similar.")
+        c3.metric("Mean CKA, standard vs robust (same layer)",
+                  f"{float(np.mean(np.diag(cross.matrix)[:k])):.2f}")
+        st.caption(f"After {PAPER}, figure 1.")

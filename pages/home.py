@@ -3,6 +3,7 @@ import streamlit as st
 
 from core import backend, zoo
 
+backend.page_setup()
 st.title("RobustLens")
 st.markdown(
     "An interactive lab for seeing how **adversarially robust** and **standard** neural "

@@ -1,4 +1,176 @@
-import streamlit as st
+"""Representation inversion: click an image, watch a robust and a standard model rebuild it."""
+import hashlib
 
-st.title("inversion")
-st.info("Coming soon.")
+import numpy as np
+import streamlit as st
+import torch
+
+from core import backend, data, figures, jobs
+from core.errors import BadImageError
+
+PAPER = ("Engstrom, Ilyas, Santurkar, Tsipras, Tran, Madry: *Adversarial Robustness as a Prior "
+         "for Learned Representations*, 2019")
+
+backend.page_setup()
+st.title("Representation inversion")
+st.caption("Click an image. Each model gets only the image's representation R(x) (the "
+           "penultimate layer) and searches, from gray noise, for an input x' whose "
+           "representation matches: minimise ‖R(x') − R(x)‖ / ‖R(x)‖. A robust model's "
+           f"reconstruction looks like the image; a standard model's does not. After {PAPER}.")
+
+a, b = backend.selected("a"), backend.selected("b")
+UPLOADS = data.cache_dir() / "uploads" / "images"
+
+
+# ------------------------------------------------------------------ sources
+
+def uploaded_images() -> dict[str, np.ndarray]:
+    """Uploads of this server, kept as 32x32 uint8 arrays so links to them work."""
+    if not UPLOADS.exists():
+        return {}
+    return {f"upload-{f.stem}": np.load(f) for f in sorted(UPLOADS.glob("*.npy"))}
+
+
+def gallery_items(source: str) -> list[dict]:
+    if source == "samples":
+        return [{"key": s.key, "image": s.image, "title": f"{s.title} (CIFAR-10 test image)",
+                 "caption": data.CLASSES[s.label]} for s in backend.samples()]
+    if source == "photos":
+        return [{"key": s.key, "image": s.image, "title": s.title, "caption": s.title.split(" (")[0]}
+                for s in backend.photos()]
+    if source == "test":
+        test = backend.test_set()
+        backend.url_state("inv_page", 0)
+        page = st.number_input("Page of the shuffled test set", 0, len(test) // 24 - 1,
+                               key="inv_page", help="24 images a page, in a fixed shuffle.")
+        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
+        idx = order[page * 24:(page + 1) * 24].tolist()
+        return [{"key": f"test-{i}", "image": test.images[i].numpy().transpose(1, 2, 0),
+                 "title": f"test image {i}: {data.CLASSES[int(test.labels[i])]}",
+                 "caption": data.CLASSES[int(test.labels[i])]} for i in idx]
+    return [{"key": k, "image": v, "title": "your upload", "caption": "upload"}
+            for k, v in uploaded_images().items()]
+
+
+def image_for(key: str) -> tuple[np.ndarray, str] | None:
+    if key.startswith("foolbox-"):
+        s = next((s for s in backend.samples() if s.key == key), None)
+        return (s.image, f"{data.CLASSES[s.label]} (CIFAR-10 test)") if s else None
+    if key.startswith("photo-"):
+        s = next((s for s in backend.photos() if s.key == key), None)
+        return (s.image, s.title) if s else None
+    if key.startswith("test-") and backend.test_set() is not None:
+        i = int(key.split("-")[1])
+        test = backend.test_set()
+        if 0 <= i < len(test):
+            return test.images[i].numpy().transpose(1, 2, 0), f"test image {i}: {data.CLASSES[int(test.labels[i])]}"
+    if key.startswith("upload-"):
+        img = uploaded_images().get(key)
+        return (img, "your upload") if img is not None else None
+    return None
+
+
+sources = {"samples": "CIFAR-10 samples", "photos": "Photos (out of distribution)",
+           "upload": "Upload"}
+if backend.test_set() is not None:
+    sources = {"test": "CIFAR-10 test set", **sources}
+backend.url_state("inv_source", "samples", list(sources))
+source = st.segmented_control("Images", list(sources), key="inv_source",
+                              format_func=sources.get) or "samples"
+
+if source == "upload":
+    up = st.file_uploader("An image (any format Pillow reads; it is centre-cropped and "
+                          "resized to 32x32)", key="inv_upload")
+    if up is not None:
+        try:
+            arr = data.load_upload(up.getvalue())
+        except BadImageError as e:
+            st.error(f"{up.name}: {e}", icon=":material/broken_image:")
+        else:
+            digest = hashlib.sha256(arr.tobytes()).hexdigest()[:12]
+            UPLOADS.mkdir(parents=True, exist_ok=True)
+            np.save(UPLOADS / f"{digest}.npy", arr)
+            st.session_state["inv_img"] = f"upload-{digest}"
+
+items = gallery_items(source)
+backend.url_state("inv_img", items[0]["key"] if items else "foolbox-00")
+if items:
+    backend.gallery(items, "inv_img", label=sources[source])
+elif source == "upload":
+    st.caption("Uploaded images appear here.")
+
+with st.expander("Settings", icon=":material/settings:"):
+    c = st.columns(4)
+    probe_a = backend.model(a)
+    layer_options = [probe_a.representation_layer] + [x for x in probe_a.layers
+                                                     if x != probe_a.representation_layer]
+    backend.url_state("inv_layer", probe_a.representation_layer, layer_options)
+    layer = c[0].selectbox("Layer", layer_options, key="inv_layer",
+                           help="The representation to match: the penultimate layer in the "
+                                "paper, or any earlier tap.")
+    backend.url_state("inv_method", "adam", ["adam", "normgrad"])
+    method = c[1].selectbox("Optimiser", ["adam", "normgrad"], key="inv_method",
+                            format_func={"adam": "fast (Adam, 200 steps)",
+                                         "normgrad": "paper (normalised gradient, step 0.1)"}.get)
+    default_steps = 200 if method == "adam" else 1000
+    backend.url_state("inv_steps", default_steps)
+    steps = c[2].number_input("Steps", 10, 10_000, key="inv_steps", step=50)
+    backend.url_state("inv_seed", 0)
+    gseed = c[3].number_input("Seed", 0, 10_000, key="inv_seed",
+                              help="Seed of the starting noise (0.5 + N(0,1)/20).")
+backend.publish(["inv_source", "inv_img", "inv_layer", "inv_method", "inv_steps", "inv_seed"])
+
+chosen = image_for(st.session_state["inv_img"])
+if chosen is None:
+    st.info("Choose an image above.")
+    st.stop()
+image, title = chosen
+
+with backend.guard():
+    specs = [a, b]
+    job_list = [jobs.inversion_job(backend.model, s, image, layer, method, int(steps), "noise",
+                                   int(gseed)) for s in specs]
+    cols = st.columns(3)
+    cols[0].markdown(f"**Original**  \n{title}")
+    cols[0].image(figures.upscale(image, 7), width="stretch")
+    slots, notes = [], []
+    for k, s in enumerate(specs):
+        cols[k + 1].markdown(f"**{backend.label(s)}**  \n{'robust' if k == 0 else 'standard'} "
+                             f"model {'A' if k == 0 else 'B'}")
+        slots.append(cols[k + 1].empty())
+        notes.append(cols[k + 1].empty())
+
+    def show(i, step, total, loss, images):
+        if images is not None:
+            slots[i].image(figures.upscale(images[0], 7), width="stretch")
+        if images is not None or step % 20 == 0:
+            notes[i].caption(f"step {step}/{total} · loss {loss:.3f}")
+
+    results = backend.run_live(job_list, show)
+    for k, res in enumerate(results):
+        slots[k].image(figures.upscale(res["images"][0], 7), width="stretch")
+        notes[k].markdown(f"representation loss **{float(res['loss'][0]):.3f}** · "
+                          f"PSNR **{res['psnr']:.1f} dB** · SSIM **{res['ssim']:.2f}**")
+    curves = {backend.label(s): np.asarray(r["loss_curve"])[:, 0] for s, r in zip(specs, results)}
+    with st.expander("Loss curves and frames", icon=":material/show_chart:"):
+        st.plotly_chart(figures.curve(list(range(len(next(iter(curves.values()))))), curves, "step",
+                                      "‖R(x') − R(x)‖ / ‖R(x)‖", log_y=True), key="inv_curve")
+        for s, r in zip(specs, results):
+            st.caption(backend.label(s))
+            st.image([figures.upscale(f[1][0], 3) for f in r["frames"]],
+                     caption=[f"step {f[0]}" for f in r["frames"]])
+
+st.subheader("How recognisable are the reconstructions?")
+st.caption("Mean PSNR and SSIM between reconstruction and original over the 20 shipped "
+           "CIFAR-10 test images (fast optimiser, 200 steps, seed 0).")
+with backend.guard():
+    q_jobs = [jobs.quality_job(backend.model, s) for s in (a, b)]
+    q = [backend.stored(j) for j in q_jobs]
+    if any(v is None for v in q):
+        if st.button("Measure reconstruction quality", icon=":material/straighten:"):
+            q = [backend.run_job(j) for j in q_jobs]
+    if all(v is not None for v in q):
+        rows = [{"model": backend.label(s), "mean PSNR (dB)": round(v["mean_psnr"], 2),
+                 "mean SSIM": round(v["mean_ssim"], 3), "mean representation loss":
+                 round(v["mean_loss"], 4)} for s, v in zip((a, b), q)]
+        st.dataframe(rows, hide_index=True)

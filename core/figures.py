@@ -1,0 +1,151 @@
+"""Plotly figure builders: data in, go.Figure out (no Streamlit here)."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+CKA_SCALE = "Viridis"
+FONT = "Inter, Helvetica, Arial, sans-serif"
+
+
+def _short(layer: str) -> str:
+    """Compact tick labels: layer3.1.bn2 -> 3.1.bn2, relu -> stem."""
+    if layer == "relu":
+        return "stem"
+    return layer.replace("layer", "")
+
+
+def cka_heatmap(matrix: np.ndarray, layers_a: Sequence[str], layers_b: Sequence[str],
+                title: str = "", name_a: str = "model A", name_b: str = "model B",
+                spread: np.ndarray | None = None, selected: tuple[int, int] | None = None,
+                big: bool = False) -> go.Figure:
+    """Layer x layer CKA: model A's layers on y (first layer at the bottom),
+    model B's on x, a fixed 0..1 colour scale, layer names in the hover."""
+    fig = go.Figure()
+    fig.add_trace(_cka_trace(matrix, layers_a, layers_b, name_a, name_b, spread))
+    _style_cka(fig, layers_a, layers_b, name_a, name_b, title, big)
+    if selected is not None:
+        i, j = selected
+        fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
+                      line=dict(color="#ef4444", width=3))
+    return fig
+
+
+def _cka_trace(matrix, layers_a, layers_b, name_a, name_b, spread, showscale=True) -> go.Heatmap:
+    m = np.asarray(matrix, dtype=float)
+    sp = np.full_like(m, np.nan) if spread is None else np.asarray(spread, dtype=float)
+    custom = np.dstack([np.broadcast_to(np.array(layers_a, dtype=object)[:, None], m.shape),
+                        np.broadcast_to(np.array(layers_b, dtype=object)[None, :], m.shape),
+                        sp])
+    return go.Heatmap(
+        z=m, x=list(range(len(layers_b))), y=list(range(len(layers_a))),
+        zmin=0, zmax=1, colorscale=CKA_SCALE, customdata=custom, showscale=showscale,
+        colorbar=dict(title="CKA", thickness=14),
+        hovertemplate=(f"{name_a}: %{{customdata[0]}}<br>{name_b}: %{{customdata[1]}}"
+                       "<br>CKA %{z:.3f} ± %{customdata[2]:.3f}<extra></extra>"))
+
+
+def _style_cka(fig, layers_a, layers_b, name_a, name_b, title, big, row=None, col=None):
+    step_a = max(1, len(layers_a) // 24)
+    step_b = max(1, len(layers_b) // 24)
+    kw = {} if row is None else {"row": row, "col": col}
+    fig.update_xaxes(title_text=name_b, tickmode="array",
+                     tickvals=list(range(0, len(layers_b), step_b)),
+                     ticktext=[_short(layers_b[i]) for i in range(0, len(layers_b), step_b)],
+                     tickangle=-60, constrain="domain", **kw)
+    fig.update_yaxes(title_text=name_a, tickmode="array",
+                     tickvals=list(range(0, len(layers_a), step_a)),
+                     ticktext=[_short(layers_a[i]) for i in range(0, len(layers_a), step_a)],
+                     scaleanchor="x" if row is None else None, constrain="domain", **kw)
+    size = 20 if big else 13
+    fig.update_layout(title=dict(text=title, x=0.5), font=dict(family=FONT, size=size),
+                      margin=dict(l=10, r=10, t=50 if title else 20, b=10),
+                      height=720 if big else 520)
+
+
+def cka_panels(panels: list[dict], big: bool = False) -> go.Figure:
+    """The paper view: several CKA matrices side by side with one colour bar.
+    Each panel: {matrix, layers_a, layers_b, title, name_a, name_b, spread}."""
+    fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p["title"] for p in panels],
+                        horizontal_spacing=0.06)
+    for k, p in enumerate(panels, start=1):
+        fig.add_trace(_cka_trace(p["matrix"], p["layers_a"], p["layers_b"], p["name_a"],
+                                 p["name_b"], p.get("spread"), showscale=k == len(panels)),
+                      row=1, col=k)
+        _style_cka(fig, p["layers_a"], p["layers_b"], p["name_a"], p["name_b"], "", big,
+                   row=1, col=k)
+    fig.update_layout(height=560 if big else 430, margin=dict(l=10, r=10, t=60, b=10),
+                      font=dict(family=FONT, size=18 if big else 12))
+    return fig
+
+
+def diagonal_profile(series: list[tuple[str, Sequence[str], np.ndarray]], big: bool = False) -> go.Figure:
+    """CKA of each layer with the same layer of another model (the diagonal)."""
+    fig = go.Figure()
+    for name, layers, values in series:
+        fig.add_trace(go.Scatter(x=[_short(layer) for layer in layers], y=values,
+                                 mode="lines+markers", name=name))
+    fig.update_layout(yaxis=dict(range=[0, 1.02], title="CKA"), xaxis_title="layer",
+                      height=360 if not big else 480, font=dict(family=FONT, size=18 if big else 12),
+                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h"))
+    return fig
+
+
+def matrix_heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str = "",
+                   zmin: float = 0.0, zmax: float = 1.0, fmt: str = ".0%", colorscale: str = "RdYlGn",
+                   hover: np.ndarray | None = None, big: bool = False,
+                   selected: tuple[int, int] | None = None) -> go.Figure:
+    """A labelled grid with the value written in each cell (stitching matrix)."""
+    v = np.asarray(values, dtype=float)
+    text = [[("not computed" if np.isnan(x) else format(x, fmt)) for x in row] for row in v]
+    fig = go.Figure(go.Heatmap(
+        z=v, x=list(cols), y=list(rows), zmin=zmin, zmax=zmax, colorscale=colorscale,
+        text=text, texttemplate="%{text}", textfont=dict(size=18 if big else 12),
+        customdata=hover, hoverongaps=False,
+        hovertemplate="%{y} → %{x}<br>%{text}<extra></extra>" if hover is None else
+        "%{y} → %{x}<br>%{customdata}<extra></extra>",
+        colorbar=dict(thickness=14, tickformat=fmt)))
+    # explicit categories: the grid and its labels show even before any cell is computed
+    fig.update_xaxes(type="category", categoryorder="array", categoryarray=list(cols),
+                     range=[-0.5, len(cols) - 0.5])
+    fig.update_yaxes(type="category", categoryorder="array", categoryarray=list(rows),
+                     range=[len(rows) - 0.5, -0.5])
+    fig.update_layout(plot_bgcolor="#f3f4f6")
+    fig.update_layout(title=dict(text=title, x=0.5), height=max(260, 70 * len(rows) + 140),
+                      font=dict(family=FONT, size=18 if big else 12),
+                      margin=dict(l=10, r=10, t=50 if title else 20, b=10))
+    if selected is not None:
+        i, j = selected
+        fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
+                      line=dict(color="#111827", width=3))
+    return fig
+
+
+def curve(xs: Sequence[float], ys: dict[str, Sequence[float]], x_title: str, y_title: str,
+          log_y: bool = False, big: bool = False) -> go.Figure:
+    fig = go.Figure()
+    for name, y in ys.items():
+        fig.add_trace(go.Scatter(x=list(xs), y=list(y), mode="lines", name=name))
+    fig.update_layout(xaxis_title=x_title, yaxis_title=y_title, height=300 if not big else 420,
+                      yaxis_type="log" if log_y else None, font=dict(family=FONT, size=18 if big else 12),
+                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h"))
+    return fig
+
+
+def to_uint8(img) -> np.ndarray:
+    """CHW float tensor/array in [0, 1] (or HWC uint8) -> HWC uint8 for display."""
+    a = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
+    if a.dtype != np.uint8:
+        if a.ndim == 3 and a.shape[0] in (1, 3):
+            a = a.transpose(1, 2, 0)
+        a = (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return a
+
+
+def upscale(img, factor: int = 6) -> np.ndarray:
+    """Nearest-neighbour enlargement so 32x32 images stay crisp on a projector."""
+    a = to_uint8(img)
+    return a.repeat(factor, axis=0).repeat(factor, axis=1)
