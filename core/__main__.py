@@ -2,10 +2,14 @@
 from __future__ import annotations
 
 import argparse
-import json
-import sys
+import os
 
-from . import cli
+# idle OpenMP threads sleep instead of spinning (the machine is often shared)
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import json  # noqa: E402
+import sys  # noqa: E402
+
+from . import cli  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

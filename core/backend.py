@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import os
 import threading
 import time
 from typing import Any, Callable, Iterator
@@ -43,8 +44,12 @@ def page_setup() -> None:
 # ----------------------------------------------------------------- resources
 
 @st.cache_resource(show_spinner=False)
+def _store(path: str) -> ResultStore:
+    return ResultStore(path)
+
+
 def store() -> ResultStore:
-    return ResultStore()
+    return _store(str(data.cache_dir() / "results.sqlite"))
 
 
 @st.cache_resource(show_spinner=False)
@@ -54,7 +59,7 @@ def compute_lock() -> threading.Lock:
 
 
 @st.cache_resource(show_spinner="Loading model...", max_entries=16)
-def _model(spec: str, device: str, trust: bool) -> Probe:
+def _model(spec: str, device: str, trust: bool, zoo_dir: str) -> Probe:
     return zoo.load(spec, device=device, trust=trust)
 
 
@@ -69,7 +74,7 @@ def resolved_device() -> torch.device:
 def model(spec: str) -> Probe:
     """The Probe for a model spec (shipped name, file path, robustbench:/torchvision:)."""
     trusted = spec in st.session_state.get("trusted_specs", set())
-    return _model(spec, str(resolved_device()), trusted)
+    return _model(spec, str(resolved_device()), trusted, str(zoo.PRETRAINED))
 
 
 @st.cache_resource(show_spinner=False)
@@ -83,28 +88,20 @@ def photos() -> list[data.Sample]:
 
 
 @st.cache_resource(show_spinner="Reading CIFAR-10...", ttl=600)
-def _test_set() -> data.ImageTensorDataset | None:
+def _dataset(split: str, where: str) -> data.ImageTensorDataset | None:
     try:
-        return data.cifar10("test")
+        return data.cifar10(split)
     except data.DataNotFoundError:
         return None
+
+
+def _data_key() -> str:
+    return f"{os.environ.get('ROBUSTLENS_DATA', '')}|{data.cache_dir()}"
 
 
 def test_set() -> data.ImageTensorDataset | None:
     """The CIFAR-10 test set, or None on a machine without it."""
-    return _test_set()
-
-
-@st.cache_resource(show_spinner=False, ttl=600)
-def _train_set() -> data.ImageTensorDataset | None:
-    try:
-        return data.cifar10("train")
-    except data.DataNotFoundError:
-        return None
-
-
-def train_set() -> data.ImageTensorDataset | None:
-    return _train_set()
+    return _dataset("test", _data_key())
 
 
 # --------------------------------------------------------------- model lists

@@ -201,6 +201,43 @@ def _cka(args: argparse.Namespace):
     return _write_out(value, args.out)
 
 
+def _stitch_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--front", action="append", help="front model(s); with --end, one pair each")
+    p.add_argument("--end", action="append", help="end model(s), in the order of --front")
+    p.add_argument("--layers", default="all", help="'all' stitch points or a comma list")
+    p.add_argument("--method", default="both", choices=["task", "direct", "both"])
+    p.add_argument("--device")
+    p.add_argument("--force", action="store_true", help="recompute even if stored")
+    p.add_argument("--out", help="write the cells as JSON here")
+
+
+def _stitch(args: argparse.Namespace):
+    """Stitching cells for model pairs (default: the four pairs of the shipped zoo)."""
+    from . import jobs, stitching
+    load = _loader(args.device)
+    if args.front or args.end:
+        if not args.front or not args.end or len(args.front) != len(args.end):
+            raise RobustLensError("give one --end for every --front")
+        pairs = list(zip(args.front, args.end))
+    else:
+        pairs = jobs.default_stitch_pairs()
+    methods = ["task", "direct"] if args.method == "both" else [args.method]
+    out: dict = {"pairs": [], "accuracy": {}}
+    for spec in sorted({s for p in pairs for s in p}):
+        out["accuracy"][spec] = run_job(jobs.accuracy_job(load, spec), args.force)
+    for front, end in pairs:
+        layers = [la for la in stitching.common_stitch_points(load(front), load(end))
+                  if la != "avgpool"] if args.layers == "all" else args.layers.split(",")
+        row = {"front": front, "end": end, "cells": {}}
+        for method in methods:
+            for layer in layers:
+                cell = run_job(jobs.stitch_cell_job(load, front, end, layer, method), args.force)
+                row["cells"][f"{method}/{layer}"] = {
+                    k: cell[k] for k in ("clean_accuracy", "robust_accuracy", "dm_error")}
+        out["pairs"].append(row)
+    return _write_out(out, args.out) if args.out else out
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], object]]] = {
     "train": (_train_args, _train),
@@ -208,4 +245,5 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "eval": (_eval_args, _eval),
     "data": (_data_args, _data),
     "cka": (_cka_args, _cka),
+    "stitch": (_stitch_args, _stitch),
 }

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import os
+
+# busy-waiting OpenMP threads make small ops 40-100x slower on a loaded 2-core box
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import sys
 from pathlib import Path
 
@@ -55,3 +58,41 @@ def has_test_data() -> bool:
 
 needs_data = pytest.mark.skipif(not has_test_data(), reason="CIFAR-10 test set not present "
                                 "(python -m core data --from/--download)")
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A complete small world for page tests: four tiny models in a zoo folder
+    (two robust, two standard, with cards) and a small CIFAR-like data set."""
+    import numpy as np
+    from PIL import Image
+
+    from core import data, train, zoo
+    root = tmp_path_factory.mktemp("world")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 8)):
+        for c, cls in enumerate(data.CLASSES):
+            d = root / "data" / split / cls
+            d.mkdir(parents=True)
+            for i in range(n):
+                arr = rng.normal(25 * c, 30, (32, 32, 3)).clip(0, 255).astype(np.uint8)
+                Image.fromarray(arr).save(d / f"{i:04d}.png")
+    cards = {"resnet18-linf-8": "resnet18-linf-8", "resnet18-l2-1.0": "resnet18-l2-1.0",
+             "resnet18-standard-s0": "resnet18-standard-s0",
+             "resnet18-standard-s1": "resnet18-standard-s1"}
+    for k, (name, recipe) in enumerate(cards.items()):
+        probe = tiny_probe(width=4, seed=k, name=name)
+        probe.card.update(train.card_fields(train.ZOO[recipe]))
+        probe.card["width"] = 4
+        zoo.export(probe, name, directory=root / "zoo")
+    return {"zoo": root / "zoo", "data": root / "data"}
+
+
+@pytest.fixture
+def world(tiny_world, monkeypatch, tmp_path):
+    """Point the app at the tiny world, with a fresh results store."""
+    from core import zoo
+    monkeypatch.setattr(zoo, "PRETRAINED", tiny_world["zoo"])
+    monkeypatch.setenv("ROBUSTLENS_DATA", str(tiny_world["data"]))
+    monkeypatch.setenv("ROBUSTLENS_CACHE", str(tmp_path / "cache"))
+    return tiny_world

@@ -1,0 +1,849 @@
+"""Model stitching: the front of one network, a 1x1 convolution, the end of another.
+
+Balogh & Jelasity (ICML 2023) stitch CIFAR ResNet-18s at a stage output: the
+front of model A up to the stage, a 1x1 convolution with bias (no norm, no
+activation), and the rest of model B after the same stage. Both donors stay
+frozen. Task-loss matching trains the stitching layer on the clean task loss
+(Adam, lr 1e-3, weight decay 1e-4, batch 128, 30 epochs, lr x0.1 at 1/3 and
+2/3); direct matching (their AAAI 2025 follow-up) fits it in closed form by
+least squares to B's own activation at that stage, every pixel a sample.
+The stitched network is then scored on clean and adversarial test images.
+
+A stitched model is an ordinary nn.Module from [0, 1] images to logits, so
+`core.attacks.pgd` and `core.attacks.accuracy` take it as they take a Probe.
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import attacks
+from .data import ImageTensorDataset, fixed_subset
+from .errors import RobustLensError, UnknownLayerError
+from .probe import Probe
+
+Progress = Callable[..., None]      # progress(done, total, message="")
+Loader = ImageTensorDataset | Iterable[tuple[torch.Tensor, torch.Tensor]]
+
+METHODS = ("task", "direct")
+INITS = ("random", "identity", "direct")
+
+# Recipes: fit options plus data and attack budgets. The papers' trains from a
+# random init on the full data (scored here with the app's standard Linf 8/255
+# attack). The CPU one fits a 4 pairs x 10 layers matrix per method into about
+# half an hour to 40 minutes on 2 busy CPU cores (bench/stitching.py): from a
+# random init, 40-160 Adam steps leave early-layer stitches at chance, so task
+# matching starts from the least-squares fit on 1,024 images and then trains
+# one epoch over 5,000 images.
+PAPER_RECIPE = {"epochs": 30, "init": "random", "init_batches": None, "train_images": None,
+                "test_images": None, "robust_images": None,
+                "attack": attacks.PGD.paper("linf")}
+CPU_RECIPE = {"epochs": 1, "init": "direct", "init_batches": 8, "train_images": 5000,
+              "test_images": 1000, "robust_images": 200,
+              "attack": attacks.PGD("linf", 8 / 255, 2 / 255, 10)}
+
+
+class StitchingError(RobustLensError, ValueError):
+    """Two networks cannot be stitched as asked (shapes, widths, devices, data)."""
+
+
+# ------------------------------------------------------------------ stitch points
+
+def stitch_points(probe: Probe) -> list[str]:
+    """Where `probe` can be cut: the stem, every residual block output, the
+    pooled representation (every default tap on its chain except the logits)."""
+    chain = probe.chain_layers()
+    if not chain:
+        return []
+    return [n for n in probe.layers if n in chain and n != chain[-1]]
+
+
+def common_stitch_points(front: Probe, end: Probe) -> list[str]:
+    """Stitch points both models have with the same spatial size, in forward order."""
+    fs, es = front.layer_shapes(), end.layer_shapes()
+    ends = set(stitch_points(end))
+    return [n for n in stitch_points(front) if n in ends and fs[n][1:] == es[n][1:]]
+
+
+def _model_name(probe: Probe) -> str:
+    return probe.name or type(probe.model).__name__
+
+
+def _check_point(probe: Probe, layer: str, role: str) -> tuple[int, ...]:
+    """The output shape of stitch point `layer`; UnknownLayerError if it is not one."""
+    if not probe.has_chain():
+        raise UnknownLayerError(f"the {role} model {_model_name(probe)} is not a chain of "
+                                "stages, so it cannot be stitched")
+    points = stitch_points(probe)
+    if layer not in points:
+        near = difflib.get_close_matches(str(layer), points, n=2)
+        hint = f" (did you mean {' or '.join(near)}?)" if near else ""
+        raise UnknownLayerError(
+            f"{layer!r} is not a stitch point of the {role} model {_model_name(probe)}{hint}; "
+            f"choose one of {', '.join(points)}")
+    return probe.layer_shapes()[layer]
+
+
+def _fmt_shape(shape: Sequence[int]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+# ------------------------------------------------------------------ the model
+
+class StitchedModel(nn.Module):
+    """front[: layer] -> 1x1 conv (with bias) -> end[end_layer :].
+
+    Input: NCHW images in [0, 1] (the front applies its own normalisation);
+    output: the end model's logits. The donors are shared, not copied, and
+    `train()` switches only the stitching layer: the donors keep their mode.
+    """
+
+    def __init__(self, front: Probe, end: Probe, layer: str,
+                 end_layer: str | None = None) -> None:
+        super().__init__()
+        end_layer = end_layer or layer
+        fshape = _check_point(front, layer, "front")
+        eshape = _check_point(end, end_layer, "end")
+        if len(fshape) != len(eshape) or fshape[1:] != eshape[1:]:
+            raise StitchingError(
+                f"cannot stitch {_model_name(front)} at {layer} (output {_fmt_shape(fshape)}) "
+                f"to {_model_name(end)} at {end_layer} (input {_fmt_shape(eshape)}): a 1x1 "
+                "convolution keeps the spatial size, so it must match")
+        if front.device != end.device:
+            raise StitchingError(f"the front model is on {front.device} and the end model on "
+                                 f"{end.device}; put both on one device")
+        self.front, self.end = front, end
+        self.layer, self.end_layer = layer, end_layer
+        self.in_channels, self.out_channels = int(fshape[0]), int(eshape[0])
+        self.stitch = nn.Conv2d(self.in_channels, self.out_channels, 1, bias=True).to(front.device)
+        self.name = f"{_model_name(front)}[..{layer}] -> {_model_name(end)}[{end_layer}..]"
+        self.training = False
+        self.stitch.eval()
+
+    @property
+    def device(self) -> torch.device:
+        return self.stitch.weight.device
+
+    def train(self, mode: bool = True) -> "StitchedModel":
+        """Switch the stitching layer only; the donors' modes are left alone."""
+        self.training = mode
+        self.stitch.train(mode)
+        return self
+
+    def transfer(self, h: torch.Tensor) -> torch.Tensor:
+        """Map front activations (N, C, H, W) or pooled (N, C) to the end's space."""
+        if h.ndim == 2:
+            return self.stitch(h[:, :, None, None]).flatten(1)
+        return self.stitch(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.front.forward_to(x, self.layer)
+        return self.end.forward_from(self.end_layer, self.transfer(h))
+
+    def identity_init(self) -> "StitchedModel":
+        """Weight = identity, bias = 0: for a model stitched to itself this is the model."""
+        if self.in_channels != self.out_channels:
+            raise StitchingError(
+                f"an identity stitch needs equal widths; {self.layer} has {self.in_channels} "
+                f"channels in the front and {self.out_channels} in the end")
+        with torch.no_grad():
+            self.stitch.weight.copy_(torch.eye(self.in_channels).view_as(self.stitch.weight))
+            self.stitch.bias.zero_()
+        return self
+
+    def set_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> "StitchedModel":
+        """Load a linear map: weight (out, in) and bias (out,)."""
+        with torch.no_grad():
+            self.stitch.weight.copy_(weight.reshape(self.stitch.weight.shape))
+            self.stitch.bias.copy_(bias.reshape(-1))
+        return self
+
+    def identity(self) -> dict:
+        """What result keys use to name this stitched model."""
+        return {"front": self.front.identity(), "end": self.end.identity(),
+                "layer": self.layer, "end_layer": self.end_layer}
+
+
+# ------------------------------------------------------------------ data helpers
+
+def _is_dataset(loader: Any) -> bool:
+    return hasattr(loader, "images") and hasattr(loader, "labels")
+
+
+def _to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    x = x.to(device)
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def _batches(loader: Loader, batch_size: int, device: torch.device,
+             generator: torch.Generator | None = None,
+             max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x in [0,1], y) on `device`: a dataset in order or in a seeded shuffle;
+    any other iterable of (x, y) batches as it comes."""
+    if _is_dataset(loader):
+        n = len(loader.labels)
+        order = torch.randperm(n, generator=generator) if generator is not None else None
+        for b, s in enumerate(range(0, n, batch_size)):
+            if max_batches is not None and b >= max_batches:
+                return
+            idx = order[s:s + batch_size] if order is not None else slice(s, s + batch_size)
+            yield _to_input(loader.images[idx], device), loader.labels[idx].to(device)
+    else:
+        for b, (x, y) in enumerate(loader):
+            if max_batches is not None and b >= max_batches:
+                return
+            yield _to_input(x, device), y.to(device)
+
+
+def _steps_per_epoch(loader: Loader, batch_size: int, max_batches: int | None) -> int:
+    if _is_dataset(loader):
+        steps = math.ceil(len(loader.labels) / batch_size)
+    elif hasattr(loader, "__len__") and iter(loader) is not loader:
+        steps = len(loader)  # type: ignore[arg-type]
+    else:
+        raise StitchingError("task-loss training makes several passes with a schedule: pass "
+                             "an ImageTensorDataset or a sized, re-iterable loader (a list "
+                             "of batches, a DataLoader), not a one-shot iterator")
+    steps = min(steps, max_batches) if max_batches is not None else steps
+    if steps == 0:
+        raise StitchingError("the training data are empty")
+    return steps
+
+
+def _n_images(loader: Loader) -> int | None:
+    return len(loader.labels) if _is_dataset(loader) else None
+
+
+def data_identity(loader: Loader | None) -> dict | None:
+    """How results name a data set: its source and size (None when unknown)."""
+    if loader is None:
+        return None
+    if _is_dataset(loader):
+        return {"source": getattr(loader, "source", ""), "n": len(loader.labels)}
+    n = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
+    return {"source": type(loader).__name__, "n": n}
+
+
+@contextlib.contextmanager
+def _frozen(*modules: nn.Module) -> Iterator[None]:
+    """No weight gradients for these modules inside the block (flags restored after):
+    backward then computes only what the stitching layer needs."""
+    saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
+    for p, _ in saved:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in saved:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def _modes(*pairs: tuple[nn.Module, bool]) -> Iterator[None]:
+    """Set train/eval modes for the block and restore them after."""
+    saved = [(m, [(sub, sub.training) for sub in m.modules()]) for m, _ in pairs]
+    for m, mode in pairs:
+        m.train(mode)
+    try:
+        yield
+    finally:
+        for _m, subs in saved:
+            for sub, mode in subs:
+                sub.training = mode
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _call(progress: Progress | None, done: float, total: float, message: str) -> None:
+    if progress is not None:
+        progress(done, total, message)
+
+
+def _span(progress: Progress | None, start: float, width: float, total: float,
+          prefix: str = "") -> Progress | None:
+    """A progress callback for a sub-task that fills [start, start+width] of total."""
+    if progress is None:
+        return None
+
+    def sub(done: float, sub_total: float, message: str = "") -> None:
+        frac = min(1.0, done / sub_total) if sub_total else 1.0
+        progress(start + width * frac, total, f"{prefix}{message}")
+    return sub
+
+
+# ------------------------------------------------------------------ least squares
+
+class NormalEquations:
+    """Least squares B ~ A W + b accumulated over batches in float64.
+
+    Rows of A (n, d_in) and B (n, d_out) are samples; only d x d sums are kept,
+    so memory is bounded by one batch whatever the number of rows.
+    """
+
+    def __init__(self, d_in: int, d_out: int, device: torch.device | str = "cpu") -> None:
+        self.d_in, self.d_out = d_in, d_out
+        # float64 is not supported on Apple MPS: accumulate on the CPU there
+        dev = torch.device(device)
+        self.device = torch.device("cpu") if dev.type == "mps" else dev
+        self.ata = torch.zeros(d_in, d_in, dtype=torch.float64, device=self.device)
+        self.atb = torch.zeros(d_in, d_out, dtype=torch.float64, device=self.device)
+        self.sum_a = torch.zeros(d_in, dtype=torch.float64, device=self.device)
+        self.sum_b = torch.zeros(d_out, dtype=torch.float64, device=self.device)
+        self.btb = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.n = 0
+
+    def add(self, a: torch.Tensor, b: torch.Tensor) -> None:
+        """Add rows: a (n, d_in), b (n, d_out)."""
+        if a.shape[0] != b.shape[0] or a.shape[1] != self.d_in or b.shape[1] != self.d_out:
+            raise StitchingError(f"least squares expects ({self.d_in}, {self.d_out}) columns, "
+                                 f"got {tuple(a.shape)} and {tuple(b.shape)}")
+        a = a.detach().to(self.device, torch.float64)
+        b = b.detach().to(self.device, torch.float64)
+        self.ata += a.T @ a
+        self.atb += a.T @ b
+        self.sum_a += a.sum(0)
+        self.sum_b += b.sum(0)
+        self.btb += torch.dot(b.reshape(-1), b.reshape(-1))
+        self.n += a.shape[0]
+
+    def _augmented(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """[A 1]^T [A 1] and [A 1]^T B."""
+        d = self.d_in
+        g = torch.empty(d + 1, d + 1, dtype=torch.float64, device=self.device)
+        g[:d, :d], g[:d, d], g[d, :d], g[d, d] = self.ata, self.sum_a, self.sum_a, self.n
+        r = torch.cat([self.atb, self.sum_b[None]], 0)
+        return g, r
+
+    def solve(self, ridge: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+        """(W (d_in, d_out), b (d_out,)) minimising ||A W + b - B||^2 + lam ||W||^2,
+        lam = ridge x the mean diagonal of A^T A (the bias is not penalised)."""
+        if self.n == 0:
+            raise StitchingError("least squares got no data")
+        g, r = self._augmented()
+        scale = float(torch.diagonal(self.ata).mean()) if self.d_in else 0.0
+        lam = ridge * scale if scale > 0 else ridge
+        reg = torch.full((self.d_in + 1,), lam, dtype=torch.float64, device=self.device)
+        reg[-1] = 0.0
+        try:
+            x = torch.linalg.solve(g + torch.diag(reg), r)
+        except RuntimeError:  # singular even with the ridge: the minimum-norm solution
+            x = torch.linalg.lstsq(g.cpu() + torch.diag(reg.cpu()), r.cpu(),
+                                   driver="gelsd").solution.to(self.device)
+        return x[:-1], x[-1]
+
+    def relative_error(self, w: torch.Tensor, b: torch.Tensor) -> float:
+        """||A W + b - B||_F / ||B||_F on the accumulated rows (from the sums, so
+        values below ~1e-7 are at float64's floor)."""
+        g, r = self._augmented()
+        x = torch.cat([w.to(self.device, torch.float64), b.to(self.device, torch.float64)[None]], 0)
+        sq = (x * (g @ x)).sum() - 2 * (x * r).sum() + self.btb
+        denom = float(self.btb)
+        if denom <= 0:
+            return 0.0 if float(sq) <= 0 else math.inf
+        return math.sqrt(max(float(sq), 0.0) / denom)
+
+
+def _rows(h: torch.Tensor) -> torch.Tensor:
+    """Activations -> one row per pixel (N*H*W, C), or (N, C) for pooled features."""
+    return h if h.ndim == 2 else h.permute(0, 2, 3, 1).reshape(-1, h.shape[1])
+
+
+def _same_stage(stitched: StitchedModel) -> bool:
+    return stitched.front is stitched.end and stitched.layer == stitched.end_layer
+
+
+def representation_error(stitched: StitchedModel, loader: Loader, n: int | None = None,
+                         batch_size: int = 256) -> float:
+    """||stitch(front activation) - end activation||_F / ||end activation||_F at the
+    matching layer on (the first n images of) `loader`: how far the stitched
+    representation is from the one the end model expects, for either method."""
+    dev = stitched.device
+    diff_sq, ref_sq = 0.0, 0.0
+    with torch.no_grad(), _modes((stitched, False)):
+        for x, _y in _batches(_take(loader, n, batch_size), batch_size, dev):
+            a = stitched.front.forward_to(x, stitched.layer)
+            b = a if _same_stage(stitched) else stitched.end.forward_to(x, stitched.end_layer)
+            diff_sq += float((stitched.transfer(a) - b).double().pow(2).sum())
+            ref_sq += float(b.double().pow(2).sum())
+    if ref_sq == 0:
+        return 0.0 if diff_sq == 0 else math.inf
+    return math.sqrt(diff_sq / ref_sq)
+
+
+def direct_match(stitched: StitchedModel, loader: Loader, batch_size: int = 128,
+                 max_batches: int | None = None, ridge: float = 1e-6,
+                 progress: Progress | None = None, profile: bool = False,
+                 seed: int = 0) -> dict:
+    """Set the stitching layer to the least-squares map from the front's activation
+    to the end's own activation at the matching layer. Returns the fit's record.
+
+    A dataset is read in a seeded shuffle, so that max_batches takes a random
+    sample (CIFAR-10 is stored class by class)."""
+    dev = stitched.device
+    t_start = time.perf_counter()
+    neq = NormalEquations(stitched.in_channels, stitched.out_channels, dev)
+    timing = {"front_s": 0.0, "end_s": 0.0, "accumulate_s": 0.0, "solve_s": 0.0}
+    n_images = _n_images(loader)
+    total = math.ceil(n_images / batch_size) if n_images is not None else None
+    if total is not None and max_batches is not None:
+        total = min(total, max_batches)
+    seen = 0
+    with torch.no_grad(), _modes((stitched.front, False), (stitched.end, False)):
+        gen = torch.Generator().manual_seed(seed)
+        for i, (x, _y) in enumerate(_batches(loader, batch_size, dev, gen, max_batches)):
+            t0 = time.perf_counter()
+            a = stitched.front.forward_to(x, stitched.layer)
+            if profile:
+                _sync(dev)
+            t1 = time.perf_counter()
+            b = a if _same_stage(stitched) else stitched.end.forward_to(x, stitched.end_layer)
+            if profile:
+                _sync(dev)
+            t2 = time.perf_counter()
+            neq.add(_rows(a), _rows(b))
+            if profile:
+                _sync(dev)
+            t3 = time.perf_counter()
+            timing["front_s"] += t1 - t0
+            timing["end_s"] += t2 - t1
+            timing["accumulate_s"] += t3 - t2
+            seen += len(x)
+            _call(progress, i + 1, total or i + 1, f"direct matching: {seen} images")
+        t0 = time.perf_counter()
+        w, b = neq.solve(ridge)
+        stitched.set_linear(w.T.float(), b.float())
+        timing["solve_s"] = time.perf_counter() - t0
+        error = neq.relative_error(w, b)
+    return {"method": "direct", "dm_error": error, "n_train": seen, "rows": neq.n,
+            "ridge": ridge, "seconds": time.perf_counter() - t_start,
+            "timing": {k: round(v, 4) for k, v in timing.items()}}
+
+
+# ------------------------------------------------------------------ fitting
+
+def fit(front: Probe, end: Probe, layer: str, loader: Loader, method: str = "task", *,
+        epochs: int = 30, lr: float = 1e-3, weight_decay: float = 1e-4,
+        batch_size: int = 128, adapt_bn: bool = False, init: str = "random",
+        end_layer: str | None = None, ridge: float = 1e-6,
+        progress: Progress | None = None, seed: int = 0, max_batches: int | None = None,
+        init_batches: int | None = None, log_every: int | None = None,
+        profile: bool = False,
+        ) -> tuple[StitchedModel, dict]:
+    """Stitch `front` to `end` at `layer` and fit the stitching layer.
+
+    method="task": cross-entropy on clean training data through the frozen end
+    (Adam, lr x0.1 at 1/3 and 2/3 of the steps, a seeded shuffle each epoch);
+    init "random" (PyTorch's default, seeded), "identity" or "direct" (least
+    squares first). adapt_bn=True lets a private copy of the end model's
+    BatchNorm layers run in train mode (batch statistics, running averages
+    updated), as the original code did; the shared end model is never changed.
+    max_batches caps the batches per epoch (direct: in total); init_batches caps
+    those of the direct init (default: max_batches).
+
+    method="direct": closed-form least squares onto the end's activation at
+    `end_layer` (each pixel a sample, with bias); epochs, lr etc. are unused.
+
+    Returns (stitched model in eval mode, history). The history holds the
+    settings, the seconds spent, a time breakdown, the training curve (mean
+    loss and accuracy every `log_every` steps, default ~50 points) and per-epoch
+    loss/accuracy, or for direct matching the relative error ||AW-B||/||B||.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {INITS}, not {init!r}")
+    if method == "task" and epochs < 1:
+        raise ValueError("epochs must be at least 1")
+    if adapt_bn and method == "task":
+        end = _private_copy(end)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # the stitching layer's default init, reproducibly
+        stitched = StitchedModel(front, end, layer, end_layer)
+
+    if method == "direct":
+        hist = direct_match(stitched, loader, batch_size, max_batches, ridge, progress, profile,
+                            seed)
+        hist["seed"] = seed
+        return stitched.eval(), hist
+
+    steps_per_epoch = _steps_per_epoch(loader, batch_size, max_batches)
+    total = steps_per_epoch * epochs
+    init_record = None
+    train_progress = progress
+    if init == "identity":
+        stitched.identity_init()
+    elif init == "direct":  # the first quarter of the progress bar
+        init_record = direct_match(stitched, loader, batch_size,
+                                   init_batches if init_batches is not None else max_batches,
+                                   ridge, _span(progress, 0, 0.25, 1.0), profile, seed)
+        train_progress = _span(progress, 0.25, 0.75, 1.0)
+    hist = _train_task(stitched, loader, epochs, steps_per_epoch, lr, weight_decay,
+                       batch_size, adapt_bn, seed, max_batches, log_every, train_progress,
+                       profile)
+    hist.update({"init": init, "seed": seed})
+    if init_record is not None:
+        hist["init_dm_error"] = init_record["dm_error"]
+        hist["init_images"] = init_record["n_train"]
+        hist["seconds"] += init_record["seconds"]
+        hist["timing"]["init_s"] = round(init_record["seconds"], 4)
+    return stitched.eval(), hist
+
+
+def _private_copy(end: Probe) -> Probe:
+    """A copy of the end model whose BatchNorm statistics may change."""
+    own = copy.deepcopy(end)
+    own._fingerprint = None
+    own.card = {**own.card, "note": "BatchNorm statistics adapted during stitching"}
+    return own
+
+
+def _lr_factor(step: int, total: int) -> float:
+    """x0.1 at 1/3 and again at 2/3 of the steps (the papers' epoch 10 and 20 of 30)."""
+    return 0.1 ** sum(step >= -(-k * total // 3) for k in (1, 2))
+
+
+def _train_task(stitched: StitchedModel, loader: Loader, epochs: int, steps_per_epoch: int,
+                lr: float, weight_decay: float, batch_size: int, adapt_bn: bool, seed: int,
+                max_batches: int | None, log_every: int | None, progress: Progress | None,
+                profile: bool) -> dict:
+    dev = stitched.device
+    front, end = stitched.front, stitched.end
+    total = steps_per_epoch * epochs
+    log_every = log_every or max(1, total // 50)
+    opt = torch.optim.Adam(stitched.stitch.parameters(), lr=lr, weight_decay=weight_decay)
+    gen = torch.Generator().manual_seed(seed)
+    curve: dict[str, list] = {"step": [], "epoch": [], "loss": [], "accuracy": [], "lr": []}
+    epoch_loss, epoch_acc = [], []
+    timing = {"data_s": 0.0, "front_s": 0.0, "end_s": 0.0, "step_s": 0.0}
+    step, seen = 0, 0
+    t_start = time.perf_counter()
+    with _frozen(front, end), _modes((front, False), (end, adapt_bn), (stitched.stitch, True)):
+        for epoch in range(epochs):
+            e_loss = e_correct = e_n = 0.0
+            w_loss = w_correct = w_n = 0.0
+            t0 = time.perf_counter()
+            for x, y in _batches(loader, batch_size, dev, gen, max_batches):
+                factor = _lr_factor(step, total)
+                for g in opt.param_groups:
+                    g["lr"] = lr * factor
+                t1 = time.perf_counter()
+                with torch.no_grad():  # the front is frozen: no graph needed
+                    h = front.forward_to(x, stitched.layer)
+                if profile:
+                    _sync(dev)
+                t2 = time.perf_counter()
+                logits = end.forward_from(stitched.end_layer, stitched.transfer(h))
+                loss = F.cross_entropy(logits, y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if profile:
+                    _sync(dev)
+                t3 = time.perf_counter()
+                opt.step()
+                n = len(y)
+                loss_v = float(loss.detach()) * n
+                correct = float((logits.detach().argmax(1) == y).sum())
+                t4 = time.perf_counter()
+                timing["data_s"] += t1 - t0
+                timing["front_s"] += t2 - t1
+                timing["end_s"] += t3 - t2
+                timing["step_s"] += t4 - t3
+                e_loss, e_correct, e_n = e_loss + loss_v, e_correct + correct, e_n + n
+                w_loss, w_correct, w_n = w_loss + loss_v, w_correct + correct, w_n + n
+                step += 1
+                if step % log_every == 0 or step == total:
+                    curve["step"].append(step)
+                    curve["epoch"].append(round(step / steps_per_epoch, 4))
+                    curve["loss"].append(w_loss / w_n)
+                    curve["accuracy"].append(w_correct / w_n)
+                    curve["lr"].append(lr * factor)
+                    w_loss = w_correct = w_n = 0.0
+                _call(progress, step, total,
+                      f"epoch {epoch + 1}/{epochs}, loss {e_loss / e_n:.3f}, "
+                      f"accuracy {e_correct / e_n:.3f}")
+                t0 = time.perf_counter()
+            epoch_loss.append(e_loss / max(e_n, 1))
+            epoch_acc.append(e_correct / max(e_n, 1))
+            seen = int(e_n)
+    return {"method": "task", "epochs": epochs, "steps": total, "batch_size": batch_size,
+            "lr": lr, "weight_decay": weight_decay, "adapt_bn": adapt_bn, "n_train": seen,
+            "curve": curve, "epoch_loss": epoch_loss, "epoch_accuracy": epoch_acc,
+            "seconds": time.perf_counter() - t_start,
+            "timing": {k: round(v, 4) for k, v in timing.items()}}
+
+
+# ------------------------------------------------------------------ evaluation
+
+def _take(loader: Loader, n: int | None, batch_size: int) -> Loader:
+    """The first n images: a fixed shuffle of a dataset (CIFAR-10 is stored class
+    by class), or the first n of an iterable of batches."""
+    if n is None:
+        return loader
+    if _is_dataset(loader):
+        return loader if n >= len(loader.labels) else fixed_subset(loader, n)
+
+    def head() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        left = n
+        for x, y in loader:
+            if left <= 0:
+                return
+            yield x[:left], y[:left]
+            left -= len(y)
+    return list(head())
+
+
+def _accuracy(model: nn.Module, loader: Loader, attack: Callable | None, batch_size: int,
+              progress: Progress | None, label: str) -> tuple[float, int]:
+    dev = next(model.parameters()).device
+    total = _n_images(loader)
+    count = {"n": 0}
+
+    def counted() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        for x, y in _batches(loader, batch_size, dev):
+            count["n"] += len(y)
+            yield x, y
+
+    def report(done: int, _total: int) -> None:
+        _call(progress, done, total or done, f"{label}: {done} images")
+    acc = attacks.accuracy(model, counted(), attack=attack, device=dev, progress=report)
+    return acc, count["n"]
+
+
+def evaluate(stitched: nn.Module, loader: Loader, attack: attacks.PGD | None = None, *,
+             robust_n: int | None = None, test_n: int | None = None, batch_size: int = 256,
+             progress: Progress | None = None) -> dict:
+    """Clean accuracy of any [0,1]->logits model, and robust accuracy under `attack`
+    (on the first `robust_n` test images when given: attacks are slow on a CPU).
+
+    Returns {"clean_accuracy", "robust_accuracy" (None without an attack), "n",
+    "n_robust", "attack" (its description), "seconds"}.
+    """
+    clean_loader = _take(loader, test_n, batch_size)
+    t0 = time.perf_counter()
+    has_attack = attack is not None
+    with _modes((stitched, False)):
+        clean, n = _accuracy(stitched, clean_loader, None, batch_size,
+                             _span(progress, 0, 0.2 if has_attack else 1.0, 1.0), "clean")
+        t1 = time.perf_counter()
+        robust, n_robust = None, None
+        if has_attack:
+            robust_loader = _take(clean_loader, robust_n, batch_size)
+            robust, n_robust = _accuracy(stitched, robust_loader, attack, batch_size,
+                                         _span(progress, 0.2, 0.8, 1.0), attack.describe())
+    t2 = time.perf_counter()
+    return {"clean_accuracy": clean, "robust_accuracy": robust, "n": n, "n_robust": n_robust,
+            "attack": attack.describe() if has_attack else None,
+            "seconds": {"clean": round(t1 - t0, 4), "robust": round(t2 - t1, 4)}}
+
+
+def evaluate_all(stitched: StitchedModel, loader: Loader, attack: attacks.PGD | None = None,
+                 **options: Any) -> dict:
+    """evaluate() for the front donor, the end donor and the stitched model."""
+    return {"front": evaluate(stitched.front, loader, attack, **options),
+            "end": evaluate(stitched.end, loader, attack, **options),
+            "stitched": evaluate(stitched, loader, attack, **options)}
+
+
+# ------------------------------------------------------------------ cells and matrices
+
+def cell_inputs(front: Probe, end: Probe, layer: str, method: str, *, epochs: int = 30,
+                train_loader: Loader | None = None, test_loader: Loader | None = None,
+                attack: attacks.PGD | None = None, test_n: int | None = None,
+                robust_n: int | None = None, seed: int = 0, **fit_options: Any) -> dict:
+    """Everything a stitch cell's result depends on: a results-store key."""
+    opts = {k: v for k, v in sorted(fit_options.items()) if k not in ("progress", "profile")}
+    return {"front": front.identity(), "end": end.identity(), "layer": layer,
+            "end_layer": opts.pop("end_layer", None) or layer, "method": method,
+            "epochs": epochs if method == "task" else None, "seed": seed,
+            "train": data_identity(train_loader), "test": data_identity(test_loader),
+            "test_n": test_n, "robust_n": robust_n,
+            "attack": attack.to_dict() if attack is not None else None, "options": opts}
+
+
+def stitch_cell(front: Probe, end: Probe, layer: str, method: str = "task",
+                train_loader: Loader | None = None, test_loader: Loader | None = None,
+                attack: attacks.PGD | None = None, epochs: int = 30, *,
+                test_n: int | None = None, robust_n: int | None = None, seed: int = 0,
+                progress: Progress | None = None, **fit_options: Any) -> dict:
+    """Fit one stitching layer and score it: one cell of a stitching matrix.
+
+    Returns plain values: layer, method, clean/robust accuracy, DM error (the
+    least-squares fit's relative error on the training data, for direct matching
+    or the direct init of task matching), the relative distance of the stitched
+    representation from the end model's own on the first robust_n (else test_n)
+    test images (for either method), image counts, seconds and the fit's history
+    (training curve). The papers' code reports squared relative errors: square these.
+    """
+    if train_loader is None or test_loader is None:
+        raise StitchingError("a stitch cell needs training data and test data")
+    fit_share = 0.7 if method == "task" else 0.3
+    stitched, hist = fit(front, end, layer, train_loader, method, epochs=epochs, seed=seed,
+                         progress=_span(progress, 0, fit_share, 1.0, f"{layer}: "),
+                         **fit_options)
+    ev = evaluate(stitched, test_loader, attack, test_n=test_n, robust_n=robust_n,
+                  progress=_span(progress, fit_share, 1 - fit_share, 1.0, f"{layer}: "))
+    repr_n = robust_n if robust_n is not None else test_n
+    return {"layer": layer, "end_layer": stitched.end_layer, "method": method,
+            "clean_accuracy": ev["clean_accuracy"], "robust_accuracy": ev["robust_accuracy"],
+            "dm_error": hist.get("dm_error", hist.get("init_dm_error")),
+            "test_representation_error": representation_error(stitched, test_loader, repr_n),
+            "n_train": hist["n_train"], "n_test": ev["n"], "n_robust": ev["n_robust"],
+            "fit_seconds": round(hist["seconds"], 3),
+            "eval_seconds": {k: v for k, v in ev["seconds"].items()},
+            "history": hist}
+
+
+@dataclass
+class StitchResult:
+    """A (pair x layer) grid of stitching results, with the inputs that made it.
+
+    Arrays are (pairs, layers) floats, NaN where a cell is not computed (or, for
+    `robust`, when there is no attack). `histories[p][l]` is the cell's fit record.
+    """
+    pairs: list[dict]                 # {"front": identity, "end": identity, "label": str}
+    layers: list[str]
+    method: str
+    settings: dict                    # epochs, seed, data, attack, fit options
+    clean: np.ndarray
+    robust: np.ndarray
+    dm_error: np.ndarray              # least-squares error on the training data
+    repr_error: np.ndarray            # stitched vs end representation on test data
+    seconds: np.ndarray
+    histories: list[list[dict | None]]
+    front_accuracy: list[dict | None] = field(default_factory=list)
+    end_accuracy: list[dict | None] = field(default_factory=list)
+
+    @classmethod
+    def empty(cls, pairs: list[dict], layers: Sequence[str], method: str,
+              settings: dict) -> "StitchResult":
+        shape = (len(pairs), len(layers))
+        nan = lambda: np.full(shape, np.nan)  # noqa: E731
+        return cls(list(pairs), list(layers), method, dict(settings), nan(), nan(), nan(),
+                   nan(), nan(), [[None] * shape[1] for _ in pairs], [None] * shape[0],
+                   [None] * shape[0])
+
+    def set_cell(self, pair: int, layer: int | str, cell: dict) -> None:
+        """Store a stitch_cell() result at (pair, layer)."""
+        j = self.layers.index(layer) if isinstance(layer, str) else layer
+        nan = float("nan")
+        self.clean[pair, j] = cell["clean_accuracy"]
+        robust = cell.get("robust_accuracy")
+        self.robust[pair, j] = nan if robust is None else robust
+        self.dm_error[pair, j] = nan if cell.get("dm_error") is None else cell["dm_error"]
+        rep = cell.get("test_representation_error")
+        self.repr_error[pair, j] = nan if rep is None else rep
+        self.seconds[pair, j] = cell.get("fit_seconds", nan) + sum(
+            (cell.get("eval_seconds") or {}).values())
+        self.histories[pair][j] = cell.get("history")
+
+    def missing(self) -> list[tuple[int, int]]:
+        """(pair, layer) indices of cells not computed yet."""
+        return [(i, j) for i in range(len(self.pairs)) for j in range(len(self.layers))
+                if np.isnan(self.clean[i, j])]
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing()
+
+    def to_dict(self) -> dict:
+        """Plain dicts, lists, numbers, strings and numpy arrays (core.results stores them)."""
+        return {"kind": "stitching", "pairs": self.pairs, "layers": self.layers,
+                "method": self.method, "settings": self.settings,
+                "clean": self.clean, "robust": self.robust, "dm_error": self.dm_error,
+                "repr_error": self.repr_error, "seconds": self.seconds, "histories": self.histories,
+                "front_accuracy": self.front_accuracy, "end_accuracy": self.end_accuracy}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "StitchResult":
+        arr = lambda k: np.asarray(d[k], dtype=np.float64)  # noqa: E731
+        return cls(list(d["pairs"]), list(d["layers"]), d["method"], dict(d["settings"]),
+                   arr("clean"), arr("robust"), arr("dm_error"), arr("repr_error"),
+                   arr("seconds"),
+                   [list(row) for row in d["histories"]],
+                   list(d.get("front_accuracy") or [None] * len(d["pairs"])),
+                   list(d.get("end_accuracy") or [None] * len(d["pairs"])))
+
+
+def _pairs(pairs_or_front: Probe | Sequence[tuple[Probe, Probe]],
+           end: Probe | None) -> list[tuple[Probe, Probe]]:
+    if isinstance(pairs_or_front, nn.Module):
+        if end is None:
+            raise StitchingError("matrix(front, end, ...) needs an end model")
+        return [(pairs_or_front, end)]  # type: ignore[list-item]
+    if end is not None:
+        raise StitchingError("pass either (front, end) or a list of (front, end) pairs")
+    pairs = [tuple(p) for p in pairs_or_front]
+    if not pairs or any(len(p) != 2 for p in pairs):
+        raise StitchingError("pairs must be a non-empty list of (front, end) models")
+    return pairs  # type: ignore[return-value]
+
+
+def matrix(pairs_or_front: Probe | Sequence[tuple[Probe, Probe]], end: Probe | None = None,
+           layers: Sequence[str] | None = None, *, method: str = "task",
+           train_loader: Loader | None = None, test_loader: Loader | None = None,
+           attack: attacks.PGD | None = None, epochs: int = 30,
+           test_n: int | None = None, robust_n: int | None = None, seed: int = 0,
+           progress: Progress | None = None, **fit_options: Any) -> StitchResult:
+    """Stitch every pair at every layer (default: the stitch points all pairs share)
+    and score the cells and the donors. progress(done, total, message) counts cells."""
+    pairs = _pairs(pairs_or_front, end)
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    if train_loader is None or test_loader is None:
+        raise StitchingError("matrix() needs train_loader and test_loader")
+    if layers is None:
+        common = [set(common_stitch_points(f, e)) for f, e in pairs]
+        layers = [n for n in stitch_points(pairs[0][0]) if all(n in c for c in common)]
+    layers = list(layers)
+    for f, e in pairs:
+        for layer in layers:
+            StitchedModel(f, e, layer)  # fail fast, before any training
+    settings = {"epochs": epochs if method == "task" else None, "seed": seed,
+                "train": data_identity(train_loader), "test": data_identity(test_loader),
+                "test_n": test_n, "robust_n": robust_n,
+                "attack": attack.describe() if attack is not None else None,
+                "attack_params": attack.to_dict() if attack is not None else None,
+                "fit_options": {k: v for k, v in sorted(fit_options.items()) if k != "profile"}}
+    pair_info = [{"front": f.identity(), "end": e.identity(),
+                  "label": f"{_model_name(f)} -> {_model_name(e)}"} for f, e in pairs]
+    result = StitchResult.empty(pair_info, layers, method, settings)
+
+    models = {}
+    for f, e in pairs:
+        models.setdefault(f.fingerprint(), f)
+        models.setdefault(e.fingerprint(), e)
+    total = len(pairs) * len(layers) + len(models)
+    done = 0
+    scores: dict[str, dict] = {}
+    for fp, model in models.items():
+        ev = evaluate(model, test_loader, attack, test_n=test_n, robust_n=robust_n,
+                      progress=_span(progress, done, 1, total, f"{_model_name(model)}: "))
+        scores[fp] = {"clean_accuracy": ev["clean_accuracy"],
+                      "robust_accuracy": ev["robust_accuracy"]}
+        done += 1
+    for i, (f, e) in enumerate(pairs):
+        result.front_accuracy[i] = scores[f.fingerprint()]
+        result.end_accuracy[i] = scores[e.fingerprint()]
+        for j, layer in enumerate(layers):
+            cell = stitch_cell(f, e, layer, method, train_loader, test_loader, attack, epochs,
+                               test_n=test_n, robust_n=robust_n, seed=seed,
+                               progress=_span(progress, done, 1, total,
+                                              f"{pair_info[i]['label']} "), **fit_options)
+            result.set_cell(i, j, cell)
+            done += 1
+            _call(progress, done, total, f"{pair_info[i]['label']} at {layer}: clean "
+                                         f"{cell['clean_accuracy']:.3f}")
+    return result
