@@ -24,4 +24,6 @@ pages = st.navigation([
             url_path="feature-manipulation"),
 ])
 backend.sidebar()
+backend.presentation_css()
+backend.deck_bar()
 pages.run()

@@ -186,10 +186,144 @@ def publish(keys: list[str]) -> None:
                 st.query_params[key] = value
 
 
-def share_link(page: str) -> None:
-    """A 'copy link' control: the URL of this exact view."""
+def view_settings(page: str) -> dict:
+    """The page's current settings (see core.views), from the session."""
+    from . import views
+    return {k: st.session_state.get(k, v) for k, v in views.settings(page, {}).items()}
+
+
+def share_link() -> None:
+    """A 'copy link' control: the full URL of this exact view (st.code has a copy button)."""
+    base = (st.context.url or "").split("?")[0]
     params = "&".join(f"{k}={v}" for k, v in st.query_params.items())
-    st.code(f"/{page}?{params}" if params else f"/{page}", language=None)
+    with st.popover("Link to this view", icon=":material/link:"):
+        st.caption("Opens exactly this view; results come from the store.")
+        st.code(f"{base}?{params}" if params else base, language=None, wrap_lines=True)
+
+
+# ------------------------------------------------------------- presentation
+
+_PRESENT_CSS = """
+<style>
+section[data-testid="stSidebar"], [data-testid="stSidebarCollapsedControl"],
+[data-testid="stToolbar"], .st-key-settings, .st-key-settings_cka, .st-key-share { display: none !important; }
+.stMainBlockContainer { max-width: 100% !important; padding-top: 1.2rem !important; }
+html { font-size: 20px; }
+h1 { font-size: 2.2rem !important; }
+[data-testid="stCaptionContainer"] { font-size: 1rem !important; }
+</style>
+"""
+
+
+def presenting() -> bool:
+    """Presentation mode: no sidebar or settings, large figures and text."""
+    return bool(st.session_state.get("present", False))
+
+
+def presentation_css() -> None:
+    if presenting():
+        st.markdown(_PRESENT_CSS, unsafe_allow_html=True)
+
+
+def figure_caption(page: str, text: str) -> None:
+    """The caption a figure carries on a projector: models and paper."""
+    from . import views
+    st.caption(f"{text} · {views.PAPERS.get(page, '')}")
+
+
+_KEYS_JS = """
+export default function(component) {
+  const { setTriggerValue } = component;
+  const onKey = (e) => {
+    const t = e.target && e.target.tagName;
+    if (t === 'INPUT' || t === 'TEXTAREA' || (e.target && e.target.isContentEditable)) return;
+    if (['ArrowRight', 'PageDown'].includes(e.key)) setTriggerValue('key', 'next');
+    if (['ArrowLeft', 'PageUp'].includes(e.key)) setTriggerValue('key', 'previous');
+    if (e.key === 'Escape') setTriggerValue('key', 'exit');
+  };
+  document.addEventListener('keydown', onKey);
+  return () => document.removeEventListener('keydown', onKey);
+}
+"""
+
+
+@st.cache_resource
+def _keys_component():
+    import streamlit.components.v2 as components
+    return components.component("robustlens_keys", js=_KEYS_JS)
+
+
+def decks() -> dict[str, Any]:
+    """The talk decks shipped in assets/decks (name -> path)."""
+    from pathlib import Path
+    folder = Path(__file__).resolve().parent.parent / "assets" / "decks"
+    return {p.stem: p for p in sorted(folder.glob("*.y*ml")) + sorted(folder.glob("*.json"))}
+
+
+def _go_to_slide(deck: dict, name: str, index: int) -> None:
+    from . import views
+    view = deck["views"][index]
+    params = {**views.query_params(view), "deck": name, "slide": str(index),
+              "present": "1" if presenting() else "0"}
+    for k in list(st.session_state):  # the slide's settings replace the current ones
+        if k not in ("device", "trusted_specs", "custom_specs"):
+            del st.session_state[k]
+    st.switch_page(views.PAGES[view["page"]], query_params=params)
+
+
+def _exit_presentation() -> None:
+    st.session_state["present"] = False
+    st.query_params["present"] = "0"
+    st.rerun()
+
+
+def deck_bar() -> None:
+    """Previous / next through a talk deck (arrow keys and clickers too)."""
+    from . import views
+    name = st.query_params.get("deck")
+    if not name or name not in decks():
+        if presenting():
+            cols = st.columns([10, 2])
+            if cols[1].button("Exit presentation", icon=":material/close_fullscreen:",
+                              key="present_exit"):
+                _exit_presentation()
+            if getattr(_keys_component()(key="deck-keys", on_key_change=lambda: None),
+                       "key", None) == "exit":
+                _exit_presentation()
+        return
+    try:
+        deck = views.load_deck(decks()[name])
+    except ValueError as e:
+        st.error(str(e))
+        return
+    n = len(deck["views"])
+    try:
+        i = min(max(int(st.query_params.get("slide", 0)), 0), n - 1)
+    except ValueError:
+        i = 0
+    cols = st.columns([1, 8, 1, 1], vertical_alignment="center")
+    if cols[0].button("Previous", icon=":material/arrow_back:", disabled=i == 0, key="deck_prev"):
+        _go_to_slide(deck, name, i - 1)
+    cols[1].markdown(f"**{deck.get('title', name)}** · {i + 1}/{n} · {deck['views'][i]['title']}")
+    if cols[2].button("Next", icon=":material/arrow_forward:", disabled=i == n - 1, key="deck_next"):
+        _go_to_slide(deck, name, i + 1)
+    if cols[3].button("End", icon=":material/close:", key="deck_end"):
+        st.query_params.clear()
+        st.session_state["present"] = False
+        st.rerun()
+    key = _keys_component()(key="deck-keys", on_key_change=lambda: None)
+    pressed = getattr(key, "key", None)
+    if pressed == "next" and i < n - 1:
+        _go_to_slide(deck, name, i + 1)
+    elif pressed == "previous" and i > 0:
+        _go_to_slide(deck, name, i - 1)
+    elif pressed == "exit":
+        _exit_presentation()
+
+
+def start_deck(name: str) -> None:
+    from . import views
+    _go_to_slide(views.load_deck(decks()[name]), name, 0)
 
 
 # ------------------------------------------------------------------ compute
@@ -490,7 +624,19 @@ def sidebar() -> None:
         st.selectbox("Device", options, key="device",
                      help="auto: CUDA, then Apple MPS, then CPU. Results are the same "
                           "on every device and are shared through the results store.")
-        publish(["a", "b", "device"])
+        st.markdown("### Talk")
+        url_state("present", False)
+        st.toggle("Presentation mode", key="present",
+                  help="Hides the sidebar and settings and enlarges figures for a projector. "
+                       "Esc leaves it; so does ?present=0 in the URL.")
+        available = decks()
+        if available:
+            c1, c2 = st.columns([3, 1], vertical_alignment="bottom")
+            chosen = c1.selectbox("Deck", list(available), key="deck_pick")
+            if c2.button("Start", key="deck_start", help="Step through the deck's views; "
+                         "arrow keys or a clicker move between them."):
+                start_deck(chosen)
+        publish(["a", "b", "device", "present"])
 
 
 def selected(which: str) -> str:

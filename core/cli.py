@@ -238,6 +238,44 @@ def _stitch(args: argparse.Namespace):
     return _write_out(out, args.out) if args.out else out
 
 
+def _precompute_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("deck", help="a talk deck (YAML or JSON), e.g. assets/decks/three-papers.yaml")
+    p.add_argument("--device")
+    p.add_argument("--to-assets", action="store_true",
+                   help="also copy the results into assets/results (shipped, precomputed)")
+
+
+# results that are large or made of test-set pixels stay out of assets/
+_NOT_SHIPPED = {"test_outputs"}
+
+
+def _precompute(args: argparse.Namespace) -> dict:
+    """Compute and store everything the views of a talk deck show."""
+    from . import views
+    from .results import default_store
+    deck = views.load_deck(args.deck)
+    load = _loader(args.device)
+    summary, failed = [], []
+    for i, view in enumerate(deck["views"], 1):
+        try:
+            view_jobs = views.view_jobs(load, view["page"], view["params"])
+        except RobustLensError as e:
+            failed.append(f"view {i} ({view['title']}): {e}")
+            continue
+        for job in view_jobs:
+            try:
+                run_job(job)
+            except RobustLensError as e:
+                failed.append(f"view {i} ({view['title']}): {e}")
+                continue
+            if args.to_assets and job.kind not in _NOT_SHIPPED:
+                default_store().export_asset(job.kind, job.inputs)
+        summary.append({"view": i, "title": view["title"], "jobs": len(view_jobs)})
+    if failed:
+        raise RobustLensError("some views could not be computed:\n" + "\n".join(failed))
+    return {"deck": deck.get("title"), "views": summary}
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], object]]] = {
     "train": (_train_args, _train),
@@ -246,4 +284,5 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "data": (_data_args, _data),
     "cka": (_cka_args, _cka),
     "stitch": (_stitch_args, _stitch),
+    "precompute": (_precompute_args, _precompute),
 }

@@ -138,9 +138,9 @@ def curve(xs: Sequence[float], ys: dict[str, Sequence[float]], x_title: str, y_t
 def to_uint8(img) -> np.ndarray:
     """CHW float tensor/array in [0, 1] (or HWC uint8) -> HWC uint8 for display."""
     a = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = a.transpose(1, 2, 0)  # CHW -> HWC
     if a.dtype != np.uint8:
-        if a.ndim == 3 and a.shape[0] in (1, 3):
-            a = a.transpose(1, 2, 0)
         a = (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
     return a
 

@@ -4,14 +4,17 @@ import json
 import numpy as np
 import streamlit as st
 
-from core import backend, figures, jobs
+from core import backend, figures, jobs, views
 from core.cka import CKAResult
 
+PAGE = "cka-explorer"
 PAPER = ("Cianfarani, Bhagoji, Sehwag, Zhao, Zheng, Mittal: *Understanding Robust Learning "
          "through the Lens of Representation Similarities*, NeurIPS 2022")
 
 backend.page_setup()
 st.title("CKA explorer")
+with st.container(key="share"):
+    backend.share_link()
 st.caption("How similar are the representations of two layers? Linear CKA with the unbiased "
            "minibatch HSIC estimator (Nguyen et al. 2021) over CIFAR-10 test images. "
            f"After {PAPER}.")
@@ -21,12 +24,14 @@ name = {"A": backend.label(a), "B": backend.label(b)}
 spec = {"A": a, "B": b}
 
 backend.url_state("cka_view", "Explore", ["Explore", "Paper view"])
-view = st.segmented_control("View", ["Explore", "Paper view"], key="cka_view",
-                            label_visibility="collapsed")
+with st.container(key="settings"):
+    view = st.segmented_control("View", ["Explore", "Paper view"], key="cka_view",
+                                label_visibility="collapsed")
 if view is None:
     view = "Explore"
+big = backend.presenting()
 
-with st.container(border=True):
+with st.container(border=True, key="settings_cka"):
     c1, c2, c3, c4, c5 = st.columns([1.2, 1, 1, 1, 1])
     if view == "Explore":
         backend.url_state("cka_pair", "A vs B", ["A vs B", "A vs A", "B vs B", "B vs A"])
@@ -107,8 +112,7 @@ def downloads(res: CKAResult, stem: str) -> None:
 with backend.guard():
     if view == "Explore":
         first, second = pair.split(" vs ")
-        job = jobs.cka_job(backend.model, spec[first], spec[second], layers, layers, in_a, in_b,
-                           against, kernel, n)
+        job = views.cka_jobs(backend.model, backend.view_settings(PAGE))[0]
         res = load_or_offer(job, "cka_compute")
         if res is not None:
             backend.url_state("cka_cell", [0, 0])
@@ -119,7 +123,8 @@ with backend.guard():
             title = (f"{name[first]} ({jobs.INPUT_LABELS[in_a]}) vs "
                      f"{name[second]} ({jobs.INPUT_LABELS[in_b]})")
             fig = figures.cka_heatmap(res.matrix, res.layers_a, res.layers_b, title,
-                                      name[first], name[second], res.spread, selected=(i, j))
+                                      name[first], name[second], res.spread, selected=(i, j),
+                                      big=big)
             event = left.plotly_chart(fig, key="cka_heatmap", on_select="rerun",
                                       selection_mode="points")
             points = (event.selection.points if event and event.selection else [])
@@ -135,14 +140,15 @@ with backend.guard():
                 st.caption(f"{res.n} images, batches of {res.batch_size}, {res.kernel} kernel, "
                            f"unbiased HSIC; computed in {res.seconds:.0f} s.")
                 downloads(res, f"cka-{first}-{second}-{in_a}-{in_b}")
+            left.caption(f"{title} · {views.PAPERS[PAGE]}")
             backend.publish(["cka_cell"])
     else:
         st.markdown(f"**Robust:** {name['A']} · **Standard:** {name['B']} · inputs: "
                     f"{jobs.INPUT_LABELS[in_a]} (each model attacked on its own)")
         specs = [("Standard – standard", b, b), ("Robust – robust", a, a), ("Standard – robust", b, a)]
+        paper_jobs = views.cka_jobs(backend.model, backend.view_settings(PAGE))
         panels, results = [], []
-        for title, x, y in specs:
-            job = jobs.cka_job(backend.model, x, y, layers, layers, in_a, in_a, "self", kernel, n)
+        for (title, x, y), job in zip(specs, paper_jobs):
             res = load_or_offer(job, f"cka_paper_{title}")
             if res is None:
                 st.stop()
@@ -151,12 +157,12 @@ with backend.guard():
                            "title": f"{title}<br><sup>{backend.label(x)} vs {backend.label(y)}</sup>",
                            "name_a": backend.label(x), "name_b": backend.label(y),
                            "spread": res.spread})
-        st.plotly_chart(figures.cka_panels(panels), key="cka_panels")
+        st.plotly_chart(figures.cka_panels(panels, big=big), key="cka_panels")
         cross = results[2]
         k = min(len(cross.layers_a), len(cross.layers_b))
         st.plotly_chart(figures.diagonal_profile(
-            [("standard vs robust, same layer", cross.layers_a[:k], np.diag(cross.matrix)[:k])]),
-            key="cka_diag")
+            [("standard vs robust, same layer", cross.layers_a[:k], np.diag(cross.matrix)[:k])],
+            big=big), key="cka_diag")
         off = lambda m: float(np.mean(m[~np.eye(len(m), dtype=bool)]))  # noqa: E731
         c1, c2, c3 = st.columns(3)
         c1.metric("Mean off-diagonal CKA, standard", f"{off(results[0].matrix):.2f}")
@@ -165,4 +171,5 @@ with backend.guard():
                        "layers stay similar.")
         c3.metric("Mean CKA, standard vs robust (same layer)",
                   f"{float(np.mean(np.diag(cross.matrix)[:k])):.2f}")
-        st.caption(f"After {PAPER}, figure 1.")
+        backend.figure_caption(PAGE, f"Robust: {name['A']} · standard: {name['B']} · "
+                                     f"{jobs.INPUT_LABELS[in_a]} inputs · {n:,} test images")

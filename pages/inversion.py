@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from core import backend, data, figures, jobs
+from core import backend, data, figures, views
 from core.errors import BadImageError
 
 PAPER = ("Engstrom, Ilyas, Santurkar, Tsipras, Tran, Madry: *Adversarial Robustness as a Prior "
@@ -13,13 +13,16 @@ PAPER = ("Engstrom, Ilyas, Santurkar, Tsipras, Tran, Madry: *Adversarial Robustn
 
 backend.page_setup()
 st.title("Representation inversion")
+with st.container(key="share"):
+    backend.share_link()
 st.caption("Click an image. Each model gets only the image's representation R(x) (the "
            "penultimate layer) and searches, from gray noise, for an input x' whose "
            "representation matches: minimise ‖R(x') − R(x)‖ / ‖R(x)‖. A robust model's "
            f"reconstruction looks like the image; a standard model's does not. After {PAPER}.")
 
 a, b = backend.selected("a"), backend.selected("b")
-UPLOADS = data.cache_dir() / "uploads" / "images"
+PAGE = "representation-inversion"
+UPLOADS = views.uploads_dir()
 
 
 # ------------------------------------------------------------------ sources
@@ -52,24 +55,6 @@ def gallery_items(source: str) -> list[dict]:
             for k, v in uploaded_images().items()]
 
 
-def image_for(key: str) -> tuple[np.ndarray, str] | None:
-    if key.startswith("foolbox-"):
-        s = next((s for s in backend.samples() if s.key == key), None)
-        return (s.image, f"{data.CLASSES[s.label]} (CIFAR-10 test)") if s else None
-    if key.startswith("photo-"):
-        s = next((s for s in backend.photos() if s.key == key), None)
-        return (s.image, s.title) if s else None
-    if key.startswith("test-") and backend.test_set() is not None:
-        i = int(key.split("-")[1])
-        test = backend.test_set()
-        if 0 <= i < len(test):
-            return test.images[i].numpy().transpose(1, 2, 0), f"test image {i}: {data.CLASSES[int(test.labels[i])]}"
-    if key.startswith("upload-"):
-        img = uploaded_images().get(key)
-        return (img, "your upload") if img is not None else None
-    return None
-
-
 sources = {"samples": "CIFAR-10 samples", "photos": "Photos (out of distribution)",
            "upload": "Upload"}
 if backend.test_set() is not None:
@@ -99,7 +84,7 @@ if items:
 elif source == "upload":
     st.caption("Uploaded images appear here.")
 
-with st.expander("Settings", icon=":material/settings:"):
+with st.container(key="settings"), st.expander("Settings", icon=":material/settings:"):
     c = st.columns(4)
     probe_a = backend.model(a)
     layer_options = [probe_a.representation_layer] + [x for x in probe_a.layers
@@ -120,16 +105,15 @@ with st.expander("Settings", icon=":material/settings:"):
                               help="Seed of the starting noise (0.5 + N(0,1)/20).")
 backend.publish(["inv_source", "inv_img", "inv_layer", "inv_method", "inv_steps", "inv_seed"])
 
-chosen = image_for(st.session_state["inv_img"])
+chosen = views.image_for(st.session_state["inv_img"])
 if chosen is None:
     st.info("Choose an image above.")
     st.stop()
-image, title = chosen
+image, title, _ = chosen
 
 with backend.guard():
     specs = [a, b]
-    job_list = [jobs.inversion_job(backend.model, s, image, layer, method, int(steps), "noise",
-                                   int(gseed)) for s in specs]
+    job_list = views.inversion_jobs(backend.model, backend.view_settings(PAGE))[:2]
     cols = st.columns(3)
     cols[0].markdown(f"**Original**  \n{title}")
     cols[0].image(figures.upscale(image, 7), width="stretch")
@@ -151,6 +135,8 @@ with backend.guard():
         slots[k].image(figures.upscale(res["images"][0], 7), width="stretch")
         notes[k].markdown(f"representation loss **{float(res['loss'][0]):.3f}** · "
                           f"PSNR **{res['psnr']:.1f} dB** · SSIM **{res['ssim']:.2f}**")
+    backend.figure_caption(PAGE, f"{title}: reconstructed from the {layer} representation of "
+                                 f"{backend.label(a)} (robust) and {backend.label(b)} (standard)")
     curves = {backend.label(s): np.asarray(r["loss_curve"])[:, 0] for s, r in zip(specs, results)}
     with st.expander("Loss curves and frames", icon=":material/show_chart:"):
         st.plotly_chart(figures.curve(list(range(len(next(iter(curves.values()))))), curves, "step",
@@ -164,7 +150,7 @@ st.subheader("How recognisable are the reconstructions?")
 st.caption("Mean PSNR and SSIM between reconstruction and original over the 20 shipped "
            "CIFAR-10 test images (fast optimiser, 200 steps, seed 0).")
 with backend.guard():
-    q_jobs = [jobs.quality_job(backend.model, s) for s in (a, b)]
+    q_jobs = views.inversion_jobs(backend.model, backend.view_settings(PAGE))[-2:]
     q = [backend.stored(j) for j in q_jobs]
     if any(v is None for v in q):
         if st.button("Measure reconstruction quality", icon=":material/straighten:"):

@@ -12,6 +12,8 @@ RECIPE = jobs.STITCH_RECIPE
 
 backend.page_setup()
 st.title("Stitching matrix")
+with st.container(key="share"):
+    backend.share_link()
 st.caption("The front of one network up to a layer, a trained 1x1 convolution, and the rest of "
            "another network. Both donors are frozen: only the stitching layer learns. Can the "
            f"end model use the front model's representation? After {PAPER}.")
@@ -30,7 +32,7 @@ def pick(col, key, title, options, preferred, avoid=None):
     return col.selectbox(title, options, key=key, format_func=backend.label)
 
 
-with st.container(border=True):
+with st.container(border=True, key="settings"):
     c = st.columns(4)
     r1 = pick(c[0], "st_r", "Robust model", robust, ["resnet18-linf-8", backend.selected("a")])
     s1 = pick(c[1], "st_s", "Standard model", standard, [backend.selected("b"), "resnet18-standard-s0"])
@@ -86,7 +88,8 @@ with left:
     rel = metric.endswith("_rel")
     fig = figures.matrix_heatmap(values, row_labels, ["stem" if la == "relu" else la for la in layers],
                                  title=f"{metrics[metric]}, {method} matching",
-                                 zmax=1.2 if rel else 1.0, selected=(i, j))
+                                 zmax=1.2 if rel else 1.0, selected=(i, j),
+                                 big=backend.presenting())
     event = st.plotly_chart(fig, key="st_matrix", on_select="rerun", selection_mode="points")
     points = event.selection.points if event and event.selection else []
     if points:
@@ -99,6 +102,8 @@ with left:
             st.session_state["st_cell"] = new
             backend.publish(["st_cell"])
             st.rerun()
+    backend.figure_caption("stitching-matrix", f"{metrics[metric]}, {method} matching; "
+                           f"robust {backend.label(r1)}, standard {backend.label(s1)}")
     if missing:
         st.caption(f"{missing} of {values.size} cells are not computed yet (blank).")
         if backend.test_set() is None:

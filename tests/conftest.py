@@ -62,8 +62,8 @@ needs_data = pytest.mark.skipif(not has_test_data(), reason="CIFAR-10 test set n
 
 @pytest.fixture(scope="session")
 def tiny_world(tmp_path_factory):
-    """A complete small world for page tests: four tiny models in a zoo folder
-    (two robust, two standard, with cards) and a small CIFAR-like data set."""
+    """A complete small world for page tests: the zoo's five models at width 4
+    (cards as shipped) and a small CIFAR-like data set (12 + 8 images a class)."""
     import numpy as np
     from PIL import Image
 
@@ -77,12 +77,9 @@ def tiny_world(tmp_path_factory):
             for i in range(n):
                 arr = rng.normal(25 * c, 30, (32, 32, 3)).clip(0, 255).astype(np.uint8)
                 Image.fromarray(arr).save(d / f"{i:04d}.png")
-    cards = {"resnet18-linf-8": "resnet18-linf-8", "resnet18-l2-1.0": "resnet18-l2-1.0",
-             "resnet18-standard-s0": "resnet18-standard-s0",
-             "resnet18-standard-s1": "resnet18-standard-s1"}
-    for k, (name, recipe) in enumerate(cards.items()):
+    for k, name in enumerate(train.ZOO):  # the shipped zoo's names and cards, tiny weights
         probe = tiny_probe(width=4, seed=k, name=name)
-        probe.card.update(train.card_fields(train.ZOO[recipe]))
+        probe.card.update(train.card_fields(train.ZOO[name]))
         probe.card["width"] = 4
         zoo.export(probe, name, directory=root / "zoo")
     return {"zoo": root / "zoo", "data": root / "data"}

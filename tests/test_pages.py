@@ -24,7 +24,7 @@ def test_sidebar_lists_the_zoo_with_cards(world):
     assert not at.exception
     a, b = at.sidebar.selectbox[0], at.sidebar.selectbox[1]
     assert a.value == "resnet18-l2-1.0" and b.value == "resnet18-standard-s0"
-    assert len(a.options) == 4
+    assert len(a.options) == 5
 
 
 def test_cka_compute_then_from_store(world):
@@ -82,3 +82,13 @@ def test_manipulation_feature_browser(world):
     click(at, "Visualise")
     assert not at.exception, [e.value for e in at.exception]
     assert "Feature" in texts(at)
+
+
+def test_manipulation_tabs_from_the_url(world):
+    for tab in ("Feature addition", "Interpolation", "Misclassification"):
+        at = run_app("pages/manipulation.py", {"mf_tab": tab})
+        assert not at.exception, (tab, [e.value for e in at.exception])
+    at = run_app("pages/manipulation.py", {"mf_tab": "Interpolation"})
+    click(at, "Interpolate")
+    assert not at.exception, [e.value for e in at.exception]
+    assert any(s.label == "Frame" for s in at.slider)
