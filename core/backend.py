@@ -201,6 +201,15 @@ def share_link() -> None:
         st.code(f"{base}?{params}" if params else base, language=None, wrap_lines=True)
 
 
+def export_menu(stem: str, files: list[tuple[str, Callable[[], Any], str, str]]) -> None:
+    """An 'Export' popover of download buttons; each file is made only when clicked.
+    files: (label, make_bytes_or_text, file name suffix, mime type)."""
+    with st.popover("Export", icon=":material/download:"):
+        for label, make, suffix, mime in files:
+            st.download_button(label, make, f"{stem}{suffix}", mime, key=f"dl-{stem}-{suffix}",
+                               on_click="ignore", width="stretch")
+
+
 # ------------------------------------------------------------- presentation
 
 _PRESENT_CSS = """

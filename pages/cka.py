@@ -1,10 +1,8 @@
 """CKA explorer: layer x layer similarity within and across models, benign or adversarial."""
-import json
-
 import numpy as np
 import streamlit as st
 
-from core import backend, figures, jobs, views
+from core import backend, exports, figures, jobs, views
 from core.cka import CKAResult
 
 PAGE = "cka-explorer"
@@ -101,12 +99,15 @@ def name_of(res: CKAResult, side: str) -> str:
     return backend.label(ident["name"]) if ident["name"] in backend.model_specs() else ident["name"]
 
 
-def downloads(res: CKAResult, stem: str) -> None:
-    c1, c2 = st.columns(2)
-    c1.download_button("CSV", res.to_csv(), f"{stem}.csv", "text/csv", icon=":material/download:")
-    payload = {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in res.to_dict().items()}
-    c2.download_button("JSON", json.dumps(payload, indent=1, default=float), f"{stem}.json",
-                       "application/json", icon=":material/download:")
+def downloads(res: CKAResult, job: jobs.Job, title: str, stem: str, row: str, col: str) -> None:
+    inputs = {"kind": job.kind, **job.inputs}
+    caption = f"{title}; {res.n} images; {views.PAPERS[PAGE]}"
+    backend.export_menu(stem, [
+        ("Figure, PNG (300 dpi)", lambda: exports.heatmap(res.matrix, res.layers_a, res.layers_b, title, inputs, "png", row, col, caption=caption), ".png", "image/png"),
+        ("Figure, SVG", lambda: exports.heatmap(res.matrix, res.layers_a, res.layers_b, title, inputs, "svg", row, col, caption=caption), ".svg", "image/svg+xml"),
+        ("Data, CSV", lambda: exports.csv_with_inputs(res.to_csv(), inputs), ".csv", "text/csv"),
+        ("Data, JSON", lambda: exports.to_json(res.to_dict(), inputs), ".json", "application/json"),
+    ])
 
 
 with backend.guard():
@@ -139,7 +140,8 @@ with backend.guard():
                 describe_pair(res, i, j, backend.model(spec[first]), backend.model(spec[second]))
                 st.caption(f"{res.n} images, batches of {res.batch_size}, {res.kernel} kernel, "
                            f"unbiased HSIC; computed in {res.seconds:.0f} s.")
-                downloads(res, f"cka-{first}-{second}-{in_a}-{in_b}")
+                downloads(res, job, title, f"cka-{first}-{second}-{in_a}-{in_b}", name[first],
+                          name[second])
             left.caption(f"{title} · {views.PAPERS[PAGE]}")
             backend.publish(["cka_cell"])
     else:
@@ -158,6 +160,16 @@ with backend.guard():
                            "name_a": backend.label(x), "name_b": backend.label(y),
                            "spread": res.spread})
         st.plotly_chart(figures.cka_panels(panels, big=big), key="cka_panels")
+        items = [{"matrix": p["matrix"], "rows": p["layers_a"], "cols": p["layers_b"],
+                  "title": t, "row_title": p["name_a"], "col_title": p["name_b"]}
+                 for p, (t, _, _) in zip(panels, specs)]
+        inputs = {"kind": "cka paper view", "panels": [j.inputs for j in paper_jobs]}
+        cap = f"{views.PAPERS[PAGE]}; {jobs.INPUT_LABELS[in_a]} inputs"
+        backend.export_menu(f"cka-paper-{in_a}", [
+            ("Figure, PNG (300 dpi)", lambda: exports.panels(items, inputs, "png", cap), ".png", "image/png"),
+            ("Figure, SVG", lambda: exports.panels(items, inputs, "svg", cap), ".svg", "image/svg+xml"),
+            ("Data, JSON", lambda: exports.to_json([r.to_dict() for r in results], inputs), ".json",
+             "application/json")])
         cross = results[2]
         k = min(len(cross.layers_a), len(cross.layers_b))
         st.plotly_chart(figures.diagonal_profile(

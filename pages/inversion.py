@@ -5,7 +5,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from core import backend, data, figures, views
+from core import backend, data, exports, figures, views
 from core.errors import BadImageError
 
 PAPER = ("Engstrom, Ilyas, Santurkar, Tsipras, Tran, Madry: *Adversarial Robustness as a Prior "
@@ -137,6 +137,21 @@ with backend.guard():
                           f"PSNR **{res['psnr']:.1f} dB** · SSIM **{res['ssim']:.2f}**")
     backend.figure_caption(PAGE, f"{title}: reconstructed from the {layer} representation of "
                                  f"{backend.label(a)} (robust) and {backend.label(b)} (standard)")
+    inputs = {"kind": "inversion", "image": st.session_state["inv_img"],
+              "jobs": [j.inputs for j in job_list]}
+    stem = f"inversion-{st.session_state['inv_img']}"
+    backend.export_menu(stem, [
+        ("Original + reconstructions, PNG", lambda: exports.image_strip(
+            [image] + [r["images"][0] for r in results], inputs, 8,
+            ["original"] + [backend.label(s) for s in specs]), ".png", "image/png"),
+        (f"Optimisation of {backend.label(a)}, GIF", lambda: exports.gif(
+            [f[1][0] for f in results[0]["frames"]], {**inputs, "model": a}), "-a.gif", "image/gif"),
+        (f"Optimisation of {backend.label(b)}, GIF", lambda: exports.gif(
+            [f[1][0] for f in results[1]["frames"]], {**inputs, "model": b}), "-b.gif", "image/gif"),
+        ("Data, JSON", lambda: exports.to_json(
+            [{k: r[k] for k in ("loss", "psnr", "ssim", "l2", "loss_curve", "settings")}
+             for r in results], inputs), ".json", "application/json"),
+    ])
     curves = {backend.label(s): np.asarray(r["loss_curve"])[:, 0] for s, r in zip(specs, results)}
     with st.expander("Loss curves and frames", icon=":material/show_chart:"):
         st.plotly_chart(figures.curve(list(range(len(next(iter(curves.values()))))), curves, "step",

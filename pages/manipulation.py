@@ -3,7 +3,7 @@ import numpy as np
 import streamlit as st
 import torch
 
-from core import backend, data, figures, jobs, views
+from core import backend, data, exports, figures, jobs, views
 
 PAGE = "feature-manipulation"
 PAPER = ("Engstrom, Ilyas, Santurkar, Tsipras, Tran, Madry: *Adversarial Robustness as a Prior "
@@ -88,6 +88,10 @@ def browser() -> None:
     with c[2]:
         top_images(feats, index)
     backend.figure_caption(PAGE, f"feature {index} of {backend.label(a)}, maximised from noise")
+    backend.export_menu(f"features-{a}", [
+        ("All features, PNG", lambda: exports.image_strip(
+            grid["images"], {"kind": grid_job.kind, **grid_job.inputs}, 4,
+            [str(i) for i in grid["indices"]]), ".png", "image/png")])
 
 
 def top_images(feats: list[int], index: int) -> None:
@@ -145,6 +149,13 @@ def addition() -> None:
     for k, r in enumerate(results):
         notes[k].caption(f"feature {index}: {r['before']:.2f} → **{r['after']:.2f}**")
     backend.figure_caption(PAGE, f"feature {index} added to {found[1]}")
+    inputs = {"kind": "add_feature", "jobs": [j.inputs for j in add_jobs]}
+    backend.export_menu(f"add-feature-{index}", [
+        ("Before and after, PNG", lambda: exports.image_strip(
+            [found[0]] + [r["images"][0] for r in results], inputs, 8,
+            ["original"] + [backend.label(s) for s in specs]), ".png", "image/png"),
+        (f"Optimisation of {backend.label(a)}, GIF", lambda: exports.gif(
+            [f[1][0] for f in results[0]["frames"]], inputs), ".gif", "image/gif")])
 
 
 # ------------------------------------------------------------------ interpolation
@@ -179,6 +190,14 @@ def interpolation() -> None:
             st.caption(backend.label(s))
             st.image([figures.upscale(im, 2) for im in r["images"]])
     backend.figure_caption(PAGE, f"interpolation from {names[ia]} to {names[ib]}")
+    inputs = {"kind": "interpolation", "jobs": [j.inputs for j in ijobs]}
+    backend.export_menu(f"interpolation-{ia}-{ib}", [
+        (f"Strip, {backend.label(s)}, PNG", (lambda r=r: exports.image_strip(
+            r["images"], inputs, 6)), f"-{k}.png", "image/png")
+        for k, (s, r) in enumerate(zip(specs, results))] + [
+        (f"Animation, {backend.label(s)}, GIF", (lambda r=r: exports.gif(
+            list(r["images"]) + list(r["images"])[::-1], inputs)), f"-{k}.gif", "image/gif")
+        for k, (s, r) in enumerate(zip(specs, results))])
 
 
 # ------------------------------------------------------------------ misclassification

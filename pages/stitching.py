@@ -4,7 +4,7 @@ import json
 import numpy as np
 import streamlit as st
 
-from core import backend, figures, jobs, stitching
+from core import backend, exports, figures, jobs, stitching
 
 PAPER = ("Balogh & Jelasity: *On the Functional Similarity of Robust and Non-Robust Neural "
          "Representations*, ICML 2023; direct matching after their AAAI 2025 follow-up")
@@ -104,6 +104,25 @@ with left:
             st.rerun()
     backend.figure_caption("stitching-matrix", f"{metrics[metric]}, {method} matching; "
                            f"robust {backend.label(r1)}, standard {backend.label(s1)}")
+    inputs = {"kind": "stitching matrix", "metric": metric, "method": method,
+              "pairs": [{"front": f, "end": e} for f, e in pairs], "layers": layers,
+              "recipe": cell_jobs[0][0].inputs["recipe"]}
+    plain_rows = [f"{n}: {backend.label(f)} -> {backend.label(e)}"
+                  for n, (f, e) in zip(jobs.STITCH_PAIRS, pairs)]
+
+    def csv_text() -> str:
+        lines = ["pair,front,end," + ",".join(layers)]
+        for (n, (f, e)), row in zip(zip(jobs.STITCH_PAIRS, pairs), values):
+            lines.append(",".join([n, f, e] + ["" if np.isnan(v) else f"{v:.4f}" for v in row]))
+        return exports.csv_with_inputs("\n".join(lines) + "\n", inputs)
+    stem = f"stitching-{method}-{metric}"
+    cap = f"{metrics[metric]}, {method} matching; {PAPER}"
+    backend.export_menu(stem, [
+        ("Figure, PNG (300 dpi)", lambda: exports.heatmap(values, plain_rows, layers, metrics[metric], inputs, "png", annotate=True, vmax=1.2 if rel else 1.0, cmap="RdYlGn", caption=cap), ".png", "image/png"),
+        ("Figure, SVG", lambda: exports.heatmap(values, plain_rows, layers, metrics[metric], inputs, "svg", annotate=True, vmax=1.2 if rel else 1.0, cmap="RdYlGn", caption=cap), ".svg", "image/svg+xml"),
+        ("Data, CSV", csv_text, ".csv", "text/csv"),
+        ("Cells, JSON", lambda: exports.to_json({"cells": cells, "references": refs}, inputs), ".json", "application/json"),
+    ])
     if missing:
         st.caption(f"{missing} of {values.size} cells are not computed yet (blank).")
         if backend.test_set() is None:

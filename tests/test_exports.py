@@ -1,0 +1,45 @@
+"""Exports are valid files that name the inputs that produced them."""
+from __future__ import annotations
+
+import io
+import json
+import xml.etree.ElementTree as ET
+
+import numpy as np
+import torch
+from PIL import Image
+
+from core import exports
+
+INPUTS = {"a": {"name": "resnet18-l2-1.0", "fingerprint": "abc"}, "n": 1000, "layers": ["relu"]}
+M = np.random.default_rng(0).random((5, 4))
+
+
+def test_heatmap_png_is_an_image_that_names_its_inputs():
+    blob = exports.heatmap(M, list("abcde"), list("wxyz"), "title", INPUTS, "png")
+    im = Image.open(io.BytesIO(blob))
+    assert im.format == "PNG" and im.size[0] > 600   # 300 dpi
+    assert exports.png_inputs(blob) == INPUTS
+
+
+def test_svg_is_xml_with_inputs_in_its_metadata():
+    blob = exports.heatmap(M, list("abcde"), list("wxyz"), "t", INPUTS, "svg", annotate=True)
+    root = ET.fromstring(blob)
+    assert root.tag.endswith("svg")
+    assert "resnet18-l2-1.0" in blob.decode()
+
+
+def test_panels_strip_gif_csv_json():
+    items = [{"matrix": M[:4, :4], "rows": list("abcd"), "cols": list("abcd"), "title": t}
+             for t in ("std", "rob", "cross")]
+    assert exports.png_inputs(exports.panels(items, INPUTS)) == INPUTS
+    imgs = [torch.rand(3, 32, 32) for _ in range(3)]
+    strip = Image.open(io.BytesIO(exports.image_strip(imgs, INPUTS, scale=2)))
+    assert strip.size == (3 * 64 + 4, 64)
+    g = Image.open(io.BytesIO(exports.gif(imgs, INPUTS, scale=2)))
+    assert g.format == "GIF" and g.n_frames == 3
+    assert json.loads(g.info["comment"].decode())["n"] == 1000
+    csv = exports.csv_with_inputs("x,y\n1,2\n", INPUTS)
+    assert csv.splitlines()[0].startswith("# robustlens:inputs {") and csv.endswith("1,2\n")
+    js = json.loads(exports.to_json({"m": M, "t": torch.ones(2)}, INPUTS))
+    assert js["inputs"] == INPUTS and js["result"]["t"] == [1.0, 1.0]
