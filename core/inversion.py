@@ -1,0 +1,671 @@
+"""Representation inversion and its relatives (Engstrom et al., 2019) as one loop.
+
+Inversion, feature visualisation, feature addition, interpolation and the
+misclassification insight are the same optimisation over input pixels with a
+different objective. The loop (`optimize`) is built from four small pieces, in
+the style of lucent and the robustness library:
+
+- objective: features at a tap (N, ...) -> per-image loss (N,), minimised:
+  `representation_distance` (||R(x') - R(x)||_2 / ||R(x)||_2) and
+  `feature_activation` (minus one component, i.e. maximise it);
+- parameterisation: the pixels themselves, in [0, 1]; `start_images` draws the
+  seed ("noise" = 0.5 + N(0, 1)/20 as in the paper, "gray", or given images);
+- step rule: `NormGrad` (the paper's L2-normalised gradient step) or `Adam`
+  (per-pixel Adam with a cosine-decayed learning rate: reaches the same loss
+  in far fewer steps, see bench/inversion.py);
+- constraint: `Constraint`, an L2 ball of radius eps around the seed, then a
+  clamp to [0, 1].
+
+Every image in a batch is optimised independently (each step rule acts per
+image and the model is in eval mode), so a batch of targets costs one batched
+forward/backward per step. Results are deterministic given `generator_seed`
+(bitwise on CPU; on CUDA up to cuDNN's non-deterministic backward kernels).
+
+Speed (measured in bench/inversion.py, not guessed): the loop runs the model
+only up to the tap (a chain stage is reached through `Probe.forward_to`, with
+no hooks; any other module through a hook that stops the forward pass), and on
+CPU it runs with one intra-op thread by default (`threads=1`; None keeps the
+process's setting): per-image convolutions of a 32x32 input gain little from
+threads, and on a CPU shared with other work two threads were 6x slower than
+one (up to 100x for a tiny model, OpenMP threads spinning against each other).
+
+A progress callback may raise to cancel a run; the model is left as it was.
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Protocol, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import RobustLensError, UnknownLayerError
+from .probe import Probe
+
+Objective = Callable[[torch.Tensor], torch.Tensor]
+ProgressFn = Callable[[int, int, float, "torch.Tensor | None"], None]
+
+METHODS = ("adam", "normgrad")
+SEEDS = ("noise", "gray")
+# (steps, step size) per task and method. normgrad: the paper's settings
+# (inversion step 0.1; visualisation step 1, 200 steps; addition step 0.1, 800
+# steps). adam: step size is the peak learning rate; 150 steps keep two
+# width-32 ResNet-18s under 10 s for one 32x32 image on a busy CPU, and on an
+# L2-robust model reach the loss (inversion), activation (visualisation,
+# addition) of the paper's normgrad runs of 1000, 200 and 800 steps.
+DEFAULTS = {
+    "invert": {"adam": (150, 0.015), "normgrad": (1000, 0.1)},
+    "visualize": {"adam": (150, 0.05), "normgrad": (200, 1.0)},
+    "add": {"adam": (150, 0.02), "normgrad": (800, 0.1)},
+}
+
+
+# ------------------------------------------------------------------ objectives
+
+def representation_distance(target: torch.Tensor) -> Objective:
+    """||f - target||_2 / ||target||_2 per image, on flattened features (N, D)."""
+    target = target.detach().flatten(1)
+    scale = target.norm(dim=1).clamp_min(1e-12)
+
+    def objective(features: torch.Tensor) -> torch.Tensor:
+        return (features.flatten(1) - target).norm(dim=1) / scale
+    return objective
+
+
+def feature_activation(index: int | Sequence[int] | torch.Tensor) -> Objective:
+    """Minus component `index` (one per image, or one for all) of the features:
+    minimising it maximises that unit. A conv feature map (N, C, H, W) counts
+    its channel `index`, averaged over space."""
+    idx = torch.as_tensor(index, dtype=torch.long).flatten()
+
+    def objective(features: torch.Tensor) -> torch.Tensor:
+        nonlocal idx
+        f = features.flatten(2).mean(2) if features.ndim > 2 else features
+        idx = idx.to(f.device)  # once: a no-op from then on
+        picks = idx.expand(f.shape[0]) if idx.numel() == 1 else idx
+        return -f.gather(1, picks[:, None]).squeeze(1)
+    return objective
+
+
+# ------------------------------------------------------------------ step rules
+
+class StepRule(Protocol):
+    """One descent step on pixels x (in place) from the gradient of the loss."""
+
+    def start(self, x: torch.Tensor, steps: int) -> None: ...
+
+    def __call__(self, x: torch.Tensor, grad: torch.Tensor, step: int) -> None: ...
+
+
+def _per_image_norm(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.ndim - 1)))
+
+
+@dataclass
+class NormGrad:
+    """The paper's step: x <- x - step_size * g / ||g||_2, per image."""
+    step_size: float = 0.1
+
+    def start(self, x: torch.Tensor, steps: int) -> None:
+        pass
+
+    def __call__(self, x: torch.Tensor, grad: torch.Tensor, step: int) -> None:
+        x.sub_(grad / _per_image_norm(grad), alpha=self.step_size)
+
+
+@dataclass
+class Adam:
+    """Per-pixel Adam with a cosine-decayed learning rate (from lr to 0).
+
+    The gradient is first scaled to unit RMS per image, which makes the step
+    independent of the loss's scale (a normalised distance of 1e-3 and an
+    activation of 1e3 behave alike) and keeps Adam's epsilon meaningless.
+    """
+    lr: float = 0.015
+    betas: tuple[float, float] = (0.9, 0.999)
+    _m: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _v: torch.Tensor | None = field(default=None, init=False, repr=False)
+    _steps: int = field(default=1, init=False, repr=False)
+
+    def start(self, x: torch.Tensor, steps: int) -> None:
+        self._m, self._v, self._steps = torch.zeros_like(x), torch.zeros_like(x), max(steps, 1)
+
+    def __call__(self, x: torch.Tensor, grad: torch.Tensor, step: int) -> None:
+        assert self._m is not None and self._v is not None, "call start() first"
+        b1, b2 = self.betas
+        g = grad * (math.sqrt(grad[0].numel()) / _per_image_norm(grad))
+        self._m.mul_(b1).add_(g, alpha=1 - b1)
+        self._v.mul_(b2).addcmul_(g, g, value=1 - b2)
+        lr = self.lr * 0.5 * (1 + math.cos(math.pi * step / self._steps))
+        t = step + 1
+        denom = (self._v / (1 - b2 ** t)).sqrt_().add_(1e-8)
+        x.addcdiv_(self._m, denom, value=-lr / (1 - b1 ** t))
+
+
+def make_step_rule(method: str, step_size: float) -> StepRule:
+    if method == "adam":
+        return Adam(lr=step_size)
+    if method == "normgrad":
+        return NormGrad(step_size=step_size)
+    raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+
+
+# ------------------------------------------------------------------ constraint
+
+@dataclass
+class Constraint:
+    """Stay within L2 distance eps of `center` (per image), then inside [0, 1]."""
+    center: torch.Tensor
+    eps: float = 1000.0
+
+    def __call__(self, x: torch.Tensor) -> None:
+        # two points of [0,1]^D are at most sqrt(D) apart: a larger ball is no constraint
+        if self.eps < math.sqrt(x[0].numel()):
+            delta = x - self.center
+            delta.mul_((self.eps / _per_image_norm(delta)).clamp(max=1.0))
+            x.copy_(self.center + delta)
+        x.clamp_(0, 1)
+
+
+# ------------------------------------------------------------ parameterisation
+
+def start_images(seed: str | torch.Tensor, n: int, shape: Sequence[int],
+                 generator_seed: int = 0, device: torch.device | str = "cpu") -> torch.Tensor:
+    """n starting images (n, *shape) in [0, 1]: "noise" (0.5 + N(0,1)/20, clamped),
+    "gray" (0.5), or given images (C,H,W) / (1,C,H,W) / (n,C,H,W)."""
+    if isinstance(seed, str):
+        if seed == "noise":
+            gen = torch.Generator().manual_seed(int(generator_seed))
+            x = 0.5 + torch.randn((n, *shape), generator=gen) / 20
+        elif seed == "gray":
+            x = torch.full((n, *shape), 0.5)
+        else:
+            raise ValueError(f"seed must be one of {SEEDS} or a tensor of images, not {seed!r}")
+        return x.clamp_(0, 1).to(device)
+    x = _as_batch(seed, "seed")
+    if x.shape[0] not in (1, n) or tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"seed images {tuple(x.shape)} do not fit {n} images of shape {tuple(shape)}")
+    return x.expand(n, *shape).to(device, torch.float32).clamp(0, 1).contiguous()
+
+
+def _as_batch(images: torch.Tensor, what: str = "images") -> torch.Tensor:
+    if not torch.is_tensor(images):
+        raise TypeError(f"{what} must be a tensor, not {type(images).__name__}")
+    x = images.detach()
+    if x.ndim == 3:
+        x = x[None]
+    if x.ndim != 4 or x.shape[1] != 3:
+        raise ValueError(f"{what} must be (3, H, W) or (N, 3, H, W) in [0, 1], not {tuple(images.shape)}")
+    return x.float()
+
+
+# --------------------------------------------------------------------- results
+
+@dataclass
+class InversionResult:
+    """What an optimisation produced, with the settings that produced it.
+
+    images: (N, 3, H, W) in [0, 1], on the CPU; loss: (N,) final objective per
+    image (for inversion the normalised representation distance; for feature
+    objectives minus the activation); loss_curve: (steps + 1, N), the objective
+    at every iterate from the seed (row 0) to the result; frames: (step,
+    images) previews, the seed first and the result last.
+    """
+    images: torch.Tensor
+    loss: torch.Tensor
+    loss_curve: torch.Tensor
+    frames: list[tuple[int, torch.Tensor]]
+    settings: dict
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values and tensors (what core.results stores)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["frames"] = [[step, images] for step, images in self.frames]
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "InversionResult":
+        return cls(images=d["images"], loss=d["loss"], loss_curve=d["loss_curve"],
+                   frames=[(int(s), im) for s, im in d["frames"]], settings=dict(d["settings"]))
+
+
+# ------------------------------------------------------------------------ loop
+
+class _StopForward(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _tap(model: Probe, layer: str) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+    """A function x -> output of `layer`, in the graph, running no further."""
+    model.check_layers([layer])
+    if layer in model.chain_layers():
+        yield lambda x: model.forward_to(x, layer)
+        return
+    seen: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
+        seen.append(out)
+        raise _StopForward
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        seen.clear()
+        try:
+            model(x)
+        except _StopForward:
+            pass
+        if not seen:
+            raise UnknownLayerError(f"layer {layer!r} did not run in the forward pass")
+        return seen[0]
+    handle = model.model.get_submodule(layer).register_forward_hook(hook)
+    try:
+        yield run
+    finally:
+        handle.remove()
+
+
+@contextlib.contextmanager
+def cpu_threads(n: int | None, device: torch.device) -> Iterator[None]:
+    """Run with n intra-op threads on the CPU (restored afterwards); None or a
+    non-CPU device leaves the setting alone."""
+    if n is None or device.type != "cpu":
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _threaded(fn: Callable) -> Callable:
+    """Run a public function (target features included) under its `threads`."""
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        bound = signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        with cpu_threads(bound.arguments["threads"], bound.arguments["model"].device):
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+def optimize(model: Probe, objective: Objective, start: torch.Tensor, *,
+             layer: str | None = None, steps: int, step_rule: StepRule,
+             eps: float = 1000.0, fake_relu: bool = True,
+             progress: ProgressFn | None = None, frame_every: int | None = None,
+             threads: int | None = 1, settings: dict | None = None) -> InversionResult:
+    """Minimise objective(features at `layer` of x) over pixels x from `start`.
+
+    Each step: forward to the tap, per-image loss, gradient with respect to
+    the pixels, step rule, constraint (L2 ball of radius eps around `start`,
+    then [0, 1]). fake_relu makes the ReLU feeding the representation an
+    identity in the backward pass. progress(step, steps, mean loss, images or
+    None) is called at every step, with the images on frame steps (step 0, the
+    seed, first; every frame_every steps, default steps // 10; the last step).
+    threads: intra-op CPU threads during the loop (None: leave as set).
+    """
+    if steps < 0:
+        raise ValueError("steps must be non-negative")
+    layer = layer or model.representation_layer
+    if layer is None:
+        raise UnknownLayerError("this model has no known representation layer; name a layer")
+    device = model.device
+    x = start.detach().to(device, torch.float32).clone()
+    constrain = Constraint(x.clone(), eps)
+    constrain(x)
+    step_rule.start(x, steps)
+    every = frame_every or max(1, steps // 10)
+    frames: list[tuple[int, torch.Tensor]] = []
+    curve: list[torch.Tensor] = []
+    with cpu_threads(threads, device), model.fake_relu(fake_relu), _tap(model, layer) as tap:
+        for step in range(steps + 1):
+            last = step == steps
+            with torch.set_grad_enabled(not last):
+                xi = x if last else x.detach().requires_grad_()
+                loss = objective(tap(xi))
+            curve.append(loss.detach())
+            shot = None
+            if step % every == 0 or last:
+                shot = x.detach().cpu().clone()
+                frames.append((step, shot))
+            if progress is not None:
+                progress(step, steps, float(loss.detach().mean()), shot)
+            if last:
+                break
+            grad, = torch.autograd.grad(loss.sum(), xi)
+            with torch.no_grad():
+                step_rule(x, grad, step)
+                constrain(x)
+    return InversionResult(images=x.detach().cpu(), loss=curve[-1].float().cpu(),
+                           loss_curve=torch.stack(curve).float().cpu(), frames=frames,
+                           settings=dict(settings or {}, steps=steps, layer=layer, eps=eps,
+                                         fake_relu=fake_relu))
+
+
+def _defaults(task: str, method: str, steps: int | None,
+              step_size: float | None) -> tuple[int, float]:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+    d_steps, d_size = DEFAULTS[task][method]
+    return (d_steps if steps is None else int(steps)), (d_size if step_size is None else float(step_size))
+
+
+def _seed_label(seed: str | torch.Tensor) -> str:
+    return seed if isinstance(seed, str) else "images"
+
+
+@torch.no_grad()
+def _features(model: Probe, x: torch.Tensor, layer: str) -> torch.Tensor:
+    return model.features(x.to(model.device), [layer])[layer]
+
+
+# ------------------------------------------------------------------ public API
+
+@_threaded
+def invert(model: Probe, target_images: torch.Tensor, layer: str | None = None,
+           seed: str | torch.Tensor = "noise", steps: int | None = None,
+           method: str = "adam", step_size: float | None = None, eps: float = 1000.0,
+           generator_seed: int = 0, progress: ProgressFn | None = None,
+           frame_every: int | None = None, fake_relu: bool = True,
+           threads: int | None = 1) -> InversionResult:
+    """Find images whose features at `layer` match those of target_images.
+
+    target_images: (N, 3, H, W) or (3, H, W) in [0, 1]; each is inverted from
+    its own seed ("noise", "gray", or images). layer: any tap name (default
+    the penultimate representation). method "adam" (fast, default steps 150)
+    or "normgrad" (the paper's L2-normalised step 0.1, default 1000 steps);
+    step_size is the adam peak learning rate or the normgrad step. The result's
+    loss is ||R(x') - R(x)||_2 / ||R(x)||_2 per image.
+    """
+    targets = _as_batch(target_images, "target_images")
+    layer = model.check_layers([layer or model.representation_layer or ""])[0]
+    steps, step_size = _defaults("invert", method, steps, step_size)
+    objective = representation_distance(_features(model, targets, layer))
+    start = start_images(seed, targets.shape[0], targets.shape[1:], generator_seed, model.device)
+    return optimize(model, objective, start, layer=layer, steps=steps,
+                    step_rule=make_step_rule(method, step_size), eps=eps, fake_relu=fake_relu,
+                    progress=progress, frame_every=frame_every, threads=threads,
+                    settings={"task": "invert", "model": model.name, "seed": _seed_label(seed),
+                              "method": method, "step_size": step_size,
+                              "generator_seed": generator_seed, "n": targets.shape[0]})
+
+
+@_threaded
+def visualize_feature(model: Probe, index: int | Sequence[int], seed: str | torch.Tensor = "noise",
+                      steps: int | None = None, method: str = "adam",
+                      fake_relu: bool = True, layer: str | None = None,
+                      step_size: float | None = None, eps: float = 1000.0,
+                      generator_seed: int = 0, progress: ProgressFn | None = None,
+                      frame_every: int | None = None, threads: int | None = 1,
+                      size: int | None = None) -> InversionResult:
+    """Images that maximise component(s) `index` of the representation (or of
+    channel `index` of a conv layer), one image per index, from noise or seed
+    images. The result's loss is minus the activation reached."""
+    indices = [int(i) for i in torch.as_tensor(index).flatten().tolist()]
+    layer = model.check_layers([layer or model.representation_layer or ""])[0]
+    _check_index(model, layer, indices)
+    steps, step_size = _defaults("visualize", method, steps, step_size)
+    side = size or model.input_size
+    start = start_images(seed, len(indices), (3, side, side) if isinstance(seed, str)
+                         else _as_batch(seed, "seed").shape[1:], generator_seed, model.device)
+    return optimize(model, feature_activation(indices), start, layer=layer, steps=steps,
+                    step_rule=make_step_rule(method, step_size), eps=eps, fake_relu=fake_relu,
+                    progress=progress, frame_every=frame_every, threads=threads,
+                    settings={"task": "visualize", "model": model.name, "index": indices,
+                              "seed": _seed_label(seed), "method": method,
+                              "step_size": step_size, "generator_seed": generator_seed})
+
+
+@_threaded
+def add_feature(model: Probe, images: torch.Tensor, index: int | Sequence[int],
+                steps: int | None = None, method: str = "adam", fake_relu: bool = True,
+                layer: str | None = None, step_size: float | None = None, eps: float = 1000.0,
+                progress: ProgressFn | None = None, frame_every: int | None = None,
+                threads: int | None = 1) -> InversionResult:
+    """Push component(s) `index` up starting from real images, so that the
+    feature appears in them (one index for all images, or one per image).
+    loss_curve[0] is minus the starting activation, loss minus the final one."""
+    x = _as_batch(images)
+    layer = model.check_layers([layer or model.representation_layer or ""])[0]
+    indices = [int(i) for i in torch.as_tensor(index).flatten().tolist()]
+    if len(indices) not in (1, x.shape[0]):
+        raise ValueError(f"give one index or one per image ({x.shape[0]}), not {len(indices)}")
+    _check_index(model, layer, indices)
+    steps, step_size = _defaults("add", method, steps, step_size)
+    return optimize(model, feature_activation(indices), x, layer=layer, steps=steps,
+                    step_rule=make_step_rule(method, step_size), eps=eps, fake_relu=fake_relu,
+                    progress=progress, frame_every=frame_every, threads=threads,
+                    settings={"task": "add", "model": model.name, "index": indices,
+                              "method": method, "step_size": step_size, "n": x.shape[0]})
+
+
+@_threaded
+def interpolate(model: Probe, a: torch.Tensor, b: torch.Tensor, frames: int = 10,
+                layer: str | None = None, seed: str | torch.Tensor = "mix",
+                steps: int | None = None, method: str = "adam", step_size: float | None = None,
+                eps: float = 1000.0, generator_seed: int = 0,
+                progress: ProgressFn | None = None, frame_every: int | None = None,
+                fake_relu: bool = True, threads: int | None = 1) -> InversionResult:
+    """Invert (1 - t) R(a) + t R(b) for `frames` values of t from 0 to 1.
+
+    seed "mix" starts frame t from (1 - t) a + t b in pixel space (the paper's
+    choice); "noise", "gray" or images start every frame from that. Frame 0
+    reconstructs R(a) and the last R(b). settings["t"] lists the t values.
+    """
+    if frames < 2:
+        raise ValueError("interpolation needs at least 2 frames")
+    xa, xb = _as_batch(a, "a"), _as_batch(b, "b")
+    if xa.shape[0] != 1 or xb.shape != xa.shape:
+        raise ValueError(f"a and b must be one image each of the same shape, not "
+                         f"{tuple(xa.shape)} and {tuple(xb.shape)}")
+    layer = model.check_layers([layer or model.representation_layer or ""])[0]
+    steps, step_size = _defaults("invert", method, steps, step_size)
+    t = torch.linspace(0, 1, frames)
+    ends = _features(model, torch.cat([xa, xb]), layer).flatten(1).float()
+    tc = t.to(ends.device)[:, None]
+    objective = representation_distance((1 - tc) * ends[0] + tc * ends[1])
+    if isinstance(seed, str) and seed == "mix":
+        tv = t.view(-1, 1, 1, 1)
+        start = ((1 - tv) * xa.cpu() + tv * xb.cpu()).to(model.device)
+    else:
+        start = start_images(seed, frames, xa.shape[1:], generator_seed, model.device)
+    result = optimize(model, objective, start, layer=layer, steps=steps,
+                      step_rule=make_step_rule(method, step_size), eps=eps, fake_relu=fake_relu,
+                      progress=progress, frame_every=frame_every, threads=threads,
+                      settings={"task": "interpolate", "model": model.name,
+                                "seed": _seed_label(seed), "method": method,
+                                "step_size": step_size, "generator_seed": generator_seed,
+                                "frames": frames})
+    result.settings["t"] = t.tolist()
+    return result
+
+
+def representations(model: Probe, data: Any, batch_size: int = 256,
+                    layer: str | None = None,
+                    progress: Callable[[int, int | None], None] | None = None) -> torch.Tensor:
+    """Features (N, D) on the CPU of every image in `data`, in order.
+
+    data: a (N, 3, H, W) tensor, an ImageTensorDataset, any Dataset of (x, y),
+    a list of data.Sample, or an iterable of x or (x, y) batches.
+    layer: default the penultimate representation (other taps are flattened).
+    """
+    layer = model.check_layers([layer or model.representation_layer or ""])[0]
+    total = _count(data)
+    out, done = [], 0
+    for x in _image_batches(data, batch_size):
+        out.append(_features(model, x, layer).flatten(1).float().cpu())
+        done += x.shape[0]
+        if progress is not None:
+            progress(done, total)
+    if not out:
+        raise ValueError("representations() got no images")
+    return torch.cat(out)
+
+
+class TopActivations(NamedTuple):
+    indices: torch.Tensor   # (k,) positions in the data, most activating first
+    values: torch.Tensor    # (k,) the component's value at those positions
+
+
+def top_activating(source: torch.Tensor | tuple[Probe, Any], index: int, k: int = 9,
+                   bottom: bool = False, batch_size: int = 256) -> TopActivations:
+    """The k images where component `index` is largest (bottom=True: smallest).
+
+    source: representations (N, D), or (model, data) to compute them with
+    `representations`. Sorted by the component, descending (ascending for
+    bottom); ties keep data order.
+    """
+    reps = source if torch.is_tensor(source) else representations(*source, batch_size=batch_size)
+    if reps.ndim != 2:
+        raise ValueError(f"representations must be (N, D), not {tuple(reps.shape)}")
+    if not 0 <= index < reps.shape[1]:
+        raise IndexError(f"component {index} is out of range: the representation has {reps.shape[1]}")
+    column = reps[:, index]
+    order = torch.sort(column, descending=not bottom, stable=True).indices[:k]
+    return TopActivations(order, column[order])
+
+
+@_threaded
+def explain_misclassification(model: Probe, image: torch.Tensor, label: int,
+                              steps: int | None = None, method: str = "adam",
+                              step_size: float | None = None, eps: float = 1000.0,
+                              progress: ProgressFn | None = None,
+                              frame_every: int | None = None, top: int = 5,
+                              threads: int | None = 1) -> dict[str, Any]:
+    """What makes the model predict what it predicts for `image`.
+
+    contributions[i] = W[pred, i] * R(x)_i, the share of component i in the
+    predicted class's logit (W the last linear layer); the arg-max component
+    is then increased with `add_feature` to show what the model "sees".
+    Returns a dict: label, predicted, misclassified, probabilities (C,),
+    contributions (D,), component, contribution, top_components (the `top`
+    largest), image (3, H, W) after adding the component, and result (the
+    InversionResult of that addition).
+    """
+    x = _as_batch(image)
+    if x.shape[0] != 1:
+        raise ValueError("explain_misclassification takes one image")
+    classifier = _classifier(model)
+    with torch.no_grad():
+        rep = model.representation(x.to(model.device)).float()[0]
+        logits = model(x.to(model.device)).float()[0]
+    predicted = int(logits.argmax())
+    contributions = (classifier.weight[predicted].detach().float() * rep).cpu()
+    component = int(contributions.argmax())
+    result = add_feature(model, x, component, steps=steps, method=method, step_size=step_size,
+                         eps=eps, progress=progress, frame_every=frame_every, threads=threads)
+    return {"label": int(label), "predicted": predicted, "misclassified": predicted != int(label),
+            "probabilities": logits.softmax(0).cpu(), "contributions": contributions,
+            "component": component, "contribution": float(contributions[component]),
+            "top_components": contributions.topk(min(top, contributions.numel())).indices.tolist(),
+            "image": result.images[0], "result": result}
+
+
+# ------------------------------------------------------------ quality measures
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio in dB per image ((N,) for batches, a scalar
+    for single images; on the CPU); identical images give inf."""
+    x, y, single = _pair(a, b)
+    mse = (x - y).pow(2).flatten(1).mean(1)
+    out = (10 * torch.log10(data_range ** 2 / mse)).float()
+    return out[0] if single else out
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0,
+         window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Structural similarity (Wang et al. 2004) per image, in float64 internally.
+
+    Gaussian window `window` x `window`, std `sigma`, K1 = 0.01, K2 = 0.03,
+    population (co)variances, statistics at every position where the window
+    fits inside the image ("valid"), averaged over positions and channels. This
+    equals skimage's structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False, data_range=1, channel_axis=0).
+    """
+    x, y, single = _pair(a, b)
+    if min(x.shape[-2:]) < window:
+        raise ValueError(f"images of {tuple(x.shape[-2:])} are smaller than the {window}px window")
+    c = x.shape[1]
+    g = torch.exp(-((torch.arange(window, dtype=torch.float64) - (window - 1) / 2) ** 2)
+                  / (2 * sigma ** 2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window)
+
+    def blur(t: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(t, kernel, groups=c)
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx ** 2, blur(y * y) - my ** 2, blur(x * y) - mx * my
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    out = s.flatten(1).mean(1).float()
+    return out[0] if single else out
+
+
+def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, bool]:
+    if a.shape != b.shape:
+        raise ValueError(f"images differ in shape: {tuple(a.shape)} and {tuple(b.shape)}")
+    single = a.ndim == 3
+    # on the CPU in float64: exact, and MPS has no float64
+    x = (a[None] if single else a).detach().cpu().double()
+    y = (b[None] if single else b).detach().cpu().double()
+    return x, y, single
+
+
+# --------------------------------------------------------------------- helpers
+
+def _check_index(model: Probe, layer: str, indices: list[int]) -> None:
+    shape = model.layer_shapes().get(layer)
+    size = shape[0] if shape else None
+    bad = [i for i in indices if i < 0 or (size is not None and i >= size)]
+    if bad:
+        raise IndexError(f"component {bad[0]} is out of range: {layer} has {size} components")
+
+
+def _classifier(model: Probe) -> nn.Linear:
+    """The last linear layer that reads the representation."""
+    dim = model.layer_shapes().get(model.representation_layer or "", (None,))[0]
+    modules = dict(model.model.named_modules())
+    for name in reversed(model.call_order()):
+        m = modules.get(name)
+        if isinstance(m, nn.Linear) and m.in_features == dim:
+            return m
+    raise RobustLensError(f"{model.name or 'this model'} has no linear layer on its "
+                          "representation; the misclassification insight needs one")
+
+
+def _count(data: Any) -> int | None:
+    if torch.is_tensor(data):
+        return data.shape[0]
+    try:
+        return len(data) if not isinstance(data, torch.utils.data.DataLoader) else len(data.dataset)
+    except TypeError:
+        return None
+
+
+def _image_batches(data: Any, batch_size: int) -> Iterable[torch.Tensor]:
+    if torch.is_tensor(data):
+        x = _as_batch(data)
+        for s in range(0, x.shape[0], batch_size):
+            yield x[s:s + batch_size]
+        return
+    if hasattr(data, "batches"):  # core.data.ImageTensorDataset: the fast path
+        for x, _ in data.batches(batch_size):
+            yield x
+        return
+    if isinstance(data, (list, tuple)) and data and hasattr(data[0], "tensor"):  # data.Sample
+        for s in range(0, len(data), batch_size):
+            yield torch.stack([d.tensor() for d in data[s:s + batch_size]])
+        return
+    if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
+        data = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
+    for item in data:
+        x = item[0] if isinstance(item, (list, tuple)) else item
+        yield _as_batch(x)

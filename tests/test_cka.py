@@ -1,0 +1,398 @@
+"""CKA: HSIC estimators against float64 references written here from the papers'
+formulas, kernel invariances, constant layers, and cka_matrix's minibatch
+accumulation, forward-pass sharing, attacks and result round trips."""
+from __future__ import annotations
+
+import csv
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_probe
+from core import cka, data, results
+from core.attacks import PGD
+from core.errors import UnknownLayerError
+from core.probe import Probe
+
+RNG = np.random.default_rng(0)
+N = 32  # images of 16x16 (the CIFAR ResNets pool globally): cheap on busy cores
+BATCH = 16
+X = RNG.normal(size=(N, 12))
+Y = np.tanh(X @ RNG.normal(size=(12, 9))) + 0.5 * RNG.normal(size=(N, 9))
+LAYERS = ["relu", "layer1.1", "layer2.0", "layer3.1", "avgpool", "linear"]
+
+
+# ---------------------------------------------------- references (float64 numpy)
+
+def ref_gram_linear(X: np.ndarray) -> np.ndarray:
+    return X @ X.T
+
+
+def ref_gram_rbf(X: np.ndarray, frac: float) -> np.ndarray:
+    """exp(-d^2 / (2 sigma^2)), sigma = frac * median distance of distinct pairs."""
+    d2 = np.stack([((X - x) ** 2).sum(1) for x in X])
+    sigma = frac * np.median(np.sqrt(d2[np.triu_indices(len(X), 1)]))
+    return np.exp(-d2 / (2 * sigma ** 2))
+
+
+def ref_hsic_biased(K: np.ndarray, L: np.ndarray) -> float:
+    """Kornblith et al. (2019): tr(K H L H) / (n - 1)^2."""
+    n = len(K)
+    H = np.eye(n) - np.ones((n, n)) / n
+    return float(np.trace(K @ H @ L @ H)) / (n - 1) ** 2
+
+
+def ref_hsic_unbiased(K: np.ndarray, L: np.ndarray) -> float:
+    """Song et al. (2012) eq. 5, as in Nguyen et al. (2021) eq. 3."""
+    n = len(K)
+    Kt, Lt = K - np.diag(np.diag(K)), L - np.diag(np.diag(L))
+    ones = np.ones(n)
+    value = (np.trace(Kt @ Lt) + (ones @ Kt @ ones) * (ones @ Lt @ ones) / ((n - 1) * (n - 2))
+             - 2 / (n - 2) * (ones @ Kt @ Lt @ ones))
+    return float(value) / (n * (n - 3))
+
+
+def ref_cka(K: np.ndarray, L: np.ndarray, unbiased: bool) -> float:
+    h = ref_hsic_unbiased if unbiased else ref_hsic_biased
+    return h(K, L) / np.sqrt(h(K, K) * h(L, L))
+
+
+def ref_minibatch(batches: list[tuple[dict, dict]], la: list[str], lb: list[str],
+                  unbiased: bool, gram=ref_gram_linear) -> tuple[np.ndarray, np.ndarray]:
+    """Minibatch CKA (sum of per-batch HSICs) and the std of per-batch CKA."""
+    h = ref_hsic_unbiased if unbiased else ref_hsic_biased
+    ab, aa, bb, per = np.zeros((len(la), len(lb))), np.zeros(len(la)), np.zeros(len(lb)), []
+    for fa, fb in batches:
+        Ka = [gram(fa[name].flatten(1).double().numpy()) for name in la]
+        Kb = [gram(fb[name].flatten(1).double().numpy()) for name in lb]
+        cab = np.array([[h(k, m) for m in Kb] for k in Ka])
+        caa, cbb = np.array([h(k, k) for k in Ka]), np.array([h(m, m) for m in Kb])
+        ab, aa, bb = ab + cab, aa + caa, bb + cbb
+        per.append(cab / np.sqrt(np.outer(caa, cbb)))
+    return ab / np.sqrt(np.outer(aa, bb)), np.std(per, axis=0, ddof=1) if len(per) > 1 else None
+
+
+# ------------------------------------------------------------- fixtures, helpers
+
+@pytest.fixture(scope="module")
+def models():
+    return tiny_probe(seed=0, name="a"), tiny_probe(seed=1, name="b")
+
+
+@pytest.fixture(scope="module")
+def images() -> data.ImageTensorDataset:
+    g = torch.Generator().manual_seed(0)
+    return data.ImageTensorDataset(torch.randint(0, 256, (N, 3, 16, 16), generator=g,
+                                                 dtype=torch.uint8),
+                                   torch.randint(0, 10, (N,), generator=g))
+
+
+def features(model, x, layers=LAYERS):
+    with torch.no_grad():
+        return model.features(x, layers)
+
+
+@pytest.fixture(scope="module")
+def benign_features(models, images) -> list[tuple[dict, dict]]:
+    """Per batch: (features of a, features of b), computed directly."""
+    a, b = models
+    return [(features(a, x), features(b, x)) for x, _ in images.batches(BATCH)]
+
+
+@pytest.fixture(scope="module")
+def benign(models, images) -> cka.CKAResult:
+    a, b = models
+    return cka.cka_matrix(a, b, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH)
+
+
+class ForwardCounter:
+    """Counts forward passes of a probe's network (a pre-hook: Probe.features
+    may stop a pass early, which skips forward hooks on the root)."""
+
+    def __init__(self, probe):
+        self.calls = 0
+        self.handle = probe.model.register_forward_pre_hook(self._count)
+
+    def _count(self, *_):
+        self.calls += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        self.handle.remove()
+
+
+# -------------------------------------------------------- HSIC and CKA functions
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_hsic_matches_reference(unbiased):
+    K, L = ref_gram_linear(X), ref_gram_rbf(Y, 0.8)
+    ours = (cka.hsic_unbiased if unbiased else cka.hsic_biased)(K, L)
+    ref = (ref_hsic_unbiased if unbiased else ref_hsic_biased)(K, L)
+    assert ours == pytest.approx(ref, rel=1e-9)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_linear_cka_matches_reference(unbiased):
+    ref = ref_cka(ref_gram_linear(X), ref_gram_linear(Y), unbiased)
+    assert cka.linear_cka(X, Y, unbiased=unbiased) == pytest.approx(ref, abs=1e-6)
+    # tensors (float32, any trailing shape) are flattened and promoted to float64
+    t = torch.from_numpy(X).float().reshape(N, 3, 2, 2)
+    ref32 = ref_cka(ref_gram_linear(t.double().flatten(1).numpy()), ref_gram_linear(Y),
+                    unbiased)
+    assert cka.linear_cka(t, torch.from_numpy(Y), unbiased) == pytest.approx(ref32, abs=1e-6)
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("frac", [0.4, 0.8])
+def test_rbf_cka_matches_reference(unbiased, frac):
+    ref = ref_cka(ref_gram_rbf(X, frac), ref_gram_rbf(Y, frac), unbiased)
+    assert cka.rbf_cka(X, Y, sigma_frac=frac, unbiased=unbiased) == pytest.approx(ref, abs=1e-6)
+    np.testing.assert_allclose(cka.gram_rbf(X, frac).numpy(), ref_gram_rbf(X, frac), atol=1e-12)
+
+
+def test_unbiased_and_biased_estimators_differ():
+    assert abs(cka.linear_cka(X, Y, unbiased=True) - cka.linear_cka(X, Y)) > 1e-3
+
+
+@pytest.mark.parametrize("fn", [cka.linear_cka, cka.rbf_cka])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_invariant_to_orthogonal_transforms_scaling_and_shifts(fn, unbiased):
+    Q, _ = np.linalg.qr(RNG.normal(size=(12, 12)))
+    base = fn(X, Y, unbiased=unbiased)
+    assert fn(X @ Q, Y, unbiased=unbiased) == pytest.approx(base, abs=1e-10)
+    assert fn(3.7 * X, Y, unbiased=unbiased) == pytest.approx(base, abs=1e-10)
+    assert fn(X + 5.0, Y, unbiased=unbiased) == pytest.approx(base, abs=1e-10)
+    assert fn(Y, X, unbiased=unbiased) == pytest.approx(base, abs=1e-12)
+
+
+@pytest.mark.parametrize("fn", [cka.linear_cka, cka.rbf_cka])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_identical_inputs_give_one(fn, unbiased):
+    assert fn(X, X, unbiased=unbiased) == pytest.approx(1.0, abs=1e-12)
+    assert fn(X, 2 * X @ np.linalg.qr(RNG.normal(size=(12, 12)))[0],
+              unbiased=unbiased) == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize("fn", [cka.linear_cka, cka.rbf_cka])
+@pytest.mark.parametrize("unbiased", [False, True])
+def test_constant_layer_gives_zero_not_nan(fn, unbiased):
+    const = np.full((N, 5), 0.3)
+    assert fn(const, Y, unbiased=unbiased) == 0.0
+    assert fn(Y, const, unbiased=unbiased) == 0.0
+    assert fn(const, const, unbiased=unbiased) == 0.0
+    # a constant feature among varying ones changes nothing
+    with_const = np.hstack([X, np.full((N, 1), 7.0)])
+    assert fn(with_const, Y, unbiased=unbiased) == pytest.approx(fn(X, Y, unbiased=unbiased),
+                                                                 abs=1e-10)
+
+
+def test_large_feature_mean_keeps_precision():
+    # uncentred float64 Grams of 1e3 + 1e-3 * noise lose ~1e-4 of CKA to rounding
+    noise = RNG.normal(size=(N, 12))
+    assert cka.linear_cka(1e3 + 1e-3 * noise, Y, unbiased=True) == pytest.approx(
+        cka.linear_cka(noise, Y, unbiased=True), abs=1e-8)
+
+
+def test_too_few_examples_and_mismatched_inputs_raise():
+    with pytest.raises(ValueError, match="at least 4"):
+        cka.linear_cka(X[:3], Y[:3], unbiased=True)
+    with pytest.raises(ValueError, match="same examples"):
+        cka.linear_cka(X, Y[:-1])
+    with pytest.raises(ValueError, match="sigma_frac"):
+        cka.rbf_cka(X, Y, sigma_frac=0)
+
+
+# --------------------------------------------------------------------- cka_matrix
+
+@pytest.fixture(scope="module")
+def itself(models, images) -> tuple[cka.CKAResult, int]:
+    """Model a against itself, and how many forward passes that took."""
+    a, _ = models
+    with ForwardCounter(a) as counter:
+        res = cka.cka_matrix(a, a, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH)
+    return res, counter.calls
+
+
+def test_model_against_itself_has_unit_diagonal_in_one_forward_pass(itself):
+    res, calls = itself
+    assert calls == 2  # one per batch, shared by both sides
+    np.testing.assert_allclose(np.diag(res.matrix), 1.0, atol=1e-9)
+    np.testing.assert_allclose(res.matrix, res.matrix.T, atol=1e-12)
+    np.testing.assert_allclose(np.diag(res.spread), 0.0, atol=1e-9)
+    assert (res.n, res.n_batches, res.batch_size) == (N, 2, BATCH)
+
+
+def test_shared_pass_with_different_layer_lists(models, images, itself):
+    a, _ = models
+    full, _ = itself
+    la, lb = ["layer2.0", "relu", "layer2.0"], ["linear", "layer1.1"]
+    with ForwardCounter(a) as counter:
+        part = cka.cka_matrix(a, a, images, layers_a=la, layers_b=lb, batch_size=BATCH)
+    assert counter.calls == 2
+    ia, ib = [LAYERS.index(n) for n in la], [LAYERS.index(n) for n in lb]
+    np.testing.assert_allclose(part.matrix, full.matrix[np.ix_(ia, ib)], atol=1e-12)
+    assert part.layers_a == la and part.layers_b == lb
+
+
+def test_two_models_run_once_per_batch_each(models, images):
+    a, b = models
+    with ForwardCounter(a) as ca, ForwardCounter(b) as cb:
+        cka.cka_matrix(a, b, images, layers_a=LAYERS[:2], layers_b=LAYERS[:2], batch_size=BATCH)
+    assert (ca.calls, cb.calls) == (2, 2)
+
+
+@pytest.mark.parametrize("kernel,gram", [
+    ("linear", ref_gram_linear), ("rbf", lambda f: ref_gram_rbf(f, 0.8))])
+def test_one_batch_biased_equals_full_batch_cka(models, images, benign_features, kernel,
+                                                gram):
+    a, b = models
+    res = cka.cka_matrix(a, b, images, layers_a=LAYERS, layers_b=LAYERS, kernel=kernel,
+                         unbiased=False, batch_size=N)
+    # eval-mode features are per example: the batches' features, stacked, are the full batch's
+    fa, fb = ({k: torch.cat([f[side][k] for f in benign_features]) for k in LAYERS}
+              for side in (0, 1))
+    ref = np.array([[ref_cka(gram(fa[i].flatten(1).double().numpy()),
+                             gram(fb[j].flatten(1).double().numpy()), False)
+                     for j in LAYERS] for i in LAYERS])
+    # Gram matrices are float32 products of the activations
+    np.testing.assert_allclose(res.matrix, ref, atol=2e-6)
+    assert np.isnan(res.spread).all() and res.n_batches == 1
+
+
+@pytest.mark.parametrize("kernel,gram", [
+    ("linear", ref_gram_linear), ("rbf", lambda f: ref_gram_rbf(f, 0.5))])
+def test_minibatch_unbiased_equals_reference_accumulation(models, images, benign_features,
+                                                         kernel, gram):
+    a, b = models
+    res = cka.cka_matrix(a, b, images, layers_a=LAYERS, layers_b=LAYERS[::-1], kernel=kernel,
+                         sigma_frac=0.5, batch_size=BATCH)
+    ref, spread = ref_minibatch(benign_features, LAYERS, LAYERS[::-1], True, gram)
+    np.testing.assert_allclose(res.matrix, ref, atol=2e-6)
+    np.testing.assert_allclose(res.spread, spread, atol=2e-6)
+    # a minibatch value is not the mean of per-batch values, nor a biased estimate
+    biased = cka.cka_matrix(a, b, images, layers_a=LAYERS, layers_b=LAYERS[::-1],
+                            kernel=kernel, sigma_frac=0.5, unbiased=False, batch_size=BATCH)
+    assert np.abs(biased.matrix - res.matrix).max() > 1e-3
+
+
+def test_loader_of_batches_equals_dataset(models, images, benign):
+    a, b = models
+    seen = []
+    res = cka.cka_matrix(a, b, list(images.batches(BATCH)), layers_a=LAYERS, layers_b=LAYERS,
+                         progress=lambda *args: seen.append(args))
+    np.testing.assert_allclose(res.matrix, benign.matrix, atol=1e-12)
+    assert [s[:2] for s in seen] == [(BATCH, N), (N, N)] and isinstance(seen[0][2], str)
+    assert res.batch_size == BATCH
+
+
+ATTACK = PGD("linf", eps=16 / 255, step_size=8 / 255, steps=2)
+
+
+def test_adversarial_inputs_change_the_result(models, images, benign):
+    a, b = models
+    adv = cka.cka_matrix(a, b, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
+                         attack_a=ATTACK, attack_b=ATTACK)
+    assert np.abs(adv.matrix - benign.matrix).max() > 1e-3
+    assert (adv.attack_a, adv.attack_b) == (ATTACK.describe(), ATTACK.describe())
+    assert (benign.attack_a, benign.attack_b) == ("benign", "benign")
+    batches = [(features(a, ATTACK(a, x, y)), features(b, ATTACK(b, x, y)))
+               for x, y in images.batches(BATCH)]
+    np.testing.assert_allclose(adv.matrix, ref_minibatch(batches, LAYERS, LAYERS, True)[0],
+                               atol=2e-6)
+
+
+def test_attack_a_against_b_feeds_side_a_only(models, images):
+    a, b = models
+    res = cka.cka_matrix(a, b, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
+                         attack_a=ATTACK, adv_against="b")
+    batches = [(features(a, ATTACK(b, x, y)), features(b, x)) for x, y in images.batches(BATCH)]
+    np.testing.assert_allclose(res.matrix, ref_minibatch(batches, LAYERS, LAYERS, True)[0],
+                               atol=2e-6)
+    assert res.adv_against == "b" and res.attack_b == "benign"
+
+
+def test_examples_made_against_a_are_shared_by_both_sides(models, images):
+    a, _ = models
+    # both sides see the same adversarial examples of a: one model, identical inputs
+    res = cka.cka_matrix(a, a, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
+                         attack_a=ATTACK, attack_b=ATTACK, adv_against="a")
+    np.testing.assert_allclose(np.diag(res.matrix), 1.0, atol=1e-9)
+    # while benign vs adversarial inputs of the same model differ from 1
+    mixed = cka.cka_matrix(a, a, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
+                           attack_a=ATTACK)
+    assert np.diag(mixed.matrix).min() < 1 - 1e-3
+
+
+def test_taps_before_an_in_place_relu_see_their_own_output(images):
+    # torchvision-style: BatchNorm then ReLU(inplace=True), which overwrites the
+    # BatchNorm output; hooks that keep that tensor would report CKA(bn, relu) = 1
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
+                              torch.nn.ReLU(inplace=True), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 16 * 16, 10))
+    probe = Probe(net, data.MEAN, data.STD, name="inplace").eval()
+    res = cka.cka_matrix(probe, probe, images, layers_a=["1"], layers_b=["2"], batch_size=BATCH)
+    ref = ref_minibatch([(features(probe, x, ["1", "2"]),) * 2 for x, _ in images.batches(BATCH)],
+                        ["1"], ["2"], True)[0]
+    np.testing.assert_allclose(res.matrix, ref, atol=2e-6)
+    assert res.matrix[0, 0] < 0.99
+
+
+def test_constant_layer_rows_are_zero(models, images):
+    dead = tiny_probe(seed=2, name="dead")
+    with torch.no_grad():
+        dead.model.conv1.weight.zero_()
+        dead.model.bn1.bias.fill_(0.5)  # every image now maps to the same nonzero output
+    _, b = models
+    for kernel in ("linear", "rbf"):
+        for unbiased in (False, True):
+            res = cka.cka_matrix(dead, b, images, layers_a=["bn1", "relu", "layer1.0"],
+                                 layers_b=LAYERS, kernel=kernel, unbiased=unbiased,
+                                 batch_size=BATCH)
+            assert np.isfinite(res.matrix).all() and (res.matrix == 0).all()
+
+
+def test_unknown_layers_raise_before_any_work(models, images):
+    a, b = models
+    calls = []
+    with ForwardCounter(a) as counter:
+        with pytest.raises(UnknownLayerError, match="layer1.9"):
+            cka.cka_matrix(a, b, images, layers_a=["relu", "layer1.9"],
+                           progress=lambda *args: calls.append(args))
+        with pytest.raises(UnknownLayerError):
+            cka.cka_matrix(a, b, images, layers_b=["nope"])
+    assert counter.calls == 0 and calls == []
+
+
+def test_bad_arguments_raise(models, images):
+    a, b = models
+    with pytest.raises(ValueError, match="kernel"):
+        cka.cka_matrix(a, b, images, kernel="cosine")
+    with pytest.raises(ValueError, match="adv_against"):
+        cka.cka_matrix(a, b, images, adv_against="both")
+    with pytest.raises(ValueError, match="last batch of 2"):
+        cka.cka_matrix(a, b, images.subset(range(BATCH + 2)), batch_size=BATCH)
+
+
+def test_result_round_trips_and_exports(models, images):
+    a, b = models
+    res = cka.cka_matrix(a, b, images, layers_a=LAYERS[:2], layers_b=LAYERS[:3], kernel="rbf",
+                         batch_size=BATCH)
+    assert res.model_a == a.identity() and res.sigma_frac == 0.8
+    back = cka.CKAResult.from_dict(results.decode(*results.encode(res.to_dict())))
+    np.testing.assert_array_equal(back.matrix, res.matrix)
+    np.testing.assert_array_equal(back.spread, res.spread)
+    assert {k: v for k, v in back.to_dict().items() if k not in ("matrix", "spread")} == {
+        k: v for k, v in res.to_dict().items() if k not in ("matrix", "spread")}
+    as_lists = {**res.to_dict(), "matrix": res.matrix.tolist(), "spread": res.spread.tolist()}
+    np.testing.assert_array_equal(cka.CKAResult.from_dict(as_lists).matrix, res.matrix)
+    rows = list(csv.DictReader(io.StringIO(res.to_csv())))
+    assert len(rows) == 6 and rows[5]["layer_a"] == LAYERS[1] and rows[5]["layer_b"] == LAYERS[2]
+    assert float(rows[5]["cka"]) == res.matrix[1, 2]
+    assert float(rows[5]["spread"]) == res.spread[1, 2]
+    with pytest.raises(ValueError, match="layers_a x layers_b"):
+        cka.CKAResult.from_dict({**res.to_dict(), "layers_b": LAYERS})
