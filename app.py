@@ -10,18 +10,18 @@ from core import backend
 
 st.set_page_config(page_title="RobustLens", page_icon=":material/visibility:", layout="wide")
 
-# URL paths differ from the file names in pages/: on a cold server Streamlit
-# first resolves a link against that folder, and a name it does not know there
-# sends the visitor through this script, as every visit should go.
+# URL paths are the file names in pages/: a cold server resolves a first deep
+# link against that folder, and each page's backend.page_setup() then hands the
+# visit over to this script (see there).
 pages = st.navigation([
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/cka.py", title="CKA explorer", icon=":material/grid_on:", url_path="cka-explorer"),
+    st.Page("pages/cka.py", title="CKA explorer", icon=":material/grid_on:", url_path="cka"),
     st.Page("pages/stitching.py", title="Stitching matrix", icon=":material/join_inner:",
-            url_path="stitching-matrix"),
+            url_path="stitching"),
     st.Page("pages/inversion.py", title="Representation inversion", icon=":material/flip:",
-            url_path="representation-inversion"),
+            url_path="inversion"),
     st.Page("pages/manipulation.py", title="Feature manipulation", icon=":material/tune:",
-            url_path="feature-manipulation"),
+            url_path="manipulation"),
 ])
 backend.sidebar()
 backend.presentation_css()

@@ -370,6 +370,19 @@ def run_cached(kind: str, inputs: dict, compute: Callable[[Callable], Any],
     return value
 
 
+def pick_cell(chart_key: str, state_key: str) -> Callable[[], None]:
+    """An on_select callback: the clicked cell (customdata[:2] of the selected
+    point, see figures.click_layer) becomes st.session_state[state_key], before
+    the run that draws it, so the highlight and the URL follow in one run."""
+    def callback() -> None:
+        event = st.session_state.get(chart_key)
+        points = (event or {}).get("selection", {}).get("points", [])
+        if points and points[0].get("customdata"):
+            st.session_state[state_key] = [int(points[0]["customdata"][0]),
+                                           int(points[0]["customdata"][1])]
+    return callback
+
+
 def stored(job) -> Any | None:
     """The stored result of a core.jobs.Job, without computing anything."""
     return store().get(job.kind, job.inputs)

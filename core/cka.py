@@ -35,7 +35,6 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from .errors import UnknownLayerError
 from .probe import Probe
 
 Array = torch.Tensor | np.ndarray
@@ -319,10 +318,6 @@ def _adversarial(attack: Attack, model: Probe, x: torch.Tensor, y: torch.Tensor)
         return attack(model, x.to(model.device), y.to(model.device)).detach()
 
 
-class _AllTapped(Exception):
-    """Raised by the last tap's hook: the rest of the forward pass is not needed."""
-
-
 def _layer_kernel(out: torch.Tensor, kernel: str, sigma_frac: float) -> torch.Tensor:
     """One tap's (n, n) kernel from its output, which stays untouched."""
     X = out.flatten(1)
@@ -338,40 +333,15 @@ def _layer_kernel(out: torch.Tensor, kernel: str, sigma_frac: float) -> torch.Te
 
 def _batch_kernels(model: Probe, x: torch.Tensor, layers: list[str], kernel: str,
                    unbiased: bool, sigma_frac: float) -> _Kernels:
-    """One forward pass; every tap's kernel is taken inside its forward hook.
-
-    Unlike Probe.features this neither clones nor keeps the activations: a
+    """One forward pass; every tap's kernel is taken inside its forward hook
+    (Probe.features with reduce): activations are neither cloned nor kept, a
     kernel taken in the hook is safe from later in-place ops, and peak memory is
-    the forward pass plus the (L, n, n) kernels, whatever the number of taps.
-    Hooks are always removed and the pass stops after the last tap, as there.
-    """
+    the forward pass plus the (L, n, n) kernels, whatever the number of taps."""
     kernels = _Kernels(len(layers), x.shape[0], unbiased, model.device)
-    index = {name: i for i, name in enumerate(layers)}
-    seen: set[str] = set()
-
-    def hook(name: str) -> Callable:
-        def fn(_module: torch.nn.Module, _inputs: Any, out: Any) -> None:
-            if not torch.is_tensor(out):
-                raise UnknownLayerError(f"layer {name!r} outputs a {type(out).__name__}, "
-                                        "not a tensor; tap a module that returns one")
-            kernels.k[index[name]] = _layer_kernel(out, kernel, sigma_frac)
-            seen.add(name)
-            if len(seen) == len(layers):
-                raise _AllTapped
-        return fn
-    handles = [model.model.get_submodule(name).register_forward_hook(hook(name))
-               for name in layers]
-    try:
-        with torch.no_grad():
-            model(x.to(model.device))
-    except _AllTapped:
-        pass
-    finally:
-        for handle in handles:
-            handle.remove()
-    if len(seen) < len(layers):
-        raise UnknownLayerError(f"layers {sorted(set(layers) - seen)} did not run in the "
-                                "forward pass")
+    taken = model.features(x.to(model.device), layers,
+                           reduce=lambda _name, out: _layer_kernel(out, kernel, sigma_frac))
+    for i, name in enumerate(layers):
+        kernels.k[i] = taken[name]
     kernels.centre()
     return kernels
 

@@ -21,20 +21,22 @@ def _plain(value: Any) -> Any:
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     if isinstance(value, np.ndarray):
-        return value.tolist()
+        return _plain(value.tolist())
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, (np.floating, np.integer)):
-        return value.item()
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None  # strict JSON has no NaN: a missing value
     return value
 
 
 def to_json(value: Any, inputs: dict) -> str:
     """A result and the inputs that made it, as JSON text."""
     return json.dumps({"inputs": _plain(inputs), "result": _plain(value)}, indent=1,
-                      allow_nan=True)
+                      allow_nan=False)
 
 
 def _save(fig, fmt: str, inputs: dict, dpi: int = 300) -> bytes:

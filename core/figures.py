@@ -18,14 +18,39 @@ def _short(layer: str) -> str:
     return layer.replace("layer", "")
 
 
+def click_layer(xs: Sequence, ys: Sequence, customdata: np.ndarray, hovertemplate: str,
+                size: float) -> go.Scatter:
+    """Near-invisible square markers on every cell: Streamlit selects scatter points on
+    click (not heatmap cells), so the cells become clickable; customdata[:2] = (row, col)."""
+    return go.Scatter(x=list(xs), y=list(ys), mode="markers", customdata=customdata,
+                      marker=dict(symbol="square", size=size, opacity=0.01, color="#000"),
+                      hovertemplate=hovertemplate, showlegend=False,
+                      selected=dict(marker=dict(opacity=0.01)),
+                      unselected=dict(marker=dict(opacity=0.01)))
+
+
 def cka_heatmap(matrix: np.ndarray, layers_a: Sequence[str], layers_b: Sequence[str],
                 title: str = "", name_a: str = "model A", name_b: str = "model B",
                 spread: np.ndarray | None = None, selected: tuple[int, int] | None = None,
                 big: bool = False) -> go.Figure:
     """Layer x layer CKA: model A's layers on y (first layer at the bottom),
-    model B's on x, a fixed 0..1 colour scale, layer names in the hover."""
+    model B's on x, a fixed 0..1 colour scale, layer names in the hover; a click on
+    a cell selects it (customdata[:2] of the selected point = row, column)."""
     fig = go.Figure()
-    fig.add_trace(_cka_trace(matrix, layers_a, layers_b, name_a, name_b, spread))
+    trace = _cka_trace(matrix, layers_a, layers_b, name_a, name_b, spread)
+    trace.hoverinfo, trace.hovertemplate = "skip", None  # the click layer hovers instead
+    fig.add_trace(trace)
+    m = np.asarray(matrix, dtype=float)
+    sp = np.full_like(m, np.nan) if spread is None else np.asarray(spread, dtype=float)
+    ii, jj = (g.ravel() for g in np.meshgrid(range(len(layers_a)), range(len(layers_b)),
+                                            indexing="ij"))
+    custom = np.stack([ii, jj, np.array(layers_a, dtype=object)[ii],
+                       np.array(layers_b, dtype=object)[jj], m.ravel(), sp.ravel()], axis=1)
+    fig.add_trace(click_layer(
+        jj, ii, custom,
+        f"{name_a}: %{{customdata[2]}}<br>{name_b}: %{{customdata[3]}}<br>"
+        "CKA %{customdata[4]:.3f} ± %{customdata[5]:.3f}<extra></extra>",
+        size=max(4.0, (600 if big else 420) / max(len(layers_a), len(layers_b)))))
     _style_cka(fig, layers_a, layers_b, name_a, name_b, title, big)
     if selected is not None:
         i, j = selected
@@ -55,11 +80,13 @@ def _style_cka(fig, layers_a, layers_b, name_a, name_b, title, big, row=None, co
     fig.update_xaxes(title_text=name_b, tickmode="array",
                      tickvals=list(range(0, len(layers_b), step_b)),
                      ticktext=[_short(layers_b[i]) for i in range(0, len(layers_b), step_b)],
-                     tickangle=-60, constrain="domain", **kw)
+                     tickangle=-60, constrain="domain", range=[-0.5, len(layers_b) - 0.5],
+                     showgrid=False, zeroline=False, **kw)
     fig.update_yaxes(title_text=name_a, tickmode="array",
                      tickvals=list(range(0, len(layers_a), step_a)),
                      ticktext=[_short(layers_a[i]) for i in range(0, len(layers_a), step_a)],
-                     scaleanchor="x" if row is None else None, constrain="domain", **kw)
+                     scaleanchor="x" if row is None else None, constrain="domain",
+                     range=[-0.5, len(layers_a) - 0.5], showgrid=False, zeroline=False, **kw)
     size = 20 if big else 13
     fig.update_layout(title=dict(text=title, x=0.5), font=dict(family=FONT, size=size),
                       margin=dict(l=10, r=10, t=50 if title else 20, b=10),
@@ -104,10 +131,13 @@ def matrix_heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str],
     fig = go.Figure(go.Heatmap(
         z=v, x=list(cols), y=list(rows), zmin=zmin, zmax=zmax, colorscale=colorscale,
         text=text, texttemplate="%{text}", textfont=dict(size=18 if big else 12),
-        customdata=hover, hoverongaps=False,
-        hovertemplate="%{y} → %{x}<br>%{text}<extra></extra>" if hover is None else
-        "%{y} → %{x}<br>%{customdata}<extra></extra>",
-        colorbar=dict(thickness=14, tickformat=fmt)))
+        hoverinfo="skip", colorbar=dict(thickness=14, tickformat=fmt)))
+    ii, jj = (g.ravel() for g in np.meshgrid(range(len(rows)), range(len(cols)), indexing="ij"))
+    tips = np.array(text, dtype=object).ravel() if hover is None else np.asarray(hover, dtype=object).ravel()
+    custom = np.stack([ii, jj, tips], axis=1)
+    fig.add_trace(click_layer(np.array(cols, dtype=object)[jj], np.array(rows, dtype=object)[ii],
+                              custom, "%{y} → %{x}<br>%{customdata[2]}<extra></extra>",
+                              size=44 if big else 34))
     # explicit categories: the grid and its labels show even before any cell is computed
     fig.update_xaxes(type="category", categoryorder="array", categoryarray=list(cols),
                      range=[-0.5, len(cols) - 0.5])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -184,11 +184,14 @@ class Probe(nn.Module):
         return self.model(self.normalize(x))
 
     def features(self, x: torch.Tensor, layers: Sequence[str] | None = None,
-                 grad: bool = False) -> dict[str, torch.Tensor]:
+                 grad: bool = False,
+                 reduce: Callable[[str, torch.Tensor], Any] | None = None) -> dict[str, Any]:
         """{layer: output} for the taps asked (default: `layers`).
 
         With grad=False the outputs are detached clones and the forward pass
         stops once the last tap is reached; with grad=True they stay in the graph.
+        reduce(name, output), if given, runs inside the hook and its result is kept
+        instead of a clone (e.g. a Gram matrix: the activation itself is never held).
         """
         layers = self.check_layers(list(layers) if layers is not None else self._layers)
         wanted = set(layers)
@@ -197,7 +200,13 @@ class Probe(nn.Module):
 
         def hook(name):
             def fn(_m, _i, o):
-                out[name] = o if grad else o.detach().clone()
+                if not torch.is_tensor(o):
+                    raise UnknownLayerError(f"layer {name!r} outputs a {type(o).__name__}, "
+                                            "not a tensor; tap a module that returns one")
+                if reduce is not None:
+                    out[name] = reduce(name, o)
+                else:
+                    out[name] = o if grad else o.detach().clone()
                 if not grad and len(out) == len(wanted):
                     raise _StopForward
             return fn

@@ -43,6 +43,8 @@ CREATE TABLE IF NOT EXISTS results (
     created REAL NOT NULL,
     compute_s REAL
 )"""
+# how often each key was computed here: the check that locks avoid duplicates
+_DDL_COUNTS = "CREATE TABLE IF NOT EXISTS computations (key TEXT PRIMARY KEY, count INTEGER NOT NULL)"
 
 
 def canonical(obj: Any) -> Any:
@@ -131,6 +133,7 @@ class ResultStore:
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute(_DDL)
+        conn.execute(_DDL_COUNTS)
         return conn
 
     def _open_checked(self) -> None:
@@ -188,12 +191,30 @@ class ResultStore:
             return True
         return self.assets is not None and (self.assets / f"{key}.json").exists()
 
-    def put(self, kind: str, inputs: dict, value: Any, compute_s: float | None = None) -> str:
+    def put(self, kind: str, inputs: dict, value: Any, compute_s: float | None = None,
+            computed: bool = False) -> str:
+        """Store a value (one transaction); computed=True also counts a computation."""
         key = make_key(kind, inputs)
         meta, blob = encode(value)
-        self._query("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?)",
-                    (key, kind, json.dumps(canonical(inputs)), meta, blob, time.time(), compute_s))
+        row = (key, kind, json.dumps(canonical(inputs)), meta, blob, time.time(), compute_s)
+        try:
+            with self.conn:  # one transaction: the value and its count, or neither
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.execute("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?)", row)
+                if computed:
+                    self.conn.execute("INSERT INTO computations VALUES (?, 1) ON CONFLICT(key) "
+                                      "DO UPDATE SET count = count + 1", (key,))
+        except sqlite3.DatabaseError as e:
+            if isinstance(e, sqlite3.OperationalError) and "locked" in str(e):
+                raise StoreError(f"the results store is busy: {e}") from e
+            self._move_aside()
+            self._query("INSERT OR REPLACE INTO results VALUES (?,?,?,?,?,?,?)", row)
         return key
+
+    def compute_count(self, kind: str, inputs: dict) -> int:
+        """How many times this key was computed (not read) through this store."""
+        rows = self._query("SELECT count FROM computations WHERE key=?", (make_key(kind, inputs),))
+        return int(rows[0][0]) if rows else 0
 
     def delete(self, kind: str, inputs: dict) -> None:
         self._query("DELETE FROM results WHERE key=?", (make_key(kind, inputs),))
@@ -217,7 +238,7 @@ class ResultStore:
                 return value, False
             t0 = time.time()
             value = compute()
-            self.put(kind, inputs, value, time.time() - t0)
+            self.put(kind, inputs, value, time.time() - t0, computed=True)
             return value, True
 
     @contextlib.contextmanager

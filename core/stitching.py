@@ -480,7 +480,7 @@ def fit(front: Probe, end: Probe, layer: str, loader: Loader, method: str = "tas
         return stitched.eval(), hist
 
     steps_per_epoch = _steps_per_epoch(loader, batch_size, max_batches)
-    total = steps_per_epoch * epochs
+    steps_per_epoch * epochs
     init_record = None
     train_progress = progress
     if init == "identity":

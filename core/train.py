@@ -124,7 +124,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
     total_steps = steps_per_epoch * cfg.epochs
 
     decay, no_decay = [], []
-    for pname, p in probe.model.named_parameters():
+    for _pname, p in probe.model.named_parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.SGD([{"params": decay, "weight_decay": cfg.weight_decay},
                            {"params": no_decay, "weight_decay": 0.0}],

@@ -16,32 +16,32 @@ from . import data, jobs
 from .jobs import Job, Loader
 
 # url path -> page script, in menu order
-PAGES = {"": "pages/home.py", "cka-explorer": "pages/cka.py",
-         "stitching-matrix": "pages/stitching.py",
-         "representation-inversion": "pages/inversion.py",
-         "feature-manipulation": "pages/manipulation.py"}
+PAGES = {"": "pages/home.py", "cka": "pages/cka.py",
+         "stitching": "pages/stitching.py",
+         "inversion": "pages/inversion.py",
+         "manipulation": "pages/manipulation.py"}
 PAPERS = {
-    "cka-explorer": "Cianfarani et al., Understanding Robust Learning through the Lens of "
+    "cka": "Cianfarani et al., Understanding Robust Learning through the Lens of "
                     "Representation Similarities, NeurIPS 2022",
-    "stitching-matrix": "Balogh & Jelasity, On the Functional Similarity of Robust and "
+    "stitching": "Balogh & Jelasity, On the Functional Similarity of Robust and "
                         "Non-Robust Neural Representations, ICML 2023",
-    "representation-inversion": "Engstrom et al., Adversarial Robustness as a Prior for "
+    "inversion": "Engstrom et al., Adversarial Robustness as a Prior for "
                                 "Learned Representations, 2019",
-    "feature-manipulation": "Engstrom et al., Adversarial Robustness as a Prior for Learned "
+    "manipulation": "Engstrom et al., Adversarial Robustness as a Prior for Learned "
                             "Representations, 2019",
 }
 # every setting a page keeps in the URL, with its default
 DEFAULTS: dict[str, dict[str, Any]] = {
-    "cka-explorer": {"cka_view": "Explore", "cka_pair": "A vs B", "cka_in_a": "benign",
+    "cka": {"cka_view": "Explore", "cka_pair": "A vs B", "cka_in_a": "benign",
                      "cka_in_b": "benign", "cka_against": "self", "cka_layers": "blocks",
                      "cka_n": 10_000, "cka_kernel": "linear", "cka_cell": [0, 0]},
-    "stitching-matrix": {"st_r": "resnet18-linf-8", "st_s": "resnet18-standard-s0",
+    "stitching": {"st_r": "resnet18-linf-8", "st_s": "resnet18-standard-s0",
                          "st_s2": "resnet18-standard-s1", "st_r2": "resnet18-l2-0.5",
                          "st_method": "task", "st_metric": "robust", "st_cell": [0, 0]},
-    "representation-inversion": {"inv_source": "samples", "inv_img": "foolbox-00",
+    "inversion": {"inv_source": "samples", "inv_img": "foolbox-00",
                                  "inv_layer": "avgpool", "inv_method": "adam",
-                                 "inv_steps": 200, "inv_seed": 0},
-    "feature-manipulation": {"mf_tab": "Feature browser", "mf_feat": "", "mf_add_img": "foolbox-00",
+                                 "inv_steps": 150, "inv_seed": 0},
+    "manipulation": {"mf_tab": "Feature browser", "mf_feat": "", "mf_add_img": "foolbox-00",
                              "mf_add_index": 0, "mf_ia": "foolbox-00", "mf_ib": "foolbox-03",
                              "mf_mis": ""},
 }
@@ -151,9 +151,9 @@ def manipulation_jobs(load: Loader, s: dict) -> list[Job]:
 def view_jobs(load: Loader, page: str, params: dict) -> list[Job]:
     """Every cached computation the view (page, params) shows."""
     s = settings(page, params)
-    builder = {"cka-explorer": cka_jobs, "stitching-matrix": stitching_jobs,
-               "representation-inversion": inversion_jobs,
-               "feature-manipulation": manipulation_jobs}.get(page)
+    builder = {"cka": cka_jobs, "stitching": stitching_jobs,
+               "inversion": inversion_jobs,
+               "manipulation": manipulation_jobs}.get(page)
     return builder(load, s) if builder else []
 
 

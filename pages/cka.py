@@ -5,7 +5,7 @@ import streamlit as st
 from core import backend, exports, figures, jobs, views
 from core.cka import CKAResult
 
-PAGE = "cka-explorer"
+PAGE = "cka"
 PAPER = ("Cianfarani, Bhagoji, Sehwag, Zhao, Zheng, Mittal: *Understanding Robust Learning "
          "through the Lens of Representation Similarities*, NeurIPS 2022")
 
@@ -126,15 +126,8 @@ with backend.guard():
             fig = figures.cka_heatmap(res.matrix, res.layers_a, res.layers_b, title,
                                       name[first], name[second], res.spread, selected=(i, j),
                                       big=big)
-            event = left.plotly_chart(fig, key="cka_heatmap", on_select="rerun",
-                                      selection_mode="points")
-            points = (event.selection.points if event and event.selection else [])
-            if points:
-                new = [int(points[0]["y"]), int(points[0]["x"])]
-                if new != [i, j]:
-                    st.session_state["cka_cell"] = new
-                    backend.publish(["cka_cell"])
-                    st.rerun()
+            left.plotly_chart(fig, key="cka_heatmap", selection_mode="points",
+                              on_select=backend.pick_cell("cka_heatmap", "cka_cell"))
             with right:
                 st.markdown("**Layer pair** (click a cell)")
                 describe_pair(res, i, j, backend.model(spec[first]), backend.model(spec[second]))

@@ -5,7 +5,7 @@ import torch
 
 from core import backend, data, exports, figures, jobs, views
 
-PAGE = "feature-manipulation"
+PAGE = "manipulation"
 PAPER = ("Engstrom, Ilyas, Santurkar, Tsipras, Tran, Madry: *Adversarial Robustness as a Prior "
          "for Learned Representations*, 2019")
 TABS = ["Feature browser", "Feature addition", "Interpolation", "Misclassification"]

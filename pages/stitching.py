@@ -90,19 +90,9 @@ with left:
                                  title=f"{metrics[metric]}, {method} matching",
                                  zmax=1.2 if rel else 1.0, selected=(i, j),
                                  big=backend.presenting())
-    event = st.plotly_chart(fig, key="st_matrix", on_select="rerun", selection_mode="points")
-    points = event.selection.points if event and event.selection else []
-    if points:
-        new = [int(points[0]["point_index"][0]), int(points[0]["point_index"][1])] \
-            if isinstance(points[0].get("point_index"), list) else \
-            [int(row_labels.index(points[0]["y"])), int(points[0]["x"])
-             if isinstance(points[0]["x"], int) else
-             ["stem" if la == "relu" else la for la in layers].index(points[0]["x"])]
-        if new != [i, j]:
-            st.session_state["st_cell"] = new
-            backend.publish(["st_cell"])
-            st.rerun()
-    backend.figure_caption("stitching-matrix", f"{metrics[metric]}, {method} matching; "
+    st.plotly_chart(fig, key="st_matrix", selection_mode="points",
+                    on_select=backend.pick_cell("st_matrix", "st_cell"))
+    backend.figure_caption("stitching", f"{metrics[metric]}, {method} matching; "
                            f"robust {backend.label(r1)}, standard {backend.label(s1)}")
     inputs = {"kind": "stitching matrix", "metric": metric, "method": method,
               "pairs": [{"front": f, "end": e} for f, e in pairs], "layers": layers,

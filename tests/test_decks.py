@@ -29,7 +29,7 @@ def test_bad_decks_are_refused(tmp_path):
     (tmp_path / "b.yaml").write_text("views: [{page: nowhere}]")
     with pytest.raises(ValueError, match="unknown page"):
         views.load_deck(tmp_path / "b.yaml")
-    (tmp_path / "c.yaml").write_text("views: [{page: cka-explorer, params: {cka_colour: red}}]")
+    (tmp_path / "c.yaml").write_text("views: [{page: cka, params: {cka_colour: red}}]")
     with pytest.raises(ValueError, match="no setting cka_colour"):
         views.load_deck(tmp_path / "c.yaml")
 

@@ -42,6 +42,26 @@ def test_keys_depend_on_every_input():
         make_key("k", {"t": object()})
 
 
+def test_one_computation_per_key_across_processes(tmp_path):
+    """Four processes ask for the same key at once: one computes, three read."""
+    db = tmp_path / "r.sqlite"
+    script = textwrap.dedent(f"""
+        import sys, time
+        sys.path.insert(0, {str(ROOT)!r})
+        from core.results import ResultStore
+        s = ResultStore({str(db)!r}, assets=None)
+        def compute():
+            time.sleep(1.0)
+            return {{"v": 1}}
+        print(s.get_or_compute("shared", {{"k": 1}}, compute)[1])
+    """)
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+             for _ in range(4)]
+    fresh = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert sorted(fresh) == ["False", "False", "False", "True"]
+    assert ResultStore(db, assets=None).compute_count("shared", {"k": 1}) == 1
+
+
 def test_one_computation_per_key_across_threads(tmp_path):
     s = ResultStore(tmp_path / "r.sqlite", assets=None)
     calls = []
@@ -57,7 +77,7 @@ def test_one_computation_per_key_across_threads(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    assert len(calls) == 1
+    assert len(calls) == 1 and s.compute_count("slow", {"k": 1}) == 1
     assert sum(1 for _, fresh in results if fresh) == 1
     assert all(v == {"v": 1} for v, _ in results)
 

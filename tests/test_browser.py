@@ -1,0 +1,206 @@
+"""End to end in a real browser: Playwright driving Debian's Chromium against
+`streamlit run app.py`, started here on a free local port with its own cache.
+
+Screenshots land in artifacts/screenshots/. Marked `browser`: skipped where
+Chromium or Playwright is missing (`.ci/run` installs Chromium)."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SHOTS = ROOT / "artifacts" / "screenshots"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+playwright = pytest.importorskip("playwright.sync_api")
+pytestmark = [pytest.mark.browser,
+              pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed")]
+ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A Streamlit server of this checkout on 127.0.0.1, with an isolated cache."""
+
+    def __init__(self, cache: Path) -> None:
+        self.cache, self.port, self.proc = cache, free_port(), None
+        self.log = cache / "server.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> "Server":
+        env = {**os.environ, "ROBUSTLENS_CACHE": str(self.cache)}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
+             "--server.address", "127.0.0.1", "--server.headless", "true"],
+            cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+            start_new_session=True)
+        deadline = time.time() + 90
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2).status == 200:
+                    return self
+            except OSError:
+                time.sleep(0.5)
+        raise RuntimeError(f"the app did not start; log:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(30)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = Server(tmp_path_factory.mktemp("server")).start()
+    yield srv
+    srv.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        b.close()
+
+
+def settle(page, timeout: float = 240) -> None:
+    """Wait until the app has finished its run (no 'running' widget, no spinner)."""
+    page.wait_for_selector("[data-testid='stApp']", timeout=60_000)
+    time.sleep(1.0)
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        busy = page.locator("[data-testid='stStatusWidget']").count() + \
+            page.locator("[data-testid='stSpinner']").count()
+        if not busy:
+            time.sleep(0.7)
+            if not (page.locator("[data-testid='stStatusWidget']").count()
+                    + page.locator("[data-testid='stSpinner']").count()):
+                return
+        time.sleep(0.3)
+    raise TimeoutError("the app kept running")
+
+
+def open_page(browser, server, path: str, width: int = 1400, height: int = 1000):
+    ctx = browser.new_context(viewport={"width": width, "height": height})
+    page = ctx.new_page()
+    page.goto(f"{server.url}/{path}")
+    settle(page)
+    return page
+
+
+def no_exception(page) -> None:
+    errors = page.locator("[data-testid='stException']")
+    assert errors.count() == 0, errors.first.inner_text()
+
+
+def shot(page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def click_compute_if_offered(page, label: str = "Compute", then: str | None = None) -> None:
+    button = page.get_by_role("button", name=label)
+    if button.count():
+        button.first.click()
+        if then:
+            page.get_by_text(then).first.wait_for(timeout=300_000)
+        settle(page)
+
+
+PATHS = {"home": "", "cka": "cka", "stitching": "stitching",
+         "inversion": "inversion", "manipulation": "manipulation"}
+
+
+def test_cold_server_deep_link_opens_the_full_app(tmp_path, browser):
+    """The first visitor of a fresh server follows a link straight to a page."""
+    srv = Server(tmp_path).start()
+    try:
+        page = open_page(browser, srv, "inversion?inv_img=foolbox-05")
+        page.get_by_text("Model A (robust)").wait_for(timeout=60_000)  # app.py's sidebar
+        settle(page)
+        no_exception(page)
+        assert "inv_img=foolbox-05" in page.url
+        assert page.get_by_text("Page not found").count() == 0
+        assert page.get_by_role("heading", name="Representation inversion").count() == 1
+    finally:
+        srv.kill()
+
+
+@pytest.mark.parametrize("name", list(PATHS))
+def test_each_page_loads(browser, server, name):
+    page = open_page(browser, server, PATHS[name])
+    no_exception(page)
+    shot(page, f"page-{name}")
+    page.context.close()
+
+
+def test_cka_cell_click_shows_that_layer_pair(browser, server):
+    page = open_page(browser, server, "cka?cka_n=1000")
+    click_compute_if_offered(page, then="Layer pair")
+    no_exception(page)
+    assert page.get_by_text("relu × relu").count() == 1
+    box = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+    # the top-right cell: last layer of A (top row) x last layer of B (right column)
+    page.mouse.click(box["x"] + box["width"] * 0.97, box["y"] + box["height"] * 0.03)
+    page.get_by_text("linear × linear").wait_for(timeout=30_000)
+    settle(page)
+    no_exception(page)
+    assert "cka_cell=10%2C10" in page.url
+    shot(page, "cka-cell-clicked")
+
+
+def test_inversion_gallery_click_shows_both_reconstructions(browser, server):
+    page = open_page(browser, server, "inversion")
+    page.locator("button.rl-tile").nth(3).click()
+    settle(page)
+    no_exception(page)
+    assert "inv_img=foolbox-03" in page.url
+    assert page.get_by_text("PSNR").count() >= 2
+    shot(page, "inversion-clicked")
+
+
+def test_stitching_cell_click_shows_details(browser, server):
+    page = open_page(browser, server, "stitching?st_method=direct")
+    box = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+    # second row (standard -> robust), third column
+    page.mouse.click(box["x"] + box["width"] * (2.5 / 9), box["y"] + box["height"] * (1.5 / 4))
+    settle(page)
+    no_exception(page)
+    assert "st_cell=1%2C2" in page.url or "st_cell=1,2" in page.url
+    assert page.get_by_text("standard → robust").count() >= 1
+    shot(page, "stitching-cell-clicked")
+
+
+def test_manipulation_tabs_render(browser, server):
+    page = open_page(browser, server, "manipulation")
+    for tab in ("Feature addition", "Interpolation", "Misclassification", "Feature browser"):
+        page.get_by_role("tab", name=tab).click()
+        settle(page)
+        no_exception(page)
+        shot(page, f"manipulation-{tab.split()[-1].lower()}")
+
+
+def test_presentation_mode_hides_the_chrome(browser, server):
+    page = open_page(browser, server, "inversion?present=1", 1600, 900)
+    no_exception(page)
+    assert not page.locator("section[data-testid='stSidebar']").is_visible()
+    assert page.get_by_role("button", name="Exit presentation").count() == 1
+    shot(page, "presentation-inversion")
