@@ -26,4 +26,5 @@ pages = st.navigation([
 backend.sidebar()
 backend.presentation_css()
 backend.deck_bar()
+backend.notices()
 pages.run()

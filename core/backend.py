@@ -357,14 +357,8 @@ def run_cached(kind: str, inputs: dict, compute: Callable[[Callable], Any],
             text = f"loss {message:.4f}" if isinstance(message, float) else str(message)
             bar.progress(frac, text=f"{text} ({time.time() - t0:.0f} s)".strip())
 
-        with compute_lock():
-            try:
-                value, _ = st_store.get_or_compute(kind, inputs, lambda: compute(progress))
-            except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                st.warning("The GPU ran out of memory; computing on the CPU instead.")
-                st.session_state["device"] = "cpu"
-                value, _ = st_store.get_or_compute(kind, inputs, lambda: compute(progress))
+        with compute_lock(), _oom_to_cpu():
+            value, _ = st_store.get_or_compute(kind, inputs, lambda: compute(progress))
         status.update(label=f"{label}: done in {time.time() - t0:.1f} s", state="complete",
                       expanded=False)
     return value
@@ -381,6 +375,29 @@ def pick_cell(chart_key: str, state_key: str) -> Callable[[], None]:
             st.session_state[state_key] = [int(points[0]["customdata"][0]),
                                            int(points[0]["customdata"][1])]
     return callback
+
+
+@contextlib.contextmanager
+def _oom_to_cpu() -> Iterator[None]:
+    """Out of GPU memory: free it, switch this session to the CPU and run the page
+    again, so its jobs are rebuilt with CPU models (nothing half-stored: a failed
+    computation writes nothing)."""
+    try:
+        yield
+    except torch.OutOfMemoryError:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        st.session_state["device_next"] = "cpu"  # applied before the widget is made
+        st.session_state["notice"] = ("The GPU ran out of memory, so this session now "
+                                      "computes on the CPU (same results, more time).")
+        st.rerun()
+
+
+def notices() -> None:
+    """Messages carried over a rerun (e.g. the out-of-memory fallback)."""
+    note = st.session_state.pop("notice", None)
+    if note:
+        st.warning(note, icon=":material/memory:")
 
 
 def stored(job) -> Any | None:
@@ -416,7 +433,7 @@ def run_live(job_list: list, show: Callable[[int, int, int, float, Any], None]) 
             results[i] = value
         except BaseException as e:  # reported in the script thread below
             errors.append(e)
-    with compute_lock():
+    with compute_lock(), _oom_to_cpu():
         threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in todo]
         for t in threads:
             t.start()
@@ -428,8 +445,8 @@ def run_live(job_list: list, show: Callable[[int, int, int, float, Any], None]) 
             show(i, step, steps, loss, images)
         for t in threads:
             t.join()
-    if errors:
-        raise errors[0]
+        if errors:
+            raise errors[0]
     return results
 
 
@@ -642,6 +659,8 @@ def sidebar() -> None:
         _add_model_form()
         options = ["auto", "cpu"] + (["cuda"] if torch.cuda.is_available() else []) + (
             ["mps"] if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available() else [])
+        if "device_next" in st.session_state:
+            st.session_state["device"] = st.session_state.pop("device_next")
         url_state("device", "auto", options)
         st.selectbox("Device", options, key="device",
                      help="auto: CUDA, then Apple MPS, then CPU. Results are the same "

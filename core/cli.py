@@ -62,6 +62,9 @@ def _export(args: argparse.Namespace) -> dict:
     return out
 
 
+import sys  # noqa: E402
+
+
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", help="shipped models (default: all)")
     p.add_argument("-n", type=int, default=None, help="first n test images of a fixed "
@@ -77,7 +80,8 @@ def _eval(args: argparse.Namespace) -> dict:
     out = {}
     for name in args.names or zoo.names():
         out[name] = evaluation.measure(name, n=args.n, root=args.data, device=args.device,
-                                       write=args.write, log=print)
+                                       write=args.write,
+                                       log=lambda s: print(s, file=sys.stderr))
     return out
 
 
@@ -238,6 +242,50 @@ def _stitch(args: argparse.Namespace):
     return _write_out(out, args.out) if args.out else out
 
 
+def _invert_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", required=True,
+                   help="model(s) to invert with (repeat for several)")
+    p.add_argument("--image", action="append", required=True,
+                   help="an image file, or a gallery key: foolbox-03, photo-astronaut, test-17")
+    p.add_argument("--layer", help="tap to match (default: the penultimate representation)")
+    p.add_argument("--method", default="adam", choices=["adam", "normgrad"])
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--out", help="folder for PNG strips (original + reconstructions)")
+
+
+def _invert(args: argparse.Namespace) -> dict:
+    """Reconstruct images from their representations (stored; PNGs with --out)."""
+    from pathlib import Path
+
+    from . import data, exports, jobs, views
+    load = _loader(args.device)
+    out: dict = {}
+    for ref in args.image:
+        path = Path(ref).expanduser()
+        if path.is_file():
+            image, title = data.load_upload(path.read_bytes()), path.name
+        else:
+            found = views.image_for(ref)
+            if found is None:
+                raise RobustLensError(f"{ref!r} is neither an image file nor a gallery key")
+            image, title = found[0], found[1]
+        results = [run_job(jobs.inversion_job(load, m, image, args.layer, args.method,
+                                              args.steps, "noise", args.seed))
+                   for m in args.model]
+        out[title] = {m: {k: r[k] for k in ("psnr", "ssim", "l2")} | {"loss": float(r["loss"][0])}
+                      for m, r in zip(args.model, results)}
+        if args.out:
+            folder = Path(args.out)
+            folder.mkdir(parents=True, exist_ok=True)
+            name = folder / f"{Path(title).stem.replace(' ', '_')}.png"
+            name.write_bytes(exports.image_strip([image] + [r["images"][0] for r in results],
+                                                 {"models": args.model, "image": title}, 8))
+            out[title]["png"] = str(name)
+    return out
+
+
 def _precompute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("deck", help="a talk deck (YAML or JSON), e.g. assets/decks/three-papers.yaml")
     p.add_argument("--device")
@@ -285,4 +333,5 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "cka": (_cka_args, _cka),
     "stitch": (_stitch_args, _stitch),
     "precompute": (_precompute_args, _precompute),
+    "invert": (_invert_args, _invert),
 }

@@ -92,3 +92,28 @@ def test_manipulation_tabs_from_the_url(world):
     click(at, "Interpolate")
     assert not at.exception, [e.value for e in at.exception]
     assert any(s.label == "Frame" for s in at.slider)
+
+
+def test_gpu_out_of_memory_falls_back_to_the_cpu(world, monkeypatch):
+    """A CUDA OOM during a computation: a message, the session moves to the CPU,
+    the result is computed there, nothing half-stored."""
+    import torch
+
+    from core import cka
+    real = cka.cka_matrix
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(*args, **kwargs)
+    monkeypatch.setattr(cka, "cka_matrix", flaky)
+    at = run_app("pages/cka.py", {"cka_n": "1000"})
+    click(at, "Compute")
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("ran out of memory" in w.value for w in at.warning)
+    assert at.session_state["device"] == "cpu"
+    if any(b.label.startswith("Compute") for b in at.button):  # the rerun offers it again
+        click(at, "Compute")
+    assert calls["n"] == 2 and any(m.label == "CKA" for m in at.metric)

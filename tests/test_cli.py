@@ -1,0 +1,62 @@
+"""The command line, end to end on the tiny world: it shares the app's results store."""
+from __future__ import annotations
+
+import json
+
+from core import cli, zoo
+from core.__main__ import main
+from core.results import default_store
+
+
+def run(*argv: str) -> int:
+    return main(list(argv))
+
+
+def test_eval_writes_measured_numbers_into_cards(world, tmp_path, capsys, monkeypatch):
+    import shutil
+    zoo_dir = tmp_path / "zoo"
+    shutil.copytree(world["zoo"], zoo_dir)
+    monkeypatch.setattr(zoo, "PRETRAINED", zoo_dir)
+    assert run("eval", "resnet18-l2-1.0", "--write", "--device", "cpu") == 0
+    card = zoo.card("resnet18-l2-1.0", zoo_dir)
+    m = card["measured"]
+    assert m["n"] == 80 and 0 <= m["clean"] <= 1
+    assert "PGD-20 L2 eps 1 step 0.25" in m["pgd"] and m["weights_sha256"] == card["weights"]["sha256"]
+
+
+def test_cka_stitch_invert_share_the_store(world, tmp_path, capsys):
+    out = tmp_path / "cka.json"
+    assert run("cka", "--a", "resnet18-linf-8", "--b", "resnet18-standard-s0", "-n", "80",
+               "--out", str(out), "--device", "cpu") == 0
+    res = json.loads(out.read_text())
+    assert len(res["matrix"]) == 11 and res["n"] == 80
+    capsys.readouterr()
+    assert run("stitch", "--front", "resnet18-linf-8", "--end", "resnet18-standard-s0",
+               "--layers", "layer2.0", "--method", "direct", "--device", "cpu") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert 0 <= printed["pairs"][0]["cells"]["direct/layer2.0"]["clean_accuracy"] <= 1
+    assert run("invert", "--model", "resnet18-l2-1.0", "--model", "resnet18-standard-s0",
+               "--image", "foolbox-03", "--steps", "5", "--out", str(tmp_path / "png"),
+               "--device", "cpu") == 0
+    assert list((tmp_path / "png").glob("*.png"))
+    kinds = {e["kind"] for e in default_store().entries()}
+    assert {"cka", "stitch_cell", "accuracy", "inversion"} <= kinds
+    # a second run reads the store instead of computing
+    assert run("cka", "--a", "resnet18-linf-8", "--b", "resnet18-standard-s0", "-n", "80",
+               "--device", "cpu") == 0
+    assert "from the store" in capsys.readouterr().err
+
+
+def test_errors_are_messages_with_exit_code_2(world, capsys):
+    assert run("cka", "--a", "no-such-model") == 2
+    assert "error:" in capsys.readouterr().err
+    assert run("invert", "--model", "resnet18-l2-1.0", "--image", "nowhere.png") == 2
+    assert run("stitch", "--front", "resnet18-linf-8") == 2
+
+
+def test_data_command_reports_where_data_is(world, capsys):
+    assert run("data") == 0
+    found = json.loads(capsys.readouterr().out)
+    assert found["test"]["images"] == 80 and found["train"]["images"] == 120
+    assert cli.COMMANDS.keys() >= {"train", "export", "eval", "data", "cka", "stitch",
+                                   "invert", "precompute"}
