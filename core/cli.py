@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Callable
 
 from .errors import RobustLensError
@@ -62,9 +63,6 @@ def _export(args: argparse.Namespace) -> dict:
     return out
 
 
-import sys  # noqa: E402
-
-
 def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", help="shipped models (default: all)")
     p.add_argument("-n", type=int, default=None, help="first n test images of a fixed "
@@ -123,7 +121,6 @@ def _data(args: argparse.Namespace) -> dict:
 
 
 def _progress_printer(label: str):
-    import sys
     import time
     t0 = time.time()
 
@@ -148,8 +145,6 @@ def _loader(device: str | None):
 
 def run_job(job, force: bool = False):
     """Run a core.jobs.Job through the results store, printing progress."""
-    import sys
-
     from .results import default_store
     store = default_store()
     if force:
