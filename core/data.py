@@ -285,5 +285,7 @@ def load_upload(data: bytes, size: int = 32) -> np.ndarray:
         raise
     except Image.DecompressionBombError as e:
         raise BadImageError(f"the image would decompress to too many pixels ({e})") from e
-    except (OSError, ValueError, SyntaxError, Image.UnidentifiedImageError, EOFError) as e:
+    except MemoryError as e:
+        raise BadImageError("the image is too large to decode") from e
+    except Exception as e:  # noqa: BLE001 - any decoder failure on an upload is "unreadable"
         raise BadImageError(f"not a readable image: {e}") from e
