@@ -27,4 +27,5 @@ backend.sidebar()
 backend.presentation_css()
 backend.deck_bar()
 backend.notices()
-pages.run()
+with backend.app_run():
+    pages.run()

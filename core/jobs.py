@@ -109,7 +109,7 @@ STITCH_PAIRS = ("robust → standard", "standard → robust", "standard → stan
 
 def default_stitch_pairs() -> list[tuple[str, str]]:
     """The matrix rows for the shipped zoo, in STITCH_PAIRS order."""
-    r1, r2, s1, s2 = ("resnet18-linf-8", "resnet18-l2-0.5", "resnet18-standard-s0",
+    r1, r2, s1, s2 = ("resnet18-linf-8", "resnet18-l2-1.0", "resnet18-standard-s0",
                       "resnet18-standard-s1")
     return [(r1, s1), (s1, r1), (s1, s2), (r1, r2)]
 

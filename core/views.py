@@ -36,7 +36,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                      "cka_in_b": "benign", "cka_against": "self", "cka_layers": "blocks",
                      "cka_n": 10_000, "cka_kernel": "linear", "cka_cell": [0, 0]},
     "stitching": {"st_r": "resnet18-linf-8", "st_s": "resnet18-standard-s0",
-                         "st_s2": "resnet18-standard-s1", "st_r2": "resnet18-l2-0.5",
+                         "st_s2": "resnet18-standard-s1", "st_r2": "resnet18-l2-1.0",
                          "st_method": "task", "st_metric": "robust", "st_cell": [0, 0]},
     "inversion": {"inv_source": "samples", "inv_img": "foolbox-00",
                                  "inv_layer": "avgpool", "inv_method": "adam",

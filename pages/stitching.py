@@ -37,7 +37,7 @@ with st.container(border=True, key="settings"):
     r1 = pick(c[0], "st_r", "Robust model", robust, ["resnet18-linf-8", backend.selected("a")])
     s1 = pick(c[1], "st_s", "Standard model", standard, [backend.selected("b"), "resnet18-standard-s0"])
     s2 = pick(c[2], "st_s2", "Second standard model", standard, ["resnet18-standard-s1"], avoid=s1)
-    r2 = pick(c[3], "st_r2", "Second robust model", robust, ["resnet18-l2-0.5"], avoid=r1)
+    r2 = pick(c[3], "st_r2", "Second robust model", robust, ["resnet18-l2-1.0"], avoid=r1)
     d = st.columns([1, 1.6, 1.4])
     backend.url_state("st_method", "task", ["task", "direct"])
     method = d[0].segmented_control(

@@ -82,10 +82,10 @@ def test_accuracy_on_a_dataset_and_zero_eps():
 
 
 @needs_data
-@shipped("resnet18-linf-8", "resnet18-l2-0.5")
+@shipped("resnet18-linf-8", "resnet18-l2-1.0")
 @pytest.mark.slow
 @pytest.mark.parametrize("name,norm,eps,step", [("resnet18-linf-8", "linf", 8 / 255, 2 / 255),
-                                                ("resnet18-l2-0.5", "l2", 0.5, 0.125)])
+                                                ("resnet18-l2-1.0", "l2", 1.0, 0.25)])
 def test_robust_accuracy_matches_foolbox(name, norm, eps, step):
     """Same robust model, same 300 test images, random starts: within 2 points."""
     model = zoo.load(name, device="cpu")
