@@ -226,7 +226,7 @@ def load_run(cfg: TrainConfig) -> Probe:
     probe.card.update(card_fields(cfg))
     probe.card["training"] = {**ck["config"], "history": hist, "wall_time_s": round(ck["wall_s"], 1),
                               "hardware": ck.get("hardware", hardware(torch.device("cpu"))),
-                              "complete": ck["epoch"] >= cfg.epochs}
+                              "complete": ck["epoch"] >= ck["config"].get("epochs", cfg.epochs)}
     return probe.eval()
 
 

@@ -5,7 +5,9 @@ import os
 
 # busy-waiting OpenMP threads make small ops 40-100x slower on a loaded 2-core box
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -22,7 +24,6 @@ def isolated_cache(tmp_path_factory):
     folder; the real data set is still found in ~/.cache/robustlens/data."""
     old = os.environ.get("ROBUSTLENS_CACHE")
     os.environ["ROBUSTLENS_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    _find_shared_data(tmp_path_factory)
     yield Path(os.environ["ROBUSTLENS_CACHE"])
     if old is None:
         os.environ.pop("ROBUSTLENS_CACHE", None)
@@ -33,17 +34,26 @@ def isolated_cache(tmp_path_factory):
 SHARED_TARBALL = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 
-def _find_shared_data(tmp_path_factory) -> None:
+_EXTRACTED: list[str] = []
+
+
+def pytest_configure(config):
     """Where the user cache holds no CIFAR-10 but the checkout sits next to the
     team's shared/data tarball (the dev and CI machines), the data tests use it:
-    extracted once per session into a temporary folder named by ROBUSTLENS_DATA
-    (inherited by the app servers the browser tests start)."""
+    extracted once per run, before collection, into a temporary folder named by
+    ROBUSTLENS_DATA (inherited by the app servers the browser tests start)."""
     from core import data
     if os.environ.get("ROBUSTLENS_DATA") or data.has_cifar10("test") or not SHARED_TARBALL.is_file():
         return
-    dest = tmp_path_factory.mktemp("cifar10")
+    dest = Path(tempfile.mkdtemp(prefix="rl-cifar10-"))
     data.extract_archive(SHARED_TARBALL, dest)
     os.environ["ROBUSTLENS_DATA"] = str(dest)
+    _EXTRACTED.append(str(dest))
+
+
+def pytest_unconfigure(config):
+    for d in _EXTRACTED:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def tiny_probe(width: int = 8, seed: int = 0, name: str = "tiny", arch: str = "resnet18"):

@@ -117,10 +117,16 @@ def shot(page, name: str) -> None:
 
 
 def both_reconstructions(page, timeout: float = 300_000) -> None:
-    """Wait until the inversion page shows both models' results."""
-    page.get_by_text("representation loss").nth(1).wait_for(timeout=timeout)
-    settle(page)
-    assert page.get_by_text("representation loss").count() == 2
+    """Wait until the inversion page shows both models' finished results (a live
+    optimisation streams frames between runs, so idle moments are not enough)."""
+    deadline = time.time() + timeout / 1000
+    while time.time() < deadline:
+        if page.get_by_text("representation loss").count() == 2:
+            settle(page)
+            if page.get_by_text("representation loss").count() == 2:
+                return
+        time.sleep(0.5)
+    raise AssertionError("the inversion page never showed both reconstructions")
 
 
 def click_compute_if_offered(page, label: str = "Compute", then: str | None = None) -> None:
@@ -177,6 +183,7 @@ def test_cka_cell_click_shows_that_layer_pair(browser, server):
 def test_inversion_gallery_click_shows_both_reconstructions(browser, server):
     page = open_page(browser, server, "inversion")
     page.locator("button.rl-tile").nth(3).click()
+    page.wait_for_url("**inv_img=foolbox-03**", timeout=60_000)
     both_reconstructions(page)
     no_exception(page)
     assert "inv_img=foolbox-03" in page.url
