@@ -640,7 +640,33 @@ def _card_summary(spec: str) -> None:
             bits.append(own)
     st.caption(" · ".join(bits) if bits else c.get("source", ""))
     with st.popover("Model card", icon=":material/badge:", width="stretch"):
-        st.json(c, expanded=1)
+        if c.get("recipe"):
+            st.markdown(f"**Recipe.** {c['recipe']}.")
+        if measured:
+            rows = [{"measure": "clean", "accuracy": f"{measured['clean']:.1%}"}] + [
+                {"measure": k, "accuracy": f"{v:.1%}"} for k, v in measured.get("pgd", {}).items()]
+            st.dataframe(rows, hide_index=True, width="stretch")
+            st.caption(f"Measured on {measured.get('n', '?'):,} CIFAR-10 test images "
+                       f"({measured.get('hardware', '')}, {measured.get('date', '')}).")
+        target = c.get("target")
+        if target and "clean" in measured:
+            own = _own_attack_value(c)
+            met = measured["clean"] >= target["clean"] and (
+                target.get("own_pgd20") is None or (own is not None and own >= target["own_pgd20"]))
+            goal = f"clean ≥ {target['clean']:.0%}" + (
+                f", own-eps PGD-20 ≥ {target['own_pgd20']:.0%}" if target.get("own_pgd20") else "")
+            st.caption(f"Target ({goal}, {target.get('assumes', '')}): "
+                       f"{'met' if met else 'not met'}.")
+        if c.get("why_width"):
+            st.caption(c["why_width"])
+        st.json(c, expanded=False)
+
+
+def _own_attack_value(c: dict) -> float | None:
+    from .evaluation import own_attack
+    atk = own_attack(c)
+    pgd = (c.get("measured") or {}).get("pgd", {})
+    return pgd.get(atk.describe()) if atk is not None else None
 
 
 def _own_attack_acc(c: dict) -> str | None:

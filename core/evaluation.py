@@ -54,7 +54,7 @@ def measure(name: str, n: int | None = None, root: str | None = None, device: st
                 "weights_sha256": card.get("weights", {}).get("sha256"),
                 "date": datetime.date.today().isoformat(),
                 "method": "core.attacks.PGD, fp32, random start, attack on clean-correct images"})
-    if write and not n:
+    if write:  # the card records n: the whole test set, or the stated subset
         path = zoo.PRETRAINED / f"{name}.json"
         c = json.loads(path.read_text())
         c["measured"] = res

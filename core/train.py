@@ -214,6 +214,34 @@ def card_fields(cfg: TrainConfig) -> dict:
             "arch": cfg.arch, "width": cfg.width, "seed": cfg.seed}
 
 
+WHY_WIDTH = ("Base width 32 (2.8 M parameters, 5.6 MB in fp16): a 150-step inversion of "
+             "one image on both models takes a few seconds on a 2-core CPU, which the "
+             "inversion page needs; width 64 is 4x the compute for little gain on CIFAR-10.")
+
+# the shipped zoo's targets (clean, PGD-20 at the model's own eps), as GPU-trained
+# with PGD-10; the cards say whether each was met
+TARGETS = {"resnet18-standard-s0": (0.92, None), "resnet18-standard-s1": (0.92, None),
+           "resnet18-linf-8": (0.75, 0.44), "resnet18-l2-0.5": (0.85, 0.62),
+           "resnet18-l2-1.0": (0.78, 0.45)}
+
+
+def recipe_text(conf: dict) -> str:
+    """One line a person reads: how this run was trained."""
+    if conf.get("threat"):
+        eps = conf["eps"]
+        eps_s = f"{eps * 255:g}/255" if conf["threat"] == "linf" else f"{eps:g}"
+        step = conf["attack_step_size"]
+        step_s = f"{step * 255:g}/255" if conf["threat"] == "linf" else f"{step:g}"
+        kind = (f"PGD-{conf['attack_steps']} adversarial training ({conf['threat'].upper()} eps "
+                f"{eps_s}, step {step_s}{', random start' if conf.get('random_start') else ''})")
+    else:
+        kind = "standard training"
+    return (f"{kind}; SGD (momentum {conf['momentum']}, Nesterov), one-cycle lr peak "
+            f"{conf['lr']}, weight decay {conf['weight_decay']}, batch {conf['batch_size']}, "
+            f"{conf['epochs']} epochs, random crop + flip"
+            f"{', bf16 autocast' if conf.get('amp') else ''}")
+
+
 def load_run(cfg: TrainConfig) -> Probe:
     """The Probe and card of a finished (or partial) run, from its last checkpoint."""
     last = run_dir(cfg.name) / "last.pt"
@@ -224,6 +252,11 @@ def load_run(cfg: TrainConfig) -> Probe:
     probe.model.load_state_dict(ck["model"])
     hist = ck["history"]
     probe.card.update(card_fields(cfg))
+    probe.card["recipe"] = recipe_text(ck["config"])
+    probe.card["why_width"] = WHY_WIDTH
+    if cfg.name in TARGETS:
+        probe.card["target"] = {"clean": TARGETS[cfg.name][0], "own_pgd20": TARGETS[cfg.name][1],
+                                "assumes": "GPU training with PGD-10 (issue 3)"}
     probe.card["training"] = {**ck["config"], "history": hist, "wall_time_s": round(ck["wall_s"], 1),
                               "hardware": ck.get("hardware", hardware(torch.device("cpu"))),
                               "complete": ck["epoch"] >= ck["config"].get("epochs", cfg.epochs)}

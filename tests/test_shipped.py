@@ -31,7 +31,7 @@ def test_every_card_loads_its_hashed_fp16_weights(card_path):
     assert card["weights"]["dtype"] == "float16"
     probe = zoo.load(card["name"], device="cpu")
     assert sum(p.numel() for p in probe.model.parameters()) == card["parameters"]
-    for key in ("arch", "width", "threat_model", "seed", "recipe", "measured"):
+    for key in ("arch", "width", "threat_model", "seed", "recipe", "training", "measured"):
         assert key in card, f"{card['name']}: card lacks {key}"
     with torch.no_grad():
         assert probe(torch.rand(2, 3, 32, 32)).shape == (2, 10)
