@@ -292,6 +292,16 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
 _NOT_SHIPPED = {"test_outputs"}
 
 
+def _model_made_only(value):
+    """assets/ holds numbers and model-made images only: an optimisation that starts
+    from a data-set image (feature addition, interpolation) ships without its step-0
+    frame, which is that image (or a pixel blend of two)."""
+    if isinstance(value, dict) and isinstance(value.get("frames"), list):
+        if (value.get("settings") or {}).get("seed") != "noise":
+            value = {**value, "frames": [f for f in value["frames"] if f[0] != 0]}
+    return value
+
+
 def _precompute(args: argparse.Namespace) -> dict:
     """Compute and store everything the views of a talk deck show."""
     from . import views
@@ -312,7 +322,7 @@ def _precompute(args: argparse.Namespace) -> dict:
                 failed.append(f"view {i} ({view['title']}): {e}")
                 continue
             if args.to_assets and job.kind not in _NOT_SHIPPED:
-                default_store().export_asset(job.kind, job.inputs)
+                default_store().export_asset(job.kind, job.inputs, scrub=_model_made_only)
         summary.append({"view": i, "title": view["title"], "jobs": len(view_jobs)})
     if failed:
         raise RobustLensError("some views could not be computed:\n" + "\n".join(failed))

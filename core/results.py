@@ -264,17 +264,22 @@ class ResultStore:
         arr = self.assets / f"{key}.safetensors"
         return decode(meta.read_text(), arr.read_bytes() if arr.exists() else None)
 
-    def export_asset(self, kind: str, inputs: dict, directory: Path | None = None) -> Path:
-        """Copy a stored result into assets/results/ (precomputed, shipped)."""
+    def export_asset(self, kind: str, inputs: dict, directory: Path | None = None,
+                     scrub: Callable[[Any], Any] | None = None) -> Path:
+        """Copy a stored result into assets/results/ (precomputed, shipped).
+        `scrub` rewrites the value first (e.g. drops what is made of data-set pixels)."""
         key = make_key(kind, inputs)
         rows = self._query("SELECT meta, arrays FROM results WHERE key=?", (key,))
         if not rows:
             raise StoreError(f"no stored {kind} result for these inputs")
+        meta, blob = rows[0]
+        if scrub is not None:
+            meta, blob = encode(scrub(decode(meta, blob)))
         d = directory or self.assets or ASSETS
         d.mkdir(parents=True, exist_ok=True)
-        (d / f"{key}.json").write_text(rows[0][0])
-        if rows[0][1]:
-            (d / f"{key}.safetensors").write_bytes(rows[0][1])
+        (d / f"{key}.json").write_text(meta)
+        if blob:
+            (d / f"{key}.safetensors").write_bytes(blob)
         return d / f"{key}.json"
 
 

@@ -60,3 +60,22 @@ def test_data_command_reports_where_data_is(world, capsys):
     assert found["test"]["images"] == 80 and found["train"]["images"] == 120
     assert cli.COMMANDS.keys() >= {"train", "export", "eval", "data", "cka", "stitch",
                                    "invert", "precompute"}
+
+
+def test_shipped_assets_drop_frames_made_of_data_set_pixels():
+    from core.cli import _model_made_only
+    frames = [[0, "x0"], [15, "x15"], [30, "x30"]]
+    add = _model_made_only({"frames": frames, "settings": {"task": "add", "seed": None}})
+    mix = _model_made_only({"frames": frames, "settings": {"task": "interpolate", "seed": "mix"}})
+    noise = _model_made_only({"frames": frames, "settings": {"task": "invert", "seed": "noise"}})
+    assert [f[0] for f in add["frames"]] == [15, 30] == [f[0] for f in mix["frames"]]
+    assert noise["frames"] == frames
+
+
+def test_no_shipped_asset_holds_a_step_zero_frame_of_an_image():
+    import json
+    from core.results import ASSETS
+    for f in ASSETS.glob("*.json"):
+        d = json.loads(f.read_text())
+        if isinstance(d, dict) and d.get("frames") and (d.get("settings") or {}).get("seed") != "noise":
+            assert all(fr[0] != 0 for fr in d["frames"]), f.name
