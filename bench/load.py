@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import statistics
 import sys
 import tempfile
@@ -41,7 +42,7 @@ def session(url: str, deadline: float, steps: int, rng: random.Random, out: list
             ok = True
             try:
                 page.goto(f"{url}/inversion?inv_img={key}&inv_steps={steps}&inv_seed={seed}")
-                page.get_by_text("representation loss").nth(1).wait_for(timeout=600_000)
+                page.get_by_text(re.compile(r"^representation loss [\d.]+ · PSNR")).nth(1).wait_for(timeout=600_000)
                 settle(page)
                 ok = page.locator("[data-testid='stException']").count() == 0
             except Exception:  # noqa: BLE001 - a failed request is a data point

@@ -6,6 +6,7 @@ Chromium or Playwright is missing (`.ci/run` installs Chromium)."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -116,14 +117,17 @@ def shot(page, name: str) -> None:
     page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
 
 
+RESULT_LINE = re.compile(r"^representation loss [\d.]+ · PSNR")   # one per model
+
+
 def both_reconstructions(page, timeout: float = 300_000) -> None:
     """Wait until the inversion page shows both models' finished results (a live
     optimisation streams frames between runs, so idle moments are not enough)."""
     deadline = time.time() + timeout / 1000
     while time.time() < deadline:
-        if page.get_by_text("representation loss").count() == 2:
+        if page.get_by_text(RESULT_LINE).count() == 2:
             settle(page)
-            if page.get_by_text("representation loss").count() == 2:
+            if page.get_by_text(RESULT_LINE).count() == 2:
                 return
         time.sleep(0.5)
     raise AssertionError("the inversion page never showed both reconstructions")
@@ -250,7 +254,7 @@ def test_concurrent_sessions_each_get_their_own_results_computed_once(browser, t
         cka.get_by_role("button", name="Compute").first.click()
         for k, (page, key) in enumerate(zip(pages, images)):
             try:
-                page.get_by_text("representation loss").nth(1).wait_for(timeout=600_000)
+                page.get_by_text(RESULT_LINE).nth(1).wait_for(timeout=600_000)
             finally:
                 shot(page, f"concurrent-{k}")
             settle(page)
