@@ -127,7 +127,7 @@ def matrix_heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str],
                    selected: tuple[int, int] | None = None) -> go.Figure:
     """A labelled grid with the value written in each cell (stitching matrix)."""
     v = np.asarray(values, dtype=float)
-    text = [[("not computed" if np.isnan(x) else format(x, fmt)) for x in row] for row in v]
+    text = [[("–" if np.isnan(x) else format(x, fmt)) for x in row] for row in v]
     fig = go.Figure(go.Heatmap(
         z=v, x=list(cols), y=list(rows), zmin=zmin, zmax=zmax, colorscale=colorscale,
         text=text, texttemplate="%{text}", textfont=dict(size=18 if big else 12),
