@@ -670,11 +670,10 @@ def _own_attack_value(c: dict) -> float | None:
 
 
 def _own_attack_acc(c: dict) -> str | None:
-    from .evaluation import own_attack
-    atk = own_attack(c)
+    own = _own_attack_value(c)
+    if own is not None:
+        return f"PGD-20 {own:.1%}"
     pgd = (c.get("measured") or {}).get("pgd", {})
-    if atk is not None and atk.describe() in pgd:
-        return f"PGD-20 {pgd[atk.describe()]:.1%}"
     if "PGD-20 LINF eps 8/255 step 2/255" in pgd:
         return f"Linf 8/255 PGD {pgd['PGD-20 LINF eps 8/255 step 2/255']:.1%}"
     return None
