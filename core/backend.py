@@ -58,6 +58,15 @@ def page_setup() -> None:
     st.rerun()
 
 
+def page_header(title: str, caption: str) -> None:
+    """The top of an analysis page: hand-over check, title, share link, caption."""
+    page_setup()
+    st.title(title)
+    with st.container(key="share"):
+        share_link()
+    st.caption(caption)
+
+
 # ----------------------------------------------------------------- resources
 
 @st.cache_resource(show_spinner=False)

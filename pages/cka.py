@@ -9,11 +9,7 @@ PAGE = "cka"
 PAPER = ("Cianfarani, Bhagoji, Sehwag, Zhao, Zheng, Mittal: *Understanding Robust Learning "
          "through the Lens of Representation Similarities*, NeurIPS 2022")
 
-backend.page_setup()
-st.title("CKA explorer")
-with st.container(key="share"):
-    backend.share_link()
-st.caption("How similar are the representations of two layers? Linear CKA with the unbiased "
+backend.page_header("CKA explorer", "How similar are the representations of two layers? Linear CKA with the unbiased "
            "minibatch HSIC estimator (Nguyen et al. 2021) over CIFAR-10 test images. "
            f"After {PAPER}.")
 

@@ -11,11 +11,7 @@ from core.errors import BadImageError
 PAPER = ("Engstrom, Ilyas, Santurkar, Tsipras, Tran, Madry: *Adversarial Robustness as a Prior "
          "for Learned Representations*, 2019")
 
-backend.page_setup()
-st.title("Representation inversion")
-with st.container(key="share"):
-    backend.share_link()
-st.caption("Click an image. Each model gets only the image's representation R(x) (the "
+backend.page_header("Representation inversion", "Click an image. Each model gets only the image's representation R(x) (the "
            "penultimate layer) and searches, from gray noise, for an input x' whose "
            "representation matches: minimise ‖R(x') − R(x)‖ / ‖R(x)‖. A robust model's "
            f"reconstruction looks like the image; a standard model's does not. After {PAPER}.")

@@ -10,11 +10,7 @@ PAPER = ("Engstrom, Ilyas, Santurkar, Tsipras, Tran, Madry: *Adversarial Robustn
          "for Learned Representations*, 2019")
 TABS = ["Feature browser", "Feature addition", "Interpolation", "Misclassification"]
 
-backend.page_setup()
-st.title("Feature manipulation")
-with st.container(key="share"):
-    backend.share_link()
-st.caption("Gradient descent in pixel space, with no image prior: a robust model's "
+backend.page_header("Feature manipulation", "Gradient descent in pixel space, with no image prior: a robust model's "
            "representation is close to human-meaningful features, a standard model's is not. "
            f"The last ReLU is an identity in the backward pass (\"fake ReLU\"). After {PAPER}.")
 

@@ -10,11 +10,7 @@ PAPER = ("Balogh & Jelasity: *On the Functional Similarity of Robust and Non-Rob
          "Representations*, ICML 2023; direct matching after their AAAI 2025 follow-up")
 RECIPE = jobs.STITCH_RECIPE
 
-backend.page_setup()
-st.title("Stitching matrix")
-with st.container(key="share"):
-    backend.share_link()
-st.caption("The front of one network up to a layer, a trained 1x1 convolution, and the rest of "
+backend.page_header("Stitching matrix", "The front of one network up to a layer, a trained 1x1 convolution, and the rest of "
            "another network. Both donors are frozen: only the stitching layer learns. Can the "
            f"end model use the front model's representation? After {PAPER}.")
 
