@@ -95,3 +95,29 @@ def test_robust_accuracy_matches_foolbox(name, norm, eps, step):
     theirs = attacks.accuracy(model, test, attack=_foolbox(model, norm, eps, step, 20, True))
     assert 0.2 < ours < 0.9
     assert abs(ours - theirs) <= 0.02, (ours, theirs)
+
+
+@needs_data
+@shipped("resnet18-linf-8")
+def test_early_stop_scores_the_same_as_the_best_iterate_in_less_work():
+    """early_stop drops an image at its first success: same accuracy as best=True
+    (each image's trajectory is its own), fewer forward passes."""
+    model = zoo.load("resnet18-linf-8", device="cpu")
+    test = data.fixed_subset(data.cifar10("test"), 96)
+    calls = {"n": 0}
+
+    def counted(x):
+        calls["n"] += len(x)
+        return model(x)
+    counted.parameters = model.parameters
+    full = attacks.PGD("linf", 8 / 255, 2 / 255, 8, best=True)
+    fast = full.for_accuracy()
+    assert fast.early_stop and "first success" in fast.describe()
+    assert "early_stop" not in attacks.PGD.paper("linf").to_dict()  # old keys stay valid
+    a_full = attacks.accuracy(counted, test, attack=full, device="cpu")
+    n_full, calls["n"] = calls["n"], 0
+    a_fast = attacks.accuracy(counted, test, attack=fast, device="cpu")
+    assert abs(a_full - a_fast) <= 1 / 96, (a_full, a_fast)  # batch-size rounding only
+    assert calls["n"] < 0.9 * n_full
+    with pytest.raises(ValueError, match="best=True"):
+        attacks.pgd(model, X, Y, early_stop=True)
