@@ -396,3 +396,29 @@ def test_result_round_trips_and_exports(models, images):
     assert float(rows[5]["spread"]) == res.spread[1, 2]
     with pytest.raises(ValueError, match="layers_a x layers_b"):
         cka.CKAResult.from_dict({**res.to_dict(), "layers_b": LAYERS})
+
+
+def test_adversarial_batches_are_made_once_per_model_attack_and_images(models, images,
+                                                                       monkeypatch):
+    """The paper view attacks each model in two panels: the second time is a reuse."""
+    from collections import OrderedDict
+
+    from core import attacks
+    a, b = models
+    monkeypatch.setattr(cka, "_ADV_CACHE", OrderedDict())
+    calls = []
+    real = attacks.pgd
+    monkeypatch.setattr(attacks, "pgd", lambda *args, **kw: calls.append(1) or real(*args, **kw))
+    first = cka.cka_matrix(a, b, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
+                           attack_a=ATTACK, attack_b=ATTACK)
+    made = len(calls)
+    assert made == 2 * len(list(images.batches(BATCH)))
+    swapped = cka.cka_matrix(b, a, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
+                             attack_a=ATTACK, attack_b=ATTACK)
+    assert len(calls) == made
+    np.testing.assert_allclose(swapped.matrix, first.matrix.T, atol=1e-12)
+    # an attack that is not a seeded value (no to_dict) is never reused
+    plain = lambda m, x, y: ATTACK(m, x, y)  # noqa: E731
+    cka.cka_matrix(a, a, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
+                   attack_a=plain, attack_b=plain)
+    assert len(calls) == made + len(list(images.batches(BATCH)))
