@@ -23,8 +23,8 @@ pages = st.navigation([
     st.Page("pages/manipulation.py", title="Feature manipulation", icon=":material/tune:",
             url_path="manipulation"),
 ])
-backend.sidebar()
 backend.presentation_css()
+backend.sidebar()
 backend.deck_bar()
 backend.notices()
 with backend.app_run():

@@ -256,6 +256,9 @@ def presenting() -> bool:
 
 
 def presentation_css() -> None:
+    """Call before anything is drawn: on a cold server the sidebar takes a while, and
+    a ?present=1 link must not show it even for that moment."""
+    url_state("present", False)
     if presenting():
         st.markdown(_PRESENT_CSS, unsafe_allow_html=True)
 

@@ -51,36 +51,41 @@ def gallery_items(source: str) -> list[dict]:
             for k, v in uploaded_images().items()]
 
 
-sources = {"samples": "CIFAR-10 samples", "photos": "Photos (out of distribution)",
-           "upload": "Upload"}
-if backend.test_set() is not None:
-    sources = {"test": "CIFAR-10 test set", **sources}
-backend.url_state("inv_source", "samples", list(sources))
-source = st.segmented_control("Images", list(sources), key="inv_source",
-                              format_func=sources.get) or "samples"
+# In presentation mode the reconstructions come first: on a projector the gallery
+# would push them below the fold. Containers keep their places whatever the fill order.
+_top, _settings, _results, _bottom = (st.container() for _ in range(4))
 
-if source == "upload":
-    up = st.file_uploader("An image (any format Pillow reads; it is centre-cropped and "
-                          "resized to 32x32)", key="inv_upload")
-    if up is not None:
-        try:
-            arr = data.load_upload(up.getvalue())
-        except BadImageError as e:
-            st.error(f"{up.name}: {e}", icon=":material/broken_image:")
-        else:
-            digest = hashlib.sha256(arr.tobytes()).hexdigest()[:12]
-            UPLOADS.mkdir(parents=True, exist_ok=True)
-            np.save(UPLOADS / f"{digest}.npy", arr)
-            st.session_state["inv_img"] = f"upload-{digest}"
+with _bottom if backend.presenting() else _top:
+    sources = {"samples": "CIFAR-10 samples", "photos": "Photos (out of distribution)",
+               "upload": "Upload"}
+    if backend.test_set() is not None:
+        sources = {"test": "CIFAR-10 test set", **sources}
+    backend.url_state("inv_source", "samples", list(sources))
+    source = st.segmented_control("Images", list(sources), key="inv_source",
+                                  format_func=sources.get) or "samples"
 
-items = gallery_items(source)
-backend.url_state("inv_img", items[0]["key"] if items else "foolbox-00")
-if items:
-    backend.gallery(items, "inv_img", label=sources[source])
-elif source == "upload":
-    st.caption("Uploaded images appear here.")
+    if source == "upload":
+        up = st.file_uploader("An image (any format Pillow reads; it is centre-cropped and "
+                              "resized to 32x32)", key="inv_upload")
+        if up is not None:
+            try:
+                arr = data.load_upload(up.getvalue())
+            except BadImageError as e:
+                st.error(f"{up.name}: {e}", icon=":material/broken_image:")
+            else:
+                digest = hashlib.sha256(arr.tobytes()).hexdigest()[:12]
+                UPLOADS.mkdir(parents=True, exist_ok=True)
+                np.save(UPLOADS / f"{digest}.npy", arr)
+                st.session_state["inv_img"] = f"upload-{digest}"
 
-with st.container(key="settings"), st.expander("Settings", icon=":material/settings:"):
+    items = gallery_items(source)
+    backend.url_state("inv_img", items[0]["key"] if items else "foolbox-00")
+    if items:
+        backend.gallery(items, "inv_img", label=sources[source])
+    elif source == "upload":
+        st.caption("Uploaded images appear here.")
+
+with _settings, st.container(key="settings"), st.expander("Settings", icon=":material/settings:"):
     c = st.columns(4)
     probe_a = backend.model(a)
     layer_options = [probe_a.representation_layer] + [x for x in probe_a.layers
@@ -101,61 +106,62 @@ with st.container(key="settings"), st.expander("Settings", icon=":material/setti
                               help="Seed of the starting noise (0.5 + N(0,1)/20).")
 backend.publish(["inv_source", "inv_img", "inv_layer", "inv_method", "inv_steps", "inv_seed"])
 
-chosen = views.image_for(st.session_state["inv_img"])
-if chosen is None:
-    st.info("Choose an image above.")
-    st.stop()
-image, title, _ = chosen
+with _results:
+    chosen = views.image_for(st.session_state["inv_img"])
+    if chosen is None:
+        st.info("Choose an image above.")
+        st.stop()
+    image, title, _ = chosen
 
-with backend.guard():
-    specs = [a, b]
-    job_list = views.inversion_jobs(backend.model, backend.view_settings(PAGE))[:2]
-    cols = st.columns(3)
-    cols[0].markdown(f"**Original**  \n{title}")
-    cols[0].image(figures.upscale(image, 7), width="stretch")
-    slots, notes = [], []
-    for k, s in enumerate(specs):
-        cols[k + 1].markdown(f"**{backend.label(s)}**  \n{'robust' if k == 0 else 'standard'} "
-                             f"model {'A' if k == 0 else 'B'}")
-        slots.append(cols[k + 1].empty())
-        notes.append(cols[k + 1].empty())
+    with backend.guard():
+        specs = [a, b]
+        job_list = views.inversion_jobs(backend.model, backend.view_settings(PAGE))[:2]
+        cols = st.columns(3)
+        cols[0].markdown(f"**Original**  \n{title}")
+        cols[0].image(figures.upscale(image, 7), width="stretch")
+        slots, notes = [], []
+        for k, s in enumerate(specs):
+            cols[k + 1].markdown(f"**{backend.label(s)}**  \n{'robust' if k == 0 else 'standard'} "
+                                 f"model {'A' if k == 0 else 'B'}")
+            slots.append(cols[k + 1].empty())
+            notes.append(cols[k + 1].empty())
 
-    def show(i, step, total, loss, images):
-        if images is not None:
-            slots[i].image(figures.upscale(images[0], 7), width="stretch")
-        if images is not None or step % 20 == 0:
-            notes[i].caption(f"step {step}/{total} · loss {loss:.3f}")
+        def show(i, step, total, loss, images):
+            if images is not None:
+                slots[i].image(figures.upscale(images[0], 7), width="stretch")
+            if images is not None or step % 20 == 0:
+                notes[i].caption(f"step {step}/{total} · loss {loss:.3f}")
 
-    results = backend.run_live(job_list, show)
-    for k, res in enumerate(results):
-        slots[k].image(figures.upscale(res["images"][0], 7), width="stretch")
-        notes[k].markdown(f"representation loss **{float(res['loss'][0]):.3f}** · "
-                          f"PSNR **{res['psnr']:.1f} dB** · SSIM **{res['ssim']:.2f}**")
-    backend.figure_caption(PAGE, f"{title}: reconstructed from the {layer} representation of "
-                                 f"{backend.label(a)} (robust) and {backend.label(b)} (standard)")
-    inputs = {"kind": "inversion", "image": st.session_state["inv_img"],
-              "jobs": [j.inputs for j in job_list]}
-    stem = f"inversion-{st.session_state['inv_img']}"
-    backend.export_menu(stem, [
-        ("Original + reconstructions, PNG", lambda: exports.image_strip(
-            [image] + [r["images"][0] for r in results], inputs, 8,
-            ["original"] + [backend.label(s) for s in specs]), ".png", "image/png"),
-        (f"Optimisation of {backend.label(a)}, GIF", lambda: exports.gif(
-            [f[1][0] for f in results[0]["frames"]], {**inputs, "model": a}), "-a.gif", "image/gif"),
-        (f"Optimisation of {backend.label(b)}, GIF", lambda: exports.gif(
-            [f[1][0] for f in results[1]["frames"]], {**inputs, "model": b}), "-b.gif", "image/gif"),
-        ("Data, JSON", lambda: exports.to_json(
-            [{k: r[k] for k in ("loss", "psnr", "ssim", "l2", "loss_curve", "settings")}
-             for r in results], inputs), ".json", "application/json"),
-    ])
-    curves = {backend.label(s): np.asarray(r["loss_curve"])[:, 0] for s, r in zip(specs, results)}
-    with st.expander("Loss curves and frames", icon=":material/show_chart:"):
-        st.plotly_chart(figures.curve(list(range(len(next(iter(curves.values()))))), curves, "step",
-                                      "‖R(x') − R(x)‖ / ‖R(x)‖", log_y=True), key="inv_curve")
-        for s, r in zip(specs, results):
-            st.caption(backend.label(s))
-            st.image([figures.upscale(f[1][0], 3) for f in r["frames"]],
-                     caption=[f"step {f[0]}" for f in r["frames"]])
+        results = backend.run_live(job_list, show)
+        for k, res in enumerate(results):
+            slots[k].image(figures.upscale(res["images"][0], 7), width="stretch")
+            notes[k].markdown(f"representation loss **{float(res['loss'][0]):.3f}** · "
+                              f"PSNR **{res['psnr']:.1f} dB** · SSIM **{res['ssim']:.2f}**")
+        backend.figure_caption(PAGE, f"{title}: reconstructed from the {layer} representation of "
+                                     f"{backend.label(a)} (robust) and {backend.label(b)} (standard)")
+        inputs = {"kind": "inversion", "image": st.session_state["inv_img"],
+                  "jobs": [j.inputs for j in job_list]}
+        stem = f"inversion-{st.session_state['inv_img']}"
+        backend.export_menu(stem, [
+            ("Original + reconstructions, PNG", lambda: exports.image_strip(
+                [image] + [r["images"][0] for r in results], inputs, 8,
+                ["original"] + [backend.label(s) for s in specs]), ".png", "image/png"),
+            (f"Optimisation of {backend.label(a)}, GIF", lambda: exports.gif(
+                [f[1][0] for f in results[0]["frames"]], {**inputs, "model": a}), "-a.gif", "image/gif"),
+            (f"Optimisation of {backend.label(b)}, GIF", lambda: exports.gif(
+                [f[1][0] for f in results[1]["frames"]], {**inputs, "model": b}), "-b.gif", "image/gif"),
+            ("Data, JSON", lambda: exports.to_json(
+                [{k: r[k] for k in ("loss", "psnr", "ssim", "l2", "loss_curve", "settings")}
+                 for r in results], inputs), ".json", "application/json"),
+        ])
+        curves = {backend.label(s): np.asarray(r["loss_curve"])[:, 0] for s, r in zip(specs, results)}
+        with st.expander("Loss curves and frames", icon=":material/show_chart:"):
+            st.plotly_chart(figures.curve(list(range(len(next(iter(curves.values()))))), curves, "step",
+                                          "‖R(x') − R(x)‖ / ‖R(x)‖", log_y=True), key="inv_curve")
+            for s, r in zip(specs, results):
+                st.caption(backend.label(s))
+                st.image([figures.upscale(f[1][0], 3) for f in r["frames"]],
+                         caption=[f"step {f[0]}" for f in r["frames"]])
 
 st.subheader("How recognisable are the reconstructions?")
 st.caption("Mean SSIM and PSNR between reconstruction and original over the 20 shipped "

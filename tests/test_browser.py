@@ -218,8 +218,16 @@ def test_manipulation_tabs_render(browser, server):
 def test_presentation_mode_hides_the_chrome(browser, server):
     page = open_page(browser, server, "inversion?present=1", 1600, 900)
     no_exception(page)
+    # a cold server's first run loads the zoo: the sidebar must stay hidden meanwhile
     assert not page.locator("section[data-testid='stSidebar']").is_visible()
-    assert page.get_by_role("button", name="Exit presentation").count() == 1
+    page.get_by_role("button", name="Exit presentation").wait_for(timeout=120_000)
+    assert not page.locator("section[data-testid='stSidebar']").is_visible()
+    both_reconstructions(page)
+    # on a 900 px projector the reconstructions start above the fold, the gallery below them
+    top_y = page.get_by_text("robust model A").first.bounding_box()["y"]
+    result_y = page.get_by_text(RESULT_LINE).first.bounding_box()["y"]
+    gallery_y = page.get_by_text("CIFAR-10 samples").first.bounding_box()["y"]
+    assert top_y < 600 and result_y < gallery_y, (top_y, result_y, gallery_y)
     shot(page, "presentation-inversion")
 
 
