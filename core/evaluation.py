@@ -47,13 +47,14 @@ def measure(name: str, n: int | None = None, root: str | None = None, device: st
     log(f"{name}: clean {res['clean']:.4f} on {len(test)} images")
     res["pgd"] = {}
     for atk in card_attacks(card):
-        acc = attacks.accuracy(probe, test, attack=atk, device=dev)
+        acc = attacks.accuracy(probe, test, attack=atk.for_accuracy(), device=dev)
         res["pgd"][atk.describe()] = acc
         log(f"{name}: {atk.describe()} {acc:.4f}")
     res.update({"seconds": round(time.time() - t0, 1), "hardware": hardware(dev),
                 "weights_sha256": card.get("weights", {}).get("sha256"),
                 "date": datetime.date.today().isoformat(),
-                "method": "core.attacks.PGD, fp32, random start, attack on clean-correct images"})
+                "method": "core.attacks.PGD, fp32, random start, attack on clean-correct images; "
+                          "an image counts as robust if no iterate misclassifies it"})
     if write:  # the card records n: the whole test set, or the stated subset
         path = zoo.PRETRAINED / f"{name}.json"
         c = json.loads(path.read_text())
@@ -73,7 +74,7 @@ def check_card(name: str, n: int = 300, root: str | None = None, tolerance: floa
     out = {"clean": (attacks.accuracy(probe, test), measured["clean"])}
     atk = own_attack(card)
     if atk is not None and atk.describe() in measured["pgd"]:
-        out[atk.describe()] = (attacks.accuracy(probe, test, attack=atk),
+        out[atk.describe()] = (attacks.accuracy(probe, test, attack=atk.for_accuracy()),
                                measured["pgd"][atk.describe()])
     return out
 
