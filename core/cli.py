@@ -286,6 +286,9 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device")
     p.add_argument("--to-assets", action="store_true",
                    help="also copy the results into assets/results (shipped, precomputed)")
+    p.add_argument("--prune", action="store_true",
+                   help="with --to-assets: delete shipped results that neither this deck nor "
+                        "any page's default view shows (stale keys of older recipes)")
 
 
 # results that are large or made of test-set pixels stay out of assets/
@@ -326,7 +329,32 @@ def _precompute(args: argparse.Namespace) -> dict:
         summary.append({"view": i, "title": view["title"], "jobs": len(view_jobs)})
     if failed:
         raise RobustLensError("some views could not be computed:\n" + "\n".join(failed))
-    return {"deck": deck.get("title"), "views": summary}
+    out = {"deck": deck.get("title"), "views": summary}
+    if args.to_assets and getattr(args, "prune", False):
+        out["pruned"] = _prune_assets(load, deck)
+    return out
+
+
+def _prune_assets(load: Callable, deck: dict) -> int:
+    """Delete assets/results entries that no view of `deck` and no page default shows."""
+    from . import views
+    from .results import default_store, make_key
+    wanted = [(v["page"], v.get("params") or {}) for v in deck["views"]]
+    wanted += [(page, {}) for page in views.PAGES]
+    keep = set()
+    for page, params in wanted:
+        try:
+            keep.update(make_key(j.kind, j.inputs) for j in views.view_jobs(load, page, params))
+        except RobustLensError:
+            continue  # a page default this zoo cannot show keeps nothing
+    folder = default_store().assets
+    removed = 0
+    for path in sorted(folder.glob("*.json")) if folder and folder.is_dir() else []:
+        if path.stem not in keep:
+            path.unlink()
+            path.with_suffix(".safetensors").unlink(missing_ok=True)
+            removed += 1
+    return removed
 
 
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
