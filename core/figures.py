@@ -104,6 +104,10 @@ def cka_panels(panels: list[dict], big: bool = False) -> go.Figure:
                       row=1, col=k)
         _style_cka(fig, p["layers_a"], p["layers_b"], p["name_a"], p["name_b"], "", big,
                    row=1, col=k)
+        if k > 1 and list(p["layers_a"]) == list(panels[0]["layers_a"]):
+            # same rows as the first panel: its labels serve all, and a square panel's
+            # own labels would sit over its left neighbour (the subtitle names the models)
+            fig.update_yaxes(showticklabels=False, title_text="", row=1, col=k)
     fig.update_layout(height=560 if big else 430, margin=dict(l=10, r=10, t=60, b=10),
                       font=dict(family=FONT, size=18 if big else 12))
     return fig

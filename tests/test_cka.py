@@ -422,3 +422,15 @@ def test_adversarial_batches_are_made_once_per_model_attack_and_images(models, i
     cka.cka_matrix(a, a, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
                    attack_a=plain, attack_b=plain)
     assert len(calls) == made + len(list(images.batches(BATCH)))
+
+
+def test_paper_view_panels_share_the_first_panels_layer_labels():
+    from core import figures
+    layers = ["relu", "layer1.0", "layer2.0"]
+    panel = {"matrix": np.eye(3), "layers_a": layers, "layers_b": layers, "name_a": "A",
+             "name_b": "B", "title": "t"}
+    fig = figures.cka_panels([panel, panel, {**panel, "layers_a": ["relu", "linear"],
+                                             "matrix": np.ones((2, 3))}])
+    assert list(fig.layout.yaxis.ticktext) == ["stem", "1.0", "2.0"]
+    assert fig.layout.yaxis2.showticklabels is False and not fig.layout.yaxis2.title.text
+    assert fig.layout.yaxis3.showticklabels is not False  # other rows keep their own labels
