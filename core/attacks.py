@@ -76,24 +76,30 @@ def pgd(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch
     sign = -1.0 if targeted else 1.0
     delta = _random_start(x, norm, eps, generator) if random_start else torch.zeros_like(x)
     delta = ((x + delta).clamp(0, 1) - x)
+    if not best:  # the last iterate of every example: no bookkeeping (the training path)
+        for _ in range(steps):
+            delta.requires_grad_(True)
+            grad, = torch.autograd.grad((sign * loss_fn(model(x + delta), y)).sum(), delta)
+            with torch.no_grad():
+                delta = _project(delta + _ascent(grad, norm, step_size), norm, eps)
+                delta = (x + delta).clamp(0, 1) - x
+        return (x + delta).detach()
     best_x, best_score = x.clone(), torch.full((x.shape[0],), -math.inf, device=x.device)
     active = torch.arange(x.shape[0], device=x.device)  # examples still being attacked
-    for i in range(steps + (1 if best else 0)):
+    for i in range(steps + 1):
         xa, ya = x[active], y[active]
         da = delta[active].requires_grad_(True)
         logits = model(xa + da)
         losses = sign * loss_fn(logits, ya)
-        fooled = None
-        if best:
-            with torch.no_grad():
-                fooled = (logits.argmax(1) != ya) if not targeted else (logits.argmax(1) == ya)
-                score = losses.detach().float() + fooled.float() * 1e6
-                better = score > best_score[active]
-                idx = active[better]
-                best_score[idx] = score[better]
-                best_x[idx] = (xa + da)[better].detach()
-            if i == steps:
-                break
+        with torch.no_grad():
+            fooled = (logits.argmax(1) != ya) if not targeted else (logits.argmax(1) == ya)
+            score = losses.detach().float() + fooled.float() * 1e6
+            better = score > best_score[active]
+            idx = active[better]
+            best_score[idx] = score[better]
+            best_x[idx] = (xa + da)[better].detach()
+        if i == steps:
+            break
         grad, = torch.autograd.grad(losses.sum(), da)
         with torch.no_grad():
             da = _project(da + _ascent(grad, norm, step_size), norm, eps)
@@ -102,7 +108,7 @@ def pgd(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch
                 active = active[~fooled]
                 if active.numel() == 0:
                     break
-    return best_x if best else (x + delta).detach()
+    return best_x
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+import time
 from typing import Callable
 
 from .errors import RobustLensError
@@ -12,21 +15,34 @@ __all__ = ["COMMANDS", "RobustLensError"]
 
 def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("names", nargs="*", help="zoo entries to train (default: all)")
+    p.add_argument("--all", action="store_true", help="the whole zoo, then measure every "
+                   "model (clean, PGD-20, APGD) into its card and export it")
     p.add_argument("--epochs", type=int, help="override the zoo recipe's epochs")
     p.add_argument("--subset", type=int, help="train on n images only (smoke runs)")
     p.add_argument("--data", help="CIFAR-10 root (official batches or ImageFolder)")
     p.add_argument("--device", help="cuda, mps or cpu (default: best available)")
     p.add_argument("--stop-after-epoch", type=int, help="end this call after that epoch")
     p.add_argument("--no-export", action="store_true", help="do not write pretrained/")
+    p.add_argument("--parallel", type=int, help="runs at once, one process each (default: "
+                   "all of them on a GPU, one on the CPU)")
+    p.add_argument("--budget", type=float, help="seconds of training: the runs are timed "
+                   "side by side and each recipe's epochs cut to fit")
+    p.add_argument("--measure-n", type=int, help="with --all: test images for clean and "
+                   "PGD-20 accuracy (default: all 10,000)")
+    p.add_argument("--archive", help="with --all: write the weights and cards to this .tar")
+    p.add_argument("--time-steps", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--barrier", help=argparse.SUPPRESS)
+    p.add_argument("--barrier-count", type=int, default=1, help=argparse.SUPPRESS)
 
 
 def _train(args: argparse.Namespace) -> dict:
     """Train zoo models (resumable); export finished ones to pretrained/."""
     import dataclasses
+    from pathlib import Path
 
     from . import train
-    names = args.names or list(train.ZOO)
-    done = {}
+    names = list(train.ZOO) if args.all or not args.names else args.names
+    cfgs = []
     for name in names:
         if name not in train.ZOO:
             raise RobustLensError(f"no zoo recipe {name!r}; known: {', '.join(train.ZOO)}")
@@ -35,16 +51,71 @@ def _train(args: argparse.Namespace) -> dict:
             cfg.epochs = args.epochs
         if args.subset:
             cfg.subset = args.subset
-        probe = train.train(cfg, stop_after_epoch=args.stop_after_epoch)
-        if probe.card["training"]["complete"] and not args.no_export:
-            done[name] = _export_run(cfg)
-    return {"exported": done}
+        cfgs.append(cfg)
+    if args.time_steps:  # a child of train_parallel timing its steps
+        barrier = (Path(args.barrier), args.barrier_count) if args.barrier else None
+        print(json.dumps(train.seconds_per_step(cfgs[0], args.time_steps, args.time_steps // 3,
+                                                barrier)), flush=True)
+        return None
+    from .probe import pick_device
+    parallel = args.parallel or (len(cfgs) if pick_device(args.device).type == "cuda" else 1)
+    log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    t0 = time.time()
+    if parallel > 1 or args.budget:
+        epochs = {}
+        for s in range(0, len(cfgs), parallel):
+            epochs |= train.train_parallel(cfgs[s:s + parallel], args.budget, log,
+                                           timing_steps=int(os.environ.get(
+                                               "ROBUSTLENS_TIMING_STEPS", 30)))
+        cfgs = [dataclasses.replace(c, epochs=epochs[c.name]) for c in cfgs]
+    else:
+        for cfg in cfgs:
+            train.train(cfg, stop_after_epoch=args.stop_after_epoch)
+    out: dict = {"train_wall_s": round(time.time() - t0, 1), "exported": {}}
+    if args.no_export:
+        return out
+    caps = {c.name: train.ZOO[c.name].epochs for c in cfgs}
+    for cfg in cfgs:
+        if train.load_run(cfg).card["training"]["complete"]:
+            out["exported"][cfg.name] = _export_run(
+                cfg, {"budget_s": args.budget, "epochs_cap": caps[cfg.name]} if args.budget else {})
+    if args.all:
+        out["measured"] = _measure_parallel(list(out["exported"]), args, parallel, log)
+        if args.archive:
+            out["archive"] = _archive(list(out["exported"]), args.archive)
+    return out
 
 
-def _export_run(cfg) -> str:
+def _measure_parallel(names: list[str], args: argparse.Namespace, parallel: int, log) -> dict:
+    """Clean, PGD-20 and strong-attack accuracy of exported models, written to their
+    cards; several at once, one process each."""
+    from . import train, zoo
+    extra = (["-n", str(args.measure_n)] if args.measure_n else []) + (
+        ["--data", args.data] if args.data else []) + (
+        ["--device", args.device] if args.device else [])
+    for s in range(0, len(names), parallel):
+        train.run_children({n: ["eval", n, "--write", "--strong", *extra]
+                            for n in names[s:s + parallel]}, log)
+    return {n: zoo.card(n)["measured"] for n in names}
+
+
+def _archive(names: list[str], path: str) -> str:
+    """One .tar of the models' weights and cards (what a GPU run hands back)."""
+    import tarfile
+
+    from . import zoo
+    with tarfile.open(path, "w") as tar:
+        for n in names:
+            for suffix in (".safetensors", ".json"):
+                tar.add(zoo.PRETRAINED / f"{n}{suffix}", arcname=f"pretrained/{n}{suffix}")
+    return path
+
+
+def _export_run(cfg, training_extra: dict | None = None) -> str:
     from . import train, zoo
     probe = train.load_run(cfg)
-    return str(zoo.export(probe, cfg.name))
+    probe.card["training"].update(training_extra or {})
+    return str(zoo.export(probe, cfg.name, fresh=True))
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
@@ -68,6 +139,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-n", type=int, default=None, help="first n test images of a fixed "
                    "shuffle (default: the whole test set)")
     p.add_argument("--write", action="store_true", help="store the numbers in the cards")
+    p.add_argument("--strong", action="store_true", help="also APGD-CE and APGD-DLR "
+                   "(torchattacks) at the model's own eps on 1,000 images, and PGD-20 at 4x eps")
     p.add_argument("--data", help="CIFAR-10 root")
     p.add_argument("--device")
 
@@ -78,7 +151,7 @@ def _eval(args: argparse.Namespace) -> dict:
     out = {}
     for name in args.names or zoo.names():
         out[name] = evaluation.measure(name, n=args.n, root=args.data, device=args.device,
-                                       write=args.write,
+                                       write=args.write, strong=args.strong,
                                        log=lambda s: print(s, file=sys.stderr))
     return out
 

@@ -6,9 +6,15 @@ import json
 import time
 from typing import Callable
 
+import torch
+
 from . import attacks, zoo
-from .data import cifar10, fixed_subset
+from .data import ImageTensorDataset, cifar10, fixed_subset
 from .train import hardware
+
+STRONG_N = 1000          # images for the stronger attacks (the first of the fixed shuffle)
+APGD_STEPS = 100
+MASKING_GAP = 0.05       # PGD-20 minus the worst case above this calls for a masking check
 
 
 def card_attacks(card: dict) -> list[attacks.PGD]:
@@ -33,9 +39,111 @@ def own_attack(card: dict) -> attacks.PGD | None:
     return None
 
 
+def own_pgd20(card: dict) -> float | None:
+    """The card's PGD-20 accuracy at the model's own threat model (None if standard)."""
+    atk = own_attack(card)
+    pgd = (card.get("measured") or {}).get("pgd", {})
+    return pgd.get(atk.describe()) if atk is not None else None
+
+
+def target_verdict(card: dict) -> dict | None:
+    """Whether the card's measured numbers meet its target, and by how much each misses."""
+    target, measured = card.get("target"), card.get("measured") or {}
+    if not target or "clean" not in measured:
+        return None
+    parts, met = [], True
+    checks = [("clean", measured["clean"], target["clean"])]
+    if target.get("own_pgd20") is not None:
+        checks.append(("own-eps PGD-20", own_pgd20(card), target["own_pgd20"]))
+    for what, value, goal in checks:
+        if value is None:
+            parts.append(f"{what} not measured (target {goal:.0%})")
+            met = False
+        elif value >= goal:
+            parts.append(f"{what} {value:.2%} >= {goal:.0%}")
+        else:
+            parts.append(f"{what} {value:.2%} < {goal:.0%} (missed by "
+                         f"{(goal - value) * 100:.2f} points)")
+            met = False
+    return {"met": met, "text": "; ".join(parts) + f" (n={measured.get('n', '?'):,})"}
+
+
+def _robust_mask(probe, x: torch.Tensor, y: torch.Tensor, attack: Callable,
+                 batch: int) -> torch.Tensor:
+    """Per image: correctly classified on the clean input and on attack(x, y)."""
+    out = []
+    for s in range(0, len(y), batch):
+        xb, yb = x[s:s + batch], y[s:s + batch]
+        with torch.no_grad():
+            ok = probe(xb).argmax(1) == yb
+        if ok.any():
+            xa = attack(xb[ok], yb[ok])
+            with torch.no_grad():
+                ok[ok.clone()] = probe(xa).argmax(1) == yb[ok]
+        out.append(ok)
+    return torch.cat(out)
+
+
+def strong_robustness(probe, test: ImageTensorDataset, card: dict, n: int = STRONG_N,
+                      log: Callable[[str], None] = print) -> dict | None:
+    """Robust accuracy at the model's own threat model under PGD-20 and under AutoAttack's
+    two white-box attacks from torchattacks (APGD-CE, APGD-DLR; 100 steps each): an image
+    counts as robust only if no attack fools it. Also PGD-20 at 4x eps, which must reach
+    ~0; a gap above 5 points or a non-zero 4x number triggers a black-box Square attack
+    on the survivors (gradient masking check). None for a standard model."""
+    import torchattacks
+    own = own_attack(card)
+    if own is None:
+        return None
+    sub = fixed_subset(test, n)
+    dev = probe.device
+    x, y = sub.images.to(dev).float() / 255, sub.labels.to(dev)
+    batch = 1000 if dev.type == "cuda" else 250
+    norm = "Linf" if own.norm == "linf" else "L2"
+    pgd = own.for_accuracy()
+    t0 = time.time()
+    masks = {"clean": _robust_mask(probe, x, y, lambda a, b: a, batch),
+             "pgd20": _robust_mask(probe, x, y, lambda a, b: pgd(probe, a, b), batch)}
+    for loss in ("ce", "dlr"):
+        atk = torchattacks.APGD(probe, norm=norm, eps=own.eps, steps=APGD_STEPS, n_restarts=1,
+                                seed=0, loss=loss)
+        masks[f"apgd_{loss}"] = _robust_mask(probe, x, y, atk, batch)
+    worst = masks["pgd20"] & masks["apgd_ce"] & masks["apgd_dlr"]
+    big = attacks.PGD(own.norm, 4 * own.eps, own.eps, 20).for_accuracy()
+    at4x = _robust_mask(probe, x, y, lambda a, b: big(probe, a, b), batch)
+    res = {"n": len(y), "threat": own.describe().split(" step")[0].replace("PGD-20 ", ""),
+           **{k: float(m.float().mean()) for k, m in masks.items()},
+           "worst_case": float(worst.float().mean()),
+           "pgd20_at_4x_eps": float(at4x.float().mean())}
+    res["gap_pgd20_to_worst_case"] = res["pgd20"] - res["worst_case"]
+    if res["gap_pgd20_to_worst_case"] > MASKING_GAP or res["pgd20_at_4x_eps"] > 0:
+        square = torchattacks.Square(probe, norm=norm, eps=own.eps, n_queries=1000, seed=0)
+        survivors = worst.nonzero().flatten()
+        fooled = 0
+        for s in range(0, len(survivors), batch):
+            idx = survivors[s:s + batch]
+            with torch.no_grad():
+                fooled += int((probe(square(x[idx], y[idx])).argmax(1) != y[idx]).sum())
+        res["masking_check"] = (f"Square (black-box, 1000 queries) on the {len(survivors)} "
+                                f"survivors fooled {fooled} more")
+    else:
+        res["masking_check"] = ("not needed: PGD-20 is within 5 points of the worst case and "
+                                "PGD-20 at 4x eps leaves no image robust")
+    res.update({"seconds": round(time.time() - t0, 1),
+                "method": f"per image, robust only if PGD-20 (best iterate), torchattacks "
+                          f"APGD-CE and APGD-DLR ({APGD_STEPS} steps, 1 restart, seed 0) all "
+                          f"fail; first {len(y)} test images of the fixed shuffle"})
+    log(f"{card.get('name', '?')}: worst case {res['worst_case']:.4f} (PGD-20 {res['pgd20']:.4f},"
+        f" APGD-CE {res['apgd_ce']:.4f}, APGD-DLR {res['apgd_dlr']:.4f}), 4x eps "
+        f"{res['pgd20_at_4x_eps']:.4f}; {res['masking_check']}")
+    return res
+
+
 def measure(name: str, n: int | None = None, root: str | None = None, device: str | None = None,
-            write: bool = False, log: Callable[[str], None] = print) -> dict:
-    """Clean and PGD-20 accuracy of a shipped model on the CIFAR-10 test set."""
+            write: bool = False, strong: bool = False,
+            log: Callable[[str], None] = print) -> dict:
+    """Clean and PGD-20 accuracy of a shipped model on the CIFAR-10 test set; with
+    strong=True also the worst case of PGD-20, APGD-CE and APGD-DLR on 1,000 images."""
     probe = zoo.load(name, device=device)
     card = zoo.card(name)
     test = cifar10("test", root)
@@ -43,11 +151,14 @@ def measure(name: str, n: int | None = None, root: str | None = None, device: st
         test = fixed_subset(test, n)
     dev = probe.device
     t0 = time.time()
-    res: dict = {"n": len(test), "clean": attacks.accuracy(probe, test, device=dev)}
+    batch = 1000 if dev.type == "cuda" else 256
+    res: dict = {"n": len(test), "clean": attacks.accuracy(probe, test.batches(batch, dev),
+                                                           device=dev)}
     log(f"{name}: clean {res['clean']:.4f} on {len(test)} images")
     res["pgd"] = {}
     for atk in card_attacks(card):
-        acc = attacks.accuracy(probe, test, attack=atk.for_accuracy(), device=dev)
+        acc = attacks.accuracy(probe, test.batches(batch, dev), attack=atk.for_accuracy(),
+                               device=dev)
         res["pgd"][atk.describe()] = acc
         log(f"{name}: {atk.describe()} {acc:.4f}")
     res.update({"seconds": round(time.time() - t0, 1), "hardware": hardware(dev),
@@ -55,10 +166,15 @@ def measure(name: str, n: int | None = None, root: str | None = None, device: st
                 "date": datetime.date.today().isoformat(),
                 "method": "core.attacks.PGD, fp32, random start, attack on clean-correct images; "
                           "an image counts as robust if no iterate misclassifies it"})
+    if strong and own_attack(card) is not None:
+        res["strong"] = strong_robustness(probe, cifar10("test", root), card,
+                                          n=min(STRONG_N, n or STRONG_N), log=log)
     if write:  # the card records n: the whole test set, or the stated subset
         path = zoo.PRETRAINED / f"{name}.json"
         c = json.loads(path.read_text())
         c["measured"] = res
+        if c.get("target"):
+            c["target"]["verdict"] = target_verdict(c)
         path.write_text(json.dumps(c, indent=2) + "\n")
     return res
 

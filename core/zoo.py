@@ -330,8 +330,10 @@ def weights_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def export(probe: Probe, name: str, directory: Path | None = None, card_extra: dict | None = None) -> Path:
-    """Write fp16 safetensors weights and a JSON card to `directory` (pretrained/)."""
+def export(probe: Probe, name: str, directory: Path | None = None, card_extra: dict | None = None,
+           fresh: bool = False) -> Path:
+    """Write fp16 safetensors weights and a JSON card to `directory` (pretrained/).
+    The card keeps the fields of an existing one unless fresh=True (new weights)."""
     from safetensors.torch import save_file
     d = directory or PRETRAINED
     d.mkdir(parents=True, exist_ok=True)
@@ -348,7 +350,7 @@ def export(probe: Probe, name: str, directory: Path | None = None, card_extra: d
     save_file(sd, str(tmp), metadata=meta)
     os.replace(tmp, target)
     old = {}
-    if (d / f"{name}.json").exists():
+    if (d / f"{name}.json").exists() and not fresh:
         old = json.loads((d / f"{name}.json").read_text())
     c = {**old, **probe.card, **(card_extra or {})}
     c.update({"name": name, "arch": arch, "width": int(width),

@@ -15,7 +15,7 @@ Y = torch.randint(0, 10, (16,), generator=GEN)
 
 
 def _foolbox(model, norm, eps, step, steps, random_start):
-    fmodel = fb.PyTorchModel(model, bounds=(0, 1))
+    fmodel = fb.PyTorchModel(model, bounds=(0, 1), device=model.device)
     cls = fb.attacks.LinfPGD if norm == "linf" else fb.attacks.L2PGD
     atk = cls(abs_stepsize=step, steps=steps, random_start=random_start)
     return lambda m, x, y: atk(fmodel, x, y, epsilons=eps)[1]
