@@ -4,9 +4,10 @@ import os
 # several sessions share the cores: idle OpenMP threads sleep instead of spinning
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import streamlit as st
+import streamlit as st  # noqa: E402
 
-from core import backend
+from core import backend  # noqa: E402
+from ui import presentation, sidebar  # noqa: E402
 
 st.set_page_config(page_title="RobustLens", page_icon=":material/visibility:", layout="wide")
 
@@ -23,9 +24,9 @@ pages = st.navigation([
     st.Page("pages/manipulation.py", title="Feature manipulation", icon=":material/tune:",
             url_path="manipulation"),
 ])
-backend.presentation_css()
-backend.sidebar()
-backend.deck_bar()
+presentation.start()      # keys, slide moves and the presentation CSS, before any widget
+sidebar.draw()
+presentation.bar()
 backend.notices()
 with backend.app_run():
     pages.run()

@@ -13,7 +13,7 @@ import pickle
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 import torch
@@ -131,12 +131,59 @@ def extract_archive(archive: Path, dest: Path | None = None) -> Path:
     return dest
 
 
-def download_cifar10(root: Path | None = None) -> Path:
-    """Download the official python batches through torchvision (needs internet)."""
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_MD5 = "c58f30108f718f92721af3b95e74349a"   # torchvision's checksum of that file
+
+
+def can_download(host: str = "www.cs.toronto.edu", timeout: float = 2.0) -> bool:
+    """Whether this machine reaches the CIFAR-10 server (a TCP connection, nothing sent)."""
+    import socket
+    try:
+        with socket.create_connection((host, 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def download_cifar10(root: Path | None = None,
+                     progress: Callable[[int, int], None] | None = None) -> Path:
+    """Download the official python batches (163 MB) where torchvision looks for them,
+    reporting progress(bytes done, bytes total), then let torchvision check and
+    extract them. Raises DataNotFoundError with one sentence when it cannot."""
+    import urllib.error
+    import urllib.request
+
     import torchvision
-    root = root or cache_dir() / "data"
-    torchvision.datasets.CIFAR10(str(root), train=False, download=True)
-    torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+    root = Path(root or cache_dir() / "data")
+    root.mkdir(parents=True, exist_ok=True)
+    archive = root / "cifar-10-python.tar.gz"
+    if not archive.exists() or hashlib.md5(archive.read_bytes()).hexdigest() != CIFAR10_MD5:
+        part = archive.with_suffix(".part")
+        try:
+            with urllib.request.urlopen(CIFAR10_URL, timeout=30) as r, open(part, "wb") as f:
+                total, done = int(r.headers.get("Content-Length") or 0), 0
+                while chunk := r.read(1 << 20):
+                    f.write(chunk)
+                    done += len(chunk)
+                    if progress is not None:
+                        progress(done, total)
+        except (urllib.error.URLError, OSError) as e:
+            part.unlink(missing_ok=True)
+            reason = getattr(e, "reason", None) or e
+            raise DataNotFoundError(
+                f"Could not download CIFAR-10 from {CIFAR10_URL} ({reason}). On a machine "
+                "without internet, copy the data set here with `python -m core data --from "
+                "PATH`.") from e
+        if hashlib.md5(part.read_bytes()).hexdigest() != CIFAR10_MD5:
+            part.unlink(missing_ok=True)
+            raise DataNotFoundError("The CIFAR-10 download arrived damaged (checksum "
+                                    "mismatch); try again.")
+        os.replace(part, archive)
+    try:
+        torchvision.datasets.CIFAR10(str(root), train=False, download=True)
+        torchvision.datasets.CIFAR10(str(root), train=True, download=True)
+    except (RuntimeError, OSError) as e:
+        raise DataNotFoundError(f"The CIFAR-10 archive in {root} could not be unpacked ({e}).") from e
     return root
 
 
@@ -284,8 +331,10 @@ def load_upload(data: bytes, size: int = 32) -> np.ndarray:
     except BadImageError:
         raise
     except Image.DecompressionBombError as e:
-        raise BadImageError(f"the image would decompress to too many pixels ({e})") from e
+        raise BadImageError("the image would decompress to too many pixels "
+                            f"(the limit is {MAX_UPLOAD_PIXELS // 1_000_000} megapixels)") from e
     except MemoryError as e:
         raise BadImageError("the image is too large to decode") from e
     except Exception as e:  # noqa: BLE001 - any decoder failure on an upload is "unreadable"
-        raise BadImageError(f"not a readable image: {e}") from e
+        raise BadImageError("this is not an image Pillow can read (PNG, JPEG, GIF, BMP, TIFF, "
+                            "WebP and most other formats are), or the file is damaged") from e

@@ -18,6 +18,26 @@ def _short(layer: str) -> str:
     return layer.replace("layer", "")
 
 
+def _stage(layer: str) -> str:
+    """The stage a tap belongs to: stem, layer1..layer4, or head (pool, logits)."""
+    if layer.startswith("layer"):
+        return layer.split(".")[0]
+    return "head" if layer in ("avgpool", "flatten", "linear", "fc") else "stem"
+
+
+def _ticks(layers: Sequence[str]) -> tuple[list[float], list[str], list[float]]:
+    """Tick positions and labels for an axis of taps: every tap when there are few,
+    else one label per stage (the full name is in the hover); stage boundaries."""
+    stages = [_stage(la) for la in layers]
+    bounds = [i - 0.5 for i in range(1, len(layers)) if stages[i] != stages[i - 1]]
+    if len(layers) <= 16:
+        return list(range(len(layers))), [_short(la) for la in layers], bounds
+    edges = [-0.5] + bounds + [len(layers) - 0.5]
+    mids = [(lo + hi) / 2 for lo, hi in zip(edges, edges[1:])]
+    names = [stages[int(lo + 0.5)] for lo in edges[:-1]]
+    return mids, names, bounds
+
+
 def click_layer(xs: Sequence, ys: Sequence, customdata: np.ndarray, hovertemplate: str,
                 size: float) -> go.Scatter:
     """Near-invisible square markers on every cell: Streamlit selects scatter points on
@@ -32,7 +52,7 @@ def click_layer(xs: Sequence, ys: Sequence, customdata: np.ndarray, hovertemplat
 def cka_heatmap(matrix: np.ndarray, layers_a: Sequence[str], layers_b: Sequence[str],
                 title: str = "", name_a: str = "model A", name_b: str = "model B",
                 spread: np.ndarray | None = None, selected: tuple[int, int] | None = None,
-                big: bool = False) -> go.Figure:
+                big: bool = False, height: int | None = None) -> go.Figure:
     """Layer x layer CKA: model A's layers on y (first layer at the bottom),
     model B's on x, a fixed 0..1 colour scale, layer names in the hover; a click on
     a cell selects it (customdata[:2] of the selected point = row, column)."""
@@ -50,8 +70,10 @@ def cka_heatmap(matrix: np.ndarray, layers_a: Sequence[str], layers_b: Sequence[
         jj, ii, custom,
         f"{name_a}: %{{customdata[2]}}<br>{name_b}: %{{customdata[3]}}<br>"
         "CKA %{customdata[4]:.3f} ± %{customdata[5]:.3f}<extra></extra>",
-        size=max(4.0, (600 if big else 420) / max(len(layers_a), len(layers_b)))))
+        size=max(4.0, (height or (600 if big else 420)) * 0.8 / max(len(layers_a), len(layers_b)))))
     _style_cka(fig, layers_a, layers_b, name_a, name_b, title, big)
+    if height:
+        fig.update_layout(height=height)
     if selected is not None:
         i, j = selected
         fig.add_shape(type="rect", x0=j - 0.5, x1=j + 0.5, y0=i - 0.5, y1=i + 0.5,
@@ -74,26 +96,29 @@ def _cka_trace(matrix, layers_a, layers_b, name_a, name_b, spread, showscale=Tru
 
 
 def _style_cka(fig, layers_a, layers_b, name_a, name_b, title, big, row=None, col=None):
-    step_a = max(1, len(layers_a) // 24)
-    step_b = max(1, len(layers_b) // 24)
     kw = {} if row is None else {"row": row, "col": col}
-    fig.update_xaxes(title_text=name_b, tickmode="array",
-                     tickvals=list(range(0, len(layers_b), step_b)),
-                     ticktext=[_short(layers_b[i]) for i in range(0, len(layers_b), step_b)],
-                     tickangle=-60, constrain="domain", range=[-0.5, len(layers_b) - 0.5],
-                     showgrid=False, zeroline=False, **kw)
-    fig.update_yaxes(title_text=name_a, tickmode="array",
-                     tickvals=list(range(0, len(layers_a), step_a)),
-                     ticktext=[_short(layers_a[i]) for i in range(0, len(layers_a), step_a)],
+    xv, xt, xb = _ticks(layers_b)
+    yv, yt, yb = _ticks(layers_a)
+    fig.update_xaxes(title_text=name_b, tickmode="array", tickvals=xv, ticktext=xt,
+                     tickangle=-60 if len(layers_b) <= 16 else 0, constrain="domain",
+                     range=[-0.5, len(layers_b) - 0.5], showgrid=False, zeroline=False, **kw)
+    fig.update_yaxes(title_text=name_a, tickmode="array", tickvals=yv, ticktext=yt,
                      scaleanchor="x" if row is None else None, constrain="domain",
                      range=[-0.5, len(layers_a) - 0.5], showgrid=False, zeroline=False, **kw)
+    line = dict(color="rgba(255,255,255,0.55)", width=1)
+    ref = {} if row is None else {"xref": f"x{col if col > 1 else ''}",
+                                  "yref": f"y{col if col > 1 else ''}"}
+    for b in xb:
+        fig.add_shape(type="line", x0=b, x1=b, y0=-0.5, y1=len(layers_a) - 0.5, line=line, **ref)
+    for b in yb:
+        fig.add_shape(type="line", y0=b, y1=b, x0=-0.5, x1=len(layers_b) - 0.5, line=line, **ref)
     size = 20 if big else 13
     fig.update_layout(title=dict(text=title, x=0.5), font=dict(family=FONT, size=size),
                       margin=dict(l=10, r=10, t=50 if title else 20, b=10),
                       height=720 if big else 520)
 
 
-def cka_panels(panels: list[dict], big: bool = False) -> go.Figure:
+def cka_panels(panels: list[dict], big: bool = False, height: int | None = None) -> go.Figure:
     """The paper view: several CKA matrices side by side with one colour bar.
     Each panel: {matrix, layers_a, layers_b, title, name_a, name_b, spread}."""
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p["title"] for p in panels],
@@ -108,19 +133,21 @@ def cka_panels(panels: list[dict], big: bool = False) -> go.Figure:
             # same rows as the first panel: its labels serve all, and a square panel's
             # own labels would sit over its left neighbour (the subtitle names the models)
             fig.update_yaxes(showticklabels=False, title_text="", row=1, col=k)
-    fig.update_layout(height=560 if big else 430, margin=dict(l=10, r=10, t=60, b=10),
+    fig.update_layout(height=height or (560 if big else 430), margin=dict(l=10, r=10, t=60, b=10),
                       font=dict(family=FONT, size=18 if big else 12))
     return fig
 
 
-def diagonal_profile(series: list[tuple[str, Sequence[str], np.ndarray]], big: bool = False) -> go.Figure:
+def diagonal_profile(series: list[tuple[str, Sequence[str], np.ndarray]], big: bool = False,
+                     height: int | None = None) -> go.Figure:
     """CKA of each layer with the same layer of another model (the diagonal)."""
     fig = go.Figure()
     for name, layers, values in series:
         fig.add_trace(go.Scatter(x=[_short(layer) for layer in layers], y=values,
                                  mode="lines+markers", name=name))
     fig.update_layout(yaxis=dict(range=[0, 1.02], title="CKA"), xaxis_title="layer",
-                      height=360 if not big else 480, font=dict(family=FONT, size=18 if big else 12),
+                      height=height or (360 if not big else 480),
+                      font=dict(family=FONT, size=18 if big else 12),
                       margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h"))
     return fig
 
@@ -128,7 +155,7 @@ def diagonal_profile(series: list[tuple[str, Sequence[str], np.ndarray]], big: b
 def matrix_heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str = "",
                    zmin: float = 0.0, zmax: float = 1.0, fmt: str = ".0%", colorscale: str = "RdYlGn",
                    hover: np.ndarray | None = None, big: bool = False,
-                   selected: tuple[int, int] | None = None) -> go.Figure:
+                   selected: tuple[int, int] | None = None, height: int | None = None) -> go.Figure:
     """A labelled grid with the value written in each cell (stitching matrix)."""
     v = np.asarray(values, dtype=float)
     text = [[("–" if np.isnan(x) else format(x, fmt)) for x in row] for row in v]
@@ -148,7 +175,7 @@ def matrix_heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str],
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=list(rows),
                      range=[len(rows) - 0.5, -0.5])
     fig.update_layout(plot_bgcolor="#f3f4f6")
-    fig.update_layout(title=dict(text=title, x=0.5), height=max(260, 70 * len(rows) + 140),
+    fig.update_layout(title=dict(text=title, x=0.5), height=height or max(260, 70 * len(rows) + 140),
                       font=dict(family=FONT, size=18 if big else 12),
                       margin=dict(l=10, r=10, t=50 if title else 20, b=10))
     if selected is not None:
@@ -159,11 +186,12 @@ def matrix_heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str],
 
 
 def curve(xs: Sequence[float], ys: dict[str, Sequence[float]], x_title: str, y_title: str,
-          log_y: bool = False, big: bool = False) -> go.Figure:
+          log_y: bool = False, big: bool = False, height: int | None = None) -> go.Figure:
     fig = go.Figure()
     for name, y in ys.items():
         fig.add_trace(go.Scatter(x=list(xs), y=list(y), mode="lines", name=name))
-    fig.update_layout(xaxis_title=x_title, yaxis_title=y_title, height=300 if not big else 420,
+    fig.update_layout(xaxis_title=x_title, yaxis_title=y_title,
+                      height=height or (300 if not big else 420),
                       yaxis_type="log" if log_y else None, font=dict(family=FONT, size=18 if big else 12),
                       margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h"))
     return fig

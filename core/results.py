@@ -75,11 +75,12 @@ def encode(value: Any) -> tuple[str, bytes | None]:
     def walk(v: Any) -> Any:
         if torch.is_tensor(v):
             name = f"a{len(arrays)}"
-            arrays[name] = v.detach().cpu().contiguous()
+            # a copy of its own: safetensors refuses views that share storage
+            arrays[name] = v.detach().cpu().clone(memory_format=torch.contiguous_format)
             return {"__tensor__": name}
         if isinstance(v, np.ndarray):
             name = f"a{len(arrays)}"
-            arrays[name] = torch.from_numpy(np.ascontiguousarray(v))
+            arrays[name] = torch.from_numpy(np.array(v, copy=True, order="C"))
             return {"__ndarray__": name}
         if isinstance(v, dict):
             return {str(k): walk(x) for k, x in v.items()}

@@ -1,14 +1,17 @@
 """Views: a page and its settings as one plain dict, the same one the URL holds.
 
-The pages read their settings from a view, talk decks list views, and
+Every setting of every page is declared once here (`SETTINGS`): its URL key,
+default, options, the words a person reads and a help line. The pages build
+their widgets from it, links and talk decks are checked against it, and
 `python -m core precompute DECK` computes every job a view needs, so a
 bookmarked link or a deck slide opens with nothing left to compute.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -22,47 +25,214 @@ PAGES = {"": "pages/home.py", "cka": "pages/cka.py",
          "manipulation": "pages/manipulation.py"}
 PAPERS = {
     "cka": "Cianfarani et al., Understanding Robust Learning through the Lens of "
-                    "Representation Similarities, NeurIPS 2022",
+           "Representation Similarities, NeurIPS 2022",
     "stitching": "Balogh & Jelasity, On the Functional Similarity of Robust and "
-                        "Non-Robust Neural Representations, ICML 2023",
+                 "Non-Robust Neural Representations, ICML 2023",
     "inversion": "Engstrom et al., Adversarial Robustness as a Prior for "
-                                "Learned Representations, 2019",
+                 "Learned Representations, 2019",
     "manipulation": "Engstrom et al., Adversarial Robustness as a Prior for Learned "
-                            "Representations, 2019",
+                    "Representations, 2019",
 }
-# every setting a page keeps in the URL, with its default
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "cka": {"cka_view": "Explore", "cka_pair": "A vs B", "cka_in_a": "benign",
-                     "cka_in_b": "benign", "cka_against": "self", "cka_layers": "blocks",
-                     "cka_n": 10_000, "cka_kernel": "linear", "cka_cell": [0, 0]},
-    "stitching": {"st_r": "resnet18-linf-8", "st_s": "resnet18-standard-s0",
-                         "st_s2": "resnet18-standard-s1", "st_r2": "resnet18-l2-1.0",
-                         "st_method": "task", "st_metric": "robust", "st_cell": [0, 0]},
-    "inversion": {"inv_source": "samples", "inv_img": "foolbox-00",
-                                 "inv_layer": "avgpool", "inv_method": "adam",
-                                 "inv_steps": 150, "inv_seed": 0},
-    "manipulation": {"mf_tab": "Feature browser", "mf_feat": "", "mf_add_img": "foolbox-00",
-                             "mf_add_index": 0, "mf_ia": "foolbox-00", "mf_ib": "foolbox-03",
-                             "mf_mis": ""},
-}
-COMMON = {"a": "resnet18-l2-1.0", "b": "resnet18-standard-s0", "present": False}
+# the short form a figure carries on a projector
+CITES = {"cka": "Cianfarani et al., NeurIPS 2022", "stitching": "Balogh & Jelasity, ICML 2023",
+         "inversion": "Engstrom et al., 2019", "manipulation": "Engstrom et al., 2019"}
+
+DEFAULT_A = "resnet18-l2-1.0"      # the robust model with the clearest reconstructions
+DEFAULT_B = "resnet18-standard-s0"
+# the stitching matrix's rows when the person names no robust model
+STITCH_ROBUST, STITCH_STANDARD = "resnet18-linf-8", "resnet18-standard-s0"
+STITCH_STANDARD_2, STITCH_ROBUST_2 = "resnet18-standard-s1", "resnet18-l2-1.0"
 
 
-def settings(page: str, params: dict) -> dict:
-    """The full settings of a view: its parameters over the page's defaults."""
+@dataclass(frozen=True)
+class Setting:
+    """One setting of a page: its URL key, default, options and what a person reads.
+
+    options None means a free value of the default's type (a model name, an image
+    key, a number within `bounds`); `labels` maps an option to the words shown."""
+    key: str
+    default: Any
+    label: str
+    options: tuple | None = None
+    labels: Mapping[Any, str] = field(default_factory=dict)
+    help: str = ""
+    bounds: tuple[int, int] | None = None
+
+    def show(self, value: Any) -> str:
+        return self.labels.get(value, str(value))
+
+    def parse(self, raw: Any) -> Any:
+        """A URL or deck value -> a valid value of this setting; ValueError if it is not."""
+        d = self.default
+        if isinstance(raw, str):
+            if isinstance(d, bool):
+                if raw not in ("1", "0", "true", "false", "True", "False"):
+                    raise ValueError(raw)
+                value: Any = raw in ("1", "true", "True")
+            elif isinstance(d, int) or (d is None and self.bounds):
+                value = int(raw)
+            elif isinstance(d, (list, tuple)):
+                value = [int(x) for x in raw.split(",") if x != ""]
+            else:
+                value = raw
+        else:
+            value = list(raw) if isinstance(raw, tuple) else raw
+        if self.options is not None and value not in self.options:
+            raise ValueError(f"{self.key} must be one of {', '.join(map(str, self.options))}")
+        if self.bounds is not None and value is not None and not (
+                self.bounds[0] <= value <= self.bounds[1]):
+            raise ValueError(f"{self.key} must lie in {self.bounds}")
+        if isinstance(d, list) and (len(value) != len(d) or any(v < 0 for v in value)):
+            raise ValueError(f"{self.key} must be {len(d)} non-negative integers")
+        return value
+
+    def format(self, value: Any) -> str:
+        """A value as it stands in the URL."""
+        if isinstance(value, bool):
+            return "1" if value else "0"
+        if isinstance(value, (list, tuple)):
+            return ",".join(map(str, value))
+        return str(value)
+
+
+INPUTS = {"benign": "benign", "linf": "PGD Linf 8/255", "l2": "PGD L2 1.0"}
+
+# settings every page shares (the sidebar's)
+COMMON = (
+    Setting("a", DEFAULT_A, "Model A", help="The model whose representations are studied; "
+            "a robust one by default."),
+    Setting("b", DEFAULT_B, "Model B", help="The model to compare with; a standard one by "
+            "default."),
+    Setting("present", False, "Presentation mode", help="Hides the sidebar and settings and "
+            "enlarges figures for a projector. Esc, the exit button or ?present=0 leave it."),
+)
+
+SETTINGS: dict[str, tuple[Setting, ...]] = {
+    "": (),
+    "cka": (
+        Setting("cka_view", "Explore", "View", ("Explore", "Paper view"),
+                help="Explore: one pair of models, any layers and inputs. Paper view: the "
+                     "three panels of Cianfarani et al.'s figure."),
+        Setting("cka_pair", "A vs B", "Compare", ("A vs B", "A vs A", "B vs B", "B vs A"),
+                help="A and B are the models chosen in the sidebar."),
+        Setting("cka_in_a", "benign", "Inputs, first side", tuple(INPUTS), INPUTS,
+                help="Benign test images, or PGD adversarial examples (Linf 8/255, step "
+                     "2/255, or L2 1.0, step 0.1; 20 steps, random start)."),
+        Setting("cka_in_b", "benign", "Inputs, second side", tuple(INPUTS), INPUTS),
+        Setting("cka_against", "self", "Adversarial against", ("self", "a", "b"),
+                {"self": "each side's own model", "a": "the first model",
+                 "b": "the second model"}),
+        Setting("cka_layers", "blocks", "Layers", ("blocks", "all"),
+                {"blocks": "block outputs", "all": "every layer"},
+                help="Block outputs: stem, 8 residual blocks, pool, logits. Every layer: "
+                     "each conv, batch norm, ReLU, pool and linear layer."),
+        Setting("cka_n", 10_000, "Images", (1000, 2000, 5000, 10_000),
+                {n: f"{n:,}" for n in (1000, 2000, 5000, 10_000)}),
+        Setting("cka_kernel", "linear", "Kernel", ("linear", "rbf"),
+                {"linear": "linear", "rbf": "RBF (0.8 x median)"}),
+        Setting("cka_cell", [0, 0], "Layer pair"),
+    ),
+    "stitching": (
+        Setting("st_r", "", "Robust model", help="Empty: model A when you chose a robust "
+                "one in the sidebar, else the Linf 8/255 model."),
+        Setting("st_s", "", "Standard model", help="Empty: standard seed 0."),
+        Setting("st_s2", "", "Second standard model"),
+        Setting("st_r2", "", "Second robust model"),
+        Setting("st_method", "task", "Matching", ("task", "direct"),
+                {"task": "task loss", "direct": "direct"},
+                help="Task loss: the stitching layer is trained with cross-entropy through "
+                     "the frozen end model. Direct: a closed-form least-squares fit to the end "
+                     "model's own activation at that layer (every pixel a sample)."),
+        Setting("st_metric", "robust", "Cells show",
+                ("clean", "robust", "clean_rel", "robust_rel"),
+                {"clean": "clean accuracy", "robust": "robust accuracy (PGD Linf 8/255)",
+                 "clean_rel": "clean, relative to the end model",
+                 "robust_rel": "robust, relative to the end model"}),
+        Setting("st_cell", [0, 0], "Cell"),
+    ),
+    "inversion": (
+        Setting("inv_source", "samples", "Images", ("test", "samples", "photos", "upload"),
+                {"test": "CIFAR-10 test set", "samples": "CIFAR-10 samples",
+                 "photos": "Photos (out of distribution)", "upload": "Your images"}),
+        Setting("inv_img", "foolbox-00", "Image"),
+        Setting("inv_layer", "avgpool", "Layer", help="The representation to match: the "
+                "penultimate layer in the paper, or any earlier tap."),
+        Setting("inv_method", "adam", "Optimiser", ("adam", "normgrad"),
+                {"adam": "fast (Adam, cosine schedule)",
+                 "normgrad": "paper (normalised gradient, step 0.1)"}),
+        Setting("inv_steps", None, "Steps", bounds=(10, 10_000),
+                help="Empty: the optimiser's own default."),
+        Setting("inv_seed", 0, "Seed", bounds=(0, 10_000),
+                help="Seed of the starting noise (0.5 + N(0,1)/20)."),
+        Setting("inv_page", 0, "Page of the shuffled test set", bounds=(0, 415),
+                help="24 images a page, in a fixed shuffle."),
+    ),
+    "manipulation": (
+        Setting("mf_tab", "Feature browser", "Tab",
+                ("Feature browser", "Feature addition", "Interpolation", "Misclassification")),
+        Setting("mf_feat", "", "Feature"),
+        Setting("mf_add_img", "foolbox-00", "Image"),
+        Setting("mf_add_index", None, "Feature to add", bounds=(0, 100_000),
+                help="A component of the representation; empty: the feature chosen in the "
+                     "browser."),
+        Setting("mf_ia", "foolbox-00", "Image a"),
+        Setting("mf_ib", "foolbox-03", "Image b"),
+        Setting("mf_t", 0, "Frame", bounds=(0, 100)),
+        Setting("mf_mis", "", "Misclassified image"),
+    ),
+}
+
+
+def page_settings(page: str) -> dict[str, Setting]:
+    """The settings of a page, the shared ones first: {URL key: Setting}."""
     if page not in PAGES:
         raise ValueError(f"unknown page {page!r}; pages: {', '.join(p or '(home)' for p in PAGES)}")
-    out = {**COMMON, **DEFAULTS.get(page, {})}
-    unknown = set(params) - set(out)
+    return {s.key: s for s in COMMON + SETTINGS[page]}
+
+
+def settings(page: str, params: Mapping[str, Any]) -> dict:
+    """The full settings of a view: its parameters (validated) over the page's defaults."""
+    known = page_settings(page)
+    unknown = set(params) - set(known)
     if unknown:
         raise ValueError(f"page {page or 'home'} has no setting {', '.join(sorted(unknown))}")
-    return {**out, **params}
+    out = {k: s.default for k, s in known.items()}
+    for k, v in params.items():
+        out[k] = known[k].parse(v)
+    return out
+
+
+def inversion_steps(s: Mapping[str, Any]) -> int:
+    """The steps of an inversion view: the chosen number, else the optimiser's default."""
+    from . import inversion
+    return int(s["inv_steps"]) if s.get("inv_steps") else inversion.DEFAULTS["invert"][s["inv_method"]][0]
+
+
+def stitch_rows(s: Mapping[str, Any], robust: list[str], standard: list[str],
+                chosen_a: bool) -> list[tuple[str, str]]:
+    """The four (front, end) rows of the stitching matrix, in jobs.STITCH_PAIRS order.
+
+    The robust model: st_r, else model A if the person chose a robust one (chosen_a),
+    else the Linf 8/255 model; the second robust model defaults to the first other
+    robust model of L2 1.0, Linf 8/255, in that order."""
+    def first(*cands: str, pool: list[str], avoid: str = "") -> str:
+        return next((c for c in cands if c and c in pool and c != avoid),
+                    next((c for c in pool if c != avoid), pool[0]))
+    r = first(s.get("st_r", ""), s["a"] if chosen_a else "", STITCH_ROBUST, pool=robust)
+    st = first(s.get("st_s", ""), STITCH_STANDARD, pool=standard)
+    st2 = first(s.get("st_s2", ""), STITCH_STANDARD_2, pool=standard, avoid=st)
+    r2 = first(s.get("st_r2", ""), STITCH_ROBUST_2, STITCH_ROBUST, pool=robust, avoid=r)
+    return [(r, st), (st, r), (st, st2), (r, r2)]
 
 
 # ------------------------------------------------------------------- images
 
-def image_for(key: str) -> tuple[np.ndarray, str, int | None] | None:
-    """An image by its gallery key: (uint8 HWC, title, label) or None."""
+def image_for(key: str, uploads: Mapping[str, np.ndarray] | None = None
+              ) -> tuple[np.ndarray, str, int | None] | None:
+    """An image by its gallery key: (uint8 HWC, title, label) or None.
+
+    Uploads exist only in the session that made them: pass that session's
+    {key: image} as `uploads`."""
     if key.startswith("foolbox-") or key.startswith("photo-"):
         pool = data.cifar_samples() if key.startswith("foolbox-") else data.ood_photos()
         s = next((s for s in pool if s.key == key), None)
@@ -77,84 +247,100 @@ def image_for(key: str) -> tuple[np.ndarray, str, int | None] | None:
             label = int(test.labels[i])
             return (test.images[i].numpy().transpose(1, 2, 0),
                     f"test image {i}: {data.CLASSES[label]}", label)
-    if key.startswith("upload-"):
-        f = uploads_dir() / f"{key.split('-', 1)[1]}.npy"
-        if f.exists():
-            return np.load(f), "your upload", None
+    if key.startswith("upload-") and uploads and key in uploads:
+        return uploads[key], "your image", None
     return None
-
-
-def uploads_dir() -> Path:
-    return data.cache_dir() / "uploads" / "images"
 
 
 # --------------------------------------------------------------------- jobs
 
-def cka_jobs(load: Loader, s: dict) -> list[Job]:
+def cka_pairs(s: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (first, second) model pairs a CKA view shows."""
     if s["cka_view"] == "Paper view":
-        pairs = [(s["b"], s["b"]), (s["a"], s["a"]), (s["b"], s["a"])]
-        return [jobs.cka_job(load, x, y, s["cka_layers"], s["cka_layers"], s["cka_in_a"],
-                             s["cka_in_a"], "self", s["cka_kernel"], int(s["cka_n"]))
-                for x, y in pairs]
+        return [(s["b"], s["b"]), (s["a"], s["a"]), (s["b"], s["a"])]
     first, second = s["cka_pair"].split(" vs ")
     spec = {"A": s["a"], "B": s["b"]}
-    return [jobs.cka_job(load, spec[first], spec[second], s["cka_layers"], s["cka_layers"],
-                         s["cka_in_a"], s["cka_in_b"], s["cka_against"], s["cka_kernel"],
-                         int(s["cka_n"]))]
+    return [(spec[first], spec[second])]
 
 
-def stitch_pairs(s: dict) -> list[tuple[str, str]]:
-    r1, s1, s2, r2 = s["st_r"], s["st_s"], s["st_s2"], s["st_r2"]
-    return [(r1, s1), (s1, r1), (s1, s2), (r1, r2)]
+def cka_jobs(load: Loader, s: Mapping[str, Any]) -> list[Job]:
+    n = int(s["cka_n"])
+    if s["cka_view"] == "Paper view":
+        return [jobs.cka_job(load, x, y, s["cka_layers"], s["cka_layers"], s["cka_in_a"],
+                             s["cka_in_a"], "self", s["cka_kernel"], n) for x, y in cka_pairs(s)]
+    (x, y), = cka_pairs(s)
+    return [jobs.cka_job(load, x, y, s["cka_layers"], s["cka_layers"], s["cka_in_a"],
+                         s["cka_in_b"], s["cka_against"], s["cka_kernel"], n)]
 
 
-def stitching_jobs(load: Loader, s: dict) -> list[Job]:
+def stitching_jobs(load: Loader, s: Mapping[str, Any], rows: list[tuple[str, str]]
+                   ) -> list[Job]:
     from . import stitching
-    pairs = stitch_pairs(s)
-    layers = [la for la in stitching.common_stitch_points(load(pairs[0][0]), load(pairs[0][1]))
+    layers = [la for la in stitching.common_stitch_points(load(rows[0][0]), load(rows[0][1]))
               if la != "avgpool"]
-    cells = [jobs.stitch_cell_job(load, f, e, la, s["st_method"]) for f, e in pairs for la in layers]
-    refs = [jobs.accuracy_job(load, m) for m in dict.fromkeys(x for p in pairs for x in p)]
+    cells = [jobs.stitch_cell_job(load, f, e, la, s["st_method"]) for f, e in rows for la in layers]
+    refs = [jobs.accuracy_job(load, m) for m in dict.fromkeys(x for p in rows for x in p)]
     return cells + refs
 
 
-def inversion_jobs(load: Loader, s: dict) -> list[Job]:
-    found = image_for(s["inv_img"])
-    out = [jobs.quality_job(load, m) for m in (s["a"], s["b"])]
+def inversion_jobs(load: Loader, s: Mapping[str, Any],
+                   uploads: Mapping[str, np.ndarray] | None = None) -> list[Job]:
+    """The two reconstructions of the chosen image (none if it is not found)."""
+    found = image_for(s["inv_img"], uploads)
     if found is None:
-        return out
+        return []
     return [jobs.inversion_job(load, m, found[0], s["inv_layer"], s["inv_method"],
-                               int(s["inv_steps"]), "noise", int(s["inv_seed"]))
-            for m in (s["a"], s["b"])] + out
+                               inversion_steps(s), "noise", int(s["inv_seed"]))
+            for m in (s["a"], s["b"])]
 
 
-def manipulation_jobs(load: Loader, s: dict) -> list[Job]:
+def quality_jobs(load: Loader, s: Mapping[str, Any]) -> list[Job]:
+    return [jobs.quality_job(load, m) for m in (s["a"], s["b"])]
+
+
+def manipulation_jobs(load: Loader, s: Mapping[str, Any],
+                      uploads: Mapping[str, np.ndarray] | None = None) -> list[Job]:
+    """The jobs of the open tab (a deck slide shows one tab)."""
     probe = load(s["a"])
     feats = jobs.browser_features(probe)
-    out = [jobs.feature_grid_job(load, s["a"], feats)]
-    feat = int(s["mf_feat"][1:]) if s["mf_feat"].startswith("f") else feats[0]
-    out += [jobs.feature_grid_job(load, m, [feat]) for m in (s["a"], s["b"])]
-    if data.has_cifar10("test"):
-        out += [jobs.test_outputs_job(load, s["a"]), jobs.top_images_job(load, s["a"], feats)]
-    add = image_for(s["mf_add_img"])
-    if add is not None:
-        out += [jobs.add_feature_job(load, m, add[0], int(s["mf_add_index"])) for m in (s["a"], s["b"])]
-    ia, ib = image_for(s["mf_ia"]), image_for(s["mf_ib"])
-    if ia is not None and ib is not None:
-        out += [jobs.interpolation_job(load, m, ia[0], ib[0]) for m in (s["a"], s["b"])]
-    mis = image_for(s["mf_mis"]) if s["mf_mis"] else None
-    if mis is not None and mis[2] is not None:
-        out.append(jobs.explain_job(load, s["a"], mis[0], mis[2]))
-    return out
+    tab = s["mf_tab"]
+    if tab == "Feature browser":
+        feat = int(s["mf_feat"][1:]) if s["mf_feat"].startswith("f") else feats[0]
+        out = [jobs.feature_grid_job(load, s["a"], feats)]
+        out += [jobs.feature_grid_job(load, m, [feat]) for m in (s["a"], s["b"])]
+        return out + [jobs.top_images_job(load, s["a"], feats)]
+    if tab == "Feature addition":
+        add = image_for(s["mf_add_img"], uploads)
+        index = s["mf_add_index"] if s["mf_add_index"] is not None else (
+            int(s["mf_feat"][1:]) if s["mf_feat"].startswith("f") else feats[0])
+        return [] if add is None else [jobs.add_feature_job(load, m, add[0], int(index))
+                                       for m in (s["a"], s["b"])]
+    if tab == "Interpolation":
+        ia, ib = image_for(s["mf_ia"], uploads), image_for(s["mf_ib"], uploads)
+        return [] if ia is None or ib is None else [
+            jobs.interpolation_job(load, m, ia[0], ib[0]) for m in (s["a"], s["b"])]
+    mis = image_for(s["mf_mis"], uploads) if s["mf_mis"] else None
+    if mis is None or mis[2] is None:
+        return []
+    return [jobs.explain_job(load, s["a"], mis[0], mis[2])]
 
 
-def view_jobs(load: Loader, page: str, params: dict) -> list[Job]:
-    """Every cached computation the view (page, params) shows."""
+def view_jobs(load: Loader, page: str, params: Mapping[str, Any]) -> list[Job]:
+    """Every cached computation the view (page, params) shows, for the shipped zoo."""
+    from . import zoo
     s = settings(page, params)
-    builder = {"cka": cka_jobs, "stitching": stitching_jobs,
-               "inversion": inversion_jobs,
-               "manipulation": manipulation_jobs}.get(page)
-    return builder(load, s) if builder else []
+    if page == "cka":
+        return cka_jobs(load, s)
+    if page == "stitching":
+        cards = {n: zoo.card(n) for n in zoo.names()}
+        robust = [n for n, c in cards.items() if zoo.is_robust(c)]
+        standard = [n for n, c in cards.items() if not zoo.is_robust(c)]
+        return stitching_jobs(load, s, stitch_rows(s, robust, standard, "a" in params))
+    if page == "inversion":
+        return inversion_jobs(load, s) + quality_jobs(load, s)
+    if page == "manipulation":
+        return manipulation_jobs(load, s)
+    return []
 
 
 # -------------------------------------------------------------------- decks
@@ -173,21 +359,16 @@ def load_deck(path: str | Path) -> dict:
     for i, v in enumerate(deck["views"]):
         if not isinstance(v, dict) or "page" not in v:
             raise ValueError(f"{path.name}: view {i + 1} needs a 'page'")
-        settings(v["page"], v.get("params") or {})  # validates page and setting names
+        try:
+            settings(v["page"], v.get("params") or {})  # validates page, names and values
+        except ValueError as e:
+            raise ValueError(f"{path.name}: view {i + 1}: {e}") from e
         v.setdefault("params", {})
         v.setdefault("title", v["page"])
     return deck
 
 
-def query_params(view: dict) -> dict[str, str]:
+def query_params(view: Mapping[str, Any]) -> dict[str, str]:
     """A deck view as URL query parameters (the format pages read)."""
-    out = {}
-    for k, v in (view.get("params") or {}).items():
-        if isinstance(v, bool):
-            out[k] = "1" if v else "0"
-        elif isinstance(v, (list, tuple)):
-            out[k] = ",".join(map(str, v))
-        else:
-            out[k] = str(v)
-    return out
-
+    known = page_settings(view["page"])
+    return {k: known[k].format(v) for k, v in (view.get("params") or {}).items()}

@@ -1,151 +1,160 @@
 """Representation inversion: click an image, watch a robust and a standard model rebuild it."""
-import hashlib
-
 import numpy as np
 import streamlit as st
 import torch
 
-from core import backend, data, exports, figures, inversion, views
-from core.errors import BadImageError
+from core import backend, data, exports, figures, views
+from ui import page, presentation, sidebar, state, uploads
+from ui.gallery import gallery
 
-PAPER = ("Engstrom, Ilyas, Santurkar, Tsipras, Tran, Madry: *Adversarial Robustness as a Prior "
-         "for Learned Representations*, 2019")
-
-backend.page_header("Representation inversion", "Click an image. Each model gets only the image's representation R(x) (the "
-           "penultimate layer) and searches, from gray noise, for an input x' whose "
-           "representation matches: minimise ‖R(x') − R(x)‖ / ‖R(x)‖. A robust model's "
-           f"reconstruction looks like the image; a standard model's does not. After {PAPER}.")
-
-a, b = backend.selected("a"), backend.selected("b")
 PAGE = "inversion"
-UPLOADS = views.uploads_dir()
+page.header(PAGE, "Representation inversion",
+            "Click an image: each model rebuilds it from its representation alone",
+            "Each model gets only the image's representation R(x) (the penultimate layer) and "
+            "searches, from gray noise, for an input x' whose representation matches: minimise "
+            "‖R(x') − R(x)‖ / ‖R(x)‖ by gradient descent in pixel space, with no image prior. A "
+            "robust model's reconstruction looks like the image; a standard model's does not.")
+
+a, b = sidebar.chosen("a"), sidebar.chosen("b")
+big = presentation.presenting()
+setting = views.page_settings(PAGE)
+SIZE = 250 if big else 220             # px of each image: three fit a 1280x720 projector
 
 
 # ------------------------------------------------------------------ sources
 
-def uploaded_images() -> dict[str, np.ndarray]:
-    """Uploads of this server, kept as 32x32 uint8 arrays so links to them work."""
-    if not UPLOADS.exists():
-        return {}
-    return {f"upload-{f.stem}": np.load(f) for f in sorted(UPLOADS.glob("*.npy"))}
-
-
-def gallery_items(source: str) -> list[dict]:
+def items_of(source: str) -> list[dict]:
     if source == "samples":
         return [{"key": s.key, "image": s.image, "title": f"{s.title} (CIFAR-10 test image)",
                  "caption": data.CLASSES[s.label]} for s in backend.samples()]
     if source == "photos":
-        return [{"key": s.key, "image": s.image, "title": s.title, "caption": s.title.split(" (")[0]}
-                for s in backend.photos()]
+        return [{"key": s.key, "image": s.image, "title": s.title,
+                 "caption": s.title.split(" (")[0]} for s in backend.photos()]
     if source == "test":
         test = backend.test_set()
-        backend.url_state("inv_page", 0)
-        page = st.number_input("Page of the shuffled test set", 0, len(test) // 24 - 1,
-                               key="inv_page", help="24 images a page, in a fixed shuffle.")
+        if test is None:
+            return []
+        page_no = state.value(PAGE, "inv_page")
         order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
-        idx = order[page * 24:(page + 1) * 24].tolist()
         return [{"key": f"test-{i}", "image": test.images[i].numpy().transpose(1, 2, 0),
                  "title": f"test image {i}: {data.CLASSES[int(test.labels[i])]}",
-                 "caption": data.CLASSES[int(test.labels[i])]} for i in idx]
-    return [{"key": k, "image": v, "title": "your upload", "caption": "upload"}
-            for k, v in uploaded_images().items()]
+                 "caption": data.CLASSES[int(test.labels[i])]}
+                for i in order[page_no * 24:(page_no + 1) * 24].tolist()]
+    return [{"key": k, "image": v, "title": "your image", "caption": "yours"}
+            for k, v in uploads.images().items()]
 
 
-# In presentation mode the reconstructions come first: on a projector the gallery
-# would push them below the fold. Containers keep their places whatever the fill order.
+def source_changed() -> None:
+    """A new source shows its own first image, not the last one of the old source."""
+    items = items_of(st.session_state["inv_source"])
+    if st.session_state.get("inv_img") not in {it["key"] for it in items}:
+        st.session_state["inv_img"] = items[0]["key"] if items else ""
+
+
+def uploaded() -> None:
+    file = st.session_state.get("inv_upload")
+    if file is not None:
+        key, error = uploads.add_image(file.name, file.getvalue())
+        if key is None:
+            st.session_state["_upload_error"] = error
+        else:
+            st.session_state["inv_img"] = key
+
+
+# The reconstructions come first on a projector (the gallery would push them below the
+# fold); containers keep their places whatever the order they are filled in.
 _top, _settings, _results, _bottom = (st.container() for _ in range(4))
 
-with _bottom if backend.presenting() else _top:
-    sources = {"samples": "CIFAR-10 samples", "photos": "Photos (out of distribution)",
-               "upload": "Upload"}
-    if backend.test_set() is not None:
-        sources = {"test": "CIFAR-10 test set", **sources}
-    backend.url_state("inv_source", "samples", list(sources))
-    source = st.segmented_control("Images", list(sources), key="inv_source",
-                                  format_func=sources.get) or "samples"
-
+with _bottom if big else _top:
+    sources = [s for s in setting["inv_source"].options
+               if s != "test" or backend.test_set() is not None]
+    state.seed(PAGE, "inv_source", sources)
+    source = st.segmented_control("Images", sources, key="inv_source",
+                                  format_func=setting["inv_source"].show,
+                                  on_change=source_changed) or "samples"
+    if source == "test":
+        state.number(st, PAGE, "inv_page")
     if source == "upload":
-        up = st.file_uploader("An image (any format Pillow reads; it is centre-cropped and "
-                              "resized to 32x32)", key="inv_upload")
-        if up is not None:
-            try:
-                arr = data.load_upload(up.getvalue())
-            except BadImageError as e:
-                st.error(f"{up.name}: {e}", icon=":material/broken_image:")
-            else:
-                digest = hashlib.sha256(arr.tobytes()).hexdigest()[:12]
-                UPLOADS.mkdir(parents=True, exist_ok=True)
-                np.save(UPLOADS / f"{digest}.npy", arr)
-                st.session_state["inv_img"] = f"upload-{digest}"
-
-    items = gallery_items(source)
-    backend.url_state("inv_img", items[0]["key"] if items else "foolbox-00")
+        st.file_uploader(f"Your image (PNG, JPEG, GIF, BMP, TIFF or WebP, up to "
+                         f"{data.MAX_UPLOAD_BYTES // 2**20} MB; centre-cropped to 32x32). It "
+                         "stays in this browser session.", type=uploads.IMAGE_TYPES,
+                         key="inv_upload", on_change=uploaded)
+        error = st.session_state.pop("_upload_error", None)
+        if error:
+            st.error(error, icon=":material/broken_image:")
+    items = items_of(source)
+    state.seed(PAGE, "inv_img")
     if items:
-        backend.gallery(items, "inv_img", label=sources[source])
+        gallery(items, "inv_img", label=setting["inv_source"].show(source))
+        if source == "upload" and st.session_state["inv_img"] in uploads.images():
+            st.button("Remove this image", icon=":material/delete:", key="inv_remove",
+                      on_click=lambda: (uploads.remove_image(st.session_state["inv_img"]),
+                                        source_changed()))
     elif source == "upload":
-        st.caption("Uploaded images appear here.")
+        st.caption("Your images appear here; nobody else sees them.")
 
 with _settings, st.container(key="settings"), st.expander("Settings", icon=":material/settings:"):
     c = st.columns(4)
     probe_a = backend.model(a)
     layer_options = [probe_a.representation_layer] + [x for x in probe_a.layers
                                                      if x != probe_a.representation_layer]
-    backend.url_state("inv_layer", probe_a.representation_layer, layer_options)
-    layer = c[0].selectbox("Layer", layer_options, key="inv_layer",
-                           help="The representation to match: the penultimate layer in the "
-                                "paper, or any earlier tap.")
-    backend.url_state("inv_method", "adam", ["adam", "normgrad"])
-    method = c[1].selectbox("Optimiser", ["adam", "normgrad"], key="inv_method",
-                            format_func={"adam": "fast (Adam with a cosine schedule)",
-                                         "normgrad": "paper (normalised gradient, step 0.1)"}.get)
-    default_steps = inversion.DEFAULTS["invert"][method][0]
-    backend.url_state("inv_steps", default_steps)
-    steps = c[2].number_input("Steps", 10, 10_000, key="inv_steps", step=50)
-    backend.url_state("inv_seed", 0)
-    gseed = c[3].number_input("Seed", 0, 10_000, key="inv_seed",
-                              help="Seed of the starting noise (0.5 + N(0,1)/20).")
-backend.publish(["inv_source", "inv_img", "inv_layer", "inv_method", "inv_steps", "inv_seed"])
+    state.selectbox(c[0], PAGE, "inv_layer", layer_options)
+    method = state.selectbox(c[1], PAGE, "inv_method")
+    # steps follow the optimiser's own default until the person sets them
+    auto_steps = views.inversion_steps({"inv_steps": None, "inv_method": method})
+    if "inv_steps" not in st.session_state:
+        state.seed(PAGE, "inv_steps")
+        st.session_state["_steps_auto"] = st.session_state["inv_steps"] is None
+    if st.session_state.get("_steps_auto", True):
+        st.session_state["inv_steps"] = auto_steps
+    state.number(c[2], PAGE, "inv_steps", step=50,
+                 on_change=lambda: st.session_state.update(_steps_auto=False))
+    state.number(c[3], PAGE, "inv_seed")
+settings = state.current(PAGE)
+state.publish(PAGE, implicit={"inv_steps": auto_steps})
 
 with _results:
-    chosen = views.image_for(st.session_state["inv_img"])
+    chosen = views.image_for(settings["inv_img"], uploads.images())
     if chosen is None:
-        st.info("Choose an image above.")
+        if settings["inv_img"].startswith("upload-"):
+            st.info("That image was uploaded in another browser session, and uploads stay "
+                    "private to the session that made them. Choose an image here.")
+        else:
+            st.info("Choose an image.")
         st.stop()
     image, title, _ = chosen
-
-    with backend.guard():
-        specs = [a, b]
-        job_list = views.inversion_jobs(backend.model, backend.view_settings(PAGE))[:2]
+    with page.guard():
+        job_list = views.inversion_jobs(backend.model, settings, uploads.images())
         cols = st.columns(3)
         cols[0].markdown(f"**Original**  \n{title}")
-        cols[0].image(figures.upscale(image, 7), width="stretch")
+        cols[0].image(figures.upscale(image, 8), width=SIZE)
         slots, notes = [], []
-        for k, s in enumerate(specs):
-            cols[k + 1].markdown(f"**{backend.label(s)}**  \n{'robust' if k == 0 else 'standard'} "
-                                 f"model {'A' if k == 0 else 'B'}")
+        for k, s in enumerate((a, b)):
+            cols[k + 1].markdown(f"**{backend.label(s)}**  \n{backend.model_kind(s)} model "
+                                 f"{'A' if k == 0 else 'B'}")
             slots.append(cols[k + 1].empty())
             notes.append(cols[k + 1].empty())
 
         def show(i, step, total, loss, images):
             if images is not None:
-                slots[i].image(figures.upscale(images[0], 7), width="stretch")
+                slots[i].image(figures.upscale(images[0], 8), width=SIZE)
             if images is not None or step % 20 == 0:
                 notes[i].caption(f"step {step}/{total} · loss {loss:.3f}")
 
         results = backend.run_live(job_list, show)
         for k, res in enumerate(results):
-            slots[k].image(figures.upscale(res["images"][0], 7), width="stretch")
+            slots[k].image(figures.upscale(res["images"][0], 8), width=SIZE)
             notes[k].markdown(f"representation loss **{float(res['loss'][0]):.3f}** · "
                               f"PSNR **{res['psnr']:.1f} dB** · SSIM **{res['ssim']:.2f}**")
-        backend.figure_caption(PAGE, f"{title}: reconstructed from the {layer} representation of "
-                                     f"{backend.label(a)} (robust) and {backend.label(b)} (standard)")
-        inputs = {"kind": "inversion", "image": st.session_state["inv_img"],
+        page.caption(PAGE, f"{title}: rebuilt from the {settings['inv_layer']} representation of "
+                           f"{backend.label(a)} and {backend.label(b)}")
+        inputs = {"kind": "inversion", "image": settings["inv_img"],
                   "jobs": [j.inputs for j in job_list]}
-        stem = f"inversion-{st.session_state['inv_img']}"
-        backend.export_menu(stem, [
+        stem = f"inversion-{settings['inv_img']}"
+        page.export_menu(stem, [
             ("Original + reconstructions, PNG", lambda: exports.image_strip(
                 [image] + [r["images"][0] for r in results], inputs, 8,
-                ["original"] + [backend.label(s) for s in specs]), ".png", "image/png"),
+                ["original"] + [backend.label(s) for s in (a, b)]), ".png", "image/png"),
             (f"Optimisation of {backend.label(a)}, GIF", lambda: exports.gif(
                 [f[1][0] for f in results[0]["frames"]], {**inputs, "model": a}), "-a.gif", "image/gif"),
             (f"Optimisation of {backend.label(b)}, GIF", lambda: exports.gif(
@@ -154,27 +163,29 @@ with _results:
                 [{k: r[k] for k in ("loss", "psnr", "ssim", "l2", "loss_curve", "settings")}
                  for r in results], inputs), ".json", "application/json"),
         ])
-        curves = {backend.label(s): np.asarray(r["loss_curve"])[:, 0] for s, r in zip(specs, results)}
+        curves = {backend.label(s): np.asarray(r["loss_curve"])[:, 0] for s, r in zip((a, b), results)}
         with st.expander("Loss curves and frames", icon=":material/show_chart:"):
-            st.plotly_chart(figures.curve(list(range(len(next(iter(curves.values()))))), curves, "step",
-                                          "‖R(x') − R(x)‖ / ‖R(x)‖", log_y=True), key="inv_curve")
-            for s, r in zip(specs, results):
+            st.plotly_chart(figures.curve(list(range(len(next(iter(curves.values()))))), curves,
+                                          "step", "‖R(x') − R(x)‖ / ‖R(x)‖", log_y=True),
+                            key="inv_curve")
+            for s, r in zip((a, b), results):
                 st.caption(backend.label(s))
                 st.image([figures.upscale(f[1][0], 3) for f in r["frames"]],
                          caption=[f"step {f[0]}" for f in r["frames"]])
 
-st.subheader("How recognisable are the reconstructions?")
-st.caption("Mean SSIM and PSNR between reconstruction and original over the 20 shipped "
-           "CIFAR-10 test images (fast optimiser, seed 0). SSIM follows structure; PSNR "
-           "punishes the high contrast of robust reconstructions more than grey noise.")
-with backend.guard():
-    q_jobs = views.inversion_jobs(backend.model, backend.view_settings(PAGE))[-2:]
-    q = [backend.stored(j) for j in q_jobs]
-    if any(v is None for v in q):
-        if st.button("Measure reconstruction quality", icon=":material/straighten:"):
+with st.container(key="page-notes"):
+    st.subheader("How recognisable are the reconstructions?")
+    st.caption("Mean SSIM and PSNR between reconstruction and original over the 20 shipped "
+               "CIFAR-10 test images (fast optimiser, seed 0). SSIM follows structure; PSNR "
+               "punishes the high contrast of robust reconstructions more than grey noise.")
+    with page.guard():
+        q_jobs = views.quality_jobs(backend.model, settings)
+        q = [backend.stored(j) for j in q_jobs]
+        if any(v is None for v in q) and st.button("Measure reconstruction quality",
+                                                   icon=":material/straighten:"):
             q = [backend.run_job(j) for j in q_jobs]
-    if all(v is not None for v in q):
-        rows = [{"model": backend.label(s), "mean PSNR (dB)": round(v["mean_psnr"], 2),
-                 "mean SSIM": round(v["mean_ssim"], 3), "mean representation loss":
-                 round(v["mean_loss"], 4)} for s, v in zip((a, b), q)]
-        st.dataframe(rows, hide_index=True)
+        if all(v is not None for v in q):
+            st.dataframe([{"model": backend.label(s), "mean PSNR (dB)": round(v["mean_psnr"], 2),
+                           "mean SSIM": round(v["mean_ssim"], 3),
+                           "mean representation loss": round(v["mean_loss"], 4)}
+                          for s, v in zip((a, b), q)], hide_index=True)

@@ -4,43 +4,25 @@ import streamlit as st
 import torch
 
 from core import backend, data, exports, figures, jobs, views
+from ui import page, presentation, sidebar, state, uploads
+from ui.gallery import gallery
 
 PAGE = "manipulation"
-PAPER = ("Engstrom, Ilyas, Santurkar, Tsipras, Tran, Madry: *Adversarial Robustness as a Prior "
-         "for Learned Representations*, 2019")
-TABS = ["Feature browser", "Feature addition", "Interpolation", "Misclassification"]
+page.header(PAGE, "Feature manipulation",
+            "Visualise, find, add and blend the features of a representation",
+            "Gradient descent in pixel space, with no image prior: a robust model's "
+            "representation is close to human-meaningful features, a standard model's is not. "
+            "The last ReLU is an identity in the backward pass (\"fake ReLU\").")
 
-backend.page_header("Feature manipulation", "Gradient descent in pixel space, with no image prior: a robust model's "
-           "representation is close to human-meaningful features, a standard model's is not. "
-           f"The last ReLU is an identity in the backward pass (\"fake ReLU\"). After {PAPER}.")
-
-a, b = backend.selected("a"), backend.selected("b")
+a, b = sidebar.chosen("a"), sidebar.chosen("b")
 specs = [a, b]
 probe_a = backend.model(a)
-scale = 7 if backend.presenting() else 5
-
-
-def live_pair(job_list):
-    """Run two optimisation jobs side by side, showing frames as they improve."""
-    cols = st.columns(len(job_list))
-    slots, notes = [], []
-    for col, s in zip(cols, specs):
-        col.markdown(f"**{backend.label(s)}**")
-        slots.append(col.empty())
-        notes.append(col.empty())
-
-    def show(i, step, total, loss, images):
-        if images is not None:
-            slots[i].image(figures.upscale(images[0], scale), width="stretch")
-        if images is not None or step % 25 == 0:
-            notes[i].caption(f"step {step}/{total}")
-    return backend.run_live(job_list, show), slots, notes
-
-
-def sample_items():
-    return [{"key": s.key, "image": s.image, "title": s.title,
-             "caption": data.CLASSES[s.label] if s.label is not None else s.title.split(" (")[0]}
-            for s in backend.samples() + backend.photos()]
+big = presentation.presenting()
+SIZE = 230 if big else 200
+setting = views.page_settings(PAGE)
+feats = jobs.browser_features(probe_a)
+_feat = st.session_state.get("mf_feat") or ""
+ADD_INDEX = int(_feat[1:]) if _feat[1:].isdigit() else feats[0]   # the browser's feature
 
 
 def feature_class(index: int) -> str:
@@ -48,31 +30,62 @@ def feature_class(index: int) -> str:
     return data.CLASSES[int(w[:, index].argmax())]
 
 
+def sample_items() -> list[dict]:
+    return [{"key": s.key, "image": s.image, "title": s.title,
+             "caption": data.CLASSES[s.label] if s.label is not None else s.title.split(" (")[0]}
+            for s in backend.samples() + backend.photos()] + [
+        {"key": k, "image": v, "title": "your image", "caption": "yours"}
+        for k, v in uploads.images().items()]
+
+
+def run_pair(job_list: list, cols: list) -> list:
+    """Two optimisation jobs side by side: frames appear where the results will stand,
+    and are replaced by them (no stale previews)."""
+    slots = [c.empty() for c in cols]
+    notes = [c.empty() for c in cols]
+
+    def show(i, step, total, loss, images):
+        if images is not None:
+            slots[i].image(figures.upscale(images[0], 6), width=SIZE)
+        if images is not None or step % 25 == 0:
+            notes[i].caption(f"step {step}/{total}")
+    results = backend.run_live(job_list, show)
+    for slot, note in zip(slots, notes):
+        slot.empty()
+        note.empty()
+    return results
+
+
+def offer(job_list: list, label: str, key: str, icon: str) -> list | None:
+    """Stored results, or a button that computes them (nothing runs unasked)."""
+    if all(backend.stored(j) is not None for j in job_list):
+        return [backend.stored(j) for j in job_list]
+    if not st.button(label, type="primary", key=key, icon=icon):
+        return None
+    return job_list
+
+
 # ------------------------------------------------------------------ browser
 
 def browser() -> None:
-    feats = jobs.browser_features(probe_a)
-    grid_job = jobs.feature_grid_job(backend.model, a, feats)
-    grid = backend.stored(grid_job)
     st.markdown(f"Features of **{backend.label(a)}**: for each class, the four components of "
                 "the representation with the largest weight towards it, each maximised from "
                 "noise. Click one.")
+    grid_job = jobs.feature_grid_job(backend.model, a, feats)
+    grid = backend.stored(grid_job)
     if grid is None:
-        if not st.button(f"Visualise {len(feats)} features", type="primary",
+        if not st.button(f"Visualise {len(feats)} features", type="primary", key="mf_grid",
                          icon=":material/play_arrow:"):
             return
         grid = backend.run_job(grid_job)
     items = [{"key": f"f{i}", "image": img, "title": f"feature {i} (→ {feature_class(i)})",
               "caption": f"{i} · {feature_class(i)[:5]}"}
              for i, img in zip(grid["indices"], grid["images"])]
-    backend.url_state("mf_feat", items[0]["key"])
-    if st.session_state["mf_feat"] not in [it["key"] for it in items]:
-        st.session_state["mf_feat"] = items[0]["key"]
-    backend.gallery(items, "mf_feat", size=64, label="features")
-    backend.publish(["mf_feat"])
+    state.seed(PAGE, "mf_feat", [it["key"] for it in items], default=items[0]["key"])
+    gallery(items, "mf_feat", size=56, label="features")
     index = int(st.session_state["mf_feat"][1:])
     st.subheader(f"Feature {index} (strongest towards {feature_class(index)})")
-    c = st.columns([1, 1, 2])
+    c = st.columns([1, 1, 2.2])
     vis_jobs = [jobs.feature_grid_job(backend.model, s, [index]) for s in specs]
     vis = [backend.stored(j) for j in vis_jobs]
     if any(v is None for v in vis) and c[0].button("Visualise in both models", key="mf_vis"):
@@ -80,33 +93,29 @@ def browser() -> None:
     for k, s in enumerate(specs):
         c[k].markdown(f"**{backend.label(s)}**")
         if vis[k] is not None:
-            c[k].image(figures.upscale(vis[k]["images"][0], scale + 1), width="stretch")
+            c[k].image(figures.upscale(vis[k]["images"][0], 6), width=SIZE)
     with c[2]:
-        top_images(feats, index)
-    backend.figure_caption(PAGE, f"feature {index} of {backend.label(a)}, maximised from noise")
-    backend.export_menu(f"features-{a}", [
+        top_images(index)
+    page.caption(PAGE, f"feature {index} of {backend.label(a)}, maximised from noise")
+    page.export_menu(f"features-{a}", [
         ("All features, PNG", lambda: exports.image_strip(
             grid["images"], {"kind": grid_job.kind, **grid_job.inputs}, 4,
             [str(i) for i in grid["indices"]]), ".png", "image/png")])
 
 
-def top_images(feats: list[int], index: int) -> None:
+def top_images(index: int) -> None:
     test = backend.test_set()
     top_job = jobs.top_images_job(backend.model, a, feats)
     top = backend.stored(top_job)
-    if top is None and test is not None and st.button("Find the top-activating test images",
-                                                      key="mf_top"):
-        top = backend.run_job(top_job)
-    if top is None:
-        if test is None:
-            backend.data_missing_message("Finding top-activating images")
+    if test is None:
+        page.need_data("Showing the top-activating test images", "mf-top")
         return
+    if top is None:
+        if not st.button("Find the top-activating test images", key="mf_top"):
+            return
+        top = backend.run_job(top_job)
     entry = top.get(str(index))
     if entry is None:
-        return
-    if test is None:
-        st.info("The top-activating images of this feature are known (as test-set indices) "
-                "but the test set is not on this machine. " + data.GET_DATA_HINT)
         return
     for title, key in (("Most activating", "top"), ("Least activating", "bottom")):
         st.caption(f"{title} test images ({backend.label(a)})")
@@ -117,36 +126,34 @@ def top_images(feats: list[int], index: int) -> None:
 # ------------------------------------------------------------------ addition
 
 def addition() -> None:
-    st.markdown("Push one component of the representation up, starting from a real image: in "
-                "a robust model the feature appears in the image.")
+    st.markdown("Push one component of the representation up, starting from a real image and "
+                "staying close to it: in a robust model the feature appears in the image.")
+    items = sample_items()
     c = st.columns([3, 1])
     with c[0]:
-        items = sample_items()
-        backend.url_state("mf_add_img", items[0]["key"], [it["key"] for it in items])
-        backend.gallery(items, "mf_add_img", size=52, label="images")
-    dim = probe_a.model.linear.in_features
-    chosen = st.session_state.get("mf_feat", "f0")
-    backend.url_state("mf_add_index", int(chosen[1:]) if chosen[1:].isdigit() else 0)
-    index = c[1].number_input("Feature", 0, dim - 1, key="mf_add_index",
-                              help="A component of the representation; pick one in the browser.")
-    backend.publish(["mf_add_img", "mf_add_index"])
-    found = views.image_for(st.session_state["mf_add_img"])
+        state.seed(PAGE, "mf_add_img", [it["key"] for it in items])
+        gallery(items, "mf_add_img", size=48, label="images")
+    index = state.number(c[1], PAGE, "mf_add_index", default=ADD_INDEX)
+    found = views.image_for(st.session_state["mf_add_img"], uploads.images())
     if found is None:
         return
     add_jobs = [jobs.add_feature_job(backend.model, s, found[0], int(index)) for s in specs]
-    if not all(backend.stored(j) is not None for j in add_jobs) and not st.button(
-            f"Add feature {index}", type="primary", key="mf_add_go", icon=":material/add:"):
+    todo = offer(add_jobs, f"Add feature {index}", "mf_add_go", ":material/add:")
+    if todo is None:
         return
-    cols = st.columns([1, 2])
+    cols = st.columns(3)
     cols[0].markdown("**Original**")
-    cols[0].image(figures.upscale(found[0], scale), width="stretch")
-    with cols[1]:
-        results, _, notes = live_pair(add_jobs)
+    cols[0].image(figures.upscale(found[0], 6), width=SIZE)
+    for k, s in enumerate(specs):
+        cols[k + 1].markdown(f"**{backend.label(s)}**")
+    results = run_pair(add_jobs, cols[1:]) if todo is add_jobs else todo
     for k, r in enumerate(results):
-        notes[k].caption(f"feature {index}: {r['before']:.2f} → **{r['after']:.2f}**")
-    backend.figure_caption(PAGE, f"feature {index} added to {found[1]}")
+        cols[k + 1].image(figures.upscale(r["images"][0], 6), width=SIZE)
+        cols[k + 1].caption(f"feature {index}: {r['before']:.2f} → **{r['after']:.2f}**"
+                            + (f" · predicted {data.CLASSES[r['predicted']]}" if "predicted" in r else ""))
+    page.caption(PAGE, f"feature {index} added to {found[1]}")
     inputs = {"kind": "add_feature", "jobs": [j.inputs for j in add_jobs]}
-    backend.export_menu(f"add-feature-{index}", [
+    page.export_menu(f"add-feature-{index}", [
         ("Before and after, PNG", lambda: exports.image_strip(
             [found[0]] + [r["images"][0] for r in results], inputs, 8,
             ["original"] + [backend.label(s) for s in specs]), ".png", "image/png"),
@@ -159,35 +166,35 @@ def addition() -> None:
 def interpolation() -> None:
     st.markdown("Invert (1 − t)·R(a) + t·R(b), each frame starting from the same mix in pixel "
                 "space: the robust model moves between the images through meaningful shapes.")
-    names = {s.key: s.title for s in backend.samples() + backend.photos()}
+    names = {it["key"]: it["title"] for it in sample_items()}
     keys = list(names)
-    c = st.columns(3, vertical_alignment="bottom")
-    backend.url_state("mf_ia", keys[0], keys)
-    backend.url_state("mf_ib", keys[3] if len(keys) > 3 else keys[-1], keys)
-    ia = c[0].selectbox("Image a", keys, key="mf_ia", format_func=names.get)
-    ib = c[1].selectbox("Image b", keys, key="mf_ib", format_func=names.get)
-    backend.publish(["mf_ia", "mf_ib"])
-    ijobs = [jobs.interpolation_job(backend.model, s, views.image_for(ia)[0],
-                                    views.image_for(ib)[0]) for s in specs]
-    results = [backend.stored(j) for j in ijobs]
-    if any(r is None for r in results):
-        if not c[2].button("Interpolate", type="primary", icon=":material/linear_scale:"):
-            return
-        results, _, _ = live_pair(ijobs)
+    c = st.columns([1, 1, 1], vertical_alignment="bottom")
+    ia = state.selectbox(c[0], PAGE, "mf_ia", keys, format_func=names.get)
+    ib = state.selectbox(c[1], PAGE, "mf_ib", keys, format_func=names.get)
+    images = uploads.images()
+    ijobs = [jobs.interpolation_job(backend.model, s, views.image_for(ia, images)[0],
+                                    views.image_for(ib, images)[0]) for s in specs]
+    with c[2]:
+        todo = offer(ijobs, "Interpolate", "mf_interp", ":material/linear_scale:")
+    if todo is None:
+        return
+    if todo is ijobs:
+        live = st.columns(2)
+        for col, s in zip(live, specs):
+            col.markdown(f"**{backend.label(s)}**, computing...")
+        results = run_pair(ijobs, live)
+        st.rerun()      # draw the finished interpolation alone, from the store
+    results = todo
     n = len(results[0]["images"])
-    backend.url_state("mf_t", 0)
+    state.seed(PAGE, "mf_t", list(range(n)))
     t = st.slider("Frame", 0, n - 1, key="mf_t")
-    cols = st.columns([1, 1, 3])
-    for k, (s, r) in enumerate(zip(specs, results)):
-        cols[k].markdown(f"**{backend.label(s)}**, t = {t / (n - 1):.2f}")
-        cols[k].image(figures.upscale(r["images"][t], scale), width="stretch")
-    with cols[2]:
-        for s, r in zip(specs, results):
-            st.caption(backend.label(s))
-            st.image([figures.upscale(im, 2) for im in r["images"]])
-    backend.figure_caption(PAGE, f"interpolation from {names[ia]} to {names[ib]}")
+    for s, r in zip(specs, results):
+        st.markdown(f"**{backend.label(s)}** (t = {t / (n - 1):.2f} highlighted)")
+        st.image([figures.upscale(im, 3) for im in r["images"]],
+                 caption=[("▶ " if k == t else "") + f"{k / (n - 1):.1f}" for k in range(n)])
+    page.caption(PAGE, f"interpolation from {names[ia]} to {names[ib]}")
     inputs = {"kind": "interpolation", "jobs": [j.inputs for j in ijobs]}
-    backend.export_menu(f"interpolation-{ia}-{ib}", [
+    page.export_menu(f"interpolation-{ia}-{ib}", [
         (f"Strip, {backend.label(s)}, PNG", (lambda r=r: exports.image_strip(
             r["images"], inputs, 6)), f"-{k}.png", "image/png")
         for k, (s, r) in enumerate(zip(specs, results))] + [
@@ -201,17 +208,16 @@ def interpolation() -> None:
 def misclassified() -> list[dict]:
     test = backend.test_set()
     if test is None:
-        probe = backend.model(a)
         out = []
         for s in backend.samples():
             with torch.no_grad():
-                pred = int(probe(s.tensor()[None].to(probe.device)).argmax())
+                pred = int(probe_a(s.tensor()[None].to(probe_a.device)).argmax())
             if pred != s.label:
                 out.append({"key": s.key, "image": s.image, "label": s.label,
                             "title": f"{s.title} → {data.CLASSES[pred]}",
                             "caption": f"→ {data.CLASSES[pred][:6]}"})
-        st.caption(f"Misclassified shipped samples ({len(out)}); the full test set gives many "
-                   "more. " + data.GET_DATA_HINT)
+        st.caption(f"{backend.label(a)} misclassifies {len(out)} of the 20 shipped samples; the "
+                   "full test set gives many more.")
         return out
     out_job = jobs.test_outputs_job(backend.model, a)
     outs = backend.stored(out_job)
@@ -237,11 +243,8 @@ def misclassification() -> None:
     candidates = misclassified()
     if not candidates:
         return
-    backend.url_state("mf_mis", candidates[0]["key"])
-    if st.session_state["mf_mis"] not in [c["key"] for c in candidates]:
-        st.session_state["mf_mis"] = candidates[0]["key"]
-    backend.gallery(candidates, "mf_mis", size=52, label="misclassified images")
-    backend.publish(["mf_mis"])
+    state.seed(PAGE, "mf_mis", [x["key"] for x in candidates], default=candidates[0]["key"])
+    gallery(candidates, "mf_mis", size=48, label="misclassified images")
     cand = next(x for x in candidates if x["key"] == st.session_state["mf_mis"])
     ejob = jobs.explain_job(backend.model, a, cand["image"], cand["label"])
     ex = backend.stored(ejob)
@@ -251,25 +254,27 @@ def misclassification() -> None:
         ex = backend.run_job(ejob)
     cols = st.columns(4)
     cols[0].markdown(f"**Image**: {data.CLASSES[ex['label']]}")
-    cols[0].image(figures.upscale(cand["image"], scale), width="stretch")
+    cols[0].image(figures.upscale(cand["image"], 6), width=SIZE)
     cols[1].markdown(f"**Predicted**: {data.CLASSES[ex['predicted']]} "
                      f"({float(ex['probabilities'][ex['predicted']]):.0%})")
     cols[1].metric("Top component", ex["component"],
                    help=f"contribution to the predicted logit: {ex['contribution']:.2f}")
     cols[2].markdown(f"**Feature {ex['component']} pushed up**")
-    cols[2].image(figures.upscale(ex["image"], scale), width="stretch")
+    cols[2].image(figures.upscale(ex["image"], 6), width=SIZE)
     contrib = np.asarray(ex["contributions"])
     top = np.argsort(contrib)[::-1][:10]
     cols[3].bar_chart({"contribution": {str(i): float(contrib[i]) for i in top}}, horizontal=True)
-    backend.figure_caption(PAGE, f"{backend.label(a)} predicts {data.CLASSES[ex['predicted']]} "
-                                 f"for a {data.CLASSES[ex['label']]}")
+    page.caption(PAGE, f"{backend.label(a)} predicts {data.CLASSES[ex['predicted']]} "
+                       f"for a {data.CLASSES[ex['label']]}")
 
 
-backend.url_state("mf_tab", TABS[0], TABS)
-tabs = st.tabs(TABS, key="mf_tab", on_change="rerun")
-backend.publish(["mf_tab"])
+tabs_setting = setting["mf_tab"]
+state.seed(PAGE, "mf_tab", tabs_setting.options)
+tabs = st.tabs(list(tabs_setting.options), key="mf_tab", on_change="rerun")
 for tab, body in zip(tabs, (browser, addition, interpolation, misclassification)):
     with tab:
         if tab.open:  # only the open tab runs
-            with backend.guard():
+            with page.guard():
                 body()
+state.current(PAGE)
+state.publish(PAGE, implicit={"mf_add_index": ADD_INDEX})

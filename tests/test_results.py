@@ -138,3 +138,13 @@ def test_shipped_assets_are_consulted(tmp_path):
     fresh = ResultStore(tmp_path / "b.sqlite", assets=tmp_path / "assets")
     assert np.array_equal(fresh.get("cka", {"m": 1})["matrix"], np.eye(2))
     assert fresh.has("cka", {"m": 1})
+
+
+def test_tensors_that_share_memory_are_stored():
+    """A result holding a tensor and a view of it (an explanation's image and its batch)."""
+    from core.results import decode, encode
+    batch = torch.rand(2, 3, 4, 4)
+    meta, blob = encode({"images": batch, "image": batch[0], "row": batch[1, 0]})
+    back = decode(meta, blob)
+    assert torch.equal(back["images"], batch) and torch.equal(back["image"], batch[0])
+    assert torch.equal(back["row"], batch[1, 0])

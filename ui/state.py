@@ -1,0 +1,130 @@
+"""Settings as widgets: each one seeded from the URL once, validated against its
+declaration in core.views.SETTINGS, and written back to the URL when it differs
+from its default (so a link names exactly what the person changed).
+
+Rule that keeps Streamlit happy: a widget's value is only ever written before the
+widget is drawn in a run (here, or in a callback), never after.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import streamlit as st
+
+from core import views
+
+
+def setting(page: str, key: str) -> views.Setting:
+    return views.page_settings(page)[key]
+
+
+def seed(page: str, key: str, options: Sequence | None = None, default: Any = None) -> Any:
+    """Put the setting's value in the session (from the URL on the first run, else its
+    default), replacing a value that is not among `options`; returns the value."""
+    s = setting(page, key)
+    fallback = s.default if default is None else default
+    if options is not None and fallback not in options:
+        fallback = options[0] if options else fallback
+    if key not in st.session_state:
+        value = fallback
+        raw = st.query_params.get(key)
+        if raw is not None:
+            try:
+                value = s.parse(raw)
+            except (TypeError, ValueError):
+                value = fallback
+        st.session_state[key] = value
+    if options is not None and st.session_state[key] not in options:
+        st.session_state[key] = fallback
+    return st.session_state[key]
+
+
+def value(page: str, key: str) -> Any:
+    """The current value of a setting (its default if no widget holds it)."""
+    return st.session_state.get(key, setting(page, key).default)
+
+
+def current(page: str) -> dict:
+    """The page's settings as core.views reads them (seeding any not yet in the session)."""
+    for key in views.page_settings(page):
+        if key not in st.session_state:
+            seed(page, key)
+    return {k: st.session_state[k] for k in views.page_settings(page)}
+
+
+def selectbox(where, page: str, key: str, options: Sequence | None = None,
+              format_func: Callable[[Any], str] | None = None, label: str | None = None,
+              **kw: Any) -> Any:
+    s = setting(page, key)
+    options = list(options if options is not None else s.options)
+    seed(page, key, options)
+    return where.selectbox(label or s.label, options, key=key, format_func=format_func or s.show,
+                           help=kw.pop("help", s.help or None), **kw)
+
+
+def segmented(where, page: str, key: str, **kw: Any) -> Any:
+    s = setting(page, key)
+    seed(page, key, s.options)
+    chosen = where.segmented_control(s.label, list(s.options), key=key, format_func=s.show,
+                                     help=kw.pop("help", s.help or None), **kw)
+    return s.default if chosen is None else chosen
+
+
+def select_slider(where, page: str, key: str, **kw: Any) -> Any:
+    s = setting(page, key)
+    seed(page, key, s.options)
+    return where.select_slider(s.label, list(s.options), key=key, format_func=s.show,
+                               help=kw.pop("help", s.help or None), **kw)
+
+
+def number(where, page: str, key: str, default: int | None = None, **kw: Any) -> int:
+    """A number input; `default` stands in for a setting whose default depends on
+    another one (steps by optimiser): the URL then names the number only if changed."""
+    s = setting(page, key)
+    lo, hi = s.bounds or (0, 10**9)
+    if key not in st.session_state:
+        seed(page, key)
+    if st.session_state[key] is None:
+        st.session_state[key] = default if default is not None else lo
+    return int(where.number_input(s.label, lo, hi, key=key, help=kw.pop("help", s.help or None),
+                                  **kw))
+
+
+def publish(page: str, implicit: dict[str, Any] | None = None) -> None:
+    """Write the page's settings into the URL: non-default values only, so links stay
+    short and a default changed later reaches old links. `implicit` gives the value a
+    setting has when left alone (steps of the chosen optimiser), which is not written."""
+    for key, s in views.page_settings(page).items():
+        if key not in st.session_state:
+            continue
+        v = st.session_state[key]
+        default = (implicit or {}).get(key, s.default)
+        if v == default or v is None:
+            if key in st.query_params:
+                del st.query_params[key]
+        else:
+            text = s.format(v)
+            if st.query_params.get(key) != text:
+                st.query_params[key] = text
+
+
+def share_link() -> None:
+    """A 'copy link' control: the full URL of this exact view (st.code has a copy button)."""
+    base = (st.context.url or "").split("?")[0]
+    params = "&".join(f"{k}={v}" for k, v in st.query_params.items())
+    with st.popover("Link", icon=":material/link:", help="Link to this view"):
+        st.caption("Opens exactly this view; results come from the store.")
+        st.code(f"{base}?{params}" if params else base, language=None, wrap_lines=True)
+
+
+def pick_cell(chart_key: str, state_key: str) -> Callable[[], None]:
+    """An on_select callback: the clicked cell (customdata[:2] of the selected point,
+    see core.figures.click_layer) becomes st.session_state[state_key] before the run
+    that draws it, so the highlight and the URL follow in one run."""
+    def callback() -> None:
+        event = st.session_state.get(chart_key)
+        points = (event or {}).get("selection", {}).get("points", [])
+        if points and points[0].get("customdata"):
+            st.session_state[state_key] = [int(points[0]["customdata"][0]),
+                                           int(points[0]["customdata"][1])]
+    return callback
