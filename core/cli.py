@@ -355,7 +355,10 @@ def _invert(args: argparse.Namespace) -> dict:
 
 
 def _precompute_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("deck", help="a talk deck (YAML or JSON), e.g. assets/decks/three-papers.yaml")
+    p.add_argument("deck", nargs="?", help="a talk deck (YAML or JSON), e.g. "
+                   "assets/decks/three-papers.yaml")
+    p.add_argument("--ship-list", action="store_true", help="every view of core.shiplist "
+                   "(what the app shows offline), the shipped decks included")
     p.add_argument("--device")
     p.add_argument("--to-assets", action="store_true",
                    help="also copy the results into assets/results (shipped, precomputed)")
@@ -379,16 +382,24 @@ def _model_made_only(value):
 
 
 def _precompute(args: argparse.Namespace) -> dict:
-    """Compute and store everything the views of a talk deck show."""
-    from . import views
+    """Compute and store everything the views of a talk deck (or the ship list) show."""
+    from . import shiplist, views
     from .results import default_store
-    deck = views.load_deck(args.deck)
+    if args.ship_list:
+        wanted = [{"page": p, "params": q, "title": f"{p or 'home'} {q}"}
+                  for p, q in shiplist.ship_list()]
+        title = "ship list"
+    elif args.deck:
+        deck = views.load_deck(args.deck)
+        wanted, title = deck["views"], deck.get("title")
+    else:
+        raise RobustLensError("name a deck, or give --ship-list")
     load = _loader(args.device)
     summary, failed = [], []
-    for i, view in enumerate(deck["views"], 1):
+    for i, view in enumerate(wanted, 1):
         try:
             view_jobs = views.view_jobs(load, view["page"], view["params"])
-        except RobustLensError as e:
+        except (RobustLensError, ValueError) as e:
             failed.append(f"view {i} ({view['title']}): {e}")
             continue
         for job in view_jobs:
@@ -402,24 +413,24 @@ def _precompute(args: argparse.Namespace) -> dict:
         summary.append({"view": i, "title": view["title"], "jobs": len(view_jobs)})
     if failed:
         raise RobustLensError("some views could not be computed:\n" + "\n".join(failed))
-    out = {"deck": deck.get("title"), "views": summary}
+    out = {"deck": title, "views": len(summary)}
     if args.to_assets and getattr(args, "prune", False):
-        out["pruned"] = _prune_assets(load, deck)
+        out["pruned"] = _prune_assets(load, [(v["page"], v["params"]) for v in wanted])
     return out
 
 
-def _prune_assets(load: Callable, deck: dict) -> int:
-    """Delete assets/results entries that no view of `deck` and no page default shows."""
-    from . import views
+def _prune_assets(load: Callable, wanted: list[tuple[str, dict]]) -> int:
+    """Delete assets/results entries that no wanted view, no shipped deck, no ship-list
+    view and no page default shows (stale keys of older recipes or versions)."""
+    from . import shiplist, views
     from .results import default_store, make_key
-    wanted = [(v["page"], v.get("params") or {}) for v in deck["views"]]
-    wanted += [(page, {}) for page in views.PAGES]
+    wanted = wanted + shiplist.ship_list() + [(page, {}) for page in views.PAGES]
     keep = set()
     for page, params in wanted:
         try:
             keep.update(make_key(j.kind, j.inputs) for j in views.view_jobs(load, page, params))
-        except RobustLensError:
-            continue  # a page default this zoo cannot show keeps nothing
+        except (RobustLensError, ValueError):
+            continue  # a view this zoo cannot show keeps nothing
     folder = default_store().assets
     removed = 0
     for path in sorted(folder.glob("*.json")) if folder and folder.is_dir() else []:

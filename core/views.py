@@ -263,14 +263,42 @@ def cka_pairs(s: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(spec[first], spec[second])]
 
 
-def cka_jobs(load: Loader, s: Mapping[str, Any]) -> list[Job]:
-    n = int(s["cka_n"])
+def cka_request(load: Loader, x: str, y: str, layers: str, in_x: str = "benign",
+                in_y: str = "benign", against: str = "self", kernel: str = "linear",
+                n: int = 10_000) -> tuple[Job, bool]:
+    """The job behind CKA(x, y) and whether its matrix must be transposed: the two
+    sides are put in one canonical order (by model, then inputs), so that B vs A is
+    A vs B transposed and is computed and shipped once."""
+    if (x, in_x) <= (y, in_y):
+        return jobs.cka_job(load, x, y, layers, layers, in_x, in_y, against, kernel, n), False
+    swapped = {"a": "b", "b": "a"}.get(against, against)
+    return jobs.cka_job(load, y, x, layers, layers, in_y, in_x, swapped, kernel, n), True
+
+
+def transposed_cka(value: Mapping[str, Any]) -> dict:
+    """A stored CKA result seen from the other side (rows and columns swapped)."""
+    out = dict(value)
+    for k in ("matrix", "spread"):
+        out[k] = np.asarray(value[k]).T
+    for a, b in (("layers_a", "layers_b"), ("model_a", "model_b"), ("attack_a", "attack_b")):
+        out[a], out[b] = value[b], value[a]
+    out["adv_against"] = {"a": "b", "b": "a"}.get(value["adv_against"], value["adv_against"])
+    return out
+
+
+def cka_requests(load: Loader, s: Mapping[str, Any]) -> list[tuple[Job, bool]]:
+    """The (job, transposed) behind each panel of a CKA view."""
+    n, layers, kernel = int(s["cka_n"]), s["cka_layers"], s["cka_kernel"]
     if s["cka_view"] == "Paper view":
-        return [jobs.cka_job(load, x, y, s["cka_layers"], s["cka_layers"], s["cka_in_a"],
-                             s["cka_in_a"], "self", s["cka_kernel"], n) for x, y in cka_pairs(s)]
+        return [cka_request(load, x, y, layers, s["cka_in_a"], s["cka_in_a"], "self", kernel, n)
+                for x, y in cka_pairs(s)]
     (x, y), = cka_pairs(s)
-    return [jobs.cka_job(load, x, y, s["cka_layers"], s["cka_layers"], s["cka_in_a"],
-                         s["cka_in_b"], s["cka_against"], s["cka_kernel"], n)]
+    return [cka_request(load, x, y, layers, s["cka_in_a"], s["cka_in_b"], s["cka_against"],
+                        kernel, n)]
+
+
+def cka_jobs(load: Loader, s: Mapping[str, Any]) -> list[Job]:
+    return [job for job, _ in cka_requests(load, s)]
 
 
 def stitching_jobs(load: Loader, s: Mapping[str, Any], rows: list[tuple[str, str]]
@@ -319,10 +347,21 @@ def manipulation_jobs(load: Loader, s: Mapping[str, Any],
         ia, ib = image_for(s["mf_ia"], uploads), image_for(s["mf_ib"], uploads)
         return [] if ia is None or ib is None else [
             jobs.interpolation_job(load, m, ia[0], ib[0]) for m in (s["a"], s["b"])]
-    mis = image_for(s["mf_mis"], uploads) if s["mf_mis"] else None
-    if mis is None or mis[2] is None:
-        return []
-    return [jobs.explain_job(load, s["a"], mis[0], mis[2])]
+    if s["mf_mis"]:
+        mis = image_for(s["mf_mis"], uploads)
+        return [] if mis is None or mis[2] is None else [
+            jobs.explain_job(load, s["a"], mis[0], mis[2])]
+    wrong = misclassified_samples(probe)   # the tab's first image without the data set
+    return [jobs.explain_job(load, s["a"], wrong[0][0].image, wrong[0][0].label)] if wrong else []
+
+
+def misclassified_samples(probe) -> list[tuple[data.Sample, int]]:
+    """The shipped CIFAR-10 samples the model gets wrong, with its predictions."""
+    import torch
+    samples = data.cifar_samples()
+    with torch.no_grad():
+        preds = probe(torch.stack([s.tensor() for s in samples]).to(probe.device)).argmax(1)
+    return [(s, int(p)) for s, p in zip(samples, preds.tolist()) if p != s.label]
 
 
 def view_jobs(load: Loader, page: str, params: Mapping[str, Any]) -> list[Job]:

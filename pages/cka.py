@@ -40,7 +40,7 @@ state.publish(PAGE)
 name = {"A": backend.label(a), "B": backend.label(b)}
 
 
-def stored_or_offer(job, key: str) -> CKAResult | None:
+def stored_or_offer(job, transposed: bool, key: str) -> CKAResult | None:
     """The stored result, or the one action that gets it (nothing runs unasked)."""
     value = backend.stored(job)
     if value is None:
@@ -52,7 +52,7 @@ def stored_or_offer(job, key: str) -> CKAResult | None:
             st.caption("Not computed yet. Results are stored: each view is computed once.")
             return None
         value = backend.run_job(job)
-    return CKAResult.from_dict(value)
+    return CKAResult.from_dict(views.transposed_cka(value) if transposed else value)
 
 
 def describe_pair(res: CKAResult, i: int, j: int, first: str, second: str) -> None:
@@ -80,12 +80,13 @@ def heatmap_exports(res: CKAResult, job, title: str, stem: str, row: str, col: s
 
 
 with page.guard():
-    cka_jobs = views.cka_jobs(backend.model, settings)
+    requests = views.cka_requests(backend.model, settings)
+    cka_jobs = [job for job, _ in requests]
     pairs = views.cka_pairs(settings)
     inputs_label = views.INPUTS
     if view == "Explore":
-        (first, second), job = pairs[0], cka_jobs[0]
-        res = stored_or_offer(job, "cka_compute")
+        (first, second), (job, transposed) = pairs[0], requests[0]
+        res = stored_or_offer(job, transposed, "cka_compute")
         if res is not None:
             cell = settings["cka_cell"]
             i, j = min(int(cell[0]), len(res.layers_a) - 1), min(int(cell[1]), len(res.layers_b) - 1)
@@ -112,8 +113,8 @@ with page.guard():
                     f"{inputs_label[settings['cka_in_a']]} (each model attacked on its own)")
         titles = ["Standard – standard", "Robust – robust", "Standard – robust"]
         results = []
-        for title, job in zip(titles, cka_jobs):
-            res = stored_or_offer(job, f"cka_paper_{title}")
+        for title, (job, transposed) in zip(titles, requests):
+            res = stored_or_offer(job, transposed, f"cka_paper_{title}")
             if res is None:
                 st.stop()
             results.append(res)

@@ -1,8 +1,6 @@
 """Feature manipulation: visualise, find, add and blend the features of robust representations."""
 import numpy as np
 import streamlit as st
-import torch
-
 from core import backend, data, exports, figures, jobs, views
 from ui import page, presentation, sidebar, state, uploads
 from ui.gallery import gallery
@@ -208,14 +206,9 @@ def interpolation() -> None:
 def misclassified() -> list[dict]:
     test = backend.test_set()
     if test is None:
-        out = []
-        for s in backend.samples():
-            with torch.no_grad():
-                pred = int(probe_a(s.tensor()[None].to(probe_a.device)).argmax())
-            if pred != s.label:
-                out.append({"key": s.key, "image": s.image, "label": s.label,
-                            "title": f"{s.title} → {data.CLASSES[pred]}",
-                            "caption": f"→ {data.CLASSES[pred][:6]}"})
+        out = [{"key": s.key, "image": s.image, "label": s.label,
+                "title": f"{s.title} → {data.CLASSES[pred]}", "caption": f"→ {data.CLASSES[pred][:6]}"}
+               for s, pred in views.misclassified_samples(probe_a)]
         st.caption(f"{backend.label(a)} misclassifies {len(out)} of the 20 shipped samples; the "
                    "full test set gives many more.")
         return out

@@ -151,7 +151,9 @@ with right:
                                           "epoch", "training loss / accuracy", height=240),
                             key="st_curve")
         # the CKA of this layer pair, when the CKA explorer has it stored
-        cka = backend.stored(jobs.cka_job(backend.model, front, end))
+        cka_job, transposed = views.cka_request(backend.model, front, end, "blocks")
+        cka = backend.stored(cka_job)
+        cka = views.transposed_cka(cka) if cka is not None and transposed else cka
         if cka is not None and layer in cka["layers_a"] and layer in cka["layers_b"]:
             v = np.asarray(cka["matrix"])[cka["layers_a"].index(layer), cka["layers_b"].index(layer)]
             st.metric("CKA of this layer pair (benign)", f"{float(v):.3f}",

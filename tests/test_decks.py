@@ -54,8 +54,8 @@ def test_deck_precomputes_then_every_view_opens_without_computing(world, tmp_pat
     monkeypatch.setattr(store, "assets", tmp_path / "assets")
     (tmp_path / "assets").mkdir()
     (tmp_path / "assets" / ("0" * 32 + ".json")).write_text("{}")  # a stale key
-    out = cli._precompute(argparse.Namespace(deck=str(DECK), device="cpu", to_assets=True,
-                                             prune=True))
+    out = cli._precompute(argparse.Namespace(deck=str(DECK), ship_list=False, device="cpu",
+                                             to_assets=True, prune=True))
     shipped = sorted(p.stem for p in (tmp_path / "assets").glob("*.json"))
     assert out["pruned"] == 1 and "0" * 32 not in shipped and shipped
     before = len(store.entries())

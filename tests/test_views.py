@@ -1,0 +1,79 @@
+"""Views: settings declared once, validated links, canonical CKA sides, stitching rows."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from core import views
+
+
+def test_every_setting_is_declared_once_with_a_valid_default():
+    seen = set()
+    for page in views.PAGES:
+        for key, s in views.page_settings(page).items():
+            assert key == s.key
+            if s.options is not None:
+                assert s.default in s.options, key
+            if page and s not in views.COMMON:
+                assert key not in seen, f"{key} declared twice"
+                seen.add(key)
+
+
+def test_url_values_are_parsed_and_bad_ones_refused():
+    cka = views.page_settings("cka")
+    assert cka["cka_n"].parse("2000") == 2000
+    assert cka["cka_cell"].parse("3,4") == [3, 4]
+    for bad in ("7", "abc"):
+        with pytest.raises(ValueError):
+            cka["cka_n"].parse(bad)
+    with pytest.raises(ValueError):
+        cka["cka_cell"].parse("1,-2")
+    assert views.settings("inversion", {"inv_steps": "40"})["inv_steps"] == 40
+    with pytest.raises(ValueError, match="no setting"):
+        views.settings("cka", {"inv_steps": "40"})
+
+
+def test_inversion_steps_follow_the_optimiser_until_set():
+    from core import inversion
+    s = views.settings("inversion", {"inv_method": "normgrad"})
+    assert views.inversion_steps(s) == inversion.DEFAULTS["invert"]["normgrad"][0]
+    assert views.inversion_steps({**s, "inv_steps": 40}) == 40
+
+
+def test_b_vs_a_is_a_vs_b_transposed(world):
+    from core import zoo
+    load = lambda s: zoo.load(s, device="cpu")  # noqa: E731
+    x, y = "resnet18-linf-8", "resnet18-standard-s0"
+    ab, t_ab = views.cka_request(load, x, y, "blocks", n=1000)
+    ba, t_ba = views.cka_request(load, y, x, "blocks", n=1000)
+    assert ab.inputs == ba.inputs and t_ab != t_ba           # one job, two views of it
+    value = ab.compute(lambda *a, **k: None)
+    seen = views.transposed_cka(value)
+    np.testing.assert_array_equal(seen["matrix"], np.asarray(value["matrix"]).T)
+    assert seen["layers_a"] == value["layers_b"] and seen["model_a"] == value["model_b"]
+    # with adversarial inputs on one side, the sides swap their inputs and target too
+    j1, _ = views.cka_request(load, x, y, "blocks", "linf", "benign", "a", n=1000)
+    j2, _ = views.cka_request(load, y, x, "blocks", "benign", "linf", "b", n=1000)
+    assert j1.inputs == j2.inputs
+
+
+def test_stitching_rows_follow_a_chosen_robust_model():
+    robust = ["resnet18-l2-0.5", "resnet18-l2-1.0", "resnet18-linf-8"]
+    standard = ["resnet18-standard-s0", "resnet18-standard-s1"]
+    s = views.settings("stitching", {})
+    default = views.stitch_rows(s, robust, standard, chosen_a=False)
+    assert default[0] == ("resnet18-linf-8", "resnet18-standard-s0")
+    assert default[3] == ("resnet18-linf-8", "resnet18-l2-1.0")
+    s = views.settings("stitching", {"a": "resnet18-l2-0.5"})
+    rows = views.stitch_rows(s, robust, standard, chosen_a=True)
+    assert rows[0] == ("resnet18-l2-0.5", "resnet18-standard-s0")
+    assert rows[1] == ("resnet18-standard-s0", "resnet18-l2-0.5")
+    assert rows[3] == ("resnet18-l2-0.5", "resnet18-l2-1.0")
+    s = views.settings("stitching", {"a": "resnet18-l2-0.5", "st_r": "resnet18-l2-1.0"})
+    assert views.stitch_rows(s, robust, standard, chosen_a=True)[0][0] == "resnet18-l2-1.0"
+
+
+def test_deck_values_are_checked(tmp_path):
+    (tmp_path / "d.yaml").write_text("views: [{page: cka, params: {cka_n: 7}}]")
+    with pytest.raises(ValueError, match="cka_n must be one of"):
+        views.load_deck(tmp_path / "d.yaml")
