@@ -8,12 +8,14 @@ import streamlit as st  # noqa: E402
 
 from core import backend  # noqa: E402
 from ui import presentation, sidebar  # noqa: E402
+from ui.handover import app_run  # noqa: E402
 
 st.set_page_config(page_title="RobustLens", page_icon=":material/visibility:", layout="wide")
 
 # URL paths are the file names in pages/: a cold server resolves a first deep
-# link against that folder, and each page's backend.page_setup() then hands the
+# link against that folder, and each page's ui.handover.setup() then hands the
 # visit over to this script (see there).
+presenting = st.session_state.get("present", st.query_params.get("present") == "1")
 pages = st.navigation([
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/cka.py", title="CKA explorer", icon=":material/grid_on:", url_path="cka"),
@@ -23,10 +25,10 @@ pages = st.navigation([
             url_path="inversion"),
     st.Page("pages/manipulation.py", title="Feature manipulation", icon=":material/tune:",
             url_path="manipulation"),
-])
+], position="hidden" if presenting else "sidebar")
 presentation.start()      # keys, slide moves and the presentation CSS, before any widget
 sidebar.draw()
 presentation.bar()
 backend.notices()
-with backend.app_run():
+with app_run():
     pages.run()

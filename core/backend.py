@@ -22,36 +22,6 @@ from .errors import RobustLensError
 from .probe import Probe, pick_device
 from .results import ResultStore
 
-# ---------------------------------------------------------------- deep links
-
-_RUN = threading.local()
-
-
-@contextlib.contextmanager
-def app_run():
-    """app.py runs the chosen page inside this: page_setup() can then tell a
-    page run by app.py from one Streamlit started on its own."""
-    _RUN.in_app = True
-    try:
-        yield
-    finally:
-        _RUN.in_app = False
-
-
-def page_setup() -> None:
-    """First call of every page script. A cold server whose first visitors
-    follow a link to /cka runs pages/cka.py as a legacy "pages directory"
-    page, without app.py (no sidebar, no models): switch Streamlit to the
-    st.navigation mode of app.py and rerun, so the link opens the full app.
-    Decided per script run (a thread-local set by app.py), not by the shared
-    PagesManager flag, which another session may already have flipped."""
-    if getattr(_RUN, "in_app", False):
-        return
-    from streamlit.runtime.pages_manager import PagesManager
-    PagesManager.uses_pages_directory = False
-    st.rerun()
-
-
 # ----------------------------------------------------------------- resources
 
 @st.cache_resource(show_spinner=False)

@@ -1,10 +1,14 @@
 """CKA explorer: layer x layer similarity within and across models, benign or adversarial."""
-import numpy as np
-import streamlit as st
+from ui.handover import setup
 
-from core import backend, exports, figures, views
-from core.cka import CKAResult
-from ui import page, presentation, sidebar, state
+setup()   # before the heavy imports: a cold server's deep link hands over at once
+
+import numpy as np  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from core import backend, exports, figures, views  # noqa: E402
+from core.cka import CKAResult  # noqa: E402
+from ui import page, presentation, sidebar, state  # noqa: E402
 
 PAGE = "cka"
 page.header(PAGE, "CKA explorer",

@@ -1,9 +1,12 @@
 """Home: what each page shows and where it comes from."""
-import streamlit as st
+from ui.handover import setup
 
-from core import backend, zoo
+setup()   # before the heavy imports: a cold server's deep link hands over at once
 
-backend.page_setup()
+import streamlit as st  # noqa: E402
+
+from core import backend, zoo  # noqa: E402
+
 st.title("RobustLens")
 st.markdown(
     "An interactive lab for seeing how **adversarially robust** and **standard** neural "

@@ -1,11 +1,15 @@
 """Representation inversion: click an image, watch a robust and a standard model rebuild it."""
-import numpy as np
-import streamlit as st
-import torch
+from ui.handover import setup
 
-from core import backend, data, exports, figures, views
-from ui import page, presentation, sidebar, state, uploads
-from ui.gallery import gallery
+setup()   # before the heavy imports: a cold server's deep link hands over at once
+
+import numpy as np  # noqa: E402
+import streamlit as st  # noqa: E402
+import torch  # noqa: E402
+
+from core import backend, data, exports, figures, views  # noqa: E402
+from ui import page, presentation, sidebar, state, uploads  # noqa: E402
+from ui.gallery import gallery  # noqa: E402
 
 PAGE = "inversion"
 page.header(PAGE, "Representation inversion",
@@ -81,7 +85,7 @@ with _bottom if big else _top:
                          key="inv_upload", on_change=uploaded)
         error = st.session_state.pop("_upload_error", None)
         if error:
-            st.error(error, icon=":material/broken_image:")
+            st.warning(error, icon=":material/broken_image:")
     items = items_of(source)
     state.seed(PAGE, "inv_img")
     if items:

@@ -1,9 +1,13 @@
 """Feature manipulation: visualise, find, add and blend the features of robust representations."""
-import numpy as np
-import streamlit as st
-from core import backend, data, exports, figures, jobs, views
-from ui import page, presentation, sidebar, state, uploads
-from ui.gallery import gallery
+from ui.handover import setup
+
+setup()   # before the heavy imports: a cold server's deep link hands over at once
+
+import numpy as np  # noqa: E402
+import streamlit as st  # noqa: E402
+from core import backend, data, exports, figures, jobs, views  # noqa: E402
+from ui import page, presentation, sidebar, state, uploads  # noqa: E402
+from ui.gallery import gallery  # noqa: E402
 
 PAGE = "manipulation"
 page.header(PAGE, "Feature manipulation",

@@ -1,11 +1,15 @@
 """Stitching matrix: are robust and standard representations compatible, layer by layer?"""
-import json
+from ui.handover import setup
 
-import numpy as np
-import streamlit as st
+setup()   # before the heavy imports: a cold server's deep link hands over at once
 
-from core import backend, exports, figures, jobs, stitching, views
-from ui import page, presentation, sidebar, state
+import json  # noqa: E402
+
+import numpy as np  # noqa: E402
+import streamlit as st  # noqa: E402
+
+from core import backend, exports, figures, jobs, stitching, views  # noqa: E402
+from ui import page, presentation, sidebar, state  # noqa: E402
 
 PAGE = "stitching"
 RECIPE = jobs.STITCH_RECIPE

@@ -16,7 +16,6 @@ from . import presentation, state
 def header(page: str, title: str, summary: str, details: str) -> None:
     """Title and link on one line, a one-line summary with the paper, the rest in a popover
     (on a projector: the title and the short citation only)."""
-    backend.page_setup()
     with st.container(horizontal=True, vertical_alignment="bottom"):
         st.title(title, width="stretch")
         with st.container(key="share", width="content"):
@@ -55,7 +54,7 @@ def guard() -> Iterator[None]:
     try:
         yield
     except RobustLensError as e:
-        st.error(str(e), icon=":material/error:")
+        st.warning(str(e), icon=":material/error:")
         st.stop()
 
 

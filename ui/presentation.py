@@ -80,10 +80,13 @@ def _switch_to_slide(name: str, deck: dict, index: int) -> None:
 
 
 def start() -> None:
-    """Top of every run: seed the presentation flag, act on a key or a requested slide,
-    then draw the presentation CSS before anything else (no sidebar flash)."""
+    """Top of every run: seed the presentation flag and draw the presentation CSS before
+    anything else (no sidebar flash), then act on a key or a requested slide."""
     if "present" not in st.session_state:
         st.session_state["present"] = st.query_params.get("present") in ("1", "true", "True")
+    st.html(f"<style>{_css('app.css')}</style>")
+    if presenting():
+        st.html(f"<style>{_css('present.css')}</style>")
     current = _deck()
     pressed = None
     if presenting() or current:
@@ -91,6 +94,7 @@ def start() -> None:
                           "key", None)
     if pressed == "exit":
         _leave()
+        st.rerun()              # redraw without the presentation CSS
     elif current and pressed in ("next", "previous"):
         name, deck, i = current
         j = i + (1 if pressed == "next" else -1)
@@ -102,9 +106,6 @@ def start() -> None:
     wanted = st.session_state.pop("_deck_request", None)
     if wanted in decks():
         _switch_to_slide(wanted, views.load_deck(decks()[wanted]), 0)
-    st.html(f"<style>{_css('app.css')}</style>")
-    if presenting():
-        st.html(f"<style>{_css('present.css')}</style>")
 
 
 def bar() -> None:

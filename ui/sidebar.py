@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from core import backend, views
+from core import backend
 from core.errors import RobustLensError
 from core.evaluation import own_pgd20
 
@@ -77,7 +77,7 @@ def _add_model(where) -> None:
             try:
                 probe = backend.model(spec)
             except RobustLensError as e:
-                st.error(str(e))
+                st.warning(str(e), icon=":material/error:")
                 return
             specs = st.session_state.setdefault("custom_specs", [])
             if spec not in specs:
