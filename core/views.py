@@ -213,16 +213,20 @@ def stitch_rows(s: Mapping[str, Any], robust: list[str], standard: list[str],
     """The four (front, end) rows of the stitching matrix, in jobs.STITCH_PAIRS order.
 
     The robust model: st_r, else model A if the person chose a robust one (chosen_a),
-    else the Linf 8/255 model; the second robust model defaults to the first other
-    robust model of L2 1.0, Linf 8/255, in that order."""
+    else the Linf 8/255 model. The robust -> robust row is the reference pair
+    (Linf 8/255 -> L2 1.0) unless st_r2 names the second robust model."""
     def first(*cands: str, pool: list[str], avoid: str = "") -> str:
         return next((c for c in cands if c and c in pool and c != avoid),
                     next((c for c in pool if c != avoid), pool[0]))
     r = first(s.get("st_r", ""), s["a"] if chosen_a else "", STITCH_ROBUST, pool=robust)
     st = first(s.get("st_s", ""), STITCH_STANDARD, pool=standard)
     st2 = first(s.get("st_s2", ""), STITCH_STANDARD_2, pool=standard, avoid=st)
-    r2 = first(s.get("st_r2", ""), STITCH_ROBUST_2, STITCH_ROBUST, pool=robust, avoid=r)
-    return [(r, st), (st, r), (st, st2), (r, r2)]
+    if s.get("st_r2"):
+        pair = (r, first(s["st_r2"], pool=robust, avoid=r))
+    else:
+        front = first(STITCH_ROBUST, pool=robust)
+        pair = (front, first(STITCH_ROBUST_2, pool=robust, avoid=front))
+    return [(r, st), (st, r), (st, st2), pair]
 
 
 # ------------------------------------------------------------------- images

@@ -68,9 +68,11 @@ def test_stitching_rows_follow_a_chosen_robust_model():
     rows = views.stitch_rows(s, robust, standard, chosen_a=True)
     assert rows[0] == ("resnet18-l2-0.5", "resnet18-standard-s0")
     assert rows[1] == ("resnet18-standard-s0", "resnet18-l2-0.5")
-    assert rows[3] == ("resnet18-l2-0.5", "resnet18-l2-1.0")
-    s = views.settings("stitching", {"a": "resnet18-l2-0.5", "st_r": "resnet18-l2-1.0"})
-    assert views.stitch_rows(s, robust, standard, chosen_a=True)[0][0] == "resnet18-l2-1.0"
+    assert rows[3] == ("resnet18-linf-8", "resnet18-l2-1.0")      # the reference pair
+    s = views.settings("stitching", {"a": "resnet18-l2-0.5", "st_r": "resnet18-l2-1.0",
+                                     "st_r2": "resnet18-l2-0.5"})
+    rows = views.stitch_rows(s, robust, standard, chosen_a=True)
+    assert rows[0][0] == "resnet18-l2-1.0" and rows[3] == ("resnet18-l2-1.0", "resnet18-l2-0.5")
 
 
 def test_deck_values_are_checked(tmp_path):
