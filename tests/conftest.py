@@ -37,11 +37,12 @@ SHARED_TARBALL = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 _EXTRACTED: list[str] = []
 
 
-def pytest_configure(config):
-    """Where the user cache holds no CIFAR-10 but the checkout sits next to the
-    team's shared/data tarball (the dev and CI machines), the data tests use it:
-    extracted once per run, before collection, into a temporary folder named by
-    ROBUSTLENS_DATA (inherited by the app servers the browser tests start)."""
+def _use_shared_data() -> None:
+    """Where the user cache holds no CIFAR-10 but the checkout sits next to the team's
+    shared/data tarball (the dev and CI machines), the data tests use it: extracted
+    once per run into a temporary folder named by ROBUSTLENS_DATA (inherited by the app
+    servers the browser tests start). Runs when this file is imported, so that the
+    `needs_data` marks below, evaluated at import, already see it."""
     from core import data
     if os.environ.get("ROBUSTLENS_DATA") or data.has_cifar10("test") or not SHARED_TARBALL.is_file():
         return
@@ -49,6 +50,9 @@ def pytest_configure(config):
     data.extract_archive(SHARED_TARBALL, dest)
     os.environ["ROBUSTLENS_DATA"] = str(dest)
     _EXTRACTED.append(str(dest))
+
+
+_use_shared_data()
 
 
 def pytest_unconfigure(config):
