@@ -250,6 +250,12 @@ def test_deck_steps_with_the_keys_and_ends(browser, offline_server):
         assert not [x for x in labels if x.startswith(("Compute", "Visualise", "Interpolate",
                                                         "Add feature", "Explain"))], labels
         assert not no_truncation(page), (i, no_truncation(page))
+        kind = deck["views"][i]["page"]
+        if kind in PRIMARY:                      # the slide's figure, whole, on the projector
+            figures = page.locator(PRIMARY[kind])
+            wait_until(lambda: figures.count() > 0, 120, f"the figure of slide {i + 1}")
+            for k in range(min(figures.count(), 3)):
+                in_viewport(page, figures.nth(k), PROJECTOR)
         shot(page, f"deck-{i + 1:02d}")
         if i < n - 1:
             page.mouse.click(5, PROJECTOR[1] - 5)       # focus the page, not a field
