@@ -187,7 +187,8 @@ def in_viewport(page, locator, size) -> None:
 PATHS = {"home": "", "cka": "cka", "stitching": "stitching",
          "inversion": "inversion", "manipulation": "manipulation"}
 PRIMARY = {"cka": ".stPlotlyChart", "stitching": ".stPlotlyChart",
-           "inversion": "[data-testid='stImage']", "manipulation": ".rl-gallery"}
+           "inversion": "[data-testid='stImage']",
+           "manipulation": ".rl-gallery, [data-testid='stImage']"}
 
 
 # ----------------------------------------------------------------- the walk
