@@ -1,4 +1,5 @@
-"""Plotly figure builders: data in, go.Figure out (no Streamlit here)."""
+"""Plotly figure builders: data in, go.Figure out (no Streamlit here). Drawing
+only: images are converted in core.images, tap names shortened by core.probe."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -7,15 +8,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .images import to_uint8
+from .probe import short_name
+
 CKA_SCALE = "Viridis"
 FONT = "Inter, Helvetica, Arial, sans-serif"
-
-
-def _short(layer: str) -> str:
-    """Compact tick labels: layer3.1.bn2 -> 3.1.bn2, relu -> stem."""
-    if layer == "relu":
-        return "stem"
-    return layer.replace("layer", "")
 
 
 def click_layer(xs: Sequence, ys: Sequence, customdata: np.ndarray, hovertemplate: str,
@@ -79,12 +76,12 @@ def _style_cka(fig, layers_a, layers_b, name_a, name_b, title, big, row=None, co
     kw = {} if row is None else {"row": row, "col": col}
     fig.update_xaxes(title_text=name_b, tickmode="array",
                      tickvals=list(range(0, len(layers_b), step_b)),
-                     ticktext=[_short(layers_b[i]) for i in range(0, len(layers_b), step_b)],
+                     ticktext=[short_name(layers_b[i]) for i in range(0, len(layers_b), step_b)],
                      tickangle=-60, constrain="domain", range=[-0.5, len(layers_b) - 0.5],
                      showgrid=False, zeroline=False, **kw)
     fig.update_yaxes(title_text=name_a, tickmode="array",
                      tickvals=list(range(0, len(layers_a), step_a)),
-                     ticktext=[_short(layers_a[i]) for i in range(0, len(layers_a), step_a)],
+                     ticktext=[short_name(layers_a[i]) for i in range(0, len(layers_a), step_a)],
                      scaleanchor="x" if row is None else None, constrain="domain",
                      range=[-0.5, len(layers_a) - 0.5], showgrid=False, zeroline=False, **kw)
     size = 20 if big else 13
@@ -117,7 +114,7 @@ def diagonal_profile(series: list[tuple[str, Sequence[str], np.ndarray]], big: b
     """CKA of each layer with the same layer of another model (the diagonal)."""
     fig = go.Figure()
     for name, layers, values in series:
-        fig.add_trace(go.Scatter(x=[_short(layer) for layer in layers], y=values,
+        fig.add_trace(go.Scatter(x=[short_name(layer) for layer in layers], y=values,
                                  mode="lines+markers", name=name))
     fig.update_layout(yaxis=dict(range=[0, 1.02], title="CKA"), xaxis_title="layer",
                       height=360 if not big else 480, font=dict(family=FONT, size=18 if big else 12),
@@ -169,17 +166,8 @@ def curve(xs: Sequence[float], ys: dict[str, Sequence[float]], x_title: str, y_t
     return fig
 
 
-def to_uint8(img) -> np.ndarray:
-    """CHW float tensor/array in [0, 1] (or HWC uint8) -> HWC uint8 for display."""
-    a = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
-    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
-        a = a.transpose(1, 2, 0)  # CHW -> HWC
-    if a.dtype != np.uint8:
-        a = (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return a
-
-
 def upscale(img, factor: int = 6) -> np.ndarray:
-    """Nearest-neighbour enlargement so 32x32 images stay crisp on a projector."""
+    """An image drawn `factor` times larger, nearest-neighbour, so that 32x32 images
+    stay crisp on a projector."""
     a = to_uint8(img)
     return a.repeat(factor, axis=0).repeat(factor, axis=1)
