@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from . import data, jobs
+from . import data, images, jobs
 from .jobs import Job, Loader
 
 # url path -> page script, in menu order
@@ -77,15 +77,8 @@ def image_for(key: str) -> tuple[np.ndarray, str, int | None] | None:
             label = int(test.labels[i])
             return (test.images[i].numpy().transpose(1, 2, 0),
                     f"test image {i}: {data.CLASSES[label]}", label)
-    if key.startswith("upload-"):
-        f = uploads_dir() / f"{key.split('-', 1)[1]}.npy"
-        if f.exists():
-            return np.load(f), "your upload", None
-    return None
-
-
-def uploads_dir() -> Path:
-    return data.cache_dir() / "uploads" / "images"
+    upload = images.saved_upload(key)
+    return None if upload is None else (upload, "your upload", None)
 
 
 # --------------------------------------------------------------------- jobs
@@ -109,13 +102,7 @@ def stitch_pairs(s: dict) -> list[tuple[str, str]]:
 
 
 def stitching_jobs(load: Loader, s: dict) -> list[Job]:
-    from . import stitching
-    pairs = stitch_pairs(s)
-    layers = [la for la in stitching.common_stitch_points(load(pairs[0][0]), load(pairs[0][1]))
-              if la != "avgpool"]
-    cells = [jobs.stitch_cell_job(load, f, e, la, s["st_method"]) for f, e in pairs for la in layers]
-    refs = [jobs.accuracy_job(load, m) for m in dict.fromkeys(x for p in pairs for x in p)]
-    return cells + refs
+    return jobs.stitch_matrix(load, stitch_pairs(s), s["st_method"]).jobs()
 
 
 def inversion_jobs(load: Loader, s: dict) -> list[Job]:

@@ -1,11 +1,8 @@
 """Representation inversion: click an image, watch a robust and a standard model rebuild it."""
-import hashlib
-
 import numpy as np
 import streamlit as st
-import torch
 
-from core import backend, data, exports, figures, inversion, views
+from core import backend, data, exports, figures, images, inversion, views
 from core.errors import BadImageError
 
 PAPER = ("Engstrom, Ilyas, Santurkar, Tsipras, Tran, Madry: *Adversarial Robustness as a Prior "
@@ -18,17 +15,9 @@ backend.page_header("Representation inversion", "Click an image. Each model gets
 
 a, b = backend.selected("a"), backend.selected("b")
 PAGE = "inversion"
-UPLOADS = views.uploads_dir()
 
 
 # ------------------------------------------------------------------ sources
-
-def uploaded_images() -> dict[str, np.ndarray]:
-    """Uploads of this server, kept as 32x32 uint8 arrays so links to them work."""
-    if not UPLOADS.exists():
-        return {}
-    return {f"upload-{f.stem}": np.load(f) for f in sorted(UPLOADS.glob("*.npy"))}
-
 
 def gallery_items(source: str) -> list[dict]:
     if source == "samples":
@@ -42,13 +31,13 @@ def gallery_items(source: str) -> list[dict]:
         backend.url_state("inv_page", 0)
         page = st.number_input("Page of the shuffled test set", 0, len(test) // 24 - 1,
                                key="inv_page", help="24 images a page, in a fixed shuffle.")
-        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
+        order = data.shuffled_order(len(test))
         idx = order[page * 24:(page + 1) * 24].tolist()
         return [{"key": f"test-{i}", "image": test.images[i].numpy().transpose(1, 2, 0),
                  "title": f"test image {i}: {data.CLASSES[int(test.labels[i])]}",
                  "caption": data.CLASSES[int(test.labels[i])]} for i in idx]
     return [{"key": k, "image": v, "title": "your upload", "caption": "upload"}
-            for k, v in uploaded_images().items()]
+            for k, v in images.saved_uploads().items()]
 
 
 # In presentation mode the reconstructions come first: on a projector the gallery
@@ -69,14 +58,11 @@ with _bottom if backend.presenting() else _top:
                               "resized to 32x32)", key="inv_upload")
         if up is not None:
             try:
-                arr = data.load_upload(up.getvalue())
+                arr = images.load_upload(up.getvalue())
             except BadImageError as e:
                 st.error(f"{up.name}: {e}", icon=":material/broken_image:")
             else:
-                digest = hashlib.sha256(arr.tobytes()).hexdigest()[:12]
-                UPLOADS.mkdir(parents=True, exist_ok=True)
-                np.save(UPLOADS / f"{digest}.npy", arr)
-                st.session_state["inv_img"] = f"upload-{digest}"
+                st.session_state["inv_img"] = images.save_upload(arr)
 
     items = gallery_items(source)
     backend.url_state("inv_img", items[0]["key"] if items else "foolbox-00")

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import streamlit as st
 
-from core import backend, exports, figures, jobs, stitching
+from core import backend, exports, figures, jobs
 
 PAPER = ("Balogh & Jelasity: *On the Functional Similarity of Robust and Non-Robust Neural "
          "Representations*, ICML 2023; direct matching after their AAAI 2025 follow-up")
@@ -54,24 +54,18 @@ row_labels = [f"{name}<br><sup>{backend.label(f)} → {backend.label(e)}</sup>"
               for name, (f, e) in zip(jobs.STITCH_PAIRS, pairs)]
 
 with backend.guard():
-    layers = stitching.common_stitch_points(backend.model(r1), backend.model(s1))
-    layers = [la for la in layers if la != "avgpool"]
-    cell_jobs = [[jobs.stitch_cell_job(backend.model, f, e, la, method) for la in layers]
-                 for f, e in pairs]
-    cells = [[backend.stored(j) for j in row] for row in cell_jobs]
-    ref_jobs = {s: jobs.accuracy_job(backend.model, s) for s in {x for p in pairs for x in p}}
-    refs = {s: backend.stored(j) for s, j in ref_jobs.items()}
+    plan = jobs.stitch_matrix(backend.model, pairs, method)  # the grid stitching.matrix uses
+    layers, cell_jobs, ref_jobs = plan.grid.layers, plan.cells, plan.donors
+    got = {j.key: backend.stored(j) for j in plan.jobs()}
+    cells = [[got[j.key] for j in row] for row in cell_jobs]
+    refs = {s: got[j.key] for s, j in ref_jobs.items()}
+    matrix = plan.result(lambda j: got[j.key])
 
 key = "robust_accuracy" if metric.startswith("robust") else "clean_accuracy"
-values = np.full((len(pairs), len(layers)), np.nan)
-for i, row in enumerate(cells):
-    for j, cell in enumerate(row):
-        if cell is not None and cell.get(key) is not None:
-            values[i, j] = cell[key]
-            end_ref = refs.get(pairs[i][1])
-            if metric.endswith("_rel"):
-                values[i, j] = (cell[key] / end_ref[key] if end_ref and end_ref.get(key)
-                                else np.nan)
+values = matrix.robust if metric.startswith("robust") else matrix.clean
+if metric.endswith("_rel"):
+    ends = [np.nan if not (ref and ref.get(key)) else ref[key] for ref in matrix.end_accuracy]
+    values = values / np.array(ends)[:, None]
 
 backend.url_state("st_cell", [0, 0])
 sel = st.session_state["st_cell"]

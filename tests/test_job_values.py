@@ -129,6 +129,11 @@ def computed(tiny_world, tmp_path_factory):
     mp.undo()
 
 
+# the one computation issue 17 changes: CKA on the whole test set read it class by
+# class; now in seeded random batches (cka version 2), so its values move
+FIXED = {"cka-whole-test-set"}
+
+
 def test_job_values_agree_with_the_record(computed):
     if os.environ.get("RL_RECORD_JOB_VALUES"):
         RECORD.write_text(json.dumps(computed, indent=1, sort_keys=True) + "\n")
@@ -138,8 +143,22 @@ def test_job_values_agree_with_the_record(computed):
     for name, then in recorded.items():
         now = computed[name]
         assert now["kind"] == then["kind"]
-        assert now["inputs"] == then["inputs"] and now["key"] == then["key"], name
         assert set(now["values"]) == set(then["values"]), name
         bad = {k: (then["values"][k], v) for k, v in now["values"].items()
                if not close(v, then["values"][k])}
-        assert not bad, (name, dict(list(bad.items())[:5]))
+        if name in FIXED:
+            assert any(k.startswith("/matrix") for k in bad), name
+        else:
+            assert not bad, (name, dict(list(bad.items())[:5]))
+
+
+def test_kinds_left_at_version_1_keep_their_keys(computed):
+    recorded = json.loads(RECORD.read_text())
+    for name, then in recorded.items():
+        now = computed[name]
+        version = jobs.KINDS[now["kind"]].version
+        if version == 1:
+            assert now["inputs"] == then["inputs"] and now["key"] == then["key"], name
+        else:  # the version is one more input: the same inputs otherwise, another key
+            assert now["inputs"] == {**then["inputs"], "version": version}, name
+            assert now["key"] != then["key"], name
