@@ -50,27 +50,25 @@ def bench_pgd(device: torch.device) -> dict:
     import torchattacks
     model = zoo.load(LINF, device=device)
     test = data.cifar10("test")
-    x_all, y_all = test.images.to(device).float() / 255, test.labels.to(device)
     batch = 1000
     atk = attacks.PGD("linf", 8 / 255, 2 / 255, 20)
 
-    def ours(attack):
-        return attacks.accuracy(model, ((x_all[s:s + batch], y_all[s:s + batch])
-                                        for s in range(0, len(y_all), batch)), attack=attack)
+    def ours(attack):  # the same batches as the peer's: the test set in its order
+        return attacks.accuracy(model, test, attack, device, batch_size=batch, shuffle_seed=None)
     ta = torchattacks.PGD(model, eps=8 / 255, alpha=2 / 255, steps=20, random_start=True)
 
     def peer():
         correct = 0
-        for s in range(0, len(y_all), batch):
-            xa = ta(x_all[s:s + batch], y_all[s:s + batch])
+        for x, y in data.batches(test, batch, device, shuffle_seed=None):
+            xa = ta(x, y)
             with torch.no_grad():
-                correct += int((model(xa).argmax(1) == y_all[s:s + batch]).sum())
-        return correct / len(y_all)
+                correct += int((model(xa).argmax(1) == y).sum())
+        return correct / len(test)
     ours(atk)  # warm-up (cuDNN autotuning, allocator)
     acc_fast, t_fast = timed(device, lambda: ours(atk.for_accuracy()))
     acc_last, t_last = timed(device, lambda: ours(atk))
     acc_peer, t_peer = timed(device, peer)
-    return {"images": len(y_all), "batch": batch,
+    return {"images": len(test), "batch": batch,
             "robustlens_accuracy_mode": {"seconds": t_fast, "accuracy": acc_fast},
             "robustlens_last_iterate": {"seconds": t_last, "accuracy": acc_last},
             "torchattacks_pgd": {"seconds": t_peer, "accuracy": acc_peer}}
@@ -93,12 +91,10 @@ def bench_inversion(device: torch.device) -> dict:
 
 def bench_cka(device: torch.device) -> dict:
     a, b = zoo.load(LINF, device=device), zoo.load(STANDARD, device=device)
-    test = data.cifar10("test")
-    perm = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
-    shuffled = test.subset(perm.tolist())  # seeded random batches, not class-sorted ones
+    test = data.cifar10("test")  # read in seeded random batches, not class-sorted ones
     layers_a, layers_b = a.all_layers, b.all_layers
-    cka.cka_matrix(a, b, data.fixed_subset(test, 1024), layers_a, layers_b)  # warm-up
-    res, secs = timed(device, lambda: cka.cka_matrix(a, b, shuffled, layers_a, layers_b,
+    cka.cka_matrix(a, b, test, layers_a, layers_b, limit=1024)  # warm-up
+    res, secs = timed(device, lambda: cka.cka_matrix(a, b, test, layers_a, layers_b,
                                                      batch_size=1024))
     return {"images": len(test), "taps": [len(layers_a), len(layers_b)], "batch": 1024,
             "seconds": secs, "mean_same_layer_cka": float(torch.as_tensor(

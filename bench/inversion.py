@@ -59,8 +59,8 @@ def first_frame(model: Probe, image: torch.Tensor) -> float:
     t0 = time.perf_counter()
     seen = []
 
-    def progress(step, total, loss, images):
-        if images is not None:
+    def progress(event):
+        if event.preview is not None:
             seen.append(time.perf_counter() - t0)
             raise Seen
 

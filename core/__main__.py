@@ -10,6 +10,7 @@ import json  # noqa: E402
 import sys  # noqa: E402
 
 from . import cli  # noqa: E402
+from .results import plain  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,7 +25,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if result is not None:
-        print(json.dumps(result, indent=2, default=str))
+        print(json.dumps(plain(result), indent=2))
     return 0
 
 

@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Callable, Iterable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .data import batch_sizes, batches
+from .images import norms
+from .progress import Reporter, report
+
 NORMS = ("linf", "l2")
-
-
-def _flat_norm(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).norm(dim=1).view(-1, *([1] * (t.ndim - 1)))
+Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _random_start(x: torch.Tensor, norm: str, eps: float,
@@ -31,19 +32,19 @@ def _random_start(x: torch.Tensor, norm: str, eps: float,
     g = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     r = torch.rand((x.shape[0],), generator=generator, device=x.device, dtype=x.dtype)
     r = (eps * r.pow(1.0 / d)).view(-1, *([1] * (x.ndim - 1)))
-    return g / _flat_norm(g).clamp_min(1e-12) * r
+    return g / norms(g) * r
 
 
 def _project(delta: torch.Tensor, norm: str, eps: float) -> torch.Tensor:
     if norm == "linf":
         return delta.clamp(-eps, eps)
-    return delta * (eps / _flat_norm(delta).clamp_min(1e-12)).clamp(max=1.0)
+    return delta * (eps / norms(delta)).clamp(max=1.0)
 
 
 def _ascent(grad: torch.Tensor, norm: str, step_size: float) -> torch.Tensor:
     if norm == "linf":
         return step_size * grad.sign()
-    return step_size * grad / _flat_norm(grad).clamp_min(1e-12)
+    return step_size * grad / norms(grad)
 
 
 def pgd(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch.Tensor,
@@ -161,24 +162,48 @@ class PGD:
         return PGD("l2", 1.0, 0.1, 20)
 
 
-def accuracy(model: nn.Module, loader: Iterable, attack: Callable | None = None,
-             device: torch.device | str | None = None,
-             progress: Callable[[int, int], None] | None = None) -> float:
-    """Top-1 accuracy in [0, 1] of model on (x, y) batches, optionally under attack.
+def perturb(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """attack(model, x, y), detached; the attack gets input gradients even when the
+    caller runs under torch.no_grad()."""
+    with torch.enable_grad():
+        return attack(model, x, y).detach()
 
-    `loader` is any iterable of (x, y) batches, or an ImageTensorDataset
-    (evaluated in batches of 256).
+
+def examples(model: nn.Module, source: Any, attack: Attack, batch_size: int,
+             device: torch.device | str | None = None, shuffle_seed: int | None = 0,
+             limit: int | None = None, progress: Reporter | None = None) -> torch.Tensor:
+    """Adversarial examples of every image that core.data.batches reads with these
+    arguments, in that order, on the CPU: made once, they stand for attack(model,
+    x, y) of the same batches (a seeded attack gives the same examples per batch)."""
+    device = device or next(model.parameters()).device
+    sizes = batch_sizes(source, batch_size, limit)
+    total = sum(sizes) if sizes is not None else None
+    out, done = [], 0
+    for x, y in batches(source, batch_size, device, shuffle_seed, limit):
+        out.append(perturb(attack, model, x, y).cpu())
+        done += len(y)
+        report(progress, done, total or done, f"adversarial examples: {done} images")
+    if not out:
+        raise ValueError("examples() got no data")
+    return torch.cat(out)
+
+
+def accuracy(model: nn.Module, loader: Any, attack: Callable | None = None,
+             device: torch.device | str | None = None, progress: Reporter | None = None,
+             *, batch_size: int = 256, shuffle_seed: int | None = 0,
+             limit: int | None = None) -> float:
+    """Top-1 accuracy in [0, 1] of model on `loader`, optionally under attack.
+
+    `loader` is anything core.data.batches reads (an ImageTensorDataset is read in
+    seeded random batches of batch_size; an iterable of (x, y) batches as it
+    comes); limit: the first `limit` images only.
     """
     if device is None:
         device = next(model.parameters()).device
-    if hasattr(loader, "batches"):
-        total_n = len(loader)
-        loader = loader.batches(256, device)
-    else:
-        total_n = None
+    sizes = batch_sizes(loader, batch_size, limit)
+    total = sum(sizes) if sizes is not None else None
     correct, n = 0, 0
-    for x, y in loader:
-        x, y = x.to(device), y.to(device)
+    for x, y in batches(loader, batch_size, device, shuffle_seed, limit):
         with torch.no_grad():
             ok = model(x).argmax(1) == y
         if attack is not None and ok.any():
@@ -190,8 +215,7 @@ def accuracy(model: nn.Module, loader: Iterable, attack: Callable | None = None,
             ok = torch.zeros_like(ok)
         correct += int(ok.sum())
         n += len(y)
-        if progress is not None:
-            progress(n, total_n or n)
+        report(progress, n, total or n, f"{n} of {total or n} images")
     if n == 0:
         raise ValueError("accuracy() got no data")
     return correct / n

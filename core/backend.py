@@ -17,9 +17,11 @@ from typing import Any, Callable, Iterator
 import streamlit as st
 import torch
 
-from . import data, zoo
+from . import data, runner, zoo
 from .errors import RobustLensError
+from .jobs import Job
 from .probe import Probe, pick_device
+from .progress import Event
 from .results import ResultStore
 
 # ----------------------------------------------------------------- resources
@@ -127,33 +129,6 @@ def standard_specs() -> list[str]:
 
 # ------------------------------------------------------------------ compute
 
-def run_cached(kind: str, inputs: dict, compute: Callable[[Callable], Any],
-               label: str) -> Any:
-    """The stored result for (kind, inputs), computing it once with progress.
-
-    compute(progress) receives progress(done, total, message=""). A CUDA out-of-
-    memory error retries on the CPU with a message.
-    """
-    st_store = store()
-    value = st_store.get(kind, inputs)
-    if value is not None:
-        return value
-    with st.status(label, expanded=True) as status:
-        bar = st.progress(0.0, text="waiting for the compute queue...")
-        t0 = time.time()
-
-        def progress(done: float, total: float, message: object = "", *_: object) -> None:
-            frac = 0.0 if not total else min(1.0, done / total)
-            text = f"loss {message:.4f}" if isinstance(message, float) else str(message)
-            bar.progress(frac, text=f"{text} ({time.time() - t0:.0f} s)".strip())
-
-        with compute_lock(), _oom_to_cpu():
-            value, _ = st_store.get_or_compute(kind, inputs, lambda: compute(progress))
-        status.update(label=f"{label}: done in {time.time() - t0:.1f} s", state="complete",
-                      expanded=False)
-    return value
-
-
 @contextlib.contextmanager
 def _oom_to_cpu() -> Iterator[None]:
     """Out of GPU memory: free it, switch this session to the CPU and run the page
@@ -177,53 +152,36 @@ def notices() -> None:
         st.warning(note, icon=":material/memory:")
 
 
-def stored(job) -> Any | None:
+def stored(job: Job) -> Any | None:
     """The stored result of a core.jobs.Job, without computing anything."""
-    return store().get(job.kind, job.inputs)
+    return runner.stored(job, store())
 
 
-def run_job(job) -> Any:
-    """The result of a core.jobs.Job: from the store, or computed once with progress."""
-    return run_cached(job.kind, job.inputs, job.compute, job.label)
+def run_job(job: Job) -> Any:
+    """The result of a job: from the store, or computed once (core.runner), with a
+    status box and a progress bar in the page, one heavy computation per server."""
+    value = stored(job)
+    if value is not None:
+        return value
+    with st.status(job.label, expanded=True) as status:
+        bar = st.progress(0.0, text="waiting for the compute queue...")
+        t0 = time.time()
+
+        def progress(e: Event) -> None:
+            text = e.text or (f"loss {e.loss:.4f}" if e.loss is not None else "")
+            bar.progress(e.fraction, text=f"{text} ({time.time() - t0:.0f} s)".strip())
+
+        with compute_lock(), _oom_to_cpu():
+            value, _ = runner.run(job, progress, store())
+        status.update(label=f"{job.label}: done in {time.time() - t0:.1f} s", state="complete",
+                      expanded=False)
+    return value
 
 
-def run_live(job_list: list, show: Callable[[int, int, int, float, Any], None]) -> list:
-    """Run optimisation jobs side by side (a thread each), calling
-    show(job_index, step, steps, loss, images_or_None) from this script thread
-    as frames arrive. Stored results come back at once; one computation per key."""
-    import queue
-    st_store = store()
-    results = [st_store.get(j.kind, j.inputs) for j in job_list]
-    todo = [i for i, r in enumerate(results) if r is None]
-    if not todo:
-        return results
-    events: queue.Queue = queue.Queue()
-    errors: list[BaseException] = []
-
-    def work(i: int) -> None:
-        job = job_list[i]
-        try:
-            value, _ = st_store.get_or_compute(
-                job.kind, job.inputs,
-                lambda: job.compute(lambda step, steps, loss, images=None:
-                                    events.put((i, step, steps, loss, images))))
-            results[i] = value
-        except BaseException as e:  # reported in the script thread below
-            errors.append(e)
+def run_live(job_list: list[Job], show: Callable[[int, Event], None]) -> list:
+    """Optimisation jobs side by side (core.runner), show(job index, event) drawing
+    their frames in the page as they arrive; stored results come back at once."""
+    if all(stored(j) is not None for j in job_list):
+        return [stored(j) for j in job_list]
     with compute_lock(), _oom_to_cpu():
-        threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in todo]
-        for t in threads:
-            t.start()
-        while any(t.is_alive() for t in threads) or not events.empty():
-            try:
-                i, step, steps, loss, images = events.get(timeout=0.1)
-            except queue.Empty:
-                continue
-            show(i, step, steps, loss, images)
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-    return results
-
-
+        return runner.run_side_by_side(job_list, show, store())

@@ -27,23 +27,20 @@ Conventions:
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
-import threading
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from .attacks import Attack, perturb
+from .data import batch_sizes, batches
 from .probe import Probe
+from .progress import Reporter, report
 
 Array = torch.Tensor | np.ndarray
-Attack = Callable[[torch.nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
-ProgressFn = Callable[[int, int, str], None]
 
 KERNELS = ("linear", "rbf")
 ADV_AGAINST = ("self", "a", "b")
@@ -316,43 +313,6 @@ def _describe(attack: Attack | None) -> str:
     return attack.describe() if hasattr(attack, "describe") else repr(attack)
 
 
-# Adversarial batches made by seeded, deterministic attacks (attacks.PGD), kept for
-# reuse within the process: the paper view's three panels attack each model twice
-# on the same images, and switching views recomputes nothing. LRU, bounded in bytes.
-_ADV_CACHE: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-_ADV_CACHE_BYTES = 512 * 2**20
-_adv_lock = threading.Lock()
-
-
-def _adv_key(attack: Attack, model: Probe, x: torch.Tensor, y: torch.Tensor) -> str | None:
-    to_dict = getattr(attack, "to_dict", None)
-    if to_dict is None or not hasattr(model, "identity"):
-        return None  # an arbitrary callable may be random: never reuse its output
-    h = hashlib.sha256(json.dumps([to_dict(), model.identity(), str(x.dtype), list(x.shape)],
-                                  sort_keys=True, default=str).encode())
-    h.update(x.detach().cpu().contiguous().numpy().tobytes())
-    h.update(y.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
-def _adversarial(attack: Attack, model: Probe, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    key = _adv_key(attack, model, x, y)
-    with _adv_lock:
-        hit = _ADV_CACHE.get(key) if key else None
-        if hit is not None:
-            _ADV_CACHE.move_to_end(key)
-            return hit.to(model.device)
-    # the attack needs input gradients even if the caller disabled them
-    with torch.enable_grad():
-        xa = attack(model, x.to(model.device), y.to(model.device)).detach()
-    if key:
-        with _adv_lock:
-            _ADV_CACHE[key] = xa.cpu()
-            while sum(t.numel() * t.element_size() for t in _ADV_CACHE.values()) > _ADV_CACHE_BYTES:
-                _ADV_CACHE.popitem(last=False)
-    return xa
-
-
 def _layer_kernel(out: torch.Tensor, kernel: str, sigma_frac: float) -> torch.Tensor:
     """One tap's (n, n) kernel from its output, which stays untouched."""
     X = out.flatten(1)
@@ -381,40 +341,40 @@ def _batch_kernels(model: Probe, x: torch.Tensor, layers: list[str], kernel: str
     return kernels
 
 
-def _count_images(loader: Any) -> int | None:
-    if hasattr(loader, "dataset"):
-        return len(loader.dataset)
-    if isinstance(loader, (list, tuple)):
-        return sum(len(batch[0]) for batch in loader)
-    return None
-
-
-def cka_matrix(model_a: Probe, model_b: Probe, loader: Iterable | Any,
+def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
                layers_a: Sequence[str] | None = None, layers_b: Sequence[str] | None = None,
                kernel: str = "linear", unbiased: bool = True,
                attack_a: Attack | None = None, attack_b: Attack | None = None,
                adv_against: str = "self", sigma_frac: float = 0.8,
-               progress: ProgressFn | None = None, batch_size: int = 1024) -> CKAResult:
+               progress: Reporter | None = None, batch_size: int = 1024, *,
+               limit: int | None = None, shuffle_seed: int | None = 0,
+               examples_a: torch.Tensor | None = None,
+               examples_b: torch.Tensor | None = None) -> CKAResult:
     """Minibatch CKA of every layer of model_a against every layer of model_b.
 
     CKA = sum_b HSIC(K_b, L_b) / sqrt(sum_b HSIC(K_b, K_b) * sum_b HSIC(L_b, L_b))
-    over the batches of `loader` (Nguyen et al. 2021). `loader` yields (x in
-    [0, 1], y) batches, or is an ImageTensorDataset read in batches of
-    `batch_size`. Memory is one forward pass plus a (layers, n, n) float64
-    kernel stack per side, n the batch size: activations are reduced to their
-    kernels inside the forward hooks, never kept, whatever the data size.
+    over the batches of `loader` (Nguyen et al. 2021): anything core.data.batches
+    reads. A data set is read in seeded random batches of `batch_size` (the first
+    `limit` images of the order of shuffle_seed): a data set stored class by class
+    read in order would give every batch a single class, and the minibatch
+    estimate then measures something else. An iterable of (x, y) batches is read
+    as it comes. Memory is one forward pass plus a (layers, n, n) float64 kernel
+    stack per side, n the batch size: activations are reduced to their kernels
+    inside the forward hooks, never kept, whatever the data size.
 
     attack_a / attack_b: None (benign inputs) or an attack callable as
     attack(model, x, y), e.g. attacks.PGD. adv_against says which model the
     adversarial examples are made against: "self" (each side its own model),
     "a" or "b" (that model, for every side with an attack). When both sides see
     the same inputs and model_a is model_b, one forward pass serves both.
+    examples_a / examples_b: that side's adversarial examples made beforehand
+    (attacks.examples with the same loader, batch_size, shuffle_seed and limit),
+    used instead of running its attack again.
 
     Gram matrices are float32 products of the activations (of the activations
     minus the batch's first example where the mean dwarfs the spread, which
     keeps them precise), HSIC float64: CKA agrees with float64 to ~1e-6.
-    progress(done_images, total_images, message) is called after every batch
-    (total_images = done_images when the loader's size is unknown).
+    progress: an Event after every batch, counting images.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, not {kernel!r}")
@@ -442,34 +402,42 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Iterable | Any,
     idx_a = [names_a.index(n) for n in layers_a]
     idx_b = [names_b.index(n) for n in layers_b]
 
-    device = model_a.device
-    if hasattr(loader, "batches"):
-        total = len(loader)
-        if 0 < total % batch_size < min_n:
-            raise ValueError(f"{total} images in batches of {batch_size} leave a last batch "
-                             f"of {total % batch_size}; CKA needs at least {min_n} per batch")
-        batches: Iterable = loader.batches(batch_size, device)
-    else:
-        total, batches = _count_images(loader), loader
+    sizes = batch_sizes(loader, batch_size, limit)
+    total = sum(sizes) if sizes is not None else None
+    small = [s for s in sizes or [] if s < min_n]
+    if small:  # before any attack runs, not at the last batch
+        raise ValueError(f"{total} images in batches of {batch_size} leave a batch of "
+                         f"{small[0]}; CKA needs at least {min_n} per batch")
+    for side, ex in (("a", examples_a), ("b", examples_b)):
+        if ex is not None and total is not None and len(ex) != total:
+            raise ValueError(f"examples_{side} holds {len(ex)} images for {total} in the data")
 
+    def side_inputs(side: str, x: torch.Tensor, y: torch.Tensor, start: int) -> torch.Tensor:
+        attack, ex = (attack_a, examples_a) if side == "a" else (attack_b, examples_b)
+        if attack is None:
+            return x
+        if ex is not None:
+            return ex[start:start + len(x)].to(x.device)
+        model = target(side)
+        return perturb(attack, model, x.to(model.device), y.to(model.device))
+
+    device = model_a.device
     start = time.perf_counter()
     sum_ab = torch.zeros(len(layers_a), len(layers_b), dtype=torch.float64, device=device)
     sum_aa = torch.zeros(len(layers_a), dtype=torch.float64, device=device)
     sum_bb = torch.zeros(len(layers_b), dtype=torch.float64, device=device)
     per_batch: list[torch.Tensor] = []
     done, largest = 0, 0
-    for x, y in batches:
+    for x, y in batches(loader, batch_size, device, shuffle_seed, limit):
         if len(x) < min_n:
             raise ValueError(f"a batch of {len(x)} images is too small: "
                              f"{'unbiased' if unbiased else 'biased'} HSIC needs {min_n}")
-        x, y = x.to(device), y.to(device)
-        xa = x if attack_a is None else _adversarial(attack_a, target("a"), x, y)
+        xa = side_inputs("a", x, y, done)
         ka = _batch_kernels(model_a, xa, names_a, kernel, unbiased, sigma_frac)
         if shared:
             kb = ka
         else:
-            xb = xa if same_inputs else (
-                x if attack_b is None else _adversarial(attack_b, target("b"), x, y))
+            xb = xa if same_inputs else side_inputs("b", x, y, done)
             kb = _batch_kernels(model_b, xb, names_b, kernel, unbiased, sigma_frac).to(device)
         hab = ka.cross(kb)[idx_a][:, idx_b]
         haa = ka.self_hsic()[idx_a]
@@ -481,8 +449,7 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Iterable | Any,
         per_batch.append(_cka(hab, haa, hbb))
         done += len(x)
         largest = max(largest, len(x))
-        if progress is not None:
-            progress(done, total or done, f"CKA: {done} of {total or done} images")
+        report(progress, done, total or done, f"CKA: {done} of {total or done} images")
     if not per_batch:
         raise ValueError("cka_matrix got no data")
 
@@ -493,8 +460,7 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Iterable | Any,
     return CKAResult(
         matrix=matrix, spread=spread, layers_a=layers_a, layers_b=layers_b,
         model_a=model_a.identity(), model_b=model_b.identity(), n=done,
-        n_batches=len(per_batch), kernel=kernel, unbiased=unbiased,
-        batch_size=batch_size if hasattr(loader, "batches") else largest,
+        n_batches=len(per_batch), kernel=kernel, unbiased=unbiased, batch_size=largest,
         sigma_frac=sigma_frac if kernel == "rbf" else None,
         attack_a=_describe(attack_a), attack_b=_describe(attack_b),
         adv_against=adv_against, seconds=time.perf_counter() - start)

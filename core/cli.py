@@ -193,18 +193,6 @@ def _data(args: argparse.Namespace) -> dict:
     return found
 
 
-def _progress_printer(label: str):
-    import time
-    t0 = time.time()
-
-    def progress(done: float, total: float, message: object = "", *_: object) -> None:
-        frac = 0 if not total else done / total
-        text = f"loss {message:.4f}" if isinstance(message, float) else str(message)
-        print(f"\r{label[:60]}: {frac:6.1%} {text[:50]:50s} {time.time() - t0:6.0f} s",
-              end="", file=sys.stderr, flush=True)
-    return progress
-
-
 def _loader(device: str | None):
     from functools import lru_cache
 
@@ -218,27 +206,19 @@ def _loader(device: str | None):
 
 def run_job(job, force: bool = False):
     """Run a core.jobs.Job through the results store, printing progress."""
-    from .results import default_store
-    store = default_store()
-    if force:
-        store.delete(job.kind, job.inputs)
-    value, fresh = store.get_or_compute(job.kind, job.inputs,
-                                        lambda: job.compute(_progress_printer(job.label)))
+    from . import progress, runner
+    value, fresh = runner.run(job, progress.printer(job.label), force=force)
     print(("\n" if fresh else "") + f"{job.label}: {'computed' if fresh else 'from the store'}",
           file=sys.stderr)
     return value
 
 
 def _write_out(value, out: str | None):
-    import json
-
-    import numpy as np
+    from .results import plain
     if out is None:
         return value
-    plain = json.loads(json.dumps(value, default=lambda v: v.tolist() if isinstance(
-        v, np.ndarray) else float(v) if hasattr(v, "item") else str(v)))
     with open(out, "w") as f:
-        json.dump(plain, f, indent=1)
+        json.dump(plain(value), f, indent=1)
     return {"written": out}
 
 
@@ -285,7 +265,7 @@ def _stitch_args(p: argparse.ArgumentParser) -> None:
 
 def _stitch(args: argparse.Namespace):
     """Stitching cells for model pairs (default: the four pairs of the shipped zoo)."""
-    from . import jobs, stitching
+    from . import jobs
     load = _loader(args.device)
     if args.front or args.end:
         if not args.front or not args.end or len(args.front) != len(args.end):
@@ -294,19 +274,17 @@ def _stitch(args: argparse.Namespace):
     else:
         pairs = jobs.default_stitch_pairs()
     methods = ["task", "direct"] if args.method == "both" else [args.method]
-    out: dict = {"pairs": [], "accuracy": {}}
-    for spec in sorted({s for p in pairs for s in p}):
-        out["accuracy"][spec] = run_job(jobs.accuracy_job(load, spec), args.force)
-    for front, end in pairs:
-        layers = [la for la in stitching.common_stitch_points(load(front), load(end))
-                  if la != "avgpool"] if args.layers == "all" else args.layers.split(",")
-        row = {"front": front, "end": end, "cells": {}}
-        for method in methods:
-            for layer in layers:
-                cell = run_job(jobs.stitch_cell_job(load, front, end, layer, method), args.force)
-                row["cells"][f"{method}/{layer}"] = {
+    layers = None if args.layers == "all" else args.layers.split(",")
+    matrices = [jobs.stitch_matrix(load, pairs, method, layers) for method in methods]
+    out: dict = {"pairs": [{"front": f, "end": e, "cells": {}} for f, e in pairs],
+                 "accuracy": {s: run_job(job, args.force)
+                              for s, job in sorted(matrices[0].donors.items())}}
+    for m in matrices:
+        for row, cell_jobs in zip(out["pairs"], m.cells):
+            for layer, job in zip(m.grid.layers, cell_jobs):
+                cell = run_job(job, args.force)
+                row["cells"][f"{m.method}/{layer}"] = {
                     k: cell[k] for k in ("clean_accuracy", "robust_accuracy", "dm_error")}
-        out["pairs"].append(row)
     return _write_out(out, args.out) if args.out else out
 
 
@@ -327,13 +305,13 @@ def _invert(args: argparse.Namespace) -> dict:
     """Reconstruct images from their representations (stored; PNGs with --out)."""
     from pathlib import Path
 
-    from . import data, exports, jobs, views
+    from . import exports, images, jobs, views
     load = _loader(args.device)
     out: dict = {}
     for ref in args.image:
         path = Path(ref).expanduser()
         if path.is_file():
-            image, title = data.load_upload(path.read_bytes()), path.name
+            image, title = images.load_upload(path.read_bytes()), path.name
         else:
             found = views.image_for(ref)
             if found is None:
@@ -364,11 +342,8 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
                    help="also copy the results into assets/results (shipped, precomputed)")
     p.add_argument("--prune", action="store_true",
                    help="with --to-assets: delete shipped results that neither this deck nor "
-                        "any page's default view shows (stale keys of older recipes)")
-
-
-# results that are large or made of test-set pixels stay out of assets/
-_NOT_SHIPPED = {"test_outputs"}
+                        "any page's default view shows (older recipes, older versions of a "
+                        "job kind)")
 
 
 def _model_made_only(value):
@@ -383,7 +358,7 @@ def _model_made_only(value):
 
 def _precompute(args: argparse.Namespace) -> dict:
     """Compute and store everything the views of a talk deck (or the ship list) show."""
-    from . import shiplist, views
+    from . import jobs, shiplist, views
     from .results import default_store
     if args.ship_list:
         wanted = [{"page": p, "params": q, "title": f"{p or 'home'} {q}"}
@@ -408,7 +383,7 @@ def _precompute(args: argparse.Namespace) -> dict:
             except RobustLensError as e:
                 failed.append(f"view {i} ({view['title']}): {e}")
                 continue
-            if args.to_assets and job.kind not in _NOT_SHIPPED:
+            if args.to_assets and jobs.KINDS[job.kind].shipped:
                 default_store().export_asset(job.kind, job.inputs, scrub=_model_made_only)
         summary.append({"view": i, "title": view["title"], "jobs": len(view_jobs)})
     if failed:
@@ -423,12 +398,12 @@ def _prune_assets(load: Callable, wanted: list[tuple[str, dict]]) -> int:
     """Delete assets/results entries that no wanted view, no shipped deck, no ship-list
     view and no page default shows (stale keys of older recipes or versions)."""
     from . import shiplist, views
-    from .results import default_store, make_key
+    from .results import default_store
     wanted = wanted + shiplist.ship_list() + [(page, {}) for page in views.PAGES]
     keep = set()
     for page, params in wanted:
         try:
-            keep.update(make_key(j.kind, j.inputs) for j in views.view_jobs(load, page, params))
+            keep.update(j.key for j in views.view_jobs(load, page, params))
         except (RobustLensError, ValueError):
             continue  # a view this zoo cannot show keeps nothing
     folder = default_store().assets

@@ -1,33 +1,36 @@
-"""Image sources: CIFAR-10, shipped samples, out-of-distribution photos, uploads.
+"""Image sources (CIFAR-10, shipped samples, out-of-distribution photos) and
+`batches`, the one way core reads any of them.
 
 CIFAR-10 is read from the official python batches (torchvision.datasets.CIFAR10)
 or from any ImageFolder tree, decoded once into a cached uint8 tensor: every
 later use is a memory map away. Images are float tensors in [0, 1], CHW.
+
+The data sets are stored class by class, so reading them in order gives
+class-sorted batches: every estimate (CKA, accuracy, stitching fits) reads
+seeded random batches instead, and only passes whose answer is in the data
+set's order (representations, test outputs) ask for that order.
 """
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import pickle
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
-from .errors import BadImageError, DataNotFoundError
+from .errors import DataNotFoundError
+from .images import to_model_size, to_tensor
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
 MEAN = (0.4914, 0.4822, 0.4465)   # the robustness library's CIFAR-10 constants
 STD = (0.2023, 0.1994, 0.2010)
-
-MAX_UPLOAD_BYTES = 20 * 2**20
-MAX_UPLOAD_PIXELS = 50_000_000     # refuse decompression bombs before decoding
 GET_DATA_HINT = (
     "Get the full CIFAR-10 test set with `python -m core data --download` (internet, "
     "torchvision's official batches) or `python -m core data --from PATH` (a "
@@ -62,17 +65,128 @@ class ImageTensorDataset(torch.utils.data.Dataset):
         idx = torch.as_tensor(list(indices), dtype=torch.long)
         return ImageTensorDataset(self.images[idx], self.labels[idx], self.source)
 
-    def batches(self, batch_size: int, device: torch.device | str = "cpu"):
-        """Yield (x float, y) batches in order; the fast path for evaluation."""
-        for s in range(0, len(self), batch_size):
-            x = self.images[s:s + batch_size].to(device).float().div_(255)
-            yield x, self.labels[s:s + batch_size].to(device)
+
+def shuffled_order(n: int, seed: int = 0, epoch: int = 0) -> torch.Tensor:
+    """The seeded random order of n items; epoch k is the (k+1)-th draw of one
+    generator, so that every epoch of a training loop has its own order."""
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(epoch):
+        torch.randperm(n, generator=gen)
+    return torch.randperm(n, generator=gen)
 
 
 def fixed_subset(ds: ImageTensorDataset, n: int, seed: int = 0) -> ImageTensorDataset:
-    """The first n images of a fixed shuffle (the data are stored class by class)."""
-    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))
-    return ds.subset(order[:n].tolist())
+    """The first n images of a fixed shuffle (the data are stored class by class):
+    the images, in order, that batches(ds, ..., shuffle_seed=seed, limit=n) reads."""
+    return ds.subset(shuffled_order(len(ds), seed)[:n].tolist())
+
+
+# --------------------------------------------------------------------------- batches
+
+Take = Callable[[Any], tuple[torch.Tensor, torch.Tensor]]  # slice or index tensor -> (x, y)
+
+
+def _positions(i: slice | torch.Tensor, n: int) -> list[int]:
+    return list(range(n)[i]) if isinstance(i, slice) else i.tolist()
+
+
+def _indexed(source: Any) -> tuple[int, Take] | None:
+    """(size, indices -> (x, y)) for a source read by index; None for an iterable
+    of batches, whose order and batching are its own."""
+    if isinstance(source, ImageTensorDataset):
+        return len(source), lambda i: (source.images[i], source.labels[i])
+    if torch.is_tensor(source):
+        return source.shape[0], lambda i: (source[i], torch.full(
+            (len(_positions(i, source.shape[0])),), -1, dtype=torch.long))
+    if isinstance(source, (list, tuple)) and source and isinstance(source[0], Sample):
+        def samples(i: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            picked = [source[k] for k in _positions(i, len(source))]
+            return (torch.stack([s.tensor() for s in picked]),
+                    torch.tensor([-1 if s.label is None else s.label for s in picked]))
+        return len(source), samples
+    if isinstance(source, torch.utils.data.Dataset) and hasattr(source, "__len__") and \
+            not isinstance(source, torch.utils.data.IterableDataset):
+        def items(i: Any) -> tuple[torch.Tensor, torch.Tensor]:
+            picked = [source[k] for k in _positions(i, len(source))]
+            return (torch.stack([torch.as_tensor(p[0]) for p in picked]),
+                    torch.as_tensor([int(p[1]) for p in picked]))
+        return len(source), items
+    return None
+
+
+def _to_input(x: torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    x = x.to(device)
+    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
+
+
+def batches(source: Any, batch_size: int, device: torch.device | str = "cpu",
+            shuffle_seed: int | None = 0, limit: int | None = None,
+            epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x float in [0, 1], y) batches of `source` on `device`: how core reads data.
+
+    A source read by index (an ImageTensorDataset, a (N, 3, H, W) tensor, a list
+    of Sample, a map-style Dataset of (x, y)) is read in the seeded random order
+    shuffled_order(N, shuffle_seed, epoch), or in its own order with
+    shuffle_seed=None (for answers given in that order); limit keeps the first
+    `limit` images of the order, so that a limit below N reads the images of
+    fixed_subset(source, limit, shuffle_seed). Any other iterable of (x, y) or x
+    batches is read as it comes, cut after `limit` images. Unlabelled images
+    have the label -1.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, not {batch_size}")
+    indexed = _indexed(source)
+    if indexed is None:
+        yield from _as_they_come(source, device, limit)
+        return
+    n, take = indexed
+    count = n if limit is None else min(n, limit)
+    order = None if shuffle_seed is None else shuffled_order(n, shuffle_seed, epoch)[:count]
+    for s in range(0, count, batch_size):
+        x, y = take(slice(s, min(s + batch_size, count)) if order is None
+                    else order[s:s + batch_size])
+        yield _to_input(x, device), y.to(device)
+
+
+def _as_they_come(source: Iterable, device: torch.device | str,
+                  limit: int | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    left = limit
+    if left is not None and left <= 0:
+        return
+    for item in source:
+        x, y = (item[0], item[1]) if isinstance(item, (list, tuple)) else (
+            item, torch.full((len(item),), -1, dtype=torch.long))
+        if left is not None:
+            x, y = x[:left], y[:left]
+            left -= len(y)
+        yield _to_input(torch.as_tensor(x), device), torch.as_tensor(y).to(device)
+        if left is not None and left <= 0:
+            return
+
+
+def batch_sizes(source: Any, batch_size: int, limit: int | None = None) -> list[int] | None:
+    """The sizes of the batches `batches` yields for these arguments; None when
+    they cannot be known before reading (a one-shot iterator)."""
+    indexed = _indexed(source)
+    if indexed is not None:
+        count = indexed[0] if limit is None else min(indexed[0], limit)
+        return [min(batch_size, count - s) for s in range(0, count, batch_size)]
+    if isinstance(source, (list, tuple)):
+        sizes = [len(b[0] if isinstance(b, (list, tuple)) else b) for b in source]
+    elif isinstance(source, torch.utils.data.DataLoader) and source.batch_size:
+        full, rest = divmod(len(source.dataset), source.batch_size)
+        sizes = [source.batch_size] * full + ([rest] if rest and not source.drop_last else [])
+    else:
+        return None
+    if limit is None:
+        return sizes
+    out, left = [], limit
+    for size in sizes:
+        if left <= 0:
+            break
+        out.append(min(size, left))
+        left -= out[-1]
+    return out
 
 
 def _candidate_roots() -> list[Path]:
@@ -244,7 +358,7 @@ class Sample:
     source: str
 
     def tensor(self) -> torch.Tensor:
-        return torch.from_numpy(self.image.transpose(2, 0, 1).copy()).float() / 255
+        return to_tensor(self.image)
 
 
 def cifar_samples() -> list[Sample]:
@@ -290,51 +404,3 @@ def ood_photos() -> list[Sample]:
         out.append(Sample(f"photo-{name}", title, img, label,
                           "photo bundled with scikit-image (out of distribution)"))
     return out
-
-
-def to_model_size(im: Image.Image, size: int = 32) -> np.ndarray:
-    """Any Pillow image -> uint8 RGB size x size, centre crop then resize."""
-    im = ImageOps.exif_transpose(im)
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        im = Image.alpha_composite(bg, rgba)
-    elif im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        arr = np.asarray(im, dtype=np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
-        im = Image.fromarray(arr.astype(np.uint8))
-    im = ImageOps.fit(im.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
-    return np.asarray(im, dtype=np.uint8)
-
-
-def load_upload(data: bytes, size: int = 32) -> np.ndarray:
-    """Decode an uploaded image (any format Pillow reads) to uint8 RGB size x size.
-
-    Raises BadImageError for anything that is not a readable, sane image.
-    """
-    if not data:
-        raise BadImageError("the file is empty")
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise BadImageError(f"the file is {len(data) / 2**20:.1f} MB; the limit is "
-                            f"{MAX_UPLOAD_BYTES // 2**20} MB")
-    try:
-        with Image.open(io.BytesIO(data)) as im:
-            w, h = im.size
-            if w * h > MAX_UPLOAD_PIXELS:
-                raise BadImageError(f"the image is {w}x{h} pixels; the limit is "
-                                    f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels")
-            if w < 1 or h < 1:
-                raise BadImageError("the image has no pixels")
-            im.load()
-            return to_model_size(im, size)
-    except BadImageError:
-        raise
-    except Image.DecompressionBombError as e:
-        raise BadImageError("the image would decompress to too many pixels "
-                            f"(the limit is {MAX_UPLOAD_PIXELS // 1_000_000} megapixels)") from e
-    except MemoryError as e:
-        raise BadImageError("the image is too large to decode") from e
-    except Exception as e:  # noqa: BLE001 - any decoder failure on an upload is "unreadable"
-        raise BadImageError("this is not an image Pillow can read (PNG, JPEG, GIF, BMP, TIFF, "
-                            "WebP and most other formats are), or the file is damaged") from e

@@ -9,7 +9,7 @@ from typing import Callable
 import torch
 
 from . import attacks, zoo
-from .data import ImageTensorDataset, cifar10, fixed_subset
+from .data import ImageTensorDataset, batches, cifar10, fixed_subset
 from .train import hardware
 
 STRONG_N = 1000          # images for the stronger attacks (the first of the fixed shuffle)
@@ -68,12 +68,12 @@ def target_verdict(card: dict) -> dict | None:
     return {"met": met, "text": "; ".join(parts) + f" (n={measured.get('n', '?'):,})"}
 
 
-def _robust_mask(probe, x: torch.Tensor, y: torch.Tensor, attack: Callable,
+def _robust_mask(probe, images: ImageTensorDataset, attack: Callable,
                  batch: int) -> torch.Tensor:
-    """Per image: correctly classified on the clean input and on attack(x, y)."""
+    """Per image, in the data set's order (masks of several attacks are combined):
+    correctly classified on the clean input and on attack(x, y)."""
     out = []
-    for s in range(0, len(y), batch):
-        xb, yb = x[s:s + batch], y[s:s + batch]
+    for xb, yb in batches(images, batch, probe.device, shuffle_seed=None):
         with torch.no_grad():
             ok = probe(xb).argmax(1) == yb
         if ok.any():
@@ -102,15 +102,15 @@ def strong_robustness(probe, test: ImageTensorDataset, card: dict, n: int = STRO
     norm = "Linf" if own.norm == "linf" else "L2"
     pgd = own.for_accuracy()
     t0 = time.time()
-    masks = {"clean": _robust_mask(probe, x, y, lambda a, b: a, batch),
-             "pgd20": _robust_mask(probe, x, y, lambda a, b: pgd(probe, a, b), batch)}
+    masks = {"clean": _robust_mask(probe, sub, lambda a, b: a, batch),
+             "pgd20": _robust_mask(probe, sub, lambda a, b: pgd(probe, a, b), batch)}
     for loss in ("ce", "dlr"):
         atk = torchattacks.APGD(probe, norm=norm, eps=own.eps, steps=APGD_STEPS, n_restarts=1,
                                 seed=0, loss=loss)
-        masks[f"apgd_{loss}"] = _robust_mask(probe, x, y, atk, batch)
+        masks[f"apgd_{loss}"] = _robust_mask(probe, sub, atk, batch)
     worst = masks["pgd20"] & masks["apgd_ce"] & masks["apgd_dlr"]
     big = attacks.PGD(own.norm, 4 * own.eps, own.eps, 20).for_accuracy()
-    at4x = _robust_mask(probe, x, y, lambda a, b: big(probe, a, b), batch)
+    at4x = _robust_mask(probe, sub, lambda a, b: big(probe, a, b), batch)
     res = {"n": len(y), "threat": own.describe().split(" step")[0].replace("PGD-20 ", ""),
            **{k: float(m.float().mean()) for k, m in masks.items()},
            "worst_case": float(worst.float().mean()),
@@ -147,18 +147,17 @@ def measure(name: str, n: int | None = None, root: str | None = None, device: st
     probe = zoo.load(name, device=device)
     card = zoo.card(name)
     test = cifar10("test", root)
-    if n:
-        test = fixed_subset(test, n)
+    count = min(n, len(test)) if n else len(test)
     dev = probe.device
     t0 = time.time()
     batch = 1000 if dev.type == "cuda" else 256
-    res: dict = {"n": len(test), "clean": attacks.accuracy(probe, test.batches(batch, dev),
-                                                           device=dev)}
-    log(f"{name}: clean {res['clean']:.4f} on {len(test)} images")
+    res: dict = {"n": count, "clean": attacks.accuracy(probe, test, device=dev,
+                                                       batch_size=batch, limit=n)}
+    log(f"{name}: clean {res['clean']:.4f} on {count} images")
     res["pgd"] = {}
     for atk in card_attacks(card):
-        acc = attacks.accuracy(probe, test.batches(batch, dev), attack=atk.for_accuracy(),
-                               device=dev)
+        acc = attacks.accuracy(probe, test, attack=atk.for_accuracy(), device=dev,
+                               batch_size=batch, limit=n)
         res["pgd"][atk.describe()] = acc
         log(f"{name}: {atk.describe()} {acc:.4f}")
     res.update({"seconds": round(time.time() - t0, 1), "hardware": hardware(dev),
@@ -186,11 +185,11 @@ def check_card(name: str, n: int = 300, root: str | None = None, tolerance: floa
     if not measured:
         raise ValueError(f"{name} has no measured numbers in its card")
     probe = zoo.load(name, device="cpu")
-    test = fixed_subset(cifar10("test", root), n)
-    out = {"clean": (attacks.accuracy(probe, test), measured["clean"])}
+    test = cifar10("test", root)
+    out = {"clean": (attacks.accuracy(probe, test, limit=n), measured["clean"])}
     atk = own_attack(card)
     if atk is not None and atk.describe() in measured["pgd"]:
-        out[atk.describe()] = (attacks.accuracy(probe, test, attack=atk.for_accuracy()),
+        out[atk.describe()] = (attacks.accuracy(probe, test, attack=atk.for_accuracy(), limit=n),
                                measured["pgd"][atk.describe()])
     return out
 

@@ -11,38 +11,23 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .figures import to_uint8
+from .images import to_uint8
+from .probe import short_name
+from .results import plain
 
 KEY = "robustlens:inputs"
 
 
-def _plain(value: Any) -> Any:
-    """JSON-able copy: arrays and tensors become lists, numbers plain."""
-    if hasattr(value, "detach"):
-        value = value.detach().cpu().numpy()
-    if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, (np.floating, np.integer)):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None  # strict JSON has no NaN: a missing value
-    return value
-
-
 def to_json(value: Any, inputs: dict) -> str:
     """A result and the inputs that made it, as JSON text."""
-    return json.dumps({"inputs": _plain(inputs), "result": _plain(value)}, indent=1,
+    return json.dumps({"inputs": plain(inputs), "result": plain(value)}, indent=1,
                       allow_nan=False)
 
 
 def _save(fig, fmt: str, inputs: dict, dpi: int = 300) -> bytes:
     import matplotlib.pyplot as plt
     buf = io.BytesIO()
-    meta = json.dumps(_plain(inputs))
+    meta = json.dumps(plain(inputs))
     metadata = {"Description": meta} if fmt in ("png", "svg") else None
     fig.savefig(buf, format=fmt, dpi=dpi, bbox_inches="tight", metadata=metadata)
     plt.close(fig)
@@ -56,10 +41,6 @@ def _save(fig, fmt: str, inputs: dict, dpi: int = 300) -> bytes:
         im.save(out, format="PNG", pnginfo=info)
         data = out.getvalue()
     return data
-
-
-def _short(layer: str) -> str:
-    return "stem" if layer == "relu" else layer.replace("layer", "")
 
 
 def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str,
@@ -76,8 +57,8 @@ def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title:
     im = ax.imshow(m, origin="upper" if annotate else "lower", vmin=vmin, vmax=vmax, cmap=cmap,
                    aspect="auto" if annotate else "equal")
     step_r, step_c = max(1, len(rows) // 24), max(1, len(cols) // 24)
-    ax.set_yticks(range(0, len(rows), step_r), [_short(r) for r in rows][::step_r])
-    ax.set_xticks(range(0, len(cols), step_c), [_short(c) for c in cols][::step_c], rotation=60,
+    ax.set_yticks(range(0, len(rows), step_r), [short_name(r) for r in rows][::step_r])
+    ax.set_xticks(range(0, len(cols), step_c), [short_name(c) for c in cols][::step_c], rotation=60,
                   ha="right")
     ax.set_xlabel(col_title)
     ax.set_ylabel(row_title)
@@ -106,8 +87,8 @@ def panels(items: Sequence[dict], inputs: dict, fmt: str = "png", caption: str =
                        cmap="viridis")
         rows, cols = it["rows"], it["cols"]
         sr, sc = max(1, len(rows) // 12), max(1, len(cols) // 12)
-        ax.set_yticks(range(0, len(rows), sr), [_short(r) for r in rows][::sr], fontsize=6)
-        ax.set_xticks(range(0, len(cols), sc), [_short(c) for c in cols][::sc], fontsize=6,
+        ax.set_yticks(range(0, len(rows), sr), [short_name(r) for r in rows][::sr], fontsize=6)
+        ax.set_xticks(range(0, len(cols), sc), [short_name(c) for c in cols][::sc], fontsize=6,
                       rotation=60, ha="right")
         ax.set_title(it["title"], fontsize=9)
         ax.set_xlabel(it.get("col_title", ""), fontsize=8)
@@ -120,7 +101,7 @@ def panels(items: Sequence[dict], inputs: dict, fmt: str = "png", caption: str =
 
 def csv_with_inputs(csv_text: str, inputs: dict) -> str:
     """CSV whose first line is a comment naming the inputs."""
-    return f"# {KEY} {json.dumps(_plain(inputs))}\n{csv_text}"
+    return f"# {KEY} {json.dumps(plain(inputs))}\n{csv_text}"
 
 
 def image_strip(images: Sequence[Any], inputs: dict, scale: int = 4,
@@ -135,7 +116,7 @@ def image_strip(images: Sequence[Any], inputs: dict, scale: int = 4,
         x0 = k * (w * scale + gap)
         strip[:, x0:x0 + w * scale] = big[:, :, :3] if big.ndim == 3 else big[:, :, None]
     info = PngInfo()
-    info.add_text(KEY, json.dumps(_plain({**inputs, "labels": list(labels or [])})))
+    info.add_text(KEY, json.dumps(plain({**inputs, "labels": list(labels or [])})))
     out = io.BytesIO()
     Image.fromarray(strip).save(out, format="PNG", pnginfo=info)
     return out.getvalue()
@@ -147,7 +128,7 @@ def gif(frames: Sequence[Any], inputs: dict, scale: int = 6, ms: int = 200) -> b
     out = io.BytesIO()
     durations = [ms] * (len(pics) - 1) + [ms * 5]
     pics[0].save(out, format="GIF", save_all=True, append_images=pics[1:], duration=durations,
-                 loop=0, comment=json.dumps(_plain(inputs)).encode()[:60000])
+                 loop=0, comment=json.dumps(plain(inputs)).encode()[:60000])
     return out.getvalue()
 
 

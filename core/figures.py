@@ -1,4 +1,5 @@
-"""Plotly figure builders: data in, go.Figure out (no Streamlit here)."""
+"""Plotly figure builders: data in, go.Figure out (no Streamlit here). Drawing
+only: images are converted in core.images, tap names shortened by core.probe."""
 from __future__ import annotations
 
 from typing import Sequence
@@ -7,15 +8,11 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .images import to_uint8
+from .probe import short_name
+
 CKA_SCALE = "Viridis"
 FONT = "Inter, Helvetica, Arial, sans-serif"
-
-
-def _short(layer: str) -> str:
-    """Compact tick labels: layer3.1.bn2 -> 3.1.bn2, relu -> stem."""
-    if layer == "relu":
-        return "stem"
-    return layer.replace("layer", "")
 
 
 def _stage(layer: str) -> str:
@@ -31,7 +28,7 @@ def _ticks(layers: Sequence[str]) -> tuple[list[float], list[str], list[float]]:
     stages = [_stage(la) for la in layers]
     bounds = [i - 0.5 for i in range(1, len(layers)) if stages[i] != stages[i - 1]]
     if len(layers) <= 16:
-        return list(range(len(layers))), [_short(la) for la in layers], bounds
+        return list(range(len(layers))), [short_name(la) for la in layers], bounds
     edges = [-0.5] + bounds + [len(layers) - 0.5]
     mids = [(lo + hi) / 2 for lo, hi in zip(edges, edges[1:])]
     names = [stages[int(lo + 0.5)] for lo in edges[:-1]]
@@ -143,7 +140,7 @@ def diagonal_profile(series: list[tuple[str, Sequence[str], np.ndarray]], big: b
     """CKA of each layer with the same layer of another model (the diagonal)."""
     fig = go.Figure()
     for name, layers, values in series:
-        fig.add_trace(go.Scatter(x=[_short(layer) for layer in layers], y=values,
+        fig.add_trace(go.Scatter(x=[short_name(layer) for layer in layers], y=values,
                                  mode="lines+markers", name=name))
     fig.update_layout(yaxis=dict(range=[0, 1.02], title="CKA"), xaxis_title="layer",
                       height=height or (360 if not big else 480),
@@ -197,17 +194,8 @@ def curve(xs: Sequence[float], ys: dict[str, Sequence[float]], x_title: str, y_t
     return fig
 
 
-def to_uint8(img) -> np.ndarray:
-    """CHW float tensor/array in [0, 1] (or HWC uint8) -> HWC uint8 for display."""
-    a = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
-    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
-        a = a.transpose(1, 2, 0)  # CHW -> HWC
-    if a.dtype != np.uint8:
-        a = (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return a
-
-
 def upscale(img, factor: int = 6) -> np.ndarray:
-    """Nearest-neighbour enlargement so 32x32 images stay crisp on a projector."""
+    """An image drawn `factor` times larger, nearest-neighbour, so that 32x32 images
+    stay crisp on a projector."""
     a = to_uint8(img)
     return a.repeat(factor, axis=0).repeat(factor, axis=1)

@@ -16,53 +16,72 @@ the style of lucent and the robustness library:
 - constraint: `Constraint`, an L2 ball of radius eps around the seed, then a
   clamp to [0, 1].
 
+How a run goes (method, steps, step size, radius, fake ReLU, threads, frame
+interval) is one value, `Settings`; `Settings.for_task(task, method)` holds the
+defaults of each task ("invert", "visualize", "add"). The public functions take
+a `settings=` or, as a front, the usual keywords (steps=, method=, eps=, ...).
+
 Every image in a batch is optimised independently (each step rule acts per
 image and the model is in eval mode), so a batch of targets costs one batched
 forward/backward per step. Results are deterministic given `generator_seed`
 (bitwise on CPU; on CUDA up to cuDNN's non-deterministic backward kernels).
 
 Speed (measured in bench/inversion.py, not guessed): the loop runs the model
-only up to the tap (a chain stage is reached through `Probe.forward_to`, with
-no hooks; any other module through a hook that stops the forward pass), and on
-CPU it runs with one intra-op thread by default (`threads=1`; None keeps the
-process's setting): per-image convolutions of a 32x32 input gain little from
-threads, and on a CPU shared with other work two threads were 6x slower than
-one (up to 100x for a tiny model, OpenMP threads spinning against each other).
+only up to the tap (`Probe.tap`: a chain stage is reached through
+`Probe.forward_to`, with no hooks; any other module through a hook that stops
+the forward pass), and on CPU it runs with one intra-op thread by default
+(`Settings.threads=1`; None keeps the process's setting): per-image
+convolutions of a 32x32 input gain little from threads, and on a CPU shared
+with other work two threads were 6x slower than one (up to 100x for a tiny
+model, OpenMP threads spinning against each other).
 
-A progress callback may raise to cancel a run; the model is left as it was.
+Progress is a core.progress.Event per step (the mean loss, and the images as a
+preview on frame steps). A progress callback may raise to cancel a run; the
+model is left as it was.
 """
 from __future__ import annotations
 
 import contextlib
-import functools
-import inspect
+import dataclasses
 import math
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterable, Iterator, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import RobustLensError, UnknownLayerError
+from .data import batch_sizes, batches
+from .errors import RobustLensError
+from .images import norms
 from .probe import Probe
+from .progress import Reporter, report
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
-ProgressFn = Callable[[int, int, float, "torch.Tensor | None"], None]
+Features = Callable[[torch.Tensor], torch.Tensor]   # x -> the output of a tap, in the graph
 
 METHODS = ("adam", "normgrad")
 SEEDS = ("noise", "gray")
-# (steps, step size) per task and method. normgrad: the paper's settings
-# (inversion step 0.1; visualisation step 1, 200 steps; addition step 0.1, 800
-# steps). adam: step size is the peak learning rate; 150 steps keep two
-# width-32 ResNet-18s under 10 s for one 32x32 image on a busy CPU, and on an
-# L2-robust model reach the loss (inversion), activation (visualisation,
-# addition) of the paper's normgrad runs of 1000, 200 and 800 steps.
+# (steps, step size) per task and method, read through Settings.for_task (the app
+# reads the default steps here). normgrad: the paper's settings (inversion step
+# 0.1; visualisation step 1, 200 steps; addition step 0.1, 800 steps). adam: step
+# size is the peak learning rate; 150 steps keep two width-32 ResNet-18s under
+# 10 s for one 32x32 image on a busy CPU, and on an L2-robust model reach the
+# loss (inversion), activation (visualisation, addition) of the paper's normgrad
+# runs of 1000, 200 and 800 steps.
 DEFAULTS = {
     "invert": {"adam": (150, 0.015), "normgrad": (1000, 0.1)},
     "visualize": {"adam": (150, 0.05), "normgrad": (200, 1.0)},
     "add": {"adam": (150, 0.02), "normgrad": (800, 0.1)},
+    "interpolate": {"adam": (150, 0.015), "normgrad": (1000, 0.1)},
+    "explain": {"adam": (150, 0.02), "normgrad": (800, 0.1)},
 }
+# L2 radii (pixels in [0, 1]) that keep a task near its start, chosen by looking at the
+# shipped models' images: a robust model adds a feature *to* a sample (most keep their
+# class) and interpolates through plausible images rather than saturated colour; the
+# Engstrom et al. ImageNet radius of 40 is about 5.7 at 32x32 by per-pixel RMS. Other
+# tasks are unconstrained (an explanation shows the feature as far as it goes).
+RADII = {"add": 3.0, "interpolate": 4.0}
 
 
 # ------------------------------------------------------------------ objectives
@@ -102,10 +121,6 @@ class StepRule(Protocol):
     def __call__(self, x: torch.Tensor, grad: torch.Tensor, step: int) -> None: ...
 
 
-def _per_image_norm(t: torch.Tensor) -> torch.Tensor:
-    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.ndim - 1)))
-
-
 @dataclass
 class NormGrad:
     """The paper's step: x <- x - step_size * g / ||g||_2, per image."""
@@ -115,7 +130,7 @@ class NormGrad:
         pass
 
     def __call__(self, x: torch.Tensor, grad: torch.Tensor, step: int) -> None:
-        x.sub_(grad / _per_image_norm(grad), alpha=self.step_size)
+        x.sub_(grad / norms(grad), alpha=self.step_size)
 
 
 @dataclass
@@ -138,7 +153,7 @@ class Adam:
     def __call__(self, x: torch.Tensor, grad: torch.Tensor, step: int) -> None:
         assert self._m is not None and self._v is not None, "call start() first"
         b1, b2 = self.betas
-        g = grad * (math.sqrt(grad[0].numel()) / _per_image_norm(grad))
+        g = grad * (math.sqrt(grad[0].numel()) / norms(grad))
         self._m.mul_(b1).add_(g, alpha=1 - b1)
         self._v.mul_(b2).addcmul_(g, g, value=1 - b2)
         lr = self.lr * 0.5 * (1 + math.cos(math.pi * step / self._steps))
@@ -167,7 +182,7 @@ class Constraint:
         # two points of [0,1]^D are at most sqrt(D) apart: a larger ball is no constraint
         if self.eps < math.sqrt(x[0].numel()):
             delta = x - self.center
-            delta.mul_((self.eps / _per_image_norm(delta)).clamp(max=1.0))
+            delta.mul_((self.eps / norms(delta)).clamp(max=1.0))
             x.copy_(self.center + delta)
         x.clamp_(0, 1)
 
@@ -234,40 +249,63 @@ class InversionResult:
                    frames=[(int(s), im) for s, im in d["frames"]], settings=dict(d["settings"]))
 
 
+# ------------------------------------------------------------------ settings
+
+@dataclass(frozen=True)
+class Settings:
+    """How one optimisation runs; Settings.for_task holds each task's defaults."""
+    method: str = "adam"
+    steps: int = 150
+    step_size: float = 0.015             # adam: peak learning rate; normgrad: step length
+    eps: float = 1000.0                  # radius of the L2 ball around the start
+    fake_relu: bool = True               # the ReLU feeding the representation: identity in backward
+    threads: int | None = 1              # CPU intra-op threads during the run (None: as set)
+    frame_every: int | None = None       # steps between previews (default steps // 10)
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
+        if self.steps < 0:
+            raise ValueError("steps must be non-negative")
+
+    @classmethod
+    def for_task(cls, task: str, method: str = "adam", steps: int | None = None,
+                 step_size: float | None = None, **options: Any) -> "Settings":
+        """The defaults of `task` (a key of DEFAULTS) for `method`; steps
+        and step_size given (not None) and any other field in `options` replace them."""
+        if task not in DEFAULTS:
+            raise ValueError(f"task must be one of {tuple(DEFAULTS)}, not {task!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, not {method!r}")
+        d_steps, d_size = DEFAULTS[task][method]
+        options.setdefault("eps", RADII.get(task, cls.eps))
+        return cls(method, d_steps if steps is None else int(steps),
+                   d_size if step_size is None else float(step_size), **options)
+
+    def step_rule(self) -> StepRule:
+        return make_step_rule(self.method, self.step_size)
+
+    def record(self, layer: str) -> dict:
+        """What a result keeps of the settings (threads and frames change no value)."""
+        return {"method": self.method, "steps": self.steps, "step_size": self.step_size,
+                "layer": layer, "eps": self.eps, "fake_relu": self.fake_relu}
+
+
+def _settings(task: str, settings: Settings | None, method: str | None, steps: int | None,
+              options: dict) -> Settings:
+    """The settings of one call: `settings` (else the task's defaults for `method`)
+    with the keywords given; steps=None and step_size=None keep the value."""
+    if settings is None:
+        return Settings.for_task(task, method or "adam", steps, **options)
+    changes = {k: v for k, v in options.items() if not (k == "step_size" and v is None)}
+    if method is not None:
+        changes["method"] = method
+    if steps is not None:
+        changes["steps"] = int(steps)
+    return dataclasses.replace(settings, **changes)
+
+
 # ------------------------------------------------------------------------ loop
-
-class _StopForward(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _tap(model: Probe, layer: str) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
-    """A function x -> output of `layer`, in the graph, running no further."""
-    model.check_layers([layer])
-    if layer in model.chain_layers():
-        yield lambda x: model.forward_to(x, layer)
-        return
-    seen: list[torch.Tensor] = []
-
-    def hook(_m: nn.Module, _i: Any, out: torch.Tensor) -> None:
-        seen.append(out)
-        raise _StopForward
-
-    def run(x: torch.Tensor) -> torch.Tensor:
-        seen.clear()
-        try:
-            model(x)
-        except _StopForward:
-            pass
-        if not seen:
-            raise UnknownLayerError(f"layer {layer!r} did not run in the forward pass")
-        return seen[0]
-    handle = model.model.get_submodule(layer).register_forward_hook(hook)
-    try:
-        yield run
-    finally:
-        handle.remove()
-
 
 @contextlib.contextmanager
 def cpu_threads(n: int | None, device: torch.device) -> Iterator[None]:
@@ -284,60 +322,50 @@ def cpu_threads(n: int | None, device: torch.device) -> Iterator[None]:
         torch.set_num_threads(old)
 
 
-def _threaded(fn: Callable) -> Callable:
-    """Run a public function (target features included) under its `threads`."""
-    signature = inspect.signature(fn)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        bound = signature.bind(*args, **kwargs)
-        bound.apply_defaults()
-        with cpu_threads(bound.arguments["threads"], bound.arguments["model"].device):
-            return fn(*args, **kwargs)
-    return wrapper
+@contextlib.contextmanager
+def _run(model: Probe, settings: Settings, layer: str | None) -> Iterator[Features]:
+    """One public call: the settings' CPU threads and the tap at `layer` (default the
+    representation), which is where the layer name is checked."""
+    with cpu_threads(settings.threads, model.device), model.tap(layer) as features:
+        yield features
 
 
-def optimize(model: Probe, objective: Objective, start: torch.Tensor, *,
-             layer: str | None = None, steps: int, step_rule: StepRule,
-             eps: float = 1000.0, fake_relu: bool = True,
-             progress: ProgressFn | None = None, frame_every: int | None = None,
-             threads: int | None = 1, settings: dict | None = None) -> InversionResult:
-    """Minimise objective(features at `layer` of x) over pixels x from `start`.
+def optimize(model: Probe, objective: Objective, start: torch.Tensor, settings: Settings,
+             features: Features, progress: Reporter | None = None,
+             record: dict | None = None) -> InversionResult:
+    """Minimise objective(features(x)) over pixels x from `start`.
 
-    Each step: forward to the tap, per-image loss, gradient with respect to
-    the pixels, step rule, constraint (L2 ball of radius eps around `start`,
-    then [0, 1]). fake_relu makes the ReLU feeding the representation an
-    identity in the backward pass. progress(step, steps, mean loss, images or
-    None) is called at every step, with the images on frame steps (step 0, the
-    seed, first; every frame_every steps, default steps // 10; the last step).
-    threads: intra-op CPU threads during the loop (None: leave as set).
+    Each step: features at the tap (`features`, from Probe.tap), per-image loss,
+    gradient with respect to the pixels, step rule, constraint (L2 ball of radius
+    settings.eps around `start`, then [0, 1]). Progress: an Event at every step
+    (done = step, with the mean loss), with the images as preview on frame steps
+    (step 0, the seed, first; every settings.frame_every steps; the last step).
+    record: what the result's settings say besides settings.record(). Runs on the
+    caller's CPU threads (the public functions set them).
     """
-    if steps < 0:
-        raise ValueError("steps must be non-negative")
-    layer = layer or model.representation_layer
-    if layer is None:
-        raise UnknownLayerError("this model has no known representation layer; name a layer")
     device = model.device
+    steps = settings.steps
     x = start.detach().to(device, torch.float32).clone()
-    constrain = Constraint(x.clone(), eps)
+    constrain = Constraint(x.clone(), settings.eps)
     constrain(x)
+    step_rule = settings.step_rule()
     step_rule.start(x, steps)
-    every = frame_every or max(1, steps // 10)
+    every = settings.frame_every or max(1, steps // 10)
     frames: list[tuple[int, torch.Tensor]] = []
     curve: list[torch.Tensor] = []
-    with cpu_threads(threads, device), model.fake_relu(fake_relu), _tap(model, layer) as tap:
+    with model.fake_relu(settings.fake_relu):
         for step in range(steps + 1):
             last = step == steps
             with torch.set_grad_enabled(not last):
                 xi = x if last else x.detach().requires_grad_()
-                loss = objective(tap(xi))
+                loss = objective(features(xi))
             curve.append(loss.detach())
             shot = None
             if step % every == 0 or last:
                 shot = x.detach().cpu().clone()
                 frames.append((step, shot))
-            if progress is not None:
-                progress(step, steps, float(loss.detach().mean()), shot)
+            mean = float(loss.detach().mean())
+            report(progress, step, steps, f"step {step}/{steps}, loss {mean:.4f}", mean, shot)
             if last:
                 break
             grad, = torch.autograd.grad(loss.sum(), xi)
@@ -346,119 +374,99 @@ def optimize(model: Probe, objective: Objective, start: torch.Tensor, *,
                 constrain(x)
     return InversionResult(images=x.detach().cpu(), loss=curve[-1].float().cpu(),
                            loss_curve=torch.stack(curve).float().cpu(), frames=frames,
-                           settings=dict(settings or {}, steps=steps, layer=layer, eps=eps,
-                                         fake_relu=fake_relu))
-
-
-def _defaults(task: str, method: str, steps: int | None,
-              step_size: float | None) -> tuple[int, float]:
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, not {method!r}")
-    d_steps, d_size = DEFAULTS[task][method]
-    return (d_steps if steps is None else int(steps)), (d_size if step_size is None else float(step_size))
+                           settings=dict(record or {}))
 
 
 def _seed_label(seed: str | torch.Tensor) -> str:
     return seed if isinstance(seed, str) else "images"
 
 
-@torch.no_grad()
-def _features(model: Probe, x: torch.Tensor, layer: str) -> torch.Tensor:
-    return model.features(x.to(model.device), [layer])[layer]
-
-
 # ------------------------------------------------------------------ public API
 
-@_threaded
 def invert(model: Probe, target_images: torch.Tensor, layer: str | None = None,
            seed: str | torch.Tensor = "noise", steps: int | None = None,
-           method: str = "adam", step_size: float | None = None, eps: float = 1000.0,
-           generator_seed: int = 0, progress: ProgressFn | None = None,
-           frame_every: int | None = None, fake_relu: bool = True,
-           threads: int | None = 1) -> InversionResult:
+           method: str | None = None, progress: Reporter | None = None, *,
+           generator_seed: int = 0, settings: Settings | None = None,
+           **options: Any) -> InversionResult:
     """Find images whose features at `layer` match those of target_images.
 
     target_images: (N, 3, H, W) or (3, H, W) in [0, 1]; each is inverted from
     its own seed ("noise", "gray", or images). layer: any tap name (default
     the penultimate representation). method "adam" (fast, default steps 150)
-    or "normgrad" (the paper's L2-normalised step 0.1, default 1000 steps);
-    step_size is the adam peak learning rate or the normgrad step. The result's
-    loss is ||R(x') - R(x)||_2 / ||R(x)||_2 per image.
+    or "normgrad" (the paper's L2-normalised step 0.1, default 1000 steps).
+    settings: a Settings (default Settings.for_task("invert", method)); options
+    change its fields (step_size, eps, fake_relu, threads, frame_every). The
+    result's loss is ||R(x') - R(x)||_2 / ||R(x)||_2 per image.
     """
     targets = _as_batch(target_images, "target_images")
-    layer = model.check_layers([layer or model.representation_layer or ""])[0]
-    steps, step_size = _defaults("invert", method, steps, step_size)
-    objective = representation_distance(_features(model, targets, layer))
-    start = start_images(seed, targets.shape[0], targets.shape[1:], generator_seed, model.device)
-    return optimize(model, objective, start, layer=layer, steps=steps,
-                    step_rule=make_step_rule(method, step_size), eps=eps, fake_relu=fake_relu,
-                    progress=progress, frame_every=frame_every, threads=threads,
-                    settings={"task": "invert", "model": model.name, "seed": _seed_label(seed),
-                              "method": method, "step_size": step_size,
-                              "generator_seed": generator_seed, "n": targets.shape[0]})
+    s = _settings("invert", settings, method, steps, options)
+    layer = layer or model.representation_layer
+    with _run(model, s, layer) as features:
+        with torch.no_grad():
+            objective = representation_distance(features(targets.to(model.device)))
+        start = start_images(seed, targets.shape[0], targets.shape[1:], generator_seed,
+                             model.device)
+        return optimize(model, objective, start, s, features, progress,
+                        {"task": "invert", "model": model.name, "seed": _seed_label(seed),
+                         "generator_seed": generator_seed, "n": targets.shape[0],
+                         **s.record(layer)})
 
 
-@_threaded
 def visualize_feature(model: Probe, index: int | Sequence[int], seed: str | torch.Tensor = "noise",
-                      steps: int | None = None, method: str = "adam",
-                      fake_relu: bool = True, layer: str | None = None,
-                      step_size: float | None = None, eps: float = 1000.0,
-                      generator_seed: int = 0, progress: ProgressFn | None = None,
-                      frame_every: int | None = None, threads: int | None = 1,
-                      size: int | None = None) -> InversionResult:
+                      steps: int | None = None, method: str | None = None,
+                      progress: Reporter | None = None, *, layer: str | None = None,
+                      generator_seed: int = 0, size: int | None = None,
+                      settings: Settings | None = None, **options: Any) -> InversionResult:
     """Images that maximise component(s) `index` of the representation (or of
     channel `index` of a conv layer), one image per index, from noise or seed
-    images. The result's loss is minus the activation reached."""
+    images. The result's loss is minus the activation reached. settings and
+    options as for `invert` (defaults: Settings.for_task("visualize", method))."""
     indices = [int(i) for i in torch.as_tensor(index).flatten().tolist()]
-    layer = model.check_layers([layer or model.representation_layer or ""])[0]
-    _check_index(model, layer, indices)
-    steps, step_size = _defaults("visualize", method, steps, step_size)
-    side = size or model.input_size
-    start = start_images(seed, len(indices), (3, side, side) if isinstance(seed, str)
-                         else _as_batch(seed, "seed").shape[1:], generator_seed, model.device)
-    return optimize(model, feature_activation(indices), start, layer=layer, steps=steps,
-                    step_rule=make_step_rule(method, step_size), eps=eps, fake_relu=fake_relu,
-                    progress=progress, frame_every=frame_every, threads=threads,
-                    settings={"task": "visualize", "model": model.name, "index": indices,
-                              "seed": _seed_label(seed), "method": method,
-                              "step_size": step_size, "generator_seed": generator_seed})
+    s = _settings("visualize", settings, method, steps, options)
+    layer = layer or model.representation_layer
+    with _run(model, s, layer) as features:
+        _check_index(model, layer, indices)
+        side = size or model.input_size
+        start = start_images(seed, len(indices), (3, side, side) if isinstance(seed, str)
+                             else _as_batch(seed, "seed").shape[1:], generator_seed, model.device)
+        return optimize(model, feature_activation(indices), start, s, features, progress,
+                        {"task": "visualize", "model": model.name, "index": indices,
+                         "seed": _seed_label(seed), "generator_seed": generator_seed,
+                         **s.record(layer)})
 
 
-@_threaded
 def add_feature(model: Probe, images: torch.Tensor, index: int | Sequence[int],
-                steps: int | None = None, method: str = "adam", fake_relu: bool = True,
-                layer: str | None = None, step_size: float | None = None, eps: float = 1000.0,
-                progress: ProgressFn | None = None, frame_every: int | None = None,
-                threads: int | None = 1) -> InversionResult:
+                steps: int | None = None, method: str | None = None,
+                progress: Reporter | None = None, *, layer: str | None = None,
+                settings: Settings | None = None, **options: Any) -> InversionResult:
     """Push component(s) `index` up starting from real images, so that the
     feature appears in them (one index for all images, or one per image).
-    loss_curve[0] is minus the starting activation, loss minus the final one."""
+    loss_curve[0] is minus the starting activation, loss minus the final one.
+    settings and options as for `invert` (defaults: Settings.for_task("add", method))."""
     x = _as_batch(images)
-    layer = model.check_layers([layer or model.representation_layer or ""])[0]
     indices = [int(i) for i in torch.as_tensor(index).flatten().tolist()]
     if len(indices) not in (1, x.shape[0]):
         raise ValueError(f"give one index or one per image ({x.shape[0]}), not {len(indices)}")
-    _check_index(model, layer, indices)
-    steps, step_size = _defaults("add", method, steps, step_size)
-    return optimize(model, feature_activation(indices), x, layer=layer, steps=steps,
-                    step_rule=make_step_rule(method, step_size), eps=eps, fake_relu=fake_relu,
-                    progress=progress, frame_every=frame_every, threads=threads,
-                    settings={"task": "add", "model": model.name, "index": indices,
-                              "method": method, "step_size": step_size, "n": x.shape[0]})
+    s = _settings("add", settings, method, steps, options)
+    layer = layer or model.representation_layer
+    with _run(model, s, layer) as features:
+        _check_index(model, layer, indices)
+        return optimize(model, feature_activation(indices), x, s, features, progress,
+                        {"task": "add", "model": model.name, "index": indices,
+                         "n": x.shape[0], **s.record(layer)})
 
 
-@_threaded
 def interpolate(model: Probe, a: torch.Tensor, b: torch.Tensor, frames: int = 10,
                 layer: str | None = None, seed: str | torch.Tensor = "mix",
-                steps: int | None = None, method: str = "adam", step_size: float | None = None,
-                eps: float = 1000.0, generator_seed: int = 0,
-                progress: ProgressFn | None = None, frame_every: int | None = None,
-                fake_relu: bool = True, threads: int | None = 1) -> InversionResult:
+                steps: int | None = None, method: str | None = None,
+                progress: Reporter | None = None, *, generator_seed: int = 0,
+                settings: Settings | None = None, **options: Any) -> InversionResult:
     """Invert (1 - t) R(a) + t R(b) for `frames` values of t from 0 to 1.
 
     seed "mix" starts frame t from (1 - t) a + t b in pixel space (the paper's
     choice); "noise", "gray" or images start every frame from that. Frame 0
     reconstructs R(a) and the last R(b). settings["t"] lists the t values.
+    settings and options as for `invert`.
     """
     if frames < 2:
         raise ValueError("interpolation needs at least 2 frames")
@@ -466,45 +474,45 @@ def interpolate(model: Probe, a: torch.Tensor, b: torch.Tensor, frames: int = 10
     if xa.shape[0] != 1 or xb.shape != xa.shape:
         raise ValueError(f"a and b must be one image each of the same shape, not "
                          f"{tuple(xa.shape)} and {tuple(xb.shape)}")
-    layer = model.check_layers([layer or model.representation_layer or ""])[0]
-    steps, step_size = _defaults("invert", method, steps, step_size)
+    s = _settings("invert", settings, method, steps, options)
+    layer = layer or model.representation_layer
     t = torch.linspace(0, 1, frames)
-    ends = _features(model, torch.cat([xa, xb]), layer).flatten(1).float()
-    tc = t.to(ends.device)[:, None]
-    objective = representation_distance((1 - tc) * ends[0] + tc * ends[1])
-    if isinstance(seed, str) and seed == "mix":
-        tv = t.view(-1, 1, 1, 1)
-        start = ((1 - tv) * xa.cpu() + tv * xb.cpu()).to(model.device)
-    else:
-        start = start_images(seed, frames, xa.shape[1:], generator_seed, model.device)
-    result = optimize(model, objective, start, layer=layer, steps=steps,
-                      step_rule=make_step_rule(method, step_size), eps=eps, fake_relu=fake_relu,
-                      progress=progress, frame_every=frame_every, threads=threads,
-                      settings={"task": "interpolate", "model": model.name,
-                                "seed": _seed_label(seed), "method": method,
-                                "step_size": step_size, "generator_seed": generator_seed,
-                                "frames": frames})
+    with _run(model, s, layer) as features:
+        with torch.no_grad():
+            ends = features(torch.cat([xa, xb]).to(model.device)).flatten(1).float()
+        tc = t.to(ends.device)[:, None]
+        objective = representation_distance((1 - tc) * ends[0] + tc * ends[1])
+        if isinstance(seed, str) and seed == "mix":
+            tv = t.view(-1, 1, 1, 1)
+            start = ((1 - tv) * xa.cpu() + tv * xb.cpu()).to(model.device)
+        else:
+            start = start_images(seed, frames, xa.shape[1:], generator_seed, model.device)
+        result = optimize(model, objective, start, s, features, progress,
+                          {"task": "interpolate", "model": model.name,
+                           "seed": _seed_label(seed), "generator_seed": generator_seed,
+                           "frames": frames, **s.record(layer)})
     result.settings["t"] = t.tolist()
     return result
 
 
 def representations(model: Probe, data: Any, batch_size: int = 256,
-                    layer: str | None = None,
-                    progress: Callable[[int, int | None], None] | None = None) -> torch.Tensor:
-    """Features (N, D) on the CPU of every image in `data`, in order.
+                    layer: str | None = None, progress: Reporter | None = None) -> torch.Tensor:
+    """Features (N, D) on the CPU of every image in `data`, in its order.
 
-    data: a (N, 3, H, W) tensor, an ImageTensorDataset, any Dataset of (x, y),
-    a list of data.Sample, or an iterable of x or (x, y) batches.
-    layer: default the penultimate representation (other taps are flattened).
+    data: anything core.data.batches reads (a (N, 3, H, W) tensor, an
+    ImageTensorDataset, a Dataset of (x, y), a list of data.Sample, or an
+    iterable of x or (x, y) batches). layer: default the penultimate
+    representation (other taps are flattened).
     """
-    layer = model.check_layers([layer or model.representation_layer or ""])[0]
-    total = _count(data)
+    sizes = batch_sizes(data, batch_size)
+    total = sum(sizes) if sizes is not None else None
     out, done = [], 0
-    for x in _image_batches(data, batch_size):
-        out.append(_features(model, x, layer).flatten(1).float().cpu())
-        done += x.shape[0]
-        if progress is not None:
-            progress(done, total)
+    with model.tap(layer) as features, torch.no_grad():
+        # the order of the data is the answer's order (top-activating indices)
+        for x, _ in batches(data, batch_size, model.device, shuffle_seed=None):
+            out.append(features(x).flatten(1).float().cpu())
+            done += x.shape[0]
+            report(progress, done, total or done, f"representations: {done} images")
     if not out:
         raise ValueError("representations() got no images")
     return torch.cat(out)
@@ -533,13 +541,10 @@ def top_activating(source: torch.Tensor | tuple[Probe, Any], index: int, k: int 
     return TopActivations(order, column[order])
 
 
-@_threaded
 def explain_misclassification(model: Probe, image: torch.Tensor, label: int,
-                              steps: int | None = None, method: str = "adam",
-                              step_size: float | None = None, eps: float = 1000.0,
-                              progress: ProgressFn | None = None,
-                              frame_every: int | None = None, top: int = 5,
-                              threads: int | None = 1) -> dict[str, Any]:
+                              steps: int | None = None, method: str | None = None,
+                              progress: Reporter | None = None, *, top: int = 5,
+                              settings: Settings | None = None, **options: Any) -> dict[str, Any]:
     """What makes the model predict what it predicts for `image`.
 
     contributions[i] = W[pred, i] * R(x)_i, the share of component i in the
@@ -548,20 +553,20 @@ def explain_misclassification(model: Probe, image: torch.Tensor, label: int,
     Returns a dict: label, predicted, misclassified, probabilities (C,),
     contributions (D,), component, contribution, top_components (the `top`
     largest), image (3, H, W) after adding the component, and result (the
-    InversionResult of that addition).
+    InversionResult of that addition). settings and options as for `add_feature`.
     """
     x = _as_batch(image)
     if x.shape[0] != 1:
         raise ValueError("explain_misclassification takes one image")
+    s = _settings("add", settings, method, steps, options)
     classifier = _classifier(model)
-    with torch.no_grad():
+    with cpu_threads(s.threads, model.device), torch.no_grad():
         rep = model.representation(x.to(model.device)).float()[0]
         logits = model(x.to(model.device)).float()[0]
     predicted = int(logits.argmax())
     contributions = (classifier.weight[predicted].detach().float() * rep).cpu()
     component = int(contributions.argmax())
-    result = add_feature(model, x, component, steps=steps, method=method, step_size=step_size,
-                         eps=eps, progress=progress, frame_every=frame_every, threads=threads)
+    result = add_feature(model, x, component, progress=progress, settings=s)
     return {"label": int(label), "predicted": predicted, "misclassified": predicted != int(label),
             "probabilities": logits.softmax(0).cpu(), "contributions": contributions,
             "component": component, "contribution": float(contributions[component]),
@@ -639,33 +644,3 @@ def _classifier(model: Probe) -> nn.Linear:
             return m
     raise RobustLensError(f"{model.name or 'this model'} has no linear layer on its "
                           "representation; the misclassification insight needs one")
-
-
-def _count(data: Any) -> int | None:
-    if torch.is_tensor(data):
-        return data.shape[0]
-    try:
-        return len(data) if not isinstance(data, torch.utils.data.DataLoader) else len(data.dataset)
-    except TypeError:
-        return None
-
-
-def _image_batches(data: Any, batch_size: int) -> Iterable[torch.Tensor]:
-    if torch.is_tensor(data):
-        x = _as_batch(data)
-        for s in range(0, x.shape[0], batch_size):
-            yield x[s:s + batch_size]
-        return
-    if hasattr(data, "batches"):  # core.data.ImageTensorDataset: the fast path
-        for x, _ in data.batches(batch_size):
-            yield x
-        return
-    if isinstance(data, (list, tuple)) and data and hasattr(data[0], "tensor"):  # data.Sample
-        for s in range(0, len(data), batch_size):
-            yield torch.stack([d.tensor() for d in data[s:s + batch_size]])
-        return
-    if isinstance(data, torch.utils.data.Dataset) and hasattr(data, "__len__"):
-        data = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=False)
-    for item in data:
-        x = item[0] if isinstance(item, (list, tuple)) else item
-        yield _as_batch(x)

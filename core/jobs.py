@@ -1,19 +1,35 @@
 """The cached computations, defined once for the app, the CLI and talk decks.
 
-A Job is (kind, inputs, compute): `inputs` name everything the result depends
-on (model fingerprints, layers, data, attack, seed, recipe) and nothing it does
-not (device, paths), so a key computed on a GPU serves a laptop, and the
-precomputed results in assets/ serve every fresh machine.
+A Job is what a result is (kind, inputs), how to make it (run) and what it
+needs made first (needs: other jobs, whose results run receives). `inputs` name
+everything the result depends on (model fingerprints, layers, data, attack,
+seed, recipe) and nothing it does not (device, paths), so a key computed on a
+GPU serves a laptop, and the precomputed results in assets/ serve every fresh
+machine. core.runner gets a job's result from the results store or computes it
+once.
+
+Every kind has a version (KINDS). Version 1 leaves the inputs as they always
+were; a later version is an input ("version": n), so changing a computation
+means bumping its kind's version: the old results then have other keys and are
+neither served nor shipped (precompute --prune drops them from assets/).
+
+A job also carries its `spec`, plain data (kind, version, arguments: model specs,
+layers, images as pixel lists) from which `rebuild` makes it again, in another
+process or on another machine.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
-from . import attacks, data
+import torch
+
+from . import attacks, cka, data, images, inversion, stitching
 from .probe import Probe
+from .progress import Reporter
+from .results import make_key, plain
 
-Progress = Callable[..., None]
 Loader = Callable[[str], Probe]
 
 # Inputs a side of a comparison can see: benign images, or PGD examples (the
@@ -30,9 +46,29 @@ LAYER_SETS = ("blocks", "all")
 @dataclass
 class Job:
     kind: str
-    inputs: dict
-    compute: Callable[[Progress], Any]
+    inputs: dict                      # the key; includes "version" from version 2 on
+    run: Callable[..., Any]           # run(progress, **results of needs) -> result
     label: str
+    spec: dict                        # {"kind", "version", "args"}: plain data for rebuild()
+    needs: dict[str, "Job"] = field(default_factory=dict)
+
+    @property
+    def version(self) -> int:
+        return self.spec["version"]
+
+    @property
+    def key(self) -> str:
+        return make_key(self.kind, self.inputs)
+
+
+def _job(kind: str, inputs: dict, run: Callable[..., Any], label: str, args: dict,
+         needs: dict[str, Job] | None = None) -> Job:
+    """A Job of a registered kind: its version into the inputs (from 2 on), its
+    builder's arguments, as plain data, into the spec."""
+    version = KINDS[kind].version
+    keyed = dict(inputs) if version == 1 else {**inputs, "version": version}
+    spec = {"kind": kind, "version": version, "args": plain(args)}
+    return Job(kind, keyed, run, label, spec, dict(needs or {}))
 
 
 def test_images(n: int | None) -> dict:
@@ -40,12 +76,7 @@ def test_images(n: int | None) -> dict:
     return {"dataset": "cifar10-test", "order": "fixed-shuffle-0", "n": n or 10_000}
 
 
-def _test_subset(n: int | None) -> data.ImageTensorDataset:
-    test = data.cifar10("test")
-    return data.fixed_subset(test, n) if n and n < len(test) else test
-
-
-def layer_list(probe: Probe, layers: str | list[str]) -> list[str]:
+def layer_list(probe: Probe, layers: str | Sequence[str]) -> list[str]:
     if layers == "blocks":
         return probe.layers
     if layers == "all":
@@ -59,16 +90,44 @@ def _attack(choice: str) -> attacks.PGD | None:
     return INPUT_CHOICES[choice]
 
 
+# ------------------------------------------------------------------------ CKA
+
+def cka_batch_size(n: int) -> int:
+    """The paper's 1024, smaller for small n so that a cell has a spread over at
+    least four batches."""
+    return min(1024, max(250, n // 4))
+
+
+def adversarial_job(load: Loader, spec: str, inputs: str, n: int = 10_000,
+                    batch_size: int | None = None) -> Job:
+    """PGD examples against model `spec` of the first n test images of the seeded
+    order, made batch by batch as cka_job reads them: made once, shared by every
+    CKA view that attacks this model."""
+    batch_size = batch_size or cka_batch_size(n)
+    probe, attack = load(spec), _attack(inputs)
+    if attack is None:
+        raise ValueError("benign inputs need no adversarial examples")
+    key_inputs = {"model": probe.identity(), "attack": attack.to_dict(),
+                  "batch_size": batch_size, "images": test_images(n)}
+
+    def run(progress: Reporter) -> dict:
+        return {"images": attacks.examples(probe, data.cifar10("test"), attack, batch_size,
+                                           limit=n, progress=progress)}
+    return _job("adversarial_examples", key_inputs, run,
+                f"{INPUT_LABELS[inputs]} examples against {probe.name}, {n} images",
+                {"spec": spec, "inputs": inputs, "n": n, "batch_size": batch_size})
+
+
 def cka_job(load: Loader, a: str, b: str, layers_a: str | list[str] = "blocks",
             layers_b: str | list[str] = "blocks", inputs_a: str = "benign",
             inputs_b: str = "benign", adv_against: str = "self", kernel: str = "linear",
             n: int = 10_000, batch_size: int | None = None, sigma_frac: float = 0.8) -> Job:
-    """Layer x layer CKA of model a against model b (see core.cka.cka_matrix).
-
-    batch_size: the paper's 1024, smaller for small n so that a cell has a spread
-    over at least four batches."""
-    from . import cka
-    batch_size = batch_size or min(1024, max(250, n // 4))
+    """Layer x layer CKA of model a against model b (see core.cka.cka_matrix) on
+    the first n test images of the seeded order, in seeded random batches."""
+    args = {"a": a, "b": b, "layers_a": layers_a, "layers_b": layers_b, "inputs_a": inputs_a,
+            "inputs_b": inputs_b, "adv_against": adv_against, "kernel": kernel, "n": n,
+            "batch_size": batch_size, "sigma_frac": sigma_frac}
+    batch_size = batch_size or cka_batch_size(n)
     pa, pb = load(a), load(b)
     la, lb = layer_list(pa, layers_a), layer_list(pb, layers_b)
     atk_a, atk_b = _attack(inputs_a), _attack(inputs_b)
@@ -80,14 +139,21 @@ def cka_job(load: Loader, a: str, b: str, layers_a: str | list[str] = "blocks",
               "adv_against": adv_against, "kernel": kernel, "unbiased": True,
               "sigma_frac": sigma_frac if kernel == "rbf" else None,
               "batch_size": batch_size, "images": test_images(n)}
+    against = {"a": b if adv_against == "b" else a, "b": a if adv_against == "a" else b}
+    needs = {f"examples_{side}": adversarial_job(load, against[side], choice, n, batch_size)
+             for side, choice in (("a", inputs_a), ("b", inputs_b)) if choice != "benign"}
 
-    def compute(progress: Progress) -> dict:
-        res = cka.cka_matrix(pa, pb, _test_subset(n), la, lb, kernel=kernel, unbiased=True,
+    def run(progress: Reporter, examples_a: dict | None = None,
+            examples_b: dict | None = None) -> dict:
+        res = cka.cka_matrix(pa, pb, data.cifar10("test"), la, lb, kernel=kernel, unbiased=True,
                              attack_a=atk_a, attack_b=atk_b, adv_against=adv_against,
-                             sigma_frac=sigma_frac, progress=progress, batch_size=batch_size)
+                             sigma_frac=sigma_frac, progress=progress, batch_size=batch_size,
+                             limit=n,
+                             examples_a=None if examples_a is None else examples_a["images"],
+                             examples_b=None if examples_b is None else examples_b["images"])
         return res.to_dict()
     label = f"CKA {pa.name} ({INPUT_LABELS[inputs_a]}) vs {pb.name} ({INPUT_LABELS[inputs_b]}), {n} images"
-    return Job("cka", inputs, compute, label)
+    return _job("cka", inputs, run, label, args, needs)
 
 
 # ------------------------------------------------------------------- stitching
@@ -115,6 +181,14 @@ def default_stitch_pairs() -> list[tuple[str, str]]:
     return [(r1, s1), (s1, r1), (s1, s2), (r1, r2)]
 
 
+def _recipe(recipe: dict | None) -> dict:
+    """A stitching recipe with its attack as a PGD (plain data names it by a dict)."""
+    recipe = dict(recipe or STITCH_RECIPE)
+    if isinstance(recipe["attack"], dict):
+        recipe["attack"] = attacks.PGD(**recipe["attack"])
+    return recipe
+
+
 def _recipe_inputs(recipe: dict, method: str) -> dict:
     keep = {k: v for k, v in recipe.items() if k != "attack"}
     if method == "direct":  # only the data matter to a least-squares fit
@@ -123,7 +197,9 @@ def _recipe_inputs(recipe: dict, method: str) -> dict:
 
 
 def _shuffled_test() -> data.ImageTensorDataset:
-    """The whole test set in the fixed shuffle: its first n images span all classes."""
+    """The whole test set in the fixed shuffle, the data set that stitching results
+    name (test_images): evaluate's seeded batches of it put the first robust_n of its
+    own shuffled order under attack, as these results always did."""
     test = data.cifar10("test")
     return data.fixed_subset(test, len(test))
 
@@ -131,107 +207,131 @@ def _shuffled_test() -> data.ImageTensorDataset:
 def stitch_cell_job(load: Loader, front: str, end: str, layer: str, method: str = "task",
                     recipe: dict | None = None) -> Job:
     """One cell of the stitching matrix: front[..layer] -> 1x1 conv -> end[layer..]."""
-    from . import stitching
-    recipe = recipe or STITCH_RECIPE
+    args = {"front": front, "end": end, "layer": layer, "method": method, "recipe": recipe}
+    recipe = _recipe(recipe)
     pf, pe = load(front), load(end)
-    stitching.StitchedModel(pf, pe, layer)  # fail fast on a bad request
     inputs = {"front": pf.identity(), "end": pe.identity(), "layer": layer, "method": method,
               "recipe": _recipe_inputs(recipe, method), "seed": 0,
               "train": {"dataset": "cifar10-train", "order": "fixed-shuffle-0",
                         "n": recipe["train_images"]}, "test": test_images(None)}
 
-    def compute(progress: Progress) -> dict:
+    def run(progress: Reporter) -> dict:
         train = data.fixed_subset(data.cifar10("train"), recipe["train_images"])
-        test = _shuffled_test()
         opts = {k: recipe[k] for k in ("batch_size", "lr", "weight_decay", "adapt_bn", "init",
                                        "init_batches")}
         if method == "direct":
             opts = {"batch_size": recipe["batch_size"]}
-        return stitching.stitch_cell(pf, pe, layer, method, train, test, recipe["attack"],
-                                     recipe["epochs"], robust_n=recipe["robust_images"],
-                                     progress=progress, **opts)
-    return Job("stitch_cell", inputs, compute,
-               f"stitch {pf.name} -> {pe.name} at {layer} ({method} matching)")
+        return stitching.stitch_cell(pf, pe, layer, method, train, _shuffled_test(),
+                                     recipe["attack"], recipe["epochs"],
+                                     robust_n=recipe["robust_images"], progress=progress, **opts)
+    return _job("stitch_cell", inputs, run,
+                f"stitch {pf.name} -> {pe.name} at {layer} ({method} matching)", args)
 
 
 def accuracy_job(load: Loader, spec: str, recipe: dict | None = None) -> Job:
     """Clean (10,000 images) and robust (first 1,000) accuracy of a model."""
-    from . import stitching
-    recipe = recipe or STITCH_RECIPE
+    args = {"spec": spec, "recipe": recipe}
+    recipe = _recipe(recipe)
     probe = load(spec)
     inputs = {"model": probe.identity(), "test": test_images(None),
               "robust_images": recipe["robust_images"], "attack": recipe["attack"].to_dict()}
 
-    def compute(progress: Progress) -> dict:
-        return stitching.evaluate(probe, _shuffled_test(), recipe["attack"], robust_n=recipe["robust_images"],
-                                  progress=progress)
-    return Job("accuracy", inputs, compute, f"accuracy of {probe.name}")
+    def run(progress: Reporter) -> dict:
+        return stitching.evaluate(probe, _shuffled_test(), recipe["attack"],
+                                  robust_n=recipe["robust_images"], progress=progress)
+    return _job("accuracy", inputs, run, f"accuracy of {probe.name}", args)
+
+
+@dataclass
+class StitchMatrix:
+    """A stitching matrix as jobs: a cell job per (pair, layer) of a stitching.Grid
+    and an accuracy job per donor. stitching.matrix lays out and assembles the
+    same Grid, computing the cells directly."""
+    grid: stitching.Grid
+    method: str
+    recipe: dict
+    cells: list[list[Job]]             # [pair][layer]
+    donors: dict[str, Job]             # model spec -> its accuracy job
+
+    def jobs(self) -> list[Job]:
+        return [j for row in self.cells for j in row] + list(self.donors.values())
+
+    def result(self, get: Callable[[Job], Any]) -> stitching.StitchResult:
+        """The StitchResult of the jobs' results, get(job) (None: not computed)."""
+        by_fingerprint = {job.inputs["model"]["fingerprint"]: job for job in self.donors.values()}
+        return self.grid.assemble(self.method, _recipe_inputs(self.recipe, self.method),
+                                  lambda i, j: get(self.cells[i][j]),
+                                  lambda probe: get(by_fingerprint[probe.fingerprint()]))
+
+
+def stitch_matrix(load: Loader, pairs: Sequence[tuple[str, str]], method: str = "task",
+                  layers: Sequence[str] | None = None, recipe: dict | None = None) -> StitchMatrix:
+    """The jobs of a stitching matrix of model specs (rows: (front, end) pairs;
+    default layers: stitching.Grid.of's)."""
+    probes = {s: load(s) for pair in pairs for s in pair}
+    grid = stitching.Grid.of([(probes[f], probes[e]) for f, e in pairs], layers)
+    cells = [[stitch_cell_job(load, f, e, layer, method, recipe) for layer in grid.layers]
+             for f, e in pairs]
+    donors = {s: accuracy_job(load, s, recipe) for s in probes}
+    return StitchMatrix(grid, method, _recipe(recipe), cells, donors)
 
 
 # ------------------------------------------------------------------- inversion
 
-def image_id(image: Any) -> str:
-    """A short hash of an image's uint8 pixels: its identity in result keys."""
-    import hashlib
-
-    from .figures import to_uint8
-    return hashlib.sha256(to_uint8(image).tobytes()).hexdigest()[:16]
+def _settings(task: str, method: str, steps: int | None) -> inversion.Settings:
+    return inversion.Settings.for_task(task, method, steps)
 
 
-def image_tensor(image: Any):
-    """uint8 HWC (or CHW float) -> (3, H, W) float in [0, 1]."""
-    import torch
-
-    from .figures import to_uint8
-    return torch.from_numpy(to_uint8(image).transpose(2, 0, 1).copy()).float() / 255
+def _with_frames_at_ends(settings: inversion.Settings) -> inversion.Settings:
+    """Only the seed and the result as frames: a batch shown as one grid."""
+    return dataclasses.replace(settings, frame_every=settings.steps)
 
 
 def inversion_job(load: Loader, spec: str, image: Any, layer: str | None = None,
                   method: str = "adam", steps: int | None = None, seed: str = "noise",
                   generator_seed: int = 0) -> Job:
     """Reconstruct `image` from model `spec`'s representation (Engstrom et al. 2019)."""
-    from . import inversion
+    args = {"spec": spec, "image": images.to_uint8(image), "layer": layer, "method": method,
+            "steps": steps, "seed": seed, "generator_seed": generator_seed}
     probe = load(spec)
-    layer = probe.check_layers([layer or probe.representation_layer])[0]
-    steps, step_size = inversion._defaults("invert", method, steps, None)
-    inputs = {"model": probe.identity(), "image": image_id(image), "layer": layer,
-              "method": method, "steps": steps, "step_size": step_size, "seed": seed,
-              "generator_seed": generator_seed, "eps": 1000.0}
+    layer = layer or probe.representation_layer
+    settings = _settings("invert", method, steps)
+    inputs = {"model": probe.identity(), "image": images.image_id(image), "layer": layer,
+              "method": method, "steps": settings.steps, "step_size": settings.step_size,
+              "seed": seed, "generator_seed": generator_seed, "eps": settings.eps}
 
-    def compute(progress: Progress) -> dict:
-        x = image_tensor(image)[None]
-        res = inversion.invert(probe, x, layer, seed, steps, method, step_size,
-                               generator_seed=generator_seed, progress=progress)
+    def run(progress: Reporter) -> dict:
+        x = images.to_tensor(image)[None]
+        res = inversion.invert(probe, x, layer, seed, progress=progress,
+                               generator_seed=generator_seed, settings=settings)
         out = res.to_dict()
         out.update(psnr=float(inversion.psnr(res.images, x)[0]),
                    ssim=float(inversion.ssim(res.images, x)[0]),
                    l2=float((res.images - x).flatten().norm()))
         return out
-    return Job("inversion", inputs, compute, f"inversion of {inputs['image'][:6]} by {probe.name}")
+    return _job("inversion", inputs, run, f"inversion of {inputs['image'][:6]} by {probe.name}",
+                args)
 
 
 def quality_job(load: Loader, spec: str, method: str = "adam", steps: int | None = None) -> Job:
     """Mean reconstruction quality over the 20 shipped CIFAR-10 samples (batched)."""
-    import torch
-
-    from . import inversion
+    args = {"spec": spec, "method": method, "steps": steps}
     probe = load(spec)
     samples = data.cifar_samples()
-    steps, step_size = inversion._defaults("invert", method, steps, None)
-    inputs = {"model": probe.identity(), "images": [image_id(s.image) for s in samples],
-              "method": method, "steps": steps, "step_size": step_size, "seed": "noise",
-              "generator_seed": 0, "layer": probe.representation_layer}
+    settings = _with_frames_at_ends(_settings("invert", method, steps))
+    inputs = {"model": probe.identity(), "images": [images.image_id(s.image) for s in samples],
+              "method": method, "steps": settings.steps, "step_size": settings.step_size,
+              "seed": "noise", "generator_seed": 0, "layer": probe.representation_layer}
 
-    def compute(progress: Progress) -> dict:
+    def run(progress: Reporter) -> dict:
         x = torch.stack([s.tensor() for s in samples])
-        res = inversion.invert(probe, x, None, "noise", steps, method, step_size,
-                               generator_seed=0, progress=progress, frame_every=steps)
+        res = inversion.invert(probe, x, progress=progress, settings=settings)
         p, s = inversion.psnr(res.images, x), inversion.ssim(res.images, x)
         return {"psnr": p, "ssim": s, "loss": res.loss, "images": res.images,
                 "mean_psnr": float(p.mean()), "mean_ssim": float(s.mean()),
                 "mean_loss": float(res.loss.mean())}
-    return Job("inversion_quality", inputs, compute,
-               f"reconstruction quality of {probe.name} on the 20 samples")
+    return _job("inversion_quality", inputs, run,
+                f"reconstruction quality of {probe.name} on the 20 samples", args)
 
 
 # --------------------------------------------------------------- manipulation
@@ -250,55 +350,47 @@ def browser_features(probe: Probe, per_class: int = 4) -> list[int]:
 def feature_grid_job(load: Loader, spec: str, indices: list[int], method: str = "adam",
                      steps: int | None = None) -> Job:
     """One visualisation per feature index, maximised from noise (batched)."""
-    from . import inversion
+    args = {"spec": spec, "indices": list(indices), "method": method, "steps": steps}
     probe = load(spec)
-    steps, step_size = inversion._defaults("visualize", method, steps, None)
+    settings = _with_frames_at_ends(_settings("visualize", method, steps))
     inputs = {"model": probe.identity(), "indices": list(indices), "method": method,
-              "steps": steps, "step_size": step_size, "seed": "noise", "generator_seed": 0,
-              "fake_relu": True}
+              "steps": settings.steps, "step_size": settings.step_size, "seed": "noise",
+              "generator_seed": 0, "fake_relu": settings.fake_relu}
 
-    def compute(progress: Progress) -> dict:
-        res = inversion.visualize_feature(probe, indices, "noise", steps, method,
-                                          progress=progress, frame_every=steps)
+    def run(progress: Reporter) -> dict:
+        res = inversion.visualize_feature(probe, indices, "noise", progress=progress,
+                                          settings=settings)
         return {"indices": list(indices), "images": res.images, "activation": -res.loss}
-    return Job("feature_grid", inputs, compute,
-               f"visualising {len(indices)} features of {probe.name}")
+    return _job("feature_grid", inputs, run,
+                f"visualising {len(indices)} features of {probe.name}", args)
 
 
 def test_outputs_job(load: Loader, spec: str) -> Job:
-    """Representation (float16), prediction and label of every test image."""
-    import torch
-
-    from . import inversion
+    """Representation (float16), prediction and label of every test image, in the
+    test set's order (top_images_job gives indices into it)."""
     probe = load(spec)
     inputs = {"model": probe.identity(), "images": test_images(None)}
 
-    def compute(progress: Progress) -> dict:
+    def run(progress: Reporter) -> dict:
         test = data.cifar10("test")
-        reps = inversion.representations(probe, test, progress=lambda d, t: progress(d, t or d))
+        reps = inversion.representations(probe, test, progress=progress)
         with torch.no_grad():
             preds = probe.model.linear(reps.to(probe.device)).argmax(1).cpu()
         return {"reps": reps.half(), "predicted": preds.to(torch.int16),
                 "labels": test.labels.to(torch.int16)}
-    return Job("test_outputs", inputs, compute, f"representations of the test set by {probe.name}")
+    return _job("test_outputs", inputs, run, f"representations of the test set by {probe.name}",
+                {"spec": spec})
 
 
 def top_images_job(load: Loader, spec: str, indices: list[int], k: int = 9) -> Job:
     """Indices into the test set (class-major order) of the k most and least
     activating images of each feature: numbers only, shippable without the data."""
-    import torch
-
-    from . import inversion
     probe = load(spec)
-    outputs = test_outputs_job(load, spec)
     inputs = {"model": probe.identity(), "indices": list(indices), "k": k,
               "images": test_images(None)}
 
-    def compute(progress: Progress) -> dict:
-        from .results import default_store
-        reps, _ = default_store().get_or_compute(outputs.kind, outputs.inputs,
-                                                 lambda: outputs.compute(progress))
-        r = reps["reps"].float()
+    def run(progress: Reporter, outputs: dict) -> dict:
+        r = outputs["reps"].float()
         out = {}
         for i in indices:
             top = inversion.top_activating(r, i, k)
@@ -307,69 +399,106 @@ def top_images_job(load: Loader, spec: str, indices: list[int], k: int = 9) -> J
                            "bottom": bottom.indices.to(torch.int32),
                            "bottom_values": bottom.values}
         return out
-    return Job("top_images", inputs, compute, f"top-activating test images for {probe.name}")
-
-
-# Radii (L2, pixels in [0, 1]) that keep an optimisation near its start, chosen by
-# looking at the shipped models' images: a robust model adds a feature *to* a sample
-# (most keep their predicted class) and interpolates through plausible images; the
-# Engstrom et al. ImageNet radius of 40 is about 5.7 at 32x32 by per-pixel RMS.
-ADD_RADIUS = 3.0
-INTERPOLATION_RADIUS = 4.0
+    return _job("top_images", inputs, run, f"top-activating test images for {probe.name}",
+                {"spec": spec, "indices": list(indices), "k": k},
+                {"outputs": test_outputs_job(load, spec)})
 
 
 def add_feature_job(load: Loader, spec: str, image: Any, index: int, method: str = "adam",
                     steps: int | None = None) -> Job:
-    import torch
-
-    from . import inversion
+    args = {"spec": spec, "image": images.to_uint8(image), "index": int(index),
+            "method": method, "steps": steps}
     probe = load(spec)
-    steps, step_size = inversion._defaults("add", method, steps, None)
-    inputs = {"model": probe.identity(), "image": image_id(image), "index": int(index),
-              "method": method, "steps": steps, "step_size": step_size, "fake_relu": True,
-              "eps": ADD_RADIUS}
+    settings = _settings("add", method, steps)
+    inputs = {"model": probe.identity(), "image": images.image_id(image), "index": int(index),
+              "method": method, "steps": settings.steps, "step_size": settings.step_size,
+              "fake_relu": settings.fake_relu, "eps": settings.eps}
 
-    def compute(progress: Progress) -> dict:
-        x = image_tensor(image)[None]
-        res = inversion.add_feature(probe, x, int(index), steps, method, step_size=step_size,
-                                    eps=ADD_RADIUS, progress=progress)
+    def run(progress: Reporter) -> dict:
+        x = images.to_tensor(image)[None]
+        res = inversion.add_feature(probe, x, int(index), progress=progress, settings=settings)
         with torch.no_grad():
             classes = probe(torch.cat([x, res.images]).to(probe.device)).argmax(1).tolist()
         out = res.to_dict()
         out.update(before=float(-res.loss_curve[0, 0]), after=float(-res.loss[0]),
                    predicted_before=classes[0], predicted=classes[1])
         return out
-    return Job("add_feature", inputs, compute, f"adding feature {index} with {probe.name}")
+    return _job("add_feature", inputs, run, f"adding feature {index} with {probe.name}", args)
 
 
 def interpolation_job(load: Loader, spec: str, image_a: Any, image_b: Any, frames: int = 10,
                       method: str = "adam", steps: int | None = None) -> Job:
-    from . import inversion
+    args = {"spec": spec, "image_a": images.to_uint8(image_a),
+            "image_b": images.to_uint8(image_b), "frames": frames, "method": method,
+            "steps": steps}
     probe = load(spec)
-    steps, step_size = inversion._defaults("invert", method, steps, None)
-    inputs = {"model": probe.identity(), "a": image_id(image_a), "b": image_id(image_b),
-              "frames": frames, "method": method, "steps": steps, "step_size": step_size,
-              "seed": "mix", "eps": INTERPOLATION_RADIUS}
+    settings = _settings("interpolate", method, steps)
+    inputs = {"model": probe.identity(), "a": images.image_id(image_a),
+              "b": images.image_id(image_b), "frames": frames, "method": method,
+              "steps": settings.steps, "step_size": settings.step_size, "seed": "mix",
+              "eps": settings.eps}
 
-    def compute(progress: Progress) -> dict:
-        res = inversion.interpolate(probe, image_tensor(image_a)[None], image_tensor(image_b)[None],
-                                    frames, None, "mix", steps, method, step_size,
-                                    eps=INTERPOLATION_RADIUS, progress=progress)
+    def run(progress: Reporter) -> dict:
+        res = inversion.interpolate(probe, images.to_tensor(image_a)[None],
+                                    images.to_tensor(image_b)[None], frames, seed="mix",
+                                    progress=progress, settings=settings)
         return res.to_dict()
-    return Job("interpolation", inputs, compute, f"interpolating with {probe.name}")
+    return _job("interpolation", inputs, run, f"interpolating with {probe.name}", args)
 
 
 def explain_job(load: Loader, spec: str, image: Any, label: int, method: str = "adam",
                 steps: int | None = None) -> Job:
-    from . import inversion
+    args = {"spec": spec, "image": images.to_uint8(image), "label": int(label),
+            "method": method, "steps": steps}
     probe = load(spec)
-    steps, step_size = inversion._defaults("add", method, steps, None)
-    inputs = {"model": probe.identity(), "image": image_id(image), "label": int(label),
-              "method": method, "steps": steps, "step_size": step_size}
+    settings = _settings("explain", method, steps)
+    inputs = {"model": probe.identity(), "image": images.image_id(image), "label": int(label),
+              "method": method, "steps": settings.steps, "step_size": settings.step_size}
 
-    def compute(progress: Progress) -> dict:
-        out = inversion.explain_misclassification(probe, image_tensor(image), int(label), steps,
-                                                  method, step_size, progress=progress)
+    def run(progress: Reporter) -> dict:
+        out = inversion.explain_misclassification(probe, images.to_tensor(image), int(label),
+                                                  progress=progress, settings=settings)
         out["result"] = out["result"].to_dict()
         return out
-    return Job("explain", inputs, compute, f"explaining {probe.name}'s prediction")
+    return _job("explain", inputs, run, f"explaining {probe.name}'s prediction", args)
+
+
+# ---------------------------------------------------------------------- kinds
+
+@dataclass(frozen=True)
+class Kind:
+    build: Callable[..., Job]         # build(load, **spec args) -> Job
+    version: int = 1                  # bump when the computation changes
+    shipped: bool = True              # precompute --to-assets copies it into assets/
+
+
+KINDS: dict[str, Kind] = {
+    # 2: seeded random batches over the whole test set (class-sorted at n = 10,000 before)
+    "cka": Kind(cka_job, version=2),
+    # made of data-set pixels and large: computed where they are used
+    "adversarial_examples": Kind(adversarial_job, shipped=False),
+    "stitch_cell": Kind(stitch_cell_job),
+    "accuracy": Kind(accuracy_job),
+    "inversion": Kind(inversion_job),
+    "inversion_quality": Kind(quality_job),
+    "feature_grid": Kind(feature_grid_job),
+    "test_outputs": Kind(test_outputs_job, shipped=False),
+    "top_images": Kind(top_images_job),
+    # 2: within L2 3.0 of the image (unconstrained before); reports the class before and after
+    "add_feature": Kind(add_feature_job, version=2),
+    # 2: within L2 4.0 of the pixel mix (unconstrained before)
+    "interpolation": Kind(interpolation_job, version=2),
+    "explain": Kind(explain_job),
+}
+
+
+def rebuild(spec: dict, load: Loader) -> Job:
+    """The job a spec describes (Job.spec, e.g. read back from JSON in another
+    process); a spec of another version than this code computes is refused."""
+    kind = KINDS.get(spec.get("kind"))
+    if kind is None:
+        raise ValueError(f"unknown job kind {spec.get('kind')!r}; known: {', '.join(KINDS)}")
+    if spec.get("version") != kind.version:
+        raise ValueError(f"this is a {spec['kind']} job of version {spec.get('version')}; "
+                         f"this code computes version {kind.version}")
+    return kind.build(load, **spec["args"])

@@ -1,10 +1,12 @@
 """Probe: a model + its input normalisation + named layer taps.
 
 Inputs are NCHW floats in [0, 1]; normalisation happens inside. Taps are
-forward hooks on module paths (torchvision feature_extraction style): handles
-are always removed, outputs are cloned (an in-place op later in the network
-must not change a tap), and the forward pass stops early once every requested
-tap has been seen.
+forward hooks on module paths (torchvision feature_extraction style), all set
+through `_hooks`: handles are always removed, and the forward pass stops early
+once every requested tap has been seen. Two ways to read them: `features`
+(several layers, detached clones: an in-place op later in the network must not
+change a tap) and `tap` (one layer, in the autograd graph, for optimisation and
+stitching). A layer name is checked (`check_layers`) where it enters a Probe.
 """
 from __future__ import annotations
 
@@ -24,7 +26,19 @@ _LEAF_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, ReLU, nn.MaxPool2d
 
 
 class _StopForward(Exception):
-    pass
+    """Raised by a hook once the taps asked for are seen: the rest of the pass is skipped."""
+
+
+def short_name(layer: str) -> str:
+    """A compact label for a tap in figures: layer3.1.bn2 -> 3.1.bn2, relu -> stem."""
+    return "stem" if layer == "relu" else layer.replace("layer", "")
+
+
+def _tensor_output(name: str, out: Any) -> torch.Tensor:
+    if not torch.is_tensor(out):
+        raise UnknownLayerError(f"layer {name!r} outputs a {type(out).__name__}, "
+                                "not a tensor; tap a module that returns one")
+    return out
 
 
 def pick_device(preference: str | None = None) -> torch.device:
@@ -93,25 +107,35 @@ class Probe(nn.Module):
         return dict(self._shapes or {})
 
     def _trace(self) -> None:
-        order, shapes, handles = [], {}, []
+        order, shapes = [], {}
 
-        def hook(name):
-            def fn(_m, _i, out):
-                if torch.is_tensor(out):
-                    if name not in shapes:
-                        order.append(name)
-                    shapes[name] = tuple(out.shape[1:])
-            return fn
-        for name, module in self.model.named_modules():
-            if name:
-                handles.append(module.register_forward_hook(hook(name)))
+        def seen(name: str, out: Any) -> None:
+            if torch.is_tensor(out):
+                if name not in shapes:
+                    order.append(name)
+                shapes[name] = tuple(out.shape[1:])
+        with self._hooks({name: seen for name in self._modules_by_name if name}), torch.no_grad():
+            self(torch.zeros(1, 3, self.input_size, self.input_size, device=self.device))
+        self._order, self._shapes = order, shapes
+
+    @contextlib.contextmanager
+    def _hooks(self, hooks: dict[str, Callable[[str, Any], None]]) -> Iterator[None]:
+        """Forward hooks hook(name, output) on modules by path, always removed after."""
+        handles = [self._modules_by_name[name].register_forward_hook(
+            lambda _m, _i, out, name=name, hook=hook: hook(name, out))
+            for name, hook in hooks.items()]
         try:
-            with torch.no_grad():
-                self(torch.zeros(1, 3, self.input_size, self.input_size, device=self.device))
+            yield
         finally:
             for h in handles:
                 h.remove()
-        self._order, self._shapes = order, shapes
+
+    def _run_to_taps(self, x: torch.Tensor) -> None:
+        """A forward pass that a hook may end early by raising _StopForward."""
+        try:
+            self(x)
+        except _StopForward:
+            pass
 
     def check_layers(self, layers: Sequence[str]) -> list[str]:
         """Validate tap names; UnknownLayerError names close matches."""
@@ -196,34 +220,52 @@ class Probe(nn.Module):
         layers = self.check_layers(list(layers) if layers is not None else self._layers)
         wanted = set(layers)
         out: dict[str, torch.Tensor] = {}
-        handles = []
 
-        def hook(name):
-            def fn(_m, _i, o):
-                if not torch.is_tensor(o):
-                    raise UnknownLayerError(f"layer {name!r} outputs a {type(o).__name__}, "
-                                            "not a tensor; tap a module that returns one")
-                if reduce is not None:
-                    out[name] = reduce(name, o)
-                else:
-                    out[name] = o if grad else o.detach().clone()
-                if not grad and len(out) == len(wanted):
-                    raise _StopForward
-            return fn
-        for name in wanted:
-            handles.append(self._modules_by_name[name].register_forward_hook(hook(name)))
-        try:
-            with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-                self(x)
-        except _StopForward:
-            pass
-        finally:
-            for h in handles:
-                h.remove()
+        def keep(name: str, o: Any) -> None:
+            o = _tensor_output(name, o)
+            if reduce is not None:
+                out[name] = reduce(name, o)
+            else:
+                out[name] = o if grad else o.detach().clone()
+            if not grad and len(out) == len(wanted):
+                raise _StopForward
+        with self._hooks({name: keep for name in wanted}), \
+                torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            self._run_to_taps(x)
         missing = wanted - set(out)
         if missing:
             raise UnknownLayerError(f"layers {sorted(missing)} did not run in the forward pass")
         return {name: out[name] for name in layers}
+
+    @contextlib.contextmanager
+    def tap(self, layer: str | None = None) -> Iterator[Callable[[torch.Tensor], torch.Tensor]]:
+        """Inside the block, a function x -> the output of `layer` (default the
+        penultimate representation) for inputs x, in the autograd graph; the
+        network runs no further than that layer. A chain stage runs through
+        forward_to (no hook); any other module through a hook that ends the pass."""
+        if layer is None:
+            layer = self.representation_layer
+            if layer is None:
+                raise UnknownLayerError("this model has no known representation layer; "
+                                        "name a layer")
+        self.check_layers([layer])
+        if layer in self.chain_layers():
+            yield lambda x: self.forward_to(x, layer)
+            return
+        seen: list[torch.Tensor] = []
+
+        def stop(name: str, o: Any) -> None:
+            seen.append(_tensor_output(name, o))
+            raise _StopForward
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            seen.clear()
+            self._run_to_taps(x)
+            if not seen:
+                raise UnknownLayerError(f"layer {layer!r} did not run in the forward pass")
+            return seen[0]
+        with self._hooks({layer: stop}):
+            yield run
 
     def representation(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """Penultimate features, (N, D)."""

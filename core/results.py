@@ -15,6 +15,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import sqlite3
 import threading
@@ -68,30 +69,54 @@ def make_key(kind: str, inputs: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def encode(value: Any) -> tuple[str, bytes | None]:
-    """value -> (JSON text, safetensors bytes or None)."""
-    arrays: dict[str, torch.Tensor] = {}
+def plain(value: Any, arrays: dict[str, torch.Tensor] | None = None) -> Any:
+    """A JSON-able copy of a value made of dicts, lists, numbers, strings, tensors,
+    numpy arrays and objects with to_dict(): the one JSON encoder of core.
+
+    Without `arrays` (for people: exports, the CLI, job specs) tensors and arrays
+    become nested lists, non-finite floats None (strict JSON) and any other object
+    its str(). With `arrays`
+    (the store's lossless form, read back by `decode`) each tensor or array moves
+    into that dict under a name the copy refers to, and non-finite floats stay.
+    """
+    storages: set[int] = set()
+
+    def keep(t: torch.Tensor, tag: str) -> dict:
+        t = t.detach().cpu().contiguous()
+        if t.untyped_storage().data_ptr() in storages:  # safetensors refuses shared memory
+            t = t.clone()
+        storages.add(t.untyped_storage().data_ptr())
+        name = f"a{len(arrays)}"
+        arrays[name] = t
+        return {tag: name}
 
     def walk(v: Any) -> Any:
         if torch.is_tensor(v):
-            name = f"a{len(arrays)}"
-            # a copy of its own: safetensors refuses views that share storage
-            arrays[name] = v.detach().cpu().clone(memory_format=torch.contiguous_format)
-            return {"__tensor__": name}
+            return keep(v, "__tensor__") if arrays is not None else walk(v.detach().cpu().numpy())
         if isinstance(v, np.ndarray):
-            name = f"a{len(arrays)}"
-            arrays[name] = torch.from_numpy(np.array(v, copy=True, order="C"))
-            return {"__ndarray__": name}
+            if arrays is not None:
+                return keep(torch.from_numpy(np.ascontiguousarray(v)), "__ndarray__")
+            return walk(v.tolist())
         if isinstance(v, dict):
             return {str(k): walk(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [walk(x) for x in v]
-        if isinstance(v, (np.floating, np.integer)):
-            return v.item()
-        if isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))):
-            return {"__float__": repr(v)}
+        if isinstance(v, (np.floating, np.integer, np.bool_)):
+            return walk(v.item())
+        if isinstance(v, float) and not math.isfinite(v):
+            return {"__float__": repr(v)} if arrays is not None else None
+        if hasattr(v, "to_dict"):
+            return walk(v.to_dict())
+        if arrays is None and not isinstance(v, (str, int, float, bool, type(None))):
+            return str(v)  # e.g. a path, for a person to read
         return v
-    meta = json.dumps(walk(value), allow_nan=False)
+    return walk(value)
+
+
+def encode(value: Any) -> tuple[str, bytes | None]:
+    """value -> (JSON text, safetensors bytes or None): the store's form of `plain`."""
+    arrays: dict[str, torch.Tensor] = {}
+    meta = json.dumps(plain(value, arrays), allow_nan=False)
     return meta, (st_save(arrays) if arrays else None)
 
 

@@ -28,12 +28,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import attacks
-from .data import ImageTensorDataset, fixed_subset
+from .data import ImageTensorDataset, batch_sizes, batches
 from .errors import RobustLensError, UnknownLayerError
 from .probe import Probe
+from .progress import Event, Reporter, report, span
 
-Progress = Callable[..., None]      # progress(done, total, message="")
-Loader = ImageTensorDataset | Iterable[tuple[torch.Tensor, torch.Tensor]]
+Loader = ImageTensorDataset | Iterable[tuple[torch.Tensor, torch.Tensor]]  # what data.batches reads
 
 METHODS = ("task", "direct")
 INITS = ("random", "identity", "direct")
@@ -147,7 +147,8 @@ class StitchedModel(nn.Module):
         return self.stitch(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.front.forward_to(x, self.layer)
+        with self.front.tap(self.layer) as front_half:
+            h = front_half(x)
         return self.end.forward_from(self.end_layer, self.transfer(h))
 
     def identity_init(self) -> "StitchedModel":
@@ -176,60 +177,17 @@ class StitchedModel(nn.Module):
 
 # ------------------------------------------------------------------ data helpers
 
-def _is_dataset(loader: Any) -> bool:
-    return hasattr(loader, "images") and hasattr(loader, "labels")
-
-
-def _to_input(x: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = x.to(device)
-    return x.float().div_(255) if x.dtype == torch.uint8 else x.float()
-
-
-def _batches(loader: Loader, batch_size: int, device: torch.device,
-             generator: torch.Generator | None = None,
-             max_batches: int | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(x in [0,1], y) on `device`: a dataset in order or in a seeded shuffle;
-    any other iterable of (x, y) batches as it comes."""
-    if _is_dataset(loader):
-        n = len(loader.labels)
-        order = torch.randperm(n, generator=generator) if generator is not None else None
-        for b, s in enumerate(range(0, n, batch_size)):
-            if max_batches is not None and b >= max_batches:
-                return
-            idx = order[s:s + batch_size] if order is not None else slice(s, s + batch_size)
-            yield _to_input(loader.images[idx], device), loader.labels[idx].to(device)
-    else:
-        for b, (x, y) in enumerate(loader):
-            if max_batches is not None and b >= max_batches:
-                return
-            yield _to_input(x, device), y.to(device)
-
-
-def _steps_per_epoch(loader: Loader, batch_size: int, max_batches: int | None) -> int:
-    if _is_dataset(loader):
-        steps = math.ceil(len(loader.labels) / batch_size)
-    elif hasattr(loader, "__len__") and iter(loader) is not loader:
-        steps = len(loader)  # type: ignore[arg-type]
-    else:
-        raise StitchingError("task-loss training makes several passes with a schedule: pass "
-                             "an ImageTensorDataset or a sized, re-iterable loader (a list "
-                             "of batches, a DataLoader), not a one-shot iterator")
-    steps = min(steps, max_batches) if max_batches is not None else steps
-    if steps == 0:
-        raise StitchingError("the training data are empty")
-    return steps
-
-
-def _n_images(loader: Loader) -> int | None:
-    return len(loader.labels) if _is_dataset(loader) else None
+def _limit(max_batches: int | None, batch_size: int) -> int | None:
+    """max_batches as a number of images (the first batches of the epoch's order)."""
+    return None if max_batches is None else max_batches * batch_size
 
 
 def data_identity(loader: Loader | None) -> dict | None:
     """How results name a data set: its source and size (None when unknown)."""
     if loader is None:
         return None
-    if _is_dataset(loader):
-        return {"source": getattr(loader, "source", ""), "n": len(loader.labels)}
+    if isinstance(loader, ImageTensorDataset):
+        return {"source": loader.source, "n": len(loader)}
     n = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     return {"source": type(loader).__name__, "n": n}
 
@@ -265,23 +223,6 @@ def _modes(*pairs: tuple[nn.Module, bool]) -> Iterator[None]:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _call(progress: Progress | None, done: float, total: float, message: str) -> None:
-    if progress is not None:
-        progress(done, total, message)
-
-
-def _span(progress: Progress | None, start: float, width: float, total: float,
-          prefix: str = "") -> Progress | None:
-    """A progress callback for a sub-task that fills [start, start+width] of total."""
-    if progress is None:
-        return None
-
-    def sub(done: float, sub_total: float, message: str = "") -> None:
-        frac = min(1.0, done / sub_total) if sub_total else 1.0
-        progress(start + width * frac, total, f"{prefix}{message}")
-    return sub
 
 
 # ------------------------------------------------------------------ least squares
@@ -365,6 +306,13 @@ def _same_stage(stitched: StitchedModel) -> bool:
     return stitched.front is stitched.end and stitched.layer == stitched.end_layer
 
 
+@contextlib.contextmanager
+def _halves(stitched: StitchedModel) -> Iterator[tuple[Callable, Callable]]:
+    """The front's and the end's own activation at the stitch (Probe.tap)."""
+    with stitched.front.tap(stitched.layer) as front, stitched.end.tap(stitched.end_layer) as end:
+        yield front, end
+
+
 def representation_error(stitched: StitchedModel, loader: Loader, n: int | None = None,
                          batch_size: int = 256) -> float:
     """||stitch(front activation) - end activation||_F / ||end activation||_F at the
@@ -372,10 +320,10 @@ def representation_error(stitched: StitchedModel, loader: Loader, n: int | None 
     representation is from the one the end model expects, for either method."""
     dev = stitched.device
     diff_sq, ref_sq = 0.0, 0.0
-    with torch.no_grad(), _modes((stitched, False)):
-        for x, _y in _batches(_take(loader, n, batch_size), batch_size, dev):
-            a = stitched.front.forward_to(x, stitched.layer)
-            b = a if _same_stage(stitched) else stitched.end.forward_to(x, stitched.end_layer)
+    with torch.no_grad(), _modes((stitched, False)), _halves(stitched) as (front, end):
+        for x, _y in batches(loader, batch_size, dev, limit=n):
+            a = front(x)
+            b = a if _same_stage(stitched) else end(x)
             diff_sq += float((stitched.transfer(a) - b).double().pow(2).sum())
             ref_sq += float(b.double().pow(2).sum())
     if ref_sq == 0:
@@ -385,31 +333,30 @@ def representation_error(stitched: StitchedModel, loader: Loader, n: int | None 
 
 def direct_match(stitched: StitchedModel, loader: Loader, batch_size: int = 128,
                  max_batches: int | None = None, ridge: float = 1e-6,
-                 progress: Progress | None = None, profile: bool = False,
+                 progress: Reporter | None = None, profile: bool = False,
                  seed: int = 0) -> dict:
     """Set the stitching layer to the least-squares map from the front's activation
     to the end's own activation at the matching layer. Returns the fit's record.
 
-    A dataset is read in a seeded shuffle, so that max_batches takes a random
-    sample (CIFAR-10 is stored class by class)."""
+    A data set is read in seeded random batches, so that max_batches takes a
+    random sample (CIFAR-10 is stored class by class)."""
     dev = stitched.device
     t_start = time.perf_counter()
     neq = NormalEquations(stitched.in_channels, stitched.out_channels, dev)
     timing = {"front_s": 0.0, "end_s": 0.0, "accumulate_s": 0.0, "solve_s": 0.0}
-    n_images = _n_images(loader)
-    total = math.ceil(n_images / batch_size) if n_images is not None else None
-    if total is not None and max_batches is not None:
-        total = min(total, max_batches)
+    limit = _limit(max_batches, batch_size)
+    sizes = batch_sizes(loader, batch_size, limit)
+    total = len(sizes) if sizes is not None else None
     seen = 0
-    with torch.no_grad(), _modes((stitched.front, False), (stitched.end, False)):
-        gen = torch.Generator().manual_seed(seed)
-        for i, (x, _y) in enumerate(_batches(loader, batch_size, dev, gen, max_batches)):
+    with torch.no_grad(), _modes((stitched.front, False), (stitched.end, False)), \
+            _halves(stitched) as (front, end):
+        for i, (x, _y) in enumerate(batches(loader, batch_size, dev, seed, limit)):
             t0 = time.perf_counter()
-            a = stitched.front.forward_to(x, stitched.layer)
+            a = front(x)
             if profile:
                 _sync(dev)
             t1 = time.perf_counter()
-            b = a if _same_stage(stitched) else stitched.end.forward_to(x, stitched.end_layer)
+            b = a if _same_stage(stitched) else end(x)
             if profile:
                 _sync(dev)
             t2 = time.perf_counter()
@@ -421,7 +368,7 @@ def direct_match(stitched: StitchedModel, loader: Loader, batch_size: int = 128,
             timing["end_s"] += t2 - t1
             timing["accumulate_s"] += t3 - t2
             seen += len(x)
-            _call(progress, i + 1, total or i + 1, f"direct matching: {seen} images")
+            report(progress, i + 1, total or i + 1, f"direct matching: {seen} images")
         t0 = time.perf_counter()
         w, b = neq.solve(ridge)
         stitched.set_linear(w.T.float(), b.float())
@@ -438,7 +385,7 @@ def fit(front: Probe, end: Probe, layer: str, loader: Loader, method: str = "tas
         epochs: int = 30, lr: float = 1e-3, weight_decay: float = 1e-4,
         batch_size: int = 128, adapt_bn: bool = False, init: str = "random",
         end_layer: str | None = None, ridge: float = 1e-6,
-        progress: Progress | None = None, seed: int = 0, max_batches: int | None = None,
+        progress: Reporter | None = None, seed: int = 0, max_batches: int | None = None,
         init_batches: int | None = None, log_every: int | None = None,
         profile: bool = False,
         ) -> tuple[StitchedModel, dict]:
@@ -450,8 +397,9 @@ def fit(front: Probe, end: Probe, layer: str, loader: Loader, method: str = "tas
     squares first). adapt_bn=True lets a private copy of the end model's
     BatchNorm layers run in train mode (batch statistics, running averages
     updated), as the original code did; the shared end model is never changed.
-    max_batches caps the batches per epoch (direct: in total); init_batches caps
-    those of the direct init (default: max_batches).
+    The data are read in seeded random batches, a new order every epoch
+    (core.data.batches). max_batches caps the batches per epoch (direct: in
+    total); init_batches caps those of the direct init (default: max_batches).
 
     method="direct": closed-form least squares onto the end's activation at
     `end_layer` (each pixel a sample, with bias); epochs, lr etc. are unused.
@@ -479,8 +427,14 @@ def fit(front: Probe, end: Probe, layer: str, loader: Loader, method: str = "tas
         hist["seed"] = seed
         return stitched.eval(), hist
 
-    steps_per_epoch = _steps_per_epoch(loader, batch_size, max_batches)
-    steps_per_epoch * epochs
+    sizes = batch_sizes(loader, batch_size, _limit(max_batches, batch_size))
+    if sizes is None:
+        raise StitchingError("task-loss training makes several passes with a schedule: pass "
+                             "an ImageTensorDataset or a sized, re-iterable loader (a list "
+                             "of batches, a DataLoader), not a one-shot iterator")
+    if not sizes:
+        raise StitchingError("the training data are empty")
+    steps_per_epoch = len(sizes)
     init_record = None
     train_progress = progress
     if init == "identity":
@@ -488,8 +442,8 @@ def fit(front: Probe, end: Probe, layer: str, loader: Loader, method: str = "tas
     elif init == "direct":  # the first quarter of the progress bar
         init_record = direct_match(stitched, loader, batch_size,
                                    init_batches if init_batches is not None else max_batches,
-                                   ridge, _span(progress, 0, 0.25, 1.0), profile, seed)
-        train_progress = _span(progress, 0.25, 0.75, 1.0)
+                                   ridge, span(progress, 0, 0.25), profile, seed)
+        train_progress = span(progress, 0.25, 0.75)
     hist = _train_task(stitched, loader, epochs, steps_per_epoch, lr, weight_decay,
                        batch_size, adapt_bn, seed, max_batches, log_every, train_progress,
                        profile)
@@ -517,31 +471,32 @@ def _lr_factor(step: int, total: int) -> float:
 
 def _train_task(stitched: StitchedModel, loader: Loader, epochs: int, steps_per_epoch: int,
                 lr: float, weight_decay: float, batch_size: int, adapt_bn: bool, seed: int,
-                max_batches: int | None, log_every: int | None, progress: Progress | None,
+                max_batches: int | None, log_every: int | None, progress: Reporter | None,
                 profile: bool) -> dict:
     dev = stitched.device
     front, end = stitched.front, stitched.end
     total = steps_per_epoch * epochs
     log_every = log_every or max(1, total // 50)
     opt = torch.optim.Adam(stitched.stitch.parameters(), lr=lr, weight_decay=weight_decay)
-    gen = torch.Generator().manual_seed(seed)
     curve: dict[str, list] = {"step": [], "epoch": [], "loss": [], "accuracy": [], "lr": []}
     epoch_loss, epoch_acc = [], []
     timing = {"data_s": 0.0, "front_s": 0.0, "end_s": 0.0, "step_s": 0.0}
     step, seen = 0, 0
     t_start = time.perf_counter()
-    with _frozen(front, end), _modes((front, False), (end, adapt_bn), (stitched.stitch, True)):
+    with _frozen(front, end), _modes((front, False), (end, adapt_bn), (stitched.stitch, True)), \
+            front.tap(stitched.layer) as front_half:
         for epoch in range(epochs):
             e_loss = e_correct = e_n = 0.0
             w_loss = w_correct = w_n = 0.0
             t0 = time.perf_counter()
-            for x, y in _batches(loader, batch_size, dev, gen, max_batches):
+            for x, y in batches(loader, batch_size, dev, seed, _limit(max_batches, batch_size),
+                                epoch):
                 factor = _lr_factor(step, total)
                 for g in opt.param_groups:
                     g["lr"] = lr * factor
                 t1 = time.perf_counter()
                 with torch.no_grad():  # the front is frozen: no graph needed
-                    h = front.forward_to(x, stitched.layer)
+                    h = front_half(x)
                 if profile:
                     _sync(dev)
                 t2 = time.perf_counter()
@@ -571,9 +526,9 @@ def _train_task(stitched: StitchedModel, loader: Loader, epochs: int, steps_per_
                     curve["accuracy"].append(w_correct / w_n)
                     curve["lr"].append(lr * factor)
                     w_loss = w_correct = w_n = 0.0
-                _call(progress, step, total,
-                      f"epoch {epoch + 1}/{epochs}, loss {e_loss / e_n:.3f}, "
-                      f"accuracy {e_correct / e_n:.3f}")
+                report(progress, step, total,
+                       f"epoch {epoch + 1}/{epochs}, loss {e_loss / e_n:.3f}, "
+                       f"accuracy {e_correct / e_n:.3f}")
                 t0 = time.perf_counter()
             epoch_loss.append(e_loss / max(e_n, 1))
             epoch_acc.append(e_correct / max(e_n, 1))
@@ -587,62 +542,41 @@ def _train_task(stitched: StitchedModel, loader: Loader, epochs: int, steps_per_
 
 # ------------------------------------------------------------------ evaluation
 
-def _take(loader: Loader, n: int | None, batch_size: int) -> Loader:
-    """The first n images: a fixed shuffle of a dataset (CIFAR-10 is stored class
-    by class), or the first n of an iterable of batches."""
-    if n is None:
-        return loader
-    if _is_dataset(loader):
-        return loader if n >= len(loader.labels) else fixed_subset(loader, n)
-
-    def head() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        left = n
-        for x, y in loader:
-            if left <= 0:
-                return
-            yield x[:left], y[:left]
-            left -= len(y)
-    return list(head())
-
-
 def _accuracy(model: nn.Module, loader: Loader, attack: Callable | None, batch_size: int,
-              progress: Progress | None, label: str) -> tuple[float, int]:
-    dev = next(model.parameters()).device
-    total = _n_images(loader)
-    count = {"n": 0}
+              limit: int | None, progress: Reporter | None, label: str) -> tuple[float, int]:
+    """Accuracy on the first `limit` images of the seeded order, and their number."""
+    seen = {"n": 0}
 
-    def counted() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for x, y in _batches(loader, batch_size, dev):
-            count["n"] += len(y)
-            yield x, y
-
-    def report(done: int, _total: int) -> None:
-        _call(progress, done, total or done, f"{label}: {done} images")
-    acc = attacks.accuracy(model, counted(), attack=attack, device=dev, progress=report)
-    return acc, count["n"]
+    def counted(e: Event) -> None:
+        seen["n"] = int(e.done)
+        report(progress, e.done, e.total, f"{label}: {int(e.done)} images")
+    acc = attacks.accuracy(model, loader, attack, next(model.parameters()).device, counted,
+                           batch_size=batch_size, limit=limit)
+    return acc, seen["n"]
 
 
 def evaluate(stitched: nn.Module, loader: Loader, attack: attacks.PGD | None = None, *,
              robust_n: int | None = None, test_n: int | None = None, batch_size: int = 256,
-             progress: Progress | None = None) -> dict:
+             progress: Reporter | None = None) -> dict:
     """Clean accuracy of any [0,1]->logits model, and robust accuracy under `attack`
     (on the first `robust_n` test images when given: attacks are slow on a CPU).
+    A data set is read in seeded random batches; test_n and robust_n take the
+    first images of that order, so the robust images are among the clean ones.
 
     Returns {"clean_accuracy", "robust_accuracy" (None without an attack), "n",
     "n_robust", "attack" (its description), "seconds"}.
     """
-    clean_loader = _take(loader, test_n, batch_size)
     t0 = time.perf_counter()
     has_attack = attack is not None
     with _modes((stitched, False)):
-        clean, n = _accuracy(stitched, clean_loader, None, batch_size,
-                             _span(progress, 0, 0.2 if has_attack else 1.0, 1.0), "clean")
+        clean, n = _accuracy(stitched, loader, None, batch_size, test_n,
+                             span(progress, 0, 0.2 if has_attack else 1.0), "clean")
         t1 = time.perf_counter()
         robust, n_robust = None, None
         if has_attack:
-            robust_loader = _take(clean_loader, robust_n, batch_size)
-            robust, n_robust = _accuracy(stitched, robust_loader, attack, batch_size,
-                                         _span(progress, 0.2, 0.8, 1.0), attack.describe())
+            limit = min(x for x in (robust_n, test_n, n) if x is not None)
+            robust, n_robust = _accuracy(stitched, loader, attack, batch_size, limit,
+                                         span(progress, 0.2, 0.8), attack.describe())
     t2 = time.perf_counter()
     return {"clean_accuracy": clean, "robust_accuracy": robust, "n": n, "n_robust": n_robust,
             "attack": attack.describe() if has_attack else None,
@@ -677,7 +611,7 @@ def stitch_cell(front: Probe, end: Probe, layer: str, method: str = "task",
                 train_loader: Loader | None = None, test_loader: Loader | None = None,
                 attack: attacks.PGD | None = None, epochs: int = 30, *,
                 test_n: int | None = None, robust_n: int | None = None, seed: int = 0,
-                progress: Progress | None = None, **fit_options: Any) -> dict:
+                progress: Reporter | None = None, **fit_options: Any) -> dict:
     """Fit one stitching layer and score it: one cell of a stitching matrix.
 
     Returns plain values: layer, method, clean/robust accuracy, DM error (the
@@ -691,10 +625,10 @@ def stitch_cell(front: Probe, end: Probe, layer: str, method: str = "task",
         raise StitchingError("a stitch cell needs training data and test data")
     fit_share = 0.7 if method == "task" else 0.3
     stitched, hist = fit(front, end, layer, train_loader, method, epochs=epochs, seed=seed,
-                         progress=_span(progress, 0, fit_share, 1.0, f"{layer}: "),
+                         progress=span(progress, 0, fit_share, prefix=f"{layer}: "),
                          **fit_options)
     ev = evaluate(stitched, test_loader, attack, test_n=test_n, robust_n=robust_n,
-                  progress=_span(progress, fit_share, 1 - fit_share, 1.0, f"{layer}: "))
+                  progress=span(progress, fit_share, 1 - fit_share, prefix=f"{layer}: "))
     repr_n = robust_n if robust_n is not None else test_n
     return {"layer": layer, "end_layer": stitched.end_layer, "method": method,
             "clean_accuracy": ev["clean_accuracy"], "robust_accuracy": ev["robust_accuracy"],
@@ -791,59 +725,105 @@ def _pairs(pairs_or_front: Probe | Sequence[tuple[Probe, Probe]],
     return pairs  # type: ignore[return-value]
 
 
+def _score(evaluation: dict | None) -> dict | None:
+    """What a matrix keeps of a donor's evaluate() record."""
+    if evaluation is None:
+        return None
+    return {k: evaluation[k] for k in ("clean_accuracy", "robust_accuracy")}
+
+
+@dataclass
+class Grid:
+    """What a stitching matrix holds: a row per (front, end) pair, a column per
+    layer, and the donors (each model once) scored on their own. stitching.matrix
+    computes its cells directly, the app (core.jobs.stitch_matrix) as stored jobs:
+    both lay them out and assemble them here."""
+    pairs: list[tuple[Probe, Probe]]
+    layers: list[str]
+
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[Probe, Probe]], layers: Sequence[str] | None = None
+           ) -> "Grid":
+        """Default layers: the stem and the block outputs that every pair shares (the
+        papers' grid; the pooled representation is a stitch point too, if asked for).
+        Every cell is checked here, before anything is trained."""
+        pairs = list(pairs)
+        if layers is None:
+            common = [set(common_stitch_points(f, e)) for f, e in pairs]
+            front = pairs[0][0]
+            layers = [n for n in stitch_points(front)
+                      if all(n in c for c in common) and n != front.representation_layer]
+        grid = cls(pairs, list(layers))
+        for f, e in grid.pairs:
+            for layer in grid.layers:
+                StitchedModel(f, e, layer)
+        return grid
+
+    @property
+    def donors(self) -> list[Probe]:
+        """Every model of the pairs once, in order of appearance."""
+        seen: dict[str, Probe] = {}
+        for f, e in self.pairs:
+            seen.setdefault(f.fingerprint(), f)
+            seen.setdefault(e.fingerprint(), e)
+        return list(seen.values())
+
+    def labels(self) -> list[str]:
+        return [f"{_model_name(f)} -> {_model_name(e)}" for f, e in self.pairs]
+
+    def assemble(self, method: str, settings: dict, cell: Callable[[int, int], dict | None],
+                 score: Callable[[Probe], dict | None]) -> StitchResult:
+        """The StitchResult of cell(pair, layer) (a stitch_cell() record, or None when
+        not computed) and score(donor) (an evaluate() record, or None)."""
+        info = [{"front": f.identity(), "end": e.identity(), "label": label}
+                for (f, e), label in zip(self.pairs, self.labels())]
+        result = StitchResult.empty(info, self.layers, method, settings)
+        for i, (f, e) in enumerate(self.pairs):
+            result.front_accuracy[i] = _score(score(f))
+            result.end_accuracy[i] = _score(score(e))
+            for j in range(len(self.layers)):
+                value = cell(i, j)
+                if value is not None:
+                    result.set_cell(i, j, value)
+        return result
+
+
 def matrix(pairs_or_front: Probe | Sequence[tuple[Probe, Probe]], end: Probe | None = None,
            layers: Sequence[str] | None = None, *, method: str = "task",
            train_loader: Loader | None = None, test_loader: Loader | None = None,
            attack: attacks.PGD | None = None, epochs: int = 30,
            test_n: int | None = None, robust_n: int | None = None, seed: int = 0,
-           progress: Progress | None = None, **fit_options: Any) -> StitchResult:
-    """Stitch every pair at every layer (default: the stitch points all pairs share)
-    and score the cells and the donors. progress(done, total, message) counts cells."""
-    pairs = _pairs(pairs_or_front, end)
+           progress: Reporter | None = None, **fit_options: Any) -> StitchResult:
+    """Stitch every pair at every layer (default: Grid.of's) and score the cells
+    and the donors. progress: an Event per cell and donor."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if train_loader is None or test_loader is None:
         raise StitchingError("matrix() needs train_loader and test_loader")
-    if layers is None:
-        common = [set(common_stitch_points(f, e)) for f, e in pairs]
-        layers = [n for n in stitch_points(pairs[0][0]) if all(n in c for c in common)]
-    layers = list(layers)
-    for f, e in pairs:
-        for layer in layers:
-            StitchedModel(f, e, layer)  # fail fast, before any training
+    grid = Grid.of(_pairs(pairs_or_front, end), layers)
     settings = {"epochs": epochs if method == "task" else None, "seed": seed,
                 "train": data_identity(train_loader), "test": data_identity(test_loader),
                 "test_n": test_n, "robust_n": robust_n,
                 "attack": attack.describe() if attack is not None else None,
                 "attack_params": attack.to_dict() if attack is not None else None,
                 "fit_options": {k: v for k, v in sorted(fit_options.items()) if k != "profile"}}
-    pair_info = [{"front": f.identity(), "end": e.identity(),
-                  "label": f"{_model_name(f)} -> {_model_name(e)}"} for f, e in pairs]
-    result = StitchResult.empty(pair_info, layers, method, settings)
-
-    models = {}
-    for f, e in pairs:
-        models.setdefault(f.fingerprint(), f)
-        models.setdefault(e.fingerprint(), e)
-    total = len(pairs) * len(layers) + len(models)
+    total = len(grid.pairs) * len(grid.layers) + len(grid.donors)
     done = 0
     scores: dict[str, dict] = {}
-    for fp, model in models.items():
-        ev = evaluate(model, test_loader, attack, test_n=test_n, robust_n=robust_n,
-                      progress=_span(progress, done, 1, total, f"{_model_name(model)}: "))
-        scores[fp] = {"clean_accuracy": ev["clean_accuracy"],
-                      "robust_accuracy": ev["robust_accuracy"]}
+    for model in grid.donors:
+        scores[model.fingerprint()] = evaluate(
+            model, test_loader, attack, test_n=test_n, robust_n=robust_n,
+            progress=span(progress, done, 1, total, f"{_model_name(model)}: "))
         done += 1
-    for i, (f, e) in enumerate(pairs):
-        result.front_accuracy[i] = scores[f.fingerprint()]
-        result.end_accuracy[i] = scores[e.fingerprint()]
-        for j, layer in enumerate(layers):
-            cell = stitch_cell(f, e, layer, method, train_loader, test_loader, attack, epochs,
-                               test_n=test_n, robust_n=robust_n, seed=seed,
-                               progress=_span(progress, done, 1, total,
-                                              f"{pair_info[i]['label']} "), **fit_options)
-            result.set_cell(i, j, cell)
+    cells: dict[tuple[int, int], dict] = {}
+    for i, ((f, e), label) in enumerate(zip(grid.pairs, grid.labels())):
+        for j, layer in enumerate(grid.layers):
+            cells[i, j] = stitch_cell(f, e, layer, method, train_loader, test_loader, attack,
+                                      epochs, test_n=test_n, robust_n=robust_n, seed=seed,
+                                      progress=span(progress, done, 1, total, f"{label} "),
+                                      **fit_options)
             done += 1
-            _call(progress, done, total, f"{pair_info[i]['label']} at {layer}: clean "
-                                         f"{cell['clean_accuracy']:.3f}")
-    return result
+            report(progress, done, total,
+                   f"{label} at {layer}: clean {cells[i, j]['clean_accuracy']:.3f}")
+    return grid.assemble(method, settings, lambda i, j: cells[i, j],
+                         lambda model: scores[model.fingerprint()])

@@ -307,12 +307,7 @@ def cka_jobs(load: Loader, s: Mapping[str, Any]) -> list[Job]:
 
 def stitching_jobs(load: Loader, s: Mapping[str, Any], rows: list[tuple[str, str]]
                    ) -> list[Job]:
-    from . import stitching
-    layers = [la for la in stitching.common_stitch_points(load(rows[0][0]), load(rows[0][1]))
-              if la != "avgpool"]
-    cells = [jobs.stitch_cell_job(load, f, e, la, s["st_method"]) for f, e in rows for la in layers]
-    refs = [jobs.accuracy_job(load, m) for m in dict.fromkeys(x for p in rows for x in p)]
-    return cells + refs
+    return jobs.stitch_matrix(load, rows, s["st_method"]).jobs()
 
 
 def inversion_jobs(load: Loader, s: Mapping[str, Any],

@@ -5,9 +5,8 @@ setup()   # before the heavy imports: a cold server's deep link hands over at on
 
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
-import torch  # noqa: E402
 
-from core import backend, data, exports, figures, views  # noqa: E402
+from core import backend, data, exports, figures, images, views  # noqa: E402
 from ui import page, presentation, sidebar, state, uploads  # noqa: E402
 from ui.gallery import gallery  # noqa: E402
 
@@ -39,7 +38,7 @@ def items_of(source: str) -> list[dict]:
         if test is None:
             return []
         page_no = state.value(PAGE, "inv_page")
-        order = torch.randperm(len(test), generator=torch.Generator().manual_seed(0))
+        order = data.shuffled_order(len(test))
         return [{"key": f"test-{i}", "image": test.images[i].numpy().transpose(1, 2, 0),
                  "title": f"test image {i}: {data.CLASSES[int(test.labels[i])]}",
                  "caption": data.CLASSES[int(test.labels[i])]}
@@ -80,7 +79,7 @@ with _bottom if big else _top:
         state.number(st, PAGE, "inv_page")
     if source == "upload":
         st.file_uploader(f"Your image (PNG, JPEG, GIF, BMP, TIFF or WebP, up to "
-                         f"{data.MAX_UPLOAD_BYTES // 2**20} MB; centre-cropped to 32x32). It "
+                         f"{images.MAX_UPLOAD_BYTES // 2**20} MB; centre-cropped to 32x32). It "
                          "stays in this browser session.", type=uploads.IMAGE_TYPES,
                          key="inv_upload", on_change=uploaded)
         error = st.session_state.pop("_upload_error", None)
@@ -139,11 +138,11 @@ with _results:
             slots.append(cols[k + 1].empty())
             notes.append(cols[k + 1].empty())
 
-        def show(i, step, total, loss, images):
-            if images is not None:
-                slots[i].image(figures.upscale(images[0], 8), width=SIZE)
-            if images is not None or step % 20 == 0:
-                notes[i].caption(f"step {step}/{total} · loss {loss:.3f}")
+        def show(i, e):
+            if e.preview is not None:
+                slots[i].image(figures.upscale(e.preview[0], 8), width=SIZE)
+            if e.preview is not None or int(e.done) % 20 == 0:
+                notes[i].caption(f"step {int(e.done)}/{int(e.total)} · loss {e.loss or 0:.3f}")
 
         results = backend.run_live(job_list, show)
         for k, res in enumerate(results):

@@ -46,11 +46,11 @@ def run_pair(job_list: list, cols: list) -> list:
     slots = [c.empty() for c in cols]
     notes = [c.empty() for c in cols]
 
-    def show(i, step, total, loss, images):
-        if images is not None:
-            slots[i].image(figures.upscale(images[0], 6), width=SIZE)
-        if images is not None or step % 25 == 0:
-            notes[i].caption(f"step {step}/{total}")
+    def show(i, e):
+        if e.preview is not None:
+            slots[i].image(figures.upscale(e.preview[0], 6), width=SIZE)
+        if e.preview is not None or int(e.done) % 25 == 0:
+            notes[i].caption(f"step {int(e.done)}/{int(e.total)}")
     results = backend.run_live(job_list, show)
     for slot, note in zip(slots, notes):
         slot.empty()

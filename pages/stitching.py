@@ -8,7 +8,7 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core import backend, exports, figures, jobs, stitching, views  # noqa: E402
+from core import backend, exports, figures, jobs, views  # noqa: E402
 from ui import page, presentation, sidebar, state  # noqa: E402
 
 PAGE = "stitching"
@@ -46,25 +46,18 @@ row_labels = [f"{kind}<br><sup>{backend.label(f)} → {backend.label(e)}</sup>"
               for kind, (f, e) in zip(jobs.STITCH_PAIRS, pairs)]
 
 with page.guard():
-    layers = [la for la in stitching.common_stitch_points(backend.model(pairs[0][0]),
-                                                           backend.model(pairs[0][1]))
-              if la != "avgpool"]
-    cell_jobs = [[jobs.stitch_cell_job(backend.model, f, e, la, method) for la in layers]
-                 for f, e in pairs]
-    cells = [[backend.stored(j) for j in row] for row in cell_jobs]
-    ref_jobs = {s: jobs.accuracy_job(backend.model, s) for s in {x for p in pairs for x in p}}
-    refs = {s: backend.stored(j) for s, j in ref_jobs.items()}
+    plan = jobs.stitch_matrix(backend.model, pairs, method)  # the grid stitching.matrix uses
+    layers, cell_jobs, ref_jobs = plan.grid.layers, plan.cells, plan.donors
+    got = {j.key: backend.stored(j) for j in plan.jobs()}
+    cells = [[got[j.key] for j in row] for row in cell_jobs]
+    refs = {s: got[j.key] for s, j in ref_jobs.items()}
+    matrix = plan.result(lambda j: got[j.key])
 
 key = "robust_accuracy" if metric.startswith("robust") else "clean_accuracy"
-values = np.full((len(pairs), len(layers)), np.nan)
-for r, row in enumerate(cells):
-    for k, cell in enumerate(row):
-        if cell is not None and cell.get(key) is not None:
-            values[r, k] = cell[key]
-            if metric.endswith("_rel"):
-                end_ref = refs.get(pairs[r][1])
-                values[r, k] = (cell[key] / end_ref[key] if end_ref and end_ref.get(key)
-                                else np.nan)
+values = matrix.robust if metric.startswith("robust") else matrix.clean
+if metric.endswith("_rel"):
+    ends = [np.nan if not (ref and ref.get(key)) else ref[key] for ref in matrix.end_accuracy]
+    values = values / np.array(ends)[:, None]
 i, j = (min(int(settings["st_cell"][0]), len(pairs) - 1),
         min(int(settings["st_cell"][1]), len(layers) - 1))
 missing = [job for row, jrow in zip(cells, cell_jobs) for c, job in zip(row, jrow) if c is None]

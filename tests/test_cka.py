@@ -98,7 +98,7 @@ def features(model, x, layers=LAYERS):
 def benign_features(models, images) -> list[tuple[dict, dict]]:
     """Per batch: (features of a, features of b), computed directly."""
     a, b = models
-    return [(features(a, x), features(b, x)) for x, _ in images.batches(BATCH)]
+    return [(features(a, x), features(b, x)) for x, _ in data.batches(images, BATCH)]
 
 
 @pytest.fixture(scope="module")
@@ -282,11 +282,22 @@ def test_minibatch_unbiased_equals_reference_accumulation(models, images, benign
 def test_loader_of_batches_equals_dataset(models, images, benign):
     a, b = models
     seen = []
-    res = cka.cka_matrix(a, b, list(images.batches(BATCH)), layers_a=LAYERS, layers_b=LAYERS,
-                         progress=lambda *args: seen.append(args))
+    # a data set is read in seeded random batches; a list of batches as it comes
+    res = cka.cka_matrix(a, b, list(data.batches(images, BATCH)), layers_a=LAYERS,
+                         layers_b=LAYERS, progress=seen.append)
     np.testing.assert_allclose(res.matrix, benign.matrix, atol=1e-12)
-    assert [s[:2] for s in seen] == [(BATCH, N), (N, N)] and isinstance(seen[0][2], str)
+    assert [(e.done, e.total) for e in seen] == [(BATCH, N), (N, N)]
+    assert seen[-1].text == f"CKA: {N} of {N} images"
     assert res.batch_size == BATCH
+    in_order = cka.cka_matrix(a, b, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
+                              shuffle_seed=None)
+    assert np.abs(in_order.matrix - benign.matrix).max() > 1e-4  # other batches, other estimate
+    first = cka.cka_matrix(a, b, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH // 2,
+                           limit=BATCH)
+    subset = cka.cka_matrix(a, b, data.fixed_subset(images, BATCH), layers_a=LAYERS,
+                            layers_b=LAYERS, batch_size=BATCH // 2, shuffle_seed=None)
+    np.testing.assert_array_equal(first.matrix, subset.matrix)
+    assert first.n == BATCH
 
 
 ATTACK = PGD("linf", eps=16 / 255, step_size=8 / 255, steps=2)
@@ -300,7 +311,7 @@ def test_adversarial_inputs_change_the_result(models, images, benign):
     assert (adv.attack_a, adv.attack_b) == (ATTACK.describe(), ATTACK.describe())
     assert (benign.attack_a, benign.attack_b) == ("benign", "benign")
     batches = [(features(a, ATTACK(a, x, y)), features(b, ATTACK(b, x, y)))
-               for x, y in images.batches(BATCH)]
+               for x, y in data.batches(images, BATCH)]
     np.testing.assert_allclose(adv.matrix, ref_minibatch(batches, LAYERS, LAYERS, True)[0],
                                atol=2e-6)
 
@@ -309,7 +320,7 @@ def test_attack_a_against_b_feeds_side_a_only(models, images):
     a, b = models
     res = cka.cka_matrix(a, b, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
                          attack_a=ATTACK, adv_against="b")
-    batches = [(features(a, ATTACK(b, x, y)), features(b, x)) for x, y in images.batches(BATCH)]
+    batches = [(features(a, ATTACK(b, x, y)), features(b, x)) for x, y in data.batches(images, BATCH)]
     np.testing.assert_allclose(res.matrix, ref_minibatch(batches, LAYERS, LAYERS, True)[0],
                                atol=2e-6)
     assert res.adv_against == "b" and res.attack_b == "benign"
@@ -336,7 +347,7 @@ def test_taps_before_an_in_place_relu_see_their_own_output(images):
                               torch.nn.Linear(8 * 16 * 16, 10))
     probe = Probe(net, data.MEAN, data.STD, name="inplace").eval()
     res = cka.cka_matrix(probe, probe, images, layers_a=["1"], layers_b=["2"], batch_size=BATCH)
-    ref = ref_minibatch([(features(probe, x, ["1", "2"]),) * 2 for x, _ in images.batches(BATCH)],
+    ref = ref_minibatch([(features(probe, x, ["1", "2"]),) * 2 for x, _ in data.batches(images, BATCH)],
                         ["1"], ["2"], True)[0]
     np.testing.assert_allclose(res.matrix, ref, atol=2e-6)
     assert res.matrix[0, 0] < 0.99
@@ -374,7 +385,7 @@ def test_bad_arguments_raise(models, images):
         cka.cka_matrix(a, b, images, kernel="cosine")
     with pytest.raises(ValueError, match="adv_against"):
         cka.cka_matrix(a, b, images, adv_against="both")
-    with pytest.raises(ValueError, match="last batch of 2"):
+    with pytest.raises(ValueError, match="leave a batch of 2"):
         cka.cka_matrix(a, b, images.subset(range(BATCH + 2)), batch_size=BATCH)
 
 
@@ -398,30 +409,26 @@ def test_result_round_trips_and_exports(models, images):
         cka.CKAResult.from_dict({**res.to_dict(), "layers_b": LAYERS})
 
 
-def test_adversarial_batches_are_made_once_per_model_attack_and_images(models, images,
-                                                                       monkeypatch):
-    """The paper view attacks each model in two panels: the second time is a reuse."""
-    from collections import OrderedDict
-
+def test_adversarial_examples_made_beforehand_stand_for_the_attack(models, images,
+                                                                  monkeypatch):
+    """The paper view attacks each model in two panels: core.jobs makes the examples
+    once (attacks.examples, through the results store) and hands them over."""
     from core import attacks
     a, b = models
-    monkeypatch.setattr(cka, "_ADV_CACHE", OrderedDict())
+    direct = cka.cka_matrix(a, b, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
+                            attack_a=ATTACK, attack_b=ATTACK)
+    ex_a, ex_b = (attacks.examples(m, images, ATTACK, BATCH) for m in (a, b))
+    assert ex_a.shape == (N, 3, 16, 16) and ex_a.device.type == "cpu"
     calls = []
     real = attacks.pgd
     monkeypatch.setattr(attacks, "pgd", lambda *args, **kw: calls.append(1) or real(*args, **kw))
-    first = cka.cka_matrix(a, b, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
-                           attack_a=ATTACK, attack_b=ATTACK)
-    made = len(calls)
-    assert made == 2 * len(list(images.batches(BATCH)))
-    swapped = cka.cka_matrix(b, a, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
-                             attack_a=ATTACK, attack_b=ATTACK)
-    assert len(calls) == made
-    np.testing.assert_allclose(swapped.matrix, first.matrix.T, atol=1e-12)
-    # an attack that is not a seeded value (no to_dict) is never reused
-    plain = lambda m, x, y: ATTACK(m, x, y)  # noqa: E731
-    cka.cka_matrix(a, a, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
-                   attack_a=plain, attack_b=plain)
-    assert len(calls) == made + len(list(images.batches(BATCH)))
+    reused = cka.cka_matrix(a, b, images, layers_a=LAYERS, layers_b=LAYERS, batch_size=BATCH,
+                            attack_a=ATTACK, attack_b=ATTACK, examples_a=ex_a, examples_b=ex_b)
+    assert calls == []
+    np.testing.assert_array_equal(reused.matrix, direct.matrix)
+    assert reused.attack_a == ATTACK.describe()
+    with pytest.raises(ValueError, match="examples_a holds 5 images for 32"):
+        cka.cka_matrix(a, b, images, batch_size=BATCH, attack_a=ATTACK, examples_a=ex_a[:5])
 
 
 def test_paper_view_panels_share_the_first_panels_layer_labels():

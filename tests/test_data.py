@@ -1,11 +1,8 @@
 """Image sources: CIFAR-10 in both formats, samples, photos, and uploads good and bad."""
 from __future__ import annotations
 
-import io
 import pickle
-import struct
 import tarfile
-import zlib
 
 import numpy as np
 import pytest
@@ -14,7 +11,7 @@ from PIL import Image
 
 from conftest import needs_data
 from core import data
-from core.errors import BadImageError, DataNotFoundError
+from core.errors import DataNotFoundError
 
 RNG = np.random.default_rng(0)
 
@@ -104,57 +101,71 @@ def test_ood_photos():
     assert len(p) >= 4 and all(x.image.shape == (32, 32, 3) and x.image.dtype == np.uint8 for x in p)
 
 
-# ---------------------------------------------------------------------- uploads
+# ---------------------------------------------------------------------- batches
 
-def _png(img: Image.Image, fmt="PNG") -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format=fmt)
-    return buf.getvalue()
-
-
-@pytest.mark.parametrize("mode", ["RGB", "L", "RGBA", "P", "CMYK", "I;16", "LA", "1", "F"])
-def test_upload_modes(mode):
-    arr = RNG.integers(0, 255, (50, 70, 3), dtype=np.uint8)
-    img = Image.fromarray(arr).convert(mode if mode not in ("I;16", "F") else "L")
-    if mode == "I;16":
-        img = Image.fromarray((RNG.integers(0, 65535, (50, 70))).astype(np.uint16))
-    if mode == "F":
-        img = Image.fromarray(RNG.random((50, 70)).astype(np.float32))
-    fmt = "TIFF" if mode in ("CMYK", "F") else "PNG"
-    out = data.load_upload(_png(img, fmt))
-    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+def _sorted_set(per_class: int = 6) -> data.ImageTensorDataset:
+    """A data set stored class by class, as CIFAR-10 is; image i's first pixel is i."""
+    n = 10 * per_class
+    images = torch.zeros(n, 3, 4, 4, dtype=torch.uint8)
+    images[:, 0, 0, 0] = torch.arange(n, dtype=torch.uint8)
+    return data.ImageTensorDataset(images, torch.arange(10).repeat_interleave(per_class))
 
 
-def test_upload_formats_and_sizes():
-    img = Image.fromarray(RNG.integers(0, 255, (1000, 400, 3), dtype=np.uint8))
-    for fmt in ("JPEG", "WEBP", "BMP", "GIF"):
-        assert data.load_upload(_png(img, fmt)).shape == (32, 32, 3)
-    assert data.load_upload(_png(Image.new("RGB", (1, 1)))).shape == (32, 32, 3)
+def _indices(batch: torch.Tensor) -> list[int]:
+    return (batch[:, 0, 0, 0] * 255).round().long().tolist()
 
 
-def test_bad_uploads():
-    with pytest.raises(BadImageError, match="empty"):
-        data.load_upload(b"")
-    with pytest.raises(BadImageError, match="not an image Pillow can read") as bad:
-        data.load_upload(b"hello, I am a text file" * 10)
-    assert "<" not in str(bad.value) and "0x" not in str(bad.value)   # no Python internals
-    good = _png(Image.fromarray(RNG.integers(0, 255, (64, 64, 3), dtype=np.uint8)))
-    with pytest.raises(BadImageError):
-        data.load_upload(good[: len(good) // 2])
-    with pytest.raises(BadImageError, match="MB"):
-        data.load_upload(b"\0" * (data.MAX_UPLOAD_BYTES + 1))
+def test_batches_are_seeded_random_by_default_and_in_order_when_asked():
+    ds = _sorted_set()
+    shuffled = [(_indices(x), y.tolist()) for x, y in data.batches(ds, 8)]
+    assert [len(i) for i, _ in shuffled] == [8] * 7 + [4]
+    order = [i for idx, _ in shuffled for i in idx]
+    assert sorted(order) == list(range(60)) and order != list(range(60))
+    assert order == data.shuffled_order(60).tolist()
+    assert all(y == [k // 6 for k in idx] for idx, y in shuffled)  # labels follow images
+    assert [i for x, _ in data.batches(ds, 8) for i in _indices(x)] == order  # seeded
+    assert [i for x, _ in data.batches(ds, 8, shuffle_seed=1) for i in _indices(x)] != order
+    in_order = [i for x, _ in data.batches(ds, 8, shuffle_seed=None) for i in _indices(x)]
+    assert in_order == list(range(60))
+    x, y = next(data.batches(ds, 8))
+    assert x.dtype == torch.float32 and 0 <= x.min() <= x.max() <= 1 and y.dtype == torch.long
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A tiny valid PNG whose header claims a gigantic image (a decompression bomb)."""
-    def chunk(tag, payload):
-        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(
-            ">I", zlib.crc32(tag + payload) & 0xFFFFFFFF)
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 100)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+def test_a_limit_reads_the_fixed_subset_and_epochs_reshuffle():
+    ds = _sorted_set()
+    first = [i for x, _ in data.batches(ds, 4, limit=10) for i in _indices(x)]
+    subset = data.fixed_subset(ds, 10)
+    assert first == [i for x, _ in data.batches(subset, 4, shuffle_seed=None)
+                     for i in _indices(x)]
+    assert data.batch_sizes(ds, 4, limit=10) == [4, 4, 2]
+    epochs = [[i for x, _ in data.batches(ds, 60, epoch=e) for i in _indices(x)]
+              for e in range(3)]
+    assert epochs[0] == data.shuffled_order(60).tolist()
+    assert epochs[0] != epochs[1] != epochs[2] and sorted(epochs[2]) == list(range(60))
+    # epoch k is the (k+1)-th draw of one generator (a training loop's epochs)
+    gen = torch.Generator().manual_seed(0)
+    draws = [torch.randperm(60, generator=gen).tolist() for _ in range(3)]
+    assert epochs == draws
 
 
-def test_decompression_bomb_refused_before_decoding():
-    with pytest.raises(BadImageError, match="pixels"):
-        data.load_upload(_png_claiming(100_000, 100_000))
+def test_other_sources_tensors_samples_and_iterables_of_batches():
+    imgs = torch.rand(10, 3, 4, 4)
+    got = list(data.batches(imgs, 4, shuffle_seed=None))
+    assert torch.equal(torch.cat([x for x, _ in got]), imgs)
+    assert (torch.cat([y for _, y in got]) == -1).all()  # unlabelled
+    samples = data.cifar_samples()[:5]
+    x, y = next(data.batches(samples, 5, shuffle_seed=None))
+    assert torch.equal(x, torch.stack([s.tensor() for s in samples]))
+    assert y.tolist() == [s.label for s in samples]
+    tensors = torch.utils.data.TensorDataset(imgs, torch.arange(10))
+    assert [y.tolist() for _, y in data.batches(tensors, 6, shuffle_seed=None)] == [
+        list(range(6)), list(range(6, 10))]
+    # an iterable of batches is the caller's batching: read as it comes, cut at limit
+    given = [(imgs[:3], torch.zeros(3)), (imgs[3:], torch.ones(7))]
+    assert [len(x) for x, _ in data.batches(given, 100)] == [3, 7]
+    assert [len(x) for x, _ in data.batches(given, 100, limit=5)] == [3, 2]
+    assert data.batch_sizes(given, 100, limit=5) == [3, 2]
+    assert data.batch_sizes(iter(given), 100) is None  # one-shot: unknown before reading
+    loader = torch.utils.data.DataLoader(tensors, batch_size=4)
+    assert data.batch_sizes(loader, 100) == [4, 4, 2]
+    assert [len(x) for x, _ in data.batches(loader, 100)] == [4, 4, 2]

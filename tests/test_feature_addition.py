@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from conftest import shipped
-from core import data, inversion, jobs, zoo
+from core import data, inversion, jobs, runner, zoo
 
 ROBUST, STANDARD = "resnet18-l2-1.0", "resnet18-standard-s0"
 
@@ -15,22 +15,21 @@ def test_robust_addition_raises_the_feature_and_keeps_the_class():
     model = zoo.load(ROBUST, device="cpu")
     x = torch.stack([s.tensor() for s in data.cifar_samples()])
     feature = jobs.browser_features(model)[0]            # the browser's first feature
-    steps, lr = inversion.DEFAULTS["add"]["adam"]
-    res = inversion.add_feature(model, x, feature, steps, "adam", step_size=lr,
-                                eps=jobs.ADD_RADIUS)
+    settings = inversion.Settings.for_task("add")
+    res = inversion.add_feature(model, x, feature, settings=settings)
     before, after = -res.loss_curve[0], -res.loss
     assert (after > before).all() and (after - before).mean() > 1.0, (before, after)
     with torch.no_grad():
         kept = (model(res.images).argmax(1) == model(x).argmax(1)).float().mean()
     assert kept >= 0.6, f"only {kept:.0%} of the samples kept their class"
     moved = (res.images - x).flatten(1).norm(dim=1)
-    assert (moved <= jobs.ADD_RADIUS + 1e-4).all()                 # near the source image
+    assert (moved <= inversion.RADII["add"] + 1e-4).all()           # near the source image
 
 
 @shipped(ROBUST)
 def test_the_addition_job_reports_the_class_before_and_after():
     sample = data.cifar_samples()[0]
     job = jobs.add_feature_job(lambda s: zoo.load(s, device="cpu"), ROBUST, sample.image, 3)
-    out = job.compute(lambda *a, **k: None)
+    out = runner.compute(job)
     assert {"predicted_before", "predicted", "before", "after"} <= set(out)
-    assert out["after"] > out["before"] and job.inputs["eps"] == jobs.ADD_RADIUS
+    assert out["after"] > out["before"] and job.inputs["eps"] == inversion.RADII["add"]

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from conftest import tiny_probe
-from core import data, zoo
+from core import zoo
+from core.images import load_upload
 from core.errors import BadImageError, CheckpointError, UnknownModelError
 
 MODES = ["1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LA", "PA", "I", "I;16", "F", "HSV"]
@@ -30,7 +31,7 @@ FUZZ = settings(max_examples=int(os.environ.get("RL_FUZZ_EXAMPLES", "150")), dea
 def check_upload(blob: bytes) -> None:
     COUNTS["uploads"] += 1
     try:
-        out = data.load_upload(blob)
+        out = load_upload(blob)
     except BadImageError as e:
         assert str(e)  # a message a person can read
         return
@@ -78,10 +79,10 @@ def test_uploads_of_random_bytes(blob):
 @settings(max_examples=20, deadline=None)
 @given(st.integers(20_000, 200_000), st.integers(20_000, 200_000))
 def test_uploads_claiming_huge_dimensions(w, h):
-    from test_data import _png_claiming
+    from test_images import _png_claiming
     with pytest.raises(BadImageError):
         COUNTS["uploads"] += 1
-        data.load_upload(_png_claiming(w, h))
+        load_upload(_png_claiming(w, h))
 
 
 # ---------------------------------------------------------------- checkpoints

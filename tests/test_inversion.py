@@ -99,16 +99,18 @@ def test_unknown_layers_are_refused(probe):
 
 
 def test_seeds_progress_and_frames(probe):
-    calls = []
+    events = []
     r = inversion.invert(probe, IMAGES[:2], seed="gray", steps=9, frame_every=4,
-                         progress=lambda *a: calls.append(a))
-    assert [c[0] for c in calls] == list(range(10)) and all(c[1] == 9 for c in calls)
+                         progress=events.append)
+    assert [e.done for e in events] == list(range(10)) and all(e.total == 9 for e in events)
     # the first frame is the seed, shown at step 0, before any step is taken
-    assert calls[0][3] is not None and torch.equal(calls[0][3], torch.full((2, 3, 32, 32), 0.5))
+    assert events[0].preview is not None
+    assert torch.equal(events[0].preview, torch.full((2, 3, 32, 32), 0.5))
     assert [s for s, _ in r.frames] == [0, 4, 8, 9]
-    assert [c[0] for c in calls if c[3] is not None] == [0, 4, 8, 9]
+    assert [e.done for e in events if e.preview is not None] == [0, 4, 8, 9]
     assert torch.equal(r.frames[-1][1], r.images)
-    assert math.isclose(calls[-1][2], float(r.loss.mean()), rel_tol=1e-6)
+    assert math.isclose(events[-1].loss, float(r.loss.mean()), rel_tol=1e-6)
+    assert events[-1].text.startswith("step 9/9, loss")
     seeded = inversion.invert(probe, IMAGES[:2], seed=IMAGES[3], steps=0)
     assert torch.equal(seeded.images, IMAGES[3].expand(2, -1, -1, -1))
     with pytest.raises(ValueError):
@@ -121,8 +123,8 @@ def test_a_progress_callback_can_cancel_and_leaves_the_model_as_it_was(probe):
     class Cancel(Exception):
         pass
 
-    def progress(step, total, loss, images):
-        if step == 3:
+    def progress(event):
+        if event.done == 3:
             raise Cancel
     with pytest.raises(Cancel):
         inversion.invert(probe, IMAGES[:1], layer="layer2.0.bn1", steps=10, progress=progress)

@@ -140,11 +140,24 @@ def test_shipped_assets_are_consulted(tmp_path):
     assert fresh.has("cka", {"m": 1})
 
 
-def test_tensors_that_share_memory_are_stored():
-    """A result holding a tensor and a view of it (an explanation's image and its batch)."""
-    from core.results import decode, encode
-    batch = torch.rand(2, 3, 4, 4)
-    meta, blob = encode({"images": batch, "image": batch[0], "row": batch[1, 0]})
-    back = decode(meta, blob)
-    assert torch.equal(back["images"], batch) and torch.equal(back["image"], batch[0])
-    assert torch.equal(back["row"], batch[1, 0])
+def test_tensors_sharing_memory_are_stored(tmp_path):
+    """A result may hold a tensor and a view of it (explain: the image and the
+    InversionResult it comes from); safetensors refuses shared memory."""
+    s = ResultStore(tmp_path / "r.sqlite", assets=None)
+    images = torch.rand(2, 3, 4, 4)
+    s.put("explain", {"i": 1}, {"image": images[0], "result": {"images": images}})
+    got = s.get("explain", {"i": 1})
+    assert torch.equal(got["image"], images[0]) and torch.equal(got["result"]["images"], images)
+
+
+def test_one_json_encoder_for_the_store_and_for_people():
+    from core import exports
+    from core.attacks import PGD
+    from core.results import encode, plain
+    value = {"t": torch.tensor([1.0, float("nan")]), "a": np.arange(2), "x": np.float32(0.5),
+             "inf": float("inf"), "attack": PGD("l2", 0.5, 0.1, 3), 3: (1, 2)}
+    assert plain(value) == {"t": [1.0, None], "a": [0, 1], "x": 0.5, "inf": None,
+                            "attack": PGD("l2", 0.5, 0.1, 3).to_dict(), "3": [1, 2]}
+    meta, blob = encode(value)
+    assert '"inf": {"__float__": "inf"}' in meta and blob is not None
+    assert exports.plain is plain

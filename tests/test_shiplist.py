@@ -2,7 +2,6 @@
 CIFAR-10, from the results shipped in assets/, without computing anything."""
 from __future__ import annotations
 
-import os
 
 import pytest
 

@@ -155,7 +155,7 @@ def test_task_fit_can_start_from_the_least_squares_fit(a):
     stitched, hist = stitching.fit(a, a, "layer2.1", train, "task", epochs=1, lr=0.0,
                                    weight_decay=0.0, batch_size=32, init="direct",
                                    init_batches=1,
-                                   progress=lambda d, t, m="": seen.append(d / t))
+                                   progress=lambda e: seen.append(e.done / e.total))
     assert hist["init_dm_error"] < 1e-4 and hist["init_images"] == 32 and hist["steps"] == 2
     assert seen == sorted(seen) and seen[-1] == 1.0 and len(seen) == 3
     x = random_images(4, seed=6)
@@ -253,7 +253,7 @@ def test_matrix_cells_and_round_trip(a, wide):
     seen = []
     res = stitching.matrix([(a, wide), (a, a)], layers=["layer1.1", "avgpool"], method="direct",
                            train_loader=train, test_loader=test, attack=atk, robust_n=8,
-                           progress=lambda d, t, m="": seen.append((d, t)))
+                           progress=lambda e: seen.append((e.done, e.total)))
     assert res.clean.shape == (2, 2) and res.complete and not np.isnan(res.robust).any()
     assert res.dm_error[0, 0] > 0.01 and (res.dm_error[1] < 1e-3).all()  # self-stitch: exact
     assert res.front_accuracy[0]["clean_accuracy"] == attacks.accuracy(a, test)

@@ -14,6 +14,7 @@ import numpy as np
 import streamlit as st
 
 from core import data
+from core.images import UPLOAD_PREFIX, image_id, load_upload
 from core.errors import BadImageError
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp"]
@@ -29,10 +30,10 @@ def images() -> dict[str, np.ndarray]:
 def add_image(name: str, blob: bytes) -> tuple[str | None, str | None]:
     """Decode and keep an uploaded image: (its key, None), or (None, why not)."""
     try:
-        arr = data.load_upload(blob)
+        arr = load_upload(blob)
     except BadImageError as e:
         return None, f"{name}: {e}."
-    key = "upload-" + hashlib.sha256(arr.tobytes()).hexdigest()[:12]
+    key = UPLOAD_PREFIX + image_id(arr)
     images()[key] = arr
     return key, None
 

@@ -1,0 +1,103 @@
+"""Images: conversion between their forms, resizing, identity (a hash), uploads.
+
+Two forms travel through core: uint8 HWC arrays (what files, the gallery and
+the shipped samples hold) and float CHW tensors in [0, 1] (what models take).
+An image's identity in result keys is a hash of its uint8 pixels, so the same
+picture has the same key whichever form it came in.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from .errors import BadImageError
+
+MAX_UPLOAD_BYTES = 20 * 2**20
+MAX_UPLOAD_PIXELS = 50_000_000     # refuse decompression bombs before decoding
+UPLOAD_PREFIX = "upload-"
+
+
+# ------------------------------------------------------------------ forms
+
+def to_uint8(img: Any) -> np.ndarray:
+    """An image as HWC uint8: from a CHW float tensor/array in [0, 1], an HWC uint8
+    array, or integer pixel values 0..255 (e.g. nested lists from JSON)."""
+    a = img.detach().cpu().numpy() if hasattr(img, "detach") else np.asarray(img)
+    if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
+        a = a.transpose(1, 2, 0)  # CHW -> HWC
+    if np.issubdtype(a.dtype, np.integer):
+        return a.astype(np.uint8, copy=False)
+    return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def to_tensor(img: Any) -> torch.Tensor:
+    """An image (any form to_uint8 takes) as a (3, H, W) float tensor in [0, 1]."""
+    return torch.from_numpy(to_uint8(img).transpose(2, 0, 1).copy()).float() / 255
+
+
+def image_id(img: Any) -> str:
+    """A short hash of an image's uint8 pixels: its identity in result keys."""
+    return hashlib.sha256(to_uint8(img).tobytes()).hexdigest()[:16]
+
+
+def norms(batch: torch.Tensor) -> torch.Tensor:
+    """The L2 norm of each item of a batch (at least 1e-12), shaped to broadcast
+    against it: (N, 1, 1, 1) for images."""
+    return batch.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (batch.ndim - 1)))
+
+
+# ------------------------------------------------------------------ resizing
+
+def to_model_size(im: Image.Image, size: int = 32) -> np.ndarray:
+    """Any Pillow image -> uint8 RGB size x size, centre crop then resize."""
+    im = ImageOps.exif_transpose(im)
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, rgba)
+    elif im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(im, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255 if hi > lo else np.zeros_like(arr)
+        im = Image.fromarray(arr.astype(np.uint8))
+    im = ImageOps.fit(im.convert("RGB"), (size, size), Image.Resampling.LANCZOS)
+    return np.asarray(im, dtype=np.uint8)
+
+
+# ------------------------------------------------------------------ uploads
+
+def load_upload(data: bytes, size: int = 32) -> np.ndarray:
+    """Decode an uploaded image (any format Pillow reads) to uint8 RGB size x size.
+
+    Raises BadImageError for anything that is not a readable, sane image.
+    """
+    if not data:
+        raise BadImageError("the file is empty")
+    if len(data) > MAX_UPLOAD_BYTES:
+        raise BadImageError(f"the file is {len(data) / 2**20:.1f} MB; the limit is "
+                            f"{MAX_UPLOAD_BYTES // 2**20} MB")
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            w, h = im.size
+            if w * h > MAX_UPLOAD_PIXELS:
+                raise BadImageError(f"the image is {w}x{h} pixels; the limit is "
+                                    f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels")
+            if w < 1 or h < 1:
+                raise BadImageError("the image has no pixels")
+            im.load()
+            return to_model_size(im, size)
+    except BadImageError:
+        raise
+    except Image.DecompressionBombError as e:
+        raise BadImageError("the image would decompress to too many pixels "
+                            f"(the limit is {MAX_UPLOAD_PIXELS // 1_000_000} megapixels)") from e
+    except MemoryError as e:
+        raise BadImageError("the image is too large to decode") from e
+    except Exception as e:  # noqa: BLE001 - any decoder failure on an upload is "unreadable"
+        raise BadImageError("this is not an image Pillow can read (PNG, JPEG, GIF, BMP, TIFF, "
+                            "WebP and most other formats are), or the file is damaged") from e
