@@ -92,3 +92,25 @@ def test_zoo_recipes_are_coherent():
     for name, c in train.ZOO.items():
         assert c.name == name and c.arch == "resnet18" and c.width == 32
         assert (c.threat is None) == (c.eps == 0)
+
+
+def test_epochs_fit_the_budget_and_never_exceed_the_recipe():
+    c = train.ZOO["resnet18-linf-8"]
+    assert train.epochs_within(c, 0.05, 97, budget_s=100) == int(100 / (1.1 * 0.05 * 97))
+    assert train.epochs_within(c, 0.001, 97, budget_s=10_000) == c.epochs
+    assert train.epochs_within(c, 10.0, 97, budget_s=1) == 1
+
+
+@pytest.mark.slow
+def test_runs_side_by_side_are_timed_fitted_and_trained(tree):
+    """Two zoo recipes on a 64-image subset, each in its own process: timed together,
+    epochs fitted to the budget, trained to completion (what a GPU run does)."""
+    cfgs = [dataclasses.replace(train.ZOO[n], data_root=str(tree), device="cpu", subset=64)
+            for n in ("resnet18-standard-s0", "resnet18-l2-0.5")]
+    lines: list[str] = []
+    epochs = train.train_parallel(cfgs, budget_s=2.0, log=lines.append, timing_steps=3)
+    assert set(epochs) == {c.name for c in cfgs} and all(e >= 1 for e in epochs.values())
+    assert any("ms a step with 2 runs side by side" in line for line in lines)
+    for c in cfgs:
+        run = train.load_run(dataclasses.replace(c, epochs=epochs[c.name]))
+        assert run.card["training"]["complete"] and run.card["training"]["epochs"] == epochs[c.name]
