@@ -412,6 +412,7 @@ def _prune_assets(load: Callable, wanted: list[tuple[str, dict]]) -> int:
         if path.stem not in keep:
             path.unlink()
             path.with_suffix(".safetensors").unlink(missing_ok=True)
+            path.with_suffix(".inputs").unlink(missing_ok=True)
             removed += 1
     return removed
 

@@ -306,6 +306,8 @@ class ResultStore:
         (d / f"{key}.json").write_text(meta)
         if blob:
             (d / f"{key}.safetensors").write_bytes(blob)
+        # what the result was computed from, so a test can check it against pretrained/
+        (d / f"{key}.inputs").write_text(json.dumps({"kind": kind, "inputs": canonical(inputs)}))
         return d / f"{key}.json"
 
 

@@ -46,3 +46,29 @@ def test_shipped_model_measures_what_its_card_says(name):
     out = evaluation.check_card(name, n=200)
     for what, (now, card) in out.items():
         assert abs(now - card) <= 0.08, (name, what, now, card)
+
+
+def test_shipped_results_were_computed_from_the_shipped_weights():
+    """Every result in assets/results names the models it was computed from; each must
+    be a model of pretrained/ with the fingerprint of the weights that ship."""
+    from core.results import ASSETS
+    fingerprints = {n: zoo.card(n)["weights"]["sha256"][:16] for n in SHIPPED}
+    results = sorted(ASSETS.glob("*.json")) if ASSETS.is_dir() else []
+    assert results, "no shipped results"
+
+    def models(v):
+        if isinstance(v, dict):
+            if set(v) == {"name", "fingerprint"}:
+                yield v
+            for x in v.values():
+                yield from models(x)
+        elif isinstance(v, list):
+            for x in v:
+                yield from models(x)
+    for path in results:
+        sidecar = path.with_suffix(".inputs")
+        assert sidecar.exists(), f"{path.name} does not say what it was computed from"
+        named = list(models(json.loads(sidecar.read_text())["inputs"]))
+        assert named, path.name
+        for m in named:
+            assert fingerprints.get(m["name"]) == m["fingerprint"], (path.name, m)
