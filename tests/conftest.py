@@ -124,3 +124,10 @@ def world(tiny_world, monkeypatch, tmp_path):
     monkeypatch.setenv("ROBUSTLENS_DATA", str(tiny_world["data"]))
     monkeypatch.setenv("ROBUSTLENS_CACHE", str(tmp_path / "cache"))
     return tiny_world
+
+
+@pytest.fixture(scope="session")
+def device():
+    """Where the tests compute: the project's own choice (CUDA where there is one)."""
+    from core.probe import pick_device
+    return pick_device()
