@@ -6,8 +6,12 @@ setup()   # before the heavy imports: a cold server's deep link hands over at on
 import streamlit as st  # noqa: E402
 
 from core import backend, zoo  # noqa: E402
+from ui import presentation  # noqa: E402
 
-st.title("RobustLens")
+with st.container(horizontal=True, vertical_alignment="bottom"):
+    st.title("RobustLens", width="stretch")
+    with st.container(width="content"):
+        presentation.exit_button()
 st.markdown(
     "An interactive lab for seeing how **adversarially robust** and **standard** neural "
     "networks represent images. Pick two models in the sidebar; every page compares them.")

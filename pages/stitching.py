@@ -29,19 +29,25 @@ if not robust or not standard:
 sidebar.chosen("a")
 big = presentation.presenting()
 
+chosen_a = "a" in st.query_params             # a robust model A the person picked
+auto = views.stitch_rows({**views.settings(PAGE, {}), "a": st.session_state["a"]}, robust,
+                         standard, chosen_a)  # what each empty picker stands for
 with st.container(key="settings"), st.container(border=True):
     c = st.columns([1, 1, 1, 1, 0.9, 1.5])
-    for col, key, pool in ((c[0], "st_r", robust), (c[1], "st_s", standard),
-                           (c[2], "st_s2", standard), (c[3], "st_r2", robust)):
+    for col, key, pool, default in ((c[0], "st_r", robust, auto[0][0]),
+                                    (c[1], "st_s", standard, auto[0][1]),
+                                    (c[2], "st_s2", standard, auto[2][1]),
+                                    (c[3], "st_r2", robust, auto[3][1])):
         state.selectbox(col, PAGE, key, [""] + pool,
-                        format_func=lambda s: backend.label(s) if s else "auto")
+                        format_func=lambda s, d=default: backend.label(s) if s
+                        else f"auto: {backend.label(d)}")
     state.segmented(c[4], PAGE, "st_method")
     state.selectbox(c[5], PAGE, "st_metric")
 settings = state.current(PAGE)
 state.publish(PAGE)
 method, metric = settings["st_method"], settings["st_metric"]
 setting = views.page_settings(PAGE)
-pairs = views.stitch_rows(settings, robust, standard, chosen_a="a" in st.query_params)
+pairs = views.stitch_rows(settings, robust, standard, chosen_a)
 row_labels = [f"{kind}<br><sup>{backend.label(f)} → {backend.label(e)}</sup>"
               for kind, (f, e) in zip(jobs.STITCH_PAIRS, pairs)]
 

@@ -20,6 +20,8 @@ def header(page: str, title: str, summary: str, details: str) -> None:
         st.title(title, width="stretch")
         with st.container(key="share", width="content"):
             state.share_link()
+        with st.container(width="content"):
+            presentation.exit_button()
     note = presentation.slide_note()
     if presentation.presenting():
         st.caption(note or views.CITES[page])

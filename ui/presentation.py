@@ -112,10 +112,6 @@ def bar() -> None:
     """The deck bar (previous, title, next, end) or, presenting without a deck, the exit."""
     current = _deck()
     if current is None:
-        if presenting():
-            with st.container(key="deckbar", horizontal=True, horizontal_alignment="right"):
-                st.button("Exit presentation", icon=":material/close_fullscreen:",
-                          key="present_exit", on_click=_leave)
         return
     name, deck, i = current
     n = len(deck["views"])
@@ -128,6 +124,13 @@ def bar() -> None:
                   key="deck_next", on_click=_request_slide, args=(i + 1,))
         st.button("End", icon=":material/close:", key="deck_end", on_click=_leave,
                   help="Leave the deck (and presentation mode)")
+
+
+def exit_button() -> None:
+    """Presenting without a deck: the way out, where the page puts it (its title row)."""
+    if presenting() and _deck() is None:
+        st.button("Exit presentation", icon=":material/close_fullscreen:", key="present_exit",
+                  on_click=_leave)
 
 
 def slide_note() -> str | None:
