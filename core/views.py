@@ -373,7 +373,7 @@ def view_jobs(load: Loader, page: str, params: Mapping[str, Any]) -> list[Job]:
         cards = {n: zoo.card(n) for n in zoo.names()}
         robust = [n for n, c in cards.items() if zoo.is_robust(c)]
         standard = [n for n, c in cards.items() if not zoo.is_robust(c)]
-        return stitching_jobs(load, s, stitch_rows(s, robust, standard, "a" in params))
+        return stitching_jobs(load, s, stitch_rows(s, robust, standard, s["a"] != DEFAULT_A))
     if page == "inversion":
         return inversion_jobs(load, s) + quality_jobs(load, s)
     if page == "manipulation":

@@ -29,7 +29,7 @@ if not robust or not standard:
 sidebar.chosen("a")
 big = presentation.presenting()
 
-chosen_a = "a" in st.query_params             # a robust model A the person picked
+chosen_a = st.session_state["a"] != views.DEFAULT_A     # a model A the person picked
 auto = views.stitch_rows({**views.settings(PAGE, {}), "a": st.session_state["a"]}, robust,
                          standard, chosen_a)  # what each empty picker stands for
 with st.container(key="settings"), st.container(border=True):
