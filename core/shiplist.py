@@ -54,9 +54,9 @@ def cka_views() -> list[View]:
 
 
 def stitching_views() -> list[View]:
-    """The matrix's rows for each robust model as model A, both matching methods."""
+    """The matrix's rows for each robust model, both matching methods."""
     robust, _ = _robust_and_standard()
-    return [("stitching", {"a": r, "st_method": m}) for r in robust for m in ("task", "direct")]
+    return [("stitching", {"st_r": r, "st_method": m}) for r in robust for m in ("task", "direct")]
 
 
 def inversion_views() -> list[View]:
