@@ -34,11 +34,11 @@ def _robust_and_standard() -> tuple[list[str], list[str]]:
 
 def cka_views() -> list[View]:
     """Every model pair (either order: B vs A is A vs B transposed) and kernel at the
-    default layers on benign inputs; adversarial inputs and the paper view (block
+    default layers on benign inputs, every layer for the default pair; adversarial inputs and the paper view (block
     outputs; every layer in the decks) for the papers' pairs (the Linf 8/255 and L2
     1.0 models against standard seed 0)."""
     robust, standard = _robust_and_standard()
-    out: list[View] = [("cka", {})]
+    out: list[View] = [("cka", {}), ("cka", {"cka_layers": "all"})]
     for x, y in combinations_with_replacement(zoo.names(), 2):
         for kernel in ("linear", "rbf"):
             out.append(("cka", {"a": x, "b": y, "cka_pair": "A vs A" if x == y else "A vs B",
