@@ -26,7 +26,7 @@ pages = st.navigation([
     st.Page("pages/manipulation.py", title="Feature manipulation", icon=":material/tune:",
             url_path="manipulation"),
 ], position="hidden" if presenting else "sidebar")
-presentation.start()      # keys, slide moves and the presentation CSS, before any widget
+presentation.start(pages.url_path)   # keys, slide moves, presentation CSS: before any widget
 sidebar.draw()
 presentation.bar()
 backend.notices()

@@ -79,9 +79,10 @@ def _switch_to_slide(name: str, deck: dict, index: int) -> None:
     st.switch_page(views.PAGES[view["page"]], query_params=params)
 
 
-def start() -> None:
+def start(url_path: str) -> None:
     """Top of every run: seed the presentation flag and draw the presentation CSS before
-    anything else (no sidebar flash), then act on a key or a requested slide."""
+    anything else (no sidebar flash), then act on a key or a requested slide. A deck
+    link opened on another page than its slide's goes to the slide."""
     if "present" not in st.session_state:
         st.session_state["present"] = st.query_params.get("present") in ("1", "true", "True")
     st.html(f"<style>{_css('app.css')}</style>")
@@ -103,6 +104,8 @@ def start() -> None:
     request = st.session_state.pop("_slide_request", None)
     if current and request is not None:
         _switch_to_slide(current[0], current[1], request)
+    if current and current[1]["views"][current[2]]["page"] != url_path:
+        _switch_to_slide(*current)
     wanted = st.session_state.pop("_deck_request", None)
     if wanted in decks():
         _switch_to_slide(wanted, views.load_deck(decks()[wanted]), 0)
