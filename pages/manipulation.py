@@ -170,14 +170,14 @@ def interpolation() -> None:
                 "space: the robust model moves between the images through meaningful shapes.")
     names = {it["key"]: it["title"] for it in sample_items()}
     keys = list(names)
-    c = st.columns([1, 1, 1], vertical_alignment="bottom")
-    ia = state.selectbox(c[0], PAGE, "mf_ia", keys, format_func=names.get)
-    ib = state.selectbox(c[1], PAGE, "mf_ib", keys, format_func=names.get)
+    with st.container(key="settings"):      # on a projector: the two strips alone
+        c = st.columns([1, 1, 1], vertical_alignment="bottom")
+        ia = state.selectbox(c[0], PAGE, "mf_ia", keys, format_func=names.get)
+        ib = state.selectbox(c[1], PAGE, "mf_ib", keys, format_func=names.get)
     images = uploads.images()
     ijobs = [jobs.interpolation_job(backend.model, s, views.image_for(ia, images)[0],
                                     views.image_for(ib, images)[0]) for s in specs]
-    with c[2]:
-        todo = offer(ijobs, "Interpolate", "mf_interp", ":material/linear_scale:")
+    todo = offer(ijobs, "Interpolate", "mf_interp", ":material/linear_scale:")
     if todo is None:
         return
     if todo is ijobs:
@@ -189,11 +189,13 @@ def interpolation() -> None:
     results = todo
     n = len(results[0]["images"])
     state.seed(PAGE, "mf_t", list(range(n)))
-    t = st.slider("Frame", 0, n - 1, key="mf_t")
+    with st.container(key="settings_frame"):
+        t = st.slider("Frame", 0, n - 1, key="mf_t")
     for s, r in zip(specs, results):
-        st.markdown(f"**{backend.label(s)}** (t = {t / (n - 1):.2f} highlighted)")
+        st.markdown(f"**{backend.label(s)}** ({backend.model_kind(s)})")
         st.image([figures.upscale(im, 3) for im in r["images"]],
-                 caption=[("▶ " if k == t else "") + f"{k / (n - 1):.1f}" for k in range(n)])
+                 caption=[("▶ " if k == t and not big else "") + f"t = {k / (n - 1):.2f}"
+                          for k in range(n)])
     page.caption(PAGE, f"interpolation from {names[ia]} to {names[ib]}")
     inputs = {"kind": "interpolation", "jobs": [j.inputs for j in ijobs]}
     page.export_menu(f"interpolation-{ia}-{ib}", [
