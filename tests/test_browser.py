@@ -208,7 +208,7 @@ def test_every_page_opens_offline(browser, offline_server, name):
 @pytest.mark.parametrize("name", [n for n in PATHS if n in PRIMARY])
 def test_projector_shows_each_primary_figure_whole(browser, offline_server, name):
     page = open_page(browser, offline_server, PATHS[name] + "?present=1", PROJECTOR)
-    assert not sidebar_visible(page)
+    wait_until(lambda: not sidebar_visible(page), 30, "the sidebar hidden")   # after the run
     assert_clean(page, offline=True)
     selector, parts = PRIMARY[name]
     figures = page.locator(selector)
@@ -309,7 +309,9 @@ def test_gallery_and_cells_show_what_was_clicked(browser, offline_server):
     page.wait_for_url("**inv_img=foolbox-03**", timeout=60_000)
     both_reconstructions(page)
     assert page.locator("button.rl-tile[aria-pressed='true']").get_attribute("data-key") == "foolbox-03"
-    page.get_by_role("button", name="Photos (out of distribution)").click()
+    # a segmented control's options are radios from Streamlit 1.67 on, buttons before
+    page.locator("[data-testid='stButtonGroup'] button",
+                 has_text="Photos (out of distribution)").click()
     settle(page)
     pressed = page.locator("button.rl-tile[aria-pressed='true']").get_attribute("data-key")
     assert pressed.startswith("photo-") and f"inv_img={pressed}" in page.url
