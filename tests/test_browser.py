@@ -259,7 +259,8 @@ def test_deck_steps_with_the_keys_and_ends(browser, offline_server):
         if kind in PRIMARY:                      # the slide's figure, whole, on the projector
             selector, parts = PRIMARY[kind]
             figures = page.locator(selector)
-            wait_until(lambda: figures.count() >= parts, 120, f"the figure of slide {i + 1}")
+            wait_until(lambda f=figures, n=parts: f.count() >= n, 120,
+                       f"the figure of slide {i + 1}")
             for k in range(parts):
                 in_viewport(page, figures.nth(k), PROJECTOR)
         shot(page, f"deck-{i + 1:02d}")
