@@ -10,12 +10,13 @@ from core import backend  # noqa: E402
 from ui import presentation, sidebar  # noqa: E402
 from ui.handover import app_run  # noqa: E402
 
-st.set_page_config(page_title="RobustLens", page_icon=":material/visibility:", layout="wide")
-
 # URL paths are the file names in pages/: a cold server resolves a first deep
 # link against that folder, and each page's ui.handover.setup() then hands the
 # visit over to this script (see there).
 presenting = st.session_state.get("present", st.query_params.get("present") == "1")
+# a presentation opens with the sidebar collapsed, before its CSS arrives (no flash)
+st.set_page_config(page_title="RobustLens", page_icon=":material/visibility:", layout="wide",
+                   initial_sidebar_state="collapsed" if presenting else "auto")
 pages = st.navigation([
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/cka.py", title="CKA explorer", icon=":material/grid_on:", url_path="cka"),

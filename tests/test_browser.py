@@ -222,7 +222,7 @@ def test_projector_shows_each_primary_figure_whole(browser, offline_server, name
 
 def test_presentation_in_and_out_by_every_exit(browser, offline_server):
     page = open_page(browser, offline_server, "inversion?present=1", PROJECTOR)
-    assert not sidebar_visible(page)
+    wait_until(lambda: not sidebar_visible(page), 30, "the sidebar hidden")   # after the run
     both_reconstructions(page)
     page.mouse.click(640, 700)                  # a speaker's page has the focus
     page.keyboard.press("Escape")                                     # 1. Esc

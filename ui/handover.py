@@ -38,6 +38,7 @@ def setup() -> None:
         return
     from streamlit.runtime.pages_manager import PagesManager
     if st.query_params.get("present") in ("1", "true", "True"):
+        st.set_page_config(initial_sidebar_state="collapsed")
         st.html(f"<style>{PRESENT_CSS.read_text()}</style>")
     PagesManager.uses_pages_directory = False
     st.rerun()
