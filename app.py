@@ -8,12 +8,12 @@ import streamlit as st  # noqa: E402
 
 from core import backend  # noqa: E402
 from ui import presentation, sidebar  # noqa: E402
-from ui.handover import app_run  # noqa: E402
+from ui.handover import app_run, present_in_url  # noqa: E402
 
 # URL paths are the file names in pages/: a cold server resolves a first deep
 # link against that folder, and each page's ui.handover.setup() then hands the
 # visit over to this script (see there).
-presenting = st.session_state.get("present", st.query_params.get("present") == "1")
+presenting = st.session_state.get("present", present_in_url())
 # a presentation opens with the sidebar collapsed, before its CSS arrives (no flash)
 st.set_page_config(page_title="RobustLens", page_icon=":material/visibility:", layout="wide",
                    initial_sidebar_state="collapsed" if presenting else "auto")

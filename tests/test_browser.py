@@ -150,6 +150,10 @@ def sidebar_visible(page) -> bool:
     return page.locator("section[data-testid='stSidebar']").is_visible()
 
 
+def sidebar_hidden_after_the_run(page) -> None:
+    wait_until(lambda: not sidebar_visible(page), 30, "the sidebar hidden")
+
+
 def wait_until(predicate, timeout: float = 60, what: str = "condition") -> None:
     deadline = time.time() + timeout
     while time.time() < deadline:
@@ -194,6 +198,15 @@ PRIMARY = {"cka": (".stPlotlyChart", 1), "stitching": (".stPlotlyChart", 1),
            "manipulation": (".rl-gallery, [data-testid='stImage']", 1)}
 
 
+def primary_figure_whole(page, kind: str, what: str) -> None:
+    """The page's primary figure is drawn and lies inside the projector's viewport."""
+    selector, parts = PRIMARY[kind]
+    figures = page.locator(selector)
+    wait_until(lambda: figures.count() >= parts, 120, what)
+    for k in range(parts):
+        in_viewport(page, figures.nth(k), PROJECTOR)
+
+
 # ----------------------------------------------------------------- the walk
 
 @pytest.mark.parametrize("name", list(PATHS))
@@ -208,13 +221,9 @@ def test_every_page_opens_offline(browser, offline_server, name):
 @pytest.mark.parametrize("name", [n for n in PATHS if n in PRIMARY])
 def test_projector_shows_each_primary_figure_whole(browser, offline_server, name):
     page = open_page(browser, offline_server, PATHS[name] + "?present=1", PROJECTOR)
-    wait_until(lambda: not sidebar_visible(page), 30, "the sidebar hidden")   # after the run
+    sidebar_hidden_after_the_run(page)
     assert_clean(page, offline=True)
-    selector, parts = PRIMARY[name]
-    figures = page.locator(selector)
-    wait_until(lambda: figures.count() >= parts, 120, f"the {name} figure")
-    for k in range(parts):
-        in_viewport(page, figures.nth(k), PROJECTOR)
+    primary_figure_whole(page, name, f"the {name} figure")
     assert not no_truncation(page), no_truncation(page)
     shot(page, f"present-{name}")
     page.context.close()
@@ -222,7 +231,7 @@ def test_projector_shows_each_primary_figure_whole(browser, offline_server, name
 
 def test_presentation_in_and_out_by_every_exit(browser, offline_server):
     page = open_page(browser, offline_server, "inversion?present=1", PROJECTOR)
-    wait_until(lambda: not sidebar_visible(page), 30, "the sidebar hidden")   # after the run
+    sidebar_hidden_after_the_run(page)
     both_reconstructions(page)
     page.mouse.click(640, 700)                  # a speaker's page has the focus
     page.keyboard.press("Escape")                                     # 1. Esc
@@ -257,12 +266,7 @@ def test_deck_steps_with_the_keys_and_ends(browser, offline_server):
         assert not no_truncation(page), (i, no_truncation(page))
         kind = deck["views"][i]["page"]
         if kind in PRIMARY:                      # the slide's figure, whole, on the projector
-            selector, parts = PRIMARY[kind]
-            figures = page.locator(selector)
-            wait_until(lambda f=figures, n=parts: f.count() >= n, 120,
-                       f"the figure of slide {i + 1}")
-            for k in range(parts):
-                in_viewport(page, figures.nth(k), PROJECTOR)
+            primary_figure_whole(page, kind, f"the figure of slide {i + 1}")
         shot(page, f"deck-{i + 1:02d}")
         if i < n - 1:
             page.mouse.click(5, PROJECTOR[1] - 5)       # focus the page, not a field

@@ -16,6 +16,11 @@ PRESENT_CSS = Path(__file__).resolve().parent / "static" / "present.css"
 _RUN = threading.local()
 
 
+def present_in_url() -> bool:
+    """Whether the link asks for presentation mode (?present=1)."""
+    return st.query_params.get("present") in ("1", "true", "True")
+
+
 @contextlib.contextmanager
 def app_run() -> Iterator[None]:
     """app.py runs the chosen page inside this: setup() can then tell a page run by
@@ -37,7 +42,7 @@ def setup() -> None:
     if getattr(_RUN, "in_app", False):
         return
     from streamlit.runtime.pages_manager import PagesManager
-    if st.query_params.get("present") in ("1", "true", "True"):
+    if present_in_url():
         st.set_page_config(initial_sidebar_state="collapsed")
         st.html(f"<style>{PRESENT_CSS.read_text()}</style>")
     PagesManager.uses_pages_directory = False

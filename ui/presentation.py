@@ -13,6 +13,7 @@ from typing import Any
 import streamlit as st
 
 from core import views
+from ui import handover
 
 STATIC = Path(__file__).resolve().parent / "static"
 DECKS = Path(__file__).resolve().parent.parent / "assets" / "decks"
@@ -84,7 +85,7 @@ def start(url_path: str) -> None:
     anything else (no sidebar flash), then act on a key or a requested slide. A deck
     link opened on another page than its slide's goes to the slide."""
     if "present" not in st.session_state:
-        st.session_state["present"] = st.query_params.get("present") in ("1", "true", "True")
+        st.session_state["present"] = handover.present_in_url()
     st.html(f"<style>{_css('app.css')}</style>")
     if presenting():
         st.html(f"<style>{_css('present.css')}</style>")
