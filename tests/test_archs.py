@@ -1,0 +1,280 @@
+"""core.archs: the tap-correct networks load their references' weights strictly and
+compute the same logits, and their taps, chains and fake ReLU behave."""
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torch.nn as nn
+import torchvision
+
+from core import archs, zoo
+from core.probe import Probe
+
+zoo._alias_autoattack()
+rb_wrn = pytest.importorskip("robustbench.model_zoo.architectures.wide_resnet")
+rb_dm = pytest.importorskip("robustbench.model_zoo.architectures.dm_wide_resnet")
+
+NO_NORM = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
+
+
+def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BatchNorm statistics and affine terms, so that no BatchNorm is an identity."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+def images(size: int, n: int = 2, seed: int = 1) -> torch.Tensor:
+    return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, rel: float = 1e-4) -> None:
+    """Equal within `rel` of the largest magnitude in b."""
+    err = float((a - b).abs().max())
+    scale = float(b.abs().max())
+    assert err <= rel * scale, f"max error {err:.3g} vs scale {scale:.3g}"
+
+
+# ------------------------------------------------- state dicts and logits
+
+def _dm_ref(**kw) -> nn.Module:
+    return rb_dm.DMWideResNet(**kw)
+
+
+# id: (reference factory, input size, expected identify() answer, extra build options)
+REFERENCES = {
+    "tv_resnet18": (lambda: torchvision.models.resnet18(weights=None), 64,
+                    ("imagenet_resnet18", {"num_classes": 1000}), {}),
+    "tv_resnet50": (lambda: torchvision.models.resnet50(weights=None), 64,
+                    ("imagenet_resnet50", {"num_classes": 1000}), {}),
+    "tv_wide_resnet50_2": (lambda: torchvision.models.wide_resnet50_2(weights=None), 64,
+                           ("imagenet_wide_resnet50_2", {"num_classes": 1000}), {}),
+    "timm_resnet50": (lambda: timm.create_model("resnet50", pretrained=False), 64,
+                      ("imagenet_resnet50", {"num_classes": 1000}), {}),
+    "rb_wrn_28_10": (lambda: rb_wrn.WideResNet(depth=28, widen_factor=10, sub_block1=True), 32,
+                     ("wrn", {"depth": 28, "widen_factor": 10, "num_classes": 10,
+                              "bias_last": True}), {}),
+    "rb_wrn_34_10": (lambda: rb_wrn.WideResNet(depth=34, widen_factor=10, num_classes=100,
+                                               bias_last=False), 32,
+                     ("wrn", {"depth": 34, "widen_factor": 10, "num_classes": 100,
+                              "bias_last": False}), {}),
+    "dm_wrn_70_16_swish": (lambda: _dm_ref(depth=70, width=16, activation_fn=rb_dm.Swish), 32,
+                           ("dm_wrn", {"depth": 70, "width": 16, "num_classes": 10}),
+                           {"activation": "swish"}),
+    "dm_wrn_28_10_relu": (lambda: _dm_ref(depth=28, width=10, num_classes=100), 32,
+                          ("dm_wrn", {"depth": 28, "width": 10, "num_classes": 100}), {}),
+}
+
+
+@pytest.fixture(scope="module", params=list(REFERENCES))
+def reference(request):
+    """(reference model, its id), built once per module (the largest has 267M parameters)."""
+    torch.manual_seed(0)
+    return randomise_bn(REFERENCES[request.param][0]()), request.param
+
+
+def test_identify_build_load_and_logits(reference):
+    ref, case = reference
+    _, size, expected, options = REFERENCES[case]
+    sd = archs.strip_unused(ref.state_dict())
+    assert archs.identify(ref.state_dict()) == expected == archs.identify(sd)
+    arch, kwargs = expected
+    ours = archs.build(arch, **kwargs, **options)
+    ours.load_state_dict(sd, strict=True)
+    assert isinstance(ours, archs.VERIFIED_FAMILIES) and ours.input_size in (32, 224)
+    # the DeepMind reference normalises inside; ours leaves that to the Probe
+    mean, std = ((ref.mean.flatten().tolist(), ref.std.flatten().tolist())
+                 if case.startswith("dm_") else NO_NORM)
+    probe = Probe(ours, mean, std, input_size=size)
+    x = images(size)
+    with torch.no_grad():
+        assert_close(probe(x), ref(x))
+
+
+def test_dm_input_padding_matches_reference():
+    torch.manual_seed(0)
+    ref = randomise_bn(_dm_ref(depth=10, width=1, padding=2))
+    mean, std = ref.mean.flatten(), ref.std.flatten()
+    # the reference pads black pixels before normalising: -mean/std once normalised
+    ours = archs.build("dm_wrn", depth=10, width=1, padding=2, pad_value=(-mean / std).tolist())
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    assert ours.input_size == 28 and ours.chain()[0][0] == "pad"
+    x = images(28)
+    with torch.no_grad():
+        assert_close(Probe(ours, mean.tolist(), std.tolist(), input_size=28)(x), ref(x))
+
+
+def _meta_sd(factory) -> dict:
+    with torch.device("meta"):
+        return factory().state_dict()
+
+
+@pytest.mark.parametrize("name", ["resnet34", "resnet101", "resnet152", "wide_resnet101_2"])
+def test_identify_other_torchvision_resnets(name):
+    sd = _meta_sd(lambda: getattr(torchvision.models, name)(weights=None, num_classes=7))
+    assert archs.identify(sd) == (f"imagenet_{name}", {"num_classes": 7})
+
+
+@pytest.mark.parametrize("arch,width", [("resnet18", 8), ("resnet34", 16), ("resnet50", 4)])
+def test_identify_cifar_resnets(arch, width):
+    sd = archs.build(arch, 100, width).state_dict()
+    assert archs.identify(sd) == (arch, {"num_classes": 100, "width": width})
+
+
+def test_identify_refuses_what_does_not_fit():
+    assert archs.identify({"x": torch.zeros(1)}) is None
+    sd = _meta_sd(lambda: torchvision.models.resnet18(weights=None))
+    no_stats = {k: v for k, v in sd.items() if not k.endswith("num_batches_tracked")}
+    assert archs.identify(no_stats) == ("imagenet_resnet18", {"num_classes": 1000})
+    assert archs.identify({k: v for k, v in sd.items() if k != "layer2.0.bn1.bias"}) is None
+    assert archs.identify({**sd, "layer1.0.extra.weight": torch.zeros(1)}) is None
+    # a CIFAR-style 3x3 stem on torchvision's ResNet is not ours
+    assert archs.identify({**sd, "conv1.weight": torch.zeros(64, 3, 3, 3)}) is None
+    assert archs.identify(_meta_sd(lambda: torchvision.models.vgg11(weights=None))) is None
+    wrn = _meta_sd(lambda: rb_wrn.WideResNet(depth=16, widen_factor=2))
+    assert archs.identify({**wrn, "block1.layer.0.conv1.weight": torch.zeros(30, 16, 3, 3)}) is None
+
+
+def test_strip_unused_drops_only_sub_block1():
+    sd = rb_wrn.WideResNet(depth=10, widen_factor=1, sub_block1=True).state_dict()
+    kept = archs.strip_unused(sd)
+    assert kept and all(not k.startswith("sub_block1.") for k in kept)
+    assert len(kept) < len(sd) and set(kept) == {k for k in sd if not k.startswith("sub_block1.")}
+
+
+def test_build_registry_and_errors():
+    with pytest.raises(ValueError, match="unknown architecture.*imagenet_resnet50"):
+        archs.build("vgg99")
+    with pytest.raises(ValueError, match="takes no option width"):
+        archs.build("wrn", 10, 4)
+    with pytest.raises(ValueError, match="unknown activation"):
+        archs.build("dm_wrn", activation="gelu")
+    with pytest.raises(ValueError, match="6n \\+ 4"):
+        archs.build("wrn", depth=20)
+    assert archs.build("resnet18", 10, 8).linear.in_features == 64  # CIFAR: positional width
+    for name in archs.ARCHS:
+        with torch.device("meta"):
+            model = archs.build(name)
+        assert isinstance(model, archs.VERIFIED_FAMILIES), name
+        assert model.input_size == (224 if name.startswith("imagenet_") else 32)
+        stages = [n for n, _ in model.chain()]
+        modules = dict(model.named_modules())
+        assert model.representation_layer == "avgpool" and model.stem_layer in stages
+        assert set(stages) <= set(modules) and set(model.block_layers()) <= set(stages)
+        assert model.chain()[-1][1].out_features == (1000 if name.startswith("imagenet_") else 10)
+
+
+# ------------------------------------------------------ taps and chains
+
+# id: (arch, build options, test input size); small instances: taps are structural
+TAPPED = {
+    "cifar_resnet18": ("resnet18", {"width": 8}, 32),
+    "imagenet_resnet18": ("imagenet_resnet18", {}, 64),
+    "imagenet_resnet50": ("imagenet_resnet50", {}, 64),
+    "wrn_16_2": ("wrn", {"depth": 16, "widen_factor": 2}, 32),
+    "wrn_28_10": ("wrn", {"depth": 28, "widen_factor": 10, "bias_last": False}, 32),
+    "dm_wrn_16_2_relu": ("dm_wrn", {"depth": 16, "width": 2}, 32),
+    "dm_wrn_16_2_swish": ("dm_wrn", {"depth": 16, "width": 2, "activation": "swish"}, 32),
+    "dm_wrn_10_2_padded": ("dm_wrn", {"depth": 10, "width": 2, "padding": 2}, 28),
+}
+
+
+@pytest.fixture(scope="module", params=list(TAPPED))
+def tapped(request) -> Probe:
+    arch, options, size = TAPPED[request.param]
+    torch.manual_seed(0)
+    model = randomise_bn(archs.build(arch, **options))
+    return Probe(model, (0.5, 0.4, 0.3), (0.2, 0.25, 0.3), name=request.param, input_size=size)
+
+
+def test_each_tap_alone_equals_tap_among_all(tapped):
+    x = images(tapped.input_size)
+    layers = tapped.layers
+    assert len(set(layers)) == len(layers)
+    every = tapped.features(x)
+    for t in layers:
+        assert torch.equal(tapped.features(x, [t])[t], every[t]), t
+    with torch.enable_grad():
+        every = {k: v.detach() for k, v in tapped.features(x, grad=True).items()}
+        for t in layers:
+            assert torch.equal(tapped.features(x, [t], grad=True)[t].detach(), every[t]), t
+    for a, b in zip(layers, layers[1:]):
+        assert every[a].shape != every[b].shape or not torch.allclose(every[a], every[b]), (a, b)
+
+
+def test_representation_and_logits_taps(tapped):
+    x = images(tapped.input_size)
+    head = tapped.model.chain()[-1][1]
+    assert tapped.representation_layer == "avgpool"
+    assert tapped.representation(x).shape == (2, head.in_features)
+    with torch.no_grad():
+        assert torch.equal(tapped.features(x)[tapped.layers[-1]], tapped(x))
+
+
+def test_chain_is_the_forward_pass(tapped):
+    x = images(tapped.input_size)
+    stages = tapped.chain_layers()
+    # every stage runs, once, in chain order
+    assert [n for n in tapped.call_order() if n in stages] == stages
+    with torch.no_grad():
+        logits = tapped(x)
+        for s in stages[:-1]:
+            assert torch.allclose(tapped.forward_from(s, tapped.forward_to(x, s)), logits,
+                                  rtol=1e-5, atol=1e-6), s
+
+
+def test_activations_are_distinct_modules_run_once(tapped):
+    calls: dict[str, int] = {}
+    acts = {n: m for n, m in tapped.model.named_modules()
+            if isinstance(m, (archs.ReLU, archs.Swish))}
+    assert acts and not any(isinstance(m, nn.ReLU) for m in tapped.model.modules())
+    handles = [m.register_forward_hook(lambda *_a, n=n: calls.__setitem__(n, calls.get(n, 0) + 1))
+               for n, m in acts.items()]
+    try:
+        with torch.no_grad():
+            tapped(images(tapped.input_size))
+    finally:
+        for h in handles:
+            h.remove()
+    assert calls == {n: 1 for n in acts}
+    assert len({id(m) for m in acts.values()}) == len(acts)
+
+
+def test_fake_relu_targets_the_relu_feeding_the_representation(tapped):
+    relus = [n for n, m in tapped.model.named_modules() if isinstance(m, archs.ReLU)]
+    if not relus:  # the swish network has no ReLU to fake
+        assert tapped.model.relu.__class__ is archs.Swish
+        return
+    last = relus[-1]
+    x = images(tapped.input_size)
+    # the representation is the spatial mean of that ReLU's output: nothing in between
+    out = tapped.features(x, [last, "avgpool"])
+    assert torch.equal(out[last].mean(dim=(2, 3)), out["avgpool"])
+    target = dict(tapped.model.named_modules())[last]
+    with tapped.fake_relu():
+        assert target.fake
+    assert not target.fake
+
+
+# ----------------------------------------------- why torchvision is rebuilt
+
+def test_torchvision_inplace_relu_aliases_taps_ours_does_not():
+    torch.manual_seed(0)
+    ref = randomise_bn(torchvision.models.resnet18(weights=None))
+    ours = archs.build("imagenet_resnet18")
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = images(64)
+    with torch.enable_grad():
+        theirs = Probe(ref, *NO_NORM, input_size=64).features(x, ["bn1", "relu"], grad=True)
+        mine = Probe(ours.eval(), *NO_NORM, input_size=64).features(x, ["bn1", "relu"], grad=True)
+    # torchvision's in-place ReLU rewrites the BatchNorm output the bn1 tap holds
+    assert torch.equal(theirs["bn1"], theirs["relu"])
+    assert (mine["bn1"] < 0).any() and not torch.equal(mine["bn1"], mine["relu"])
+    assert torch.equal(mine["relu"], theirs["relu"])
