@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import streamlit as st
 import torch
 
-from . import data, runner, zoo
+from . import data, inversion, runner, zoo
 from .errors import RobustLensError
 from .jobs import Job
 from .probe import Probe, pick_device
@@ -61,13 +61,14 @@ def model(spec: str) -> Probe:
 
 
 @st.cache_resource(show_spinner=False)
-def samples() -> list[data.Sample]:
-    return data.cifar_samples()
+def samples(kind: str = "cifar10") -> list[data.Sample]:
+    """The shipped labelled images of a data set kind (see data.samples)."""
+    return data.samples(kind)
 
 
 @st.cache_resource(show_spinner=False)
-def photos() -> list[data.Sample]:
-    return data.ood_photos()
+def photos(size: int = 32) -> list[data.Sample]:
+    return data.ood_photos(size)
 
 
 @st.cache_resource(show_spinner="Reading CIFAR-10...", ttl=600)
@@ -110,8 +111,9 @@ def model_card(spec: str) -> dict:
 
 
 def label(spec: str) -> str:
+    """The model's label on its card, else its name (a file's stem), else the spec."""
     c = model_card(spec)
-    return f"{zoo.short_label(c)}" if c.get("label") else spec
+    return c.get("label") or c.get("name") or spec
 
 
 def model_kind(spec: str) -> str:
@@ -150,6 +152,19 @@ def notices() -> None:
     note = st.session_state.pop("notice", None)
     if note:
         st.warning(note, icon=":material/memory:")
+
+
+@st.cache_resource(show_spinner="Timing one step of each model...")
+def _step_seconds(spec: str, device: str, trust: bool, zoo_dir: str, layer: str | None) -> float:
+    with compute_lock():
+        return inversion.seconds_per_step(_model(spec, device, trust, zoo_dir), layer)
+
+
+def step_seconds(spec: str, layer: str | None = None) -> float:
+    """Seconds of one inversion step of a model on this session's device (measured
+    once per model and device)."""
+    trusted = spec in st.session_state.get("trusted_specs", set())
+    return _step_seconds(spec, str(resolved_device()), trusted, str(zoo.PRETRAINED), layer)
 
 
 def stored(job: Job) -> Any | None:

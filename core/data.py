@@ -350,7 +350,8 @@ def cifar10(split: str = "test", root: str | os.PathLike | None = None) -> Image
 
 @dataclass(frozen=True)
 class Sample:
-    """An image the app can show without the data set: uint8 HWC RGB, 32x32."""
+    """An image the app can show without a data set: uint8 HWC RGB at its native size
+    (32x32 CIFAR-10, 224x224 ImageNet), `label` in its data set's classes."""
     key: str
     title: str
     image: np.ndarray
@@ -361,22 +362,74 @@ class Sample:
         return to_tensor(self.image)
 
 
-def cifar_samples() -> list[Sample]:
-    """The 20 lossless, labelled CIFAR-10 test images that foolbox ships."""
+def _foolbox_folder() -> Path:
     try:
         import foolbox
     except ImportError as e:  # pragma: no cover - foolbox is in requirements.txt
-        raise DataNotFoundError("the foolbox package (which ships 20 CIFAR-10 test "
-                                "images) is not installed: pip install foolbox") from e
-    folder = Path(foolbox.__file__).parent / "data"
+        raise DataNotFoundError("the foolbox package (which ships 20 labelled CIFAR-10 and "
+                                "ImageNet images) is not installed: pip install foolbox") from e
+    return Path(foolbox.__file__).parent / "data"
+
+
+def cifar_samples() -> list[Sample]:
+    """The 20 lossless, labelled CIFAR-10 test images that foolbox ships."""
     out = []
-    for f in sorted(folder.glob("cifar10_*_*.png")):
+    for f in sorted(_foolbox_folder().glob("cifar10_*_*.png")):
         _, idx, label = f.stem.split("_")
         with Image.open(f) as im:
             img = np.asarray(im.convert("RGB"))
         out.append(Sample(f"foolbox-{idx}", f"{CLASSES[int(label)]} #{int(idx)}", img,
                           int(label), "CIFAR-10 test image shipped by foolbox"))
     return out
+
+
+def imagenet_samples() -> list[Sample]:
+    """The 20 labelled ImageNet validation images (224x224) that foolbox ships."""
+    names = imagenet_classes()
+    out = []
+    for f in sorted(_foolbox_folder().glob("imagenet_*_*.jpg")):
+        _, idx, label = f.stem.split("_")
+        with Image.open(f) as im:
+            img = to_model_size(im, 224)
+        out.append(Sample(f"imagenet-{idx}", f"{names[int(label)]} #{int(idx)}", img,
+                          int(label), "ImageNet validation image shipped by foolbox"))
+    return out
+
+
+def samples(kind: str) -> list[Sample]:
+    """The labelled sample images of a data set kind ('cifar10' or 'imagenet'); none
+    for other kinds."""
+    return {"cifar10": cifar_samples, "imagenet": imagenet_samples}.get(kind, list)()
+
+
+# --------------------------------------------------------------------------- classes
+
+def imagenet_classes() -> tuple[str, ...]:
+    """The 1,000 ImageNet class names, as torchvision ships them (no download)."""
+    from torchvision.models import ResNet50_Weights
+    return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
+
+
+KIND_NAMES = {"cifar10": "CIFAR-10", "imagenet": "ImageNet", "other": "other"}
+
+
+def kind_of(num_classes: int, input_size: int) -> str:
+    """The data set a classifier was made for, from its outputs and input size:
+    'cifar10', 'imagenet', or 'other'."""
+    if num_classes == 10 and input_size <= 64:
+        return "cifar10"
+    if num_classes == 1000:
+        return "imagenet"
+    return "other"
+
+
+def class_names(kind: str, num_classes: int) -> tuple[str, ...]:
+    """Names of a classifier's outputs: CIFAR-10's or ImageNet's, else 'class k'."""
+    if kind == "cifar10":
+        return CLASSES
+    if kind == "imagenet":
+        return imagenet_classes()
+    return tuple(f"class {k}" for k in range(num_classes))
 
 
 # name in skimage.data -> (title, closest CIFAR-10 class or None)
@@ -390,8 +443,9 @@ _PHOTOS = {
 }
 
 
-def ood_photos() -> list[Sample]:
-    """Real photos bundled with scikit-image, centre-cropped to 32x32."""
+def ood_photos(size: int = 32) -> list[Sample]:
+    """Real photos bundled with scikit-image, centre-cropped to size x size (their
+    label is the closest CIFAR-10 class, at CIFAR-10's size only)."""
     import skimage.data
     folder = Path(skimage.data.__file__).parent
     out = []
@@ -400,7 +454,7 @@ def ood_photos() -> list[Sample]:
         if not files:
             continue
         with Image.open(files[0]) as im:
-            img = to_model_size(im)
-        out.append(Sample(f"photo-{name}", title, img, label,
+            img = to_model_size(im, size)
+        out.append(Sample(f"photo-{name}", title, img, label if size == 32 else None,
                           "photo bundled with scikit-image (out of distribution)"))
     return out

@@ -29,3 +29,7 @@ class BadImageError(RobustLensError, ValueError):
 
 class StoreError(RobustLensError):
     """The results store is unreadable."""
+
+
+class IncompatibleModelError(RobustLensError, ValueError):
+    """A model does not fit the data or the other model an analysis needs."""

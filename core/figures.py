@@ -194,8 +194,9 @@ def curve(xs: Sequence[float], ys: dict[str, Sequence[float]], x_title: str, y_t
     return fig
 
 
-def upscale(img, factor: int = 6) -> np.ndarray:
-    """An image drawn `factor` times larger, nearest-neighbour, so that 32x32 images
-    stay crisp on a projector."""
+def upscale(img, factor: int = 6, most: int = 512) -> np.ndarray:
+    """An image drawn `factor` times larger (at most `most` px, never smaller),
+    nearest-neighbour, so that 32x32 images stay crisp on a projector."""
     a = to_uint8(img)
+    factor = max(1, min(factor, most // max(a.shape[:2])))
     return a.repeat(factor, axis=0).repeat(factor, axis=1)

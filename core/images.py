@@ -20,6 +20,7 @@ from .errors import BadImageError
 MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_UPLOAD_PIXELS = 50_000_000     # refuse decompression bombs before decoding
 UPLOAD_PREFIX = "upload-"
+UPLOAD_SIZE = 224   # uploads are kept at the largest input size the app's models take
 
 
 # ------------------------------------------------------------------ forms
@@ -69,10 +70,21 @@ def to_model_size(im: Image.Image, size: int = 32) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
+def fit(img: Any, size: int) -> np.ndarray:
+    """An image (any form to_uint8 takes) at size x size: unchanged if it already is,
+    else centre-cropped and resized (how every page hands one image to models of
+    different input sizes)."""
+    a = to_uint8(img)
+    if a.shape[0] == a.shape[1] == size:
+        return a
+    return to_model_size(Image.fromarray(a), size)
+
+
 # ------------------------------------------------------------------ uploads
 
-def load_upload(data: bytes, size: int = 32) -> np.ndarray:
-    """Decode an uploaded image (any format Pillow reads) to uint8 RGB size x size.
+def load_upload(data: bytes, size: int = UPLOAD_SIZE) -> np.ndarray:
+    """Decode an uploaded image (any format Pillow reads) to uint8 RGB size x size
+    (each model then sees it through `fit` at its own input size).
 
     Raises BadImageError for anything that is not a readable, sane image.
     """

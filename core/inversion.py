@@ -33,7 +33,9 @@ the forward pass), and on CPU it runs with one intra-op thread by default
 (`Settings.threads=1`; None keeps the process's setting): per-image
 convolutions of a 32x32 input gain little from threads, and on a CPU shared
 with other work two threads were 6x slower than one (up to 100x for a tiny
-model, OpenMP threads spinning against each other).
+model, OpenMP threads spinning against each other). Inputs larger than
+SMALL_INPUT (224 px ImageNet models) run on the process's threads: there the
+convolutions are large enough to share.
 
 Progress is a core.progress.Event per step (the mean loss, and the images as a
 preview on frame steps). A progress callback may raise to cancel a run; the
@@ -44,6 +46,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
@@ -259,7 +262,8 @@ class Settings:
     step_size: float = 0.015             # adam: peak learning rate; normgrad: step length
     eps: float = 1000.0                  # radius of the L2 ball around the start
     fake_relu: bool = True               # the ReLU feeding the representation: identity in backward
-    threads: int | None = 1              # CPU intra-op threads during the run (None: as set)
+    threads: int | None = 1              # CPU intra-op threads for inputs up to SMALL_INPUT px
+    #                                      (None: as set); larger inputs use the process's
     frame_every: int | None = None       # steps between previews (default steps // 10)
 
     def __post_init__(self) -> None:
@@ -307,6 +311,8 @@ def _settings(task: str, settings: Settings | None, method: str | None, steps: i
 
 # ------------------------------------------------------------------------ loop
 
+SMALL_INPUT = 64   # px: below this, one CPU thread per run is fastest (see the module notes)
+
 @contextlib.contextmanager
 def cpu_threads(n: int | None, device: torch.device) -> Iterator[None]:
     """Run with n intra-op threads on the CPU (restored afterwards); None or a
@@ -326,8 +332,22 @@ def cpu_threads(n: int | None, device: torch.device) -> Iterator[None]:
 def _run(model: Probe, settings: Settings, layer: str | None) -> Iterator[Features]:
     """One public call: the settings' CPU threads and the tap at `layer` (default the
     representation), which is where the layer name is checked."""
-    with cpu_threads(settings.threads, model.device), model.tap(layer) as features:
+    threads = settings.threads if model.input_size <= SMALL_INPUT else None
+    with cpu_threads(threads, model.device), model.tap(layer) as features:
         yield features
+
+
+def seconds_per_step(model: Probe, layer: str | None = None) -> float:
+    """Measured seconds of one inversion step on one image at the model's input size
+    on its device (after a warm-up run): what a page multiplies by the steps to say
+    how long a run will take before it starts."""
+    x = torch.rand(1, 3, model.input_size, model.input_size,
+                   generator=torch.Generator().manual_seed(0))
+    settings = Settings(steps=1, frame_every=1)
+    invert(model, x, layer, settings=settings)
+    start = time.perf_counter()
+    invert(model, x, layer, settings=dataclasses.replace(settings, steps=3))
+    return (time.perf_counter() - start) / 3.5   # 3 steps, a last forward and the target's
 
 
 def optimize(model: Probe, objective: Objective, start: torch.Tensor, settings: Settings,

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from . import attacks, cka, data, images, inversion, stitching
+from .errors import IncompatibleModelError
 from .probe import Probe
 from .progress import Reporter
 from .results import make_key, plain
@@ -92,6 +93,18 @@ def _attack(choice: str) -> attacks.PGD | None:
 
 # ------------------------------------------------------------------------ CKA
 
+def on_cifar10(analysis: str, *probes: Probe) -> None:
+    """Analyses over a data set read CIFAR-10: refuse, in one sentence, a model made
+    for other images (a 224 px ImageNet model would see 32 px thumbnails)."""
+    for p in probes:
+        if p.kind != "cifar10":
+            raise IncompatibleModelError(
+                f"{analysis} runs on CIFAR-10 test images, and {p.name} classifies "
+                f"{data.KIND_NAMES[p.kind]} images at {p.input_size}x{p.input_size}: choose "
+                "CIFAR-10 models "
+                "here (reading an ImageNet image folder is not supported yet)")
+
+
 def cka_batch_size(n: int) -> int:
     """The paper's 1024, smaller for small n so that a cell has a spread over at
     least four batches."""
@@ -105,6 +118,7 @@ def adversarial_job(load: Loader, spec: str, inputs: str, n: int = 10_000,
     CKA view that attacks this model."""
     batch_size = batch_size or cka_batch_size(n)
     probe, attack = load(spec), _attack(inputs)
+    on_cifar10("Adversarial CKA", probe)
     if attack is None:
         raise ValueError("benign inputs need no adversarial examples")
     key_inputs = {"model": probe.identity(), "attack": attack.to_dict(),
@@ -129,6 +143,7 @@ def cka_job(load: Loader, a: str, b: str, layers_a: str | list[str] = "blocks",
             "batch_size": batch_size, "sigma_frac": sigma_frac}
     batch_size = batch_size or cka_batch_size(n)
     pa, pb = load(a), load(b)
+    on_cifar10("CKA", pa, pb)
     la, lb = layer_list(pa, layers_a), layer_list(pb, layers_b)
     atk_a, atk_b = _attack(inputs_a), _attack(inputs_b)
     if atk_a is None and atk_b is None:
@@ -210,6 +225,7 @@ def stitch_cell_job(load: Loader, front: str, end: str, layer: str, method: str 
     args = {"front": front, "end": end, "layer": layer, "method": method, "recipe": recipe}
     recipe = _recipe(recipe)
     pf, pe = load(front), load(end)
+    on_cifar10("Stitching", pf, pe)
     inputs = {"front": pf.identity(), "end": pe.identity(), "layer": layer, "method": method,
               "recipe": _recipe_inputs(recipe, method), "seed": 0,
               "train": {"dataset": "cifar10-train", "order": "fixed-shuffle-0",
@@ -233,6 +249,7 @@ def accuracy_job(load: Loader, spec: str, recipe: dict | None = None) -> Job:
     args = {"spec": spec, "recipe": recipe}
     recipe = _recipe(recipe)
     probe = load(spec)
+    on_cifar10("Measuring accuracy", probe)
     inputs = {"model": probe.identity(), "test": test_images(None),
               "robust_images": recipe["robust_images"], "attack": recipe["attack"].to_dict()}
 
@@ -291,9 +308,10 @@ def inversion_job(load: Loader, spec: str, image: Any, layer: str | None = None,
                   method: str = "adam", steps: int | None = None, seed: str = "noise",
                   generator_seed: int = 0) -> Job:
     """Reconstruct `image` from model `spec`'s representation (Engstrom et al. 2019)."""
+    probe = load(spec)
+    image = images.fit(image, probe.input_size)
     args = {"spec": spec, "image": images.to_uint8(image), "layer": layer, "method": method,
             "steps": steps, "seed": seed, "generator_seed": generator_seed}
-    probe = load(spec)
     layer = layer or probe.representation_layer
     settings = _settings("invert", method, steps)
     inputs = {"model": probe.identity(), "image": images.image_id(image), "layer": layer,
@@ -314,17 +332,19 @@ def inversion_job(load: Loader, spec: str, image: Any, layer: str | None = None,
 
 
 def quality_job(load: Loader, spec: str, method: str = "adam", steps: int | None = None) -> Job:
-    """Mean reconstruction quality over the 20 shipped CIFAR-10 samples (batched)."""
+    """Mean reconstruction quality over the 20 shipped samples of the model's data set
+    (CIFAR-10 test or ImageNet validation images; batched)."""
     args = {"spec": spec, "method": method, "steps": steps}
     probe = load(spec)
-    samples = data.cifar_samples()
+    pictures = [images.fit(s.image, probe.input_size)
+                for s in data.samples(probe.kind) or data.cifar_samples()]
     settings = _with_frames_at_ends(_settings("invert", method, steps))
-    inputs = {"model": probe.identity(), "images": [images.image_id(s.image) for s in samples],
+    inputs = {"model": probe.identity(), "images": [images.image_id(p) for p in pictures],
               "method": method, "steps": settings.steps, "step_size": settings.step_size,
               "seed": "noise", "generator_seed": 0, "layer": probe.representation_layer}
 
     def run(progress: Reporter) -> dict:
-        x = torch.stack([s.tensor() for s in samples])
+        x = torch.stack([images.to_tensor(p) for p in pictures])
         res = inversion.invert(probe, x, progress=progress, settings=settings)
         p, s = inversion.psnr(res.images, x), inversion.ssim(res.images, x)
         return {"psnr": p, "ssim": s, "loss": res.loss, "images": res.images,
@@ -336,12 +356,17 @@ def quality_job(load: Loader, spec: str, method: str = "adam", steps: int | None
 
 # --------------------------------------------------------------- manipulation
 
-def browser_features(probe: Probe, per_class: int = 4) -> list[int]:
-    """The features the browser shows: for each class, the components with the
-    largest weight in the last linear layer (a few dozen, each class's own)."""
-    w = probe.model.linear.weight.detach().float().cpu()
+def browser_features(probe: Probe, per_class: int = 4, max_classes: int = 10) -> list[int]:
+    """The features the browser shows: for each class (at most `max_classes`: with
+    more, the classes of the model's sample images), the components with the largest
+    weight in the last linear layer (a few dozen, each class's own)."""
+    w = probe.head.weight.detach().float().cpu()
+    classes = list(range(w.shape[0]))
+    if len(classes) > max_classes:
+        labels = [s.label for s in data.samples(probe.kind) if s.label is not None]
+        classes = list(dict.fromkeys(labels))[:max_classes] or classes[:max_classes]
     chosen: list[int] = []
-    for c in range(w.shape[0]):
+    for c in classes:
         fresh = [i for i in w[c].argsort(descending=True).tolist() if i not in chosen]
         chosen += fresh[:per_class]
     return chosen
@@ -369,13 +394,14 @@ def test_outputs_job(load: Loader, spec: str) -> Job:
     """Representation (float16), prediction and label of every test image, in the
     test set's order (top_images_job gives indices into it)."""
     probe = load(spec)
+    on_cifar10("Reading the test set's representations", probe)
     inputs = {"model": probe.identity(), "images": test_images(None)}
 
     def run(progress: Reporter) -> dict:
         test = data.cifar10("test")
         reps = inversion.representations(probe, test, progress=progress)
         with torch.no_grad():
-            preds = probe.model.linear(reps.to(probe.device)).argmax(1).cpu()
+            preds = probe.head(reps.to(probe.device)).argmax(1).cpu()
         return {"reps": reps.half(), "predicted": preds.to(torch.int16),
                 "labels": test.labels.to(torch.int16)}
     return _job("test_outputs", inputs, run, f"representations of the test set by {probe.name}",
@@ -406,9 +432,10 @@ def top_images_job(load: Loader, spec: str, indices: list[int], k: int = 9) -> J
 
 def add_feature_job(load: Loader, spec: str, image: Any, index: int, method: str = "adam",
                     steps: int | None = None) -> Job:
+    probe = load(spec)
+    image = images.fit(image, probe.input_size)
     args = {"spec": spec, "image": images.to_uint8(image), "index": int(index),
             "method": method, "steps": steps}
-    probe = load(spec)
     settings = _settings("add", method, steps)
     inputs = {"model": probe.identity(), "image": images.image_id(image), "index": int(index),
               "method": method, "steps": settings.steps, "step_size": settings.step_size,
@@ -428,10 +455,11 @@ def add_feature_job(load: Loader, spec: str, image: Any, index: int, method: str
 
 def interpolation_job(load: Loader, spec: str, image_a: Any, image_b: Any, frames: int = 10,
                       method: str = "adam", steps: int | None = None) -> Job:
+    probe = load(spec)
+    image_a, image_b = (images.fit(i, probe.input_size) for i in (image_a, image_b))
     args = {"spec": spec, "image_a": images.to_uint8(image_a),
             "image_b": images.to_uint8(image_b), "frames": frames, "method": method,
             "steps": steps}
-    probe = load(spec)
     settings = _settings("interpolate", method, steps)
     inputs = {"model": probe.identity(), "a": images.image_id(image_a),
               "b": images.image_id(image_b), "frames": frames, "method": method,
@@ -448,9 +476,10 @@ def interpolation_job(load: Loader, spec: str, image_a: Any, image_b: Any, frame
 
 def explain_job(load: Loader, spec: str, image: Any, label: int, method: str = "adam",
                 steps: int | None = None) -> Job:
+    probe = load(spec)
+    image = images.fit(image, probe.input_size)
     args = {"spec": spec, "image": images.to_uint8(image), "label": int(label),
             "method": method, "steps": steps}
-    probe = load(spec)
     settings = _settings("explain", method, steps)
     inputs = {"model": probe.identity(), "image": images.image_id(image), "label": int(label),
               "method": method, "steps": settings.steps, "step_size": settings.step_size}

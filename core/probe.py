@@ -18,10 +18,12 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from .archs import ReLU
+from . import data
+from .archs import ReLU, Swish
 from .errors import UnknownLayerError
 
-_LEAF_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, ReLU, nn.MaxPool2d,
+# the modules "every layer" taps (the pooled representation is among the default taps)
+_LEAF_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, ReLU, Swish, nn.SiLU, nn.MaxPool2d,
                nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.LayerNorm, nn.GroupNorm)
 
 
@@ -77,7 +79,26 @@ class Probe(nn.Module):
             model.block_layers() if hasattr(model, "block_layers") else self._guess_layers())
         self._shapes: dict[str, tuple[int, ...]] | None = None
         self._order: list[str] | None = None
+        self._num_classes: int | None = None
         self.eval()
+
+    # ----------------------------------------------------------------- classes
+    @property
+    def num_classes(self) -> int:
+        """The width of the model's output (from one dry run)."""
+        if self._num_classes is None:
+            self._trace()
+        return int(self._num_classes or 0)
+
+    @property
+    def kind(self) -> str:
+        """The data set the model classifies: 'cifar10', 'imagenet' or 'other'."""
+        return self.card.get("dataset") or data.kind_of(self.num_classes, self.input_size)
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """The names of the model's outputs."""
+        return data.class_names(self.kind, self.num_classes)
 
     # ------------------------------------------------------------------ layers
     @property
@@ -115,8 +136,9 @@ class Probe(nn.Module):
                     order.append(name)
                 shapes[name] = tuple(out.shape[1:])
         with self._hooks({name: seen for name in self._modules_by_name if name}), torch.no_grad():
-            self(torch.zeros(1, 3, self.input_size, self.input_size, device=self.device))
+            logits = self(torch.zeros(1, 3, self.input_size, self.input_size, device=self.device))
         self._order, self._shapes = order, shapes
+        self._num_classes = int(logits.shape[-1])
 
     @contextlib.contextmanager
     def _hooks(self, hooks: dict[str, Callable[[str, Any], None]]) -> Iterator[None]:
@@ -159,7 +181,8 @@ class Probe(nn.Module):
             kind = "penultimate representation (global average pool)"
         elif layer == getattr(self.model, "stem_layer", None):
             kind = "stem (conv-bn-relu)"
-        elif kind in ("BasicBlock", "Bottleneck"):
+        elif kind in ("BasicBlock", "Bottleneck", "ImageNetBasicBlock", "ImageNetBottleneck",
+                      "WideBasicBlock", "DMBlock"):
             kind = f"residual block ({kind})"
         dims = "x".join(str(s) for s in shape) if shape else "?"
         return f"{layer}: {kind}; output {dims}"
@@ -266,6 +289,14 @@ class Probe(nn.Module):
             return seen[0]
         with self._hooks({layer: stop}):
             yield run
+
+    @property
+    def head(self) -> nn.Linear:
+        """The linear classifier on the representation (its rows: one per class)."""
+        linears = [m for n in self.call_order() if isinstance(m := self._modules_by_name[n], nn.Linear)]
+        if not linears:
+            raise UnknownLayerError(f"{self.name or 'this model'} has no linear classifier")
+        return linears[-1]
 
     def representation(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """Penultimate features, (N, D)."""

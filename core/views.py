@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import data, jobs
+from . import data, images, jobs
 from .jobs import Job, Loader
 
 # url path -> page script, in menu order
@@ -231,15 +231,19 @@ def stitch_rows(s: Mapping[str, Any], robust: list[str], standard: list[str],
 
 # ------------------------------------------------------------------- images
 
-def image_for(key: str, uploads: Mapping[str, np.ndarray] | None = None
+def image_for(key: str, uploads: Mapping[str, np.ndarray] | None = None, size: int = 32
               ) -> tuple[np.ndarray, str, int | None] | None:
-    """An image by its gallery key: (uint8 HWC, title, label) or None.
+    """An image by its gallery key: (uint8 HWC, title, label) or None. Photos are cut
+    at `size` (a model's input size); the others come at their own size, and the
+    jobs fit them to each model's.
 
     Uploads exist only in the session that made them: pass that session's
     {key: image} as `uploads`."""
-    if key.startswith("foolbox-") or key.startswith("photo-"):
-        pool = data.cifar_samples() if key.startswith("foolbox-") else data.ood_photos()
-        s = next((s for s in pool if s.key == key), None)
+    pools = {"foolbox-": data.cifar_samples, "imagenet-": data.imagenet_samples,
+             "photo-": lambda: data.ood_photos(size)}
+    prefix = next((p for p in pools if key.startswith(p)), None)
+    if prefix is not None:
+        s = next((s for s in pools[prefix]() if s.key == key), None)
         return (s.image, s.title, s.label) if s else None
     if key.startswith("test-"):
         try:
@@ -313,12 +317,14 @@ def stitching_jobs(load: Loader, s: Mapping[str, Any], rows: list[tuple[str, str
 def inversion_jobs(load: Loader, s: Mapping[str, Any],
                    uploads: Mapping[str, np.ndarray] | None = None) -> list[Job]:
     """The two reconstructions of the chosen image (none if it is not found)."""
-    found = image_for(s["inv_img"], uploads)
-    if found is None:
-        return []
-    return [jobs.inversion_job(load, m, found[0], s["inv_layer"], s["inv_method"],
-                               inversion_steps(s), "noise", int(s["inv_seed"]))
-            for m in (s["a"], s["b"])]
+    out = []
+    for m in (s["a"], s["b"]):
+        found = image_for(s["inv_img"], uploads, load(m).input_size)
+        if found is None:
+            return []
+        out.append(jobs.inversion_job(load, m, found[0], s["inv_layer"], s["inv_method"],
+                                      inversion_steps(s), "noise", int(s["inv_seed"])))
+    return out
 
 
 def quality_jobs(load: Loader, s: Mapping[str, Any]) -> list[Job]:
@@ -336,18 +342,20 @@ def manipulation_jobs(load: Loader, s: Mapping[str, Any],
         out = [jobs.feature_grid_job(load, s["a"], feats)]
         out += [jobs.feature_grid_job(load, m, [feat]) for m in (s["a"], s["b"])]
         return out + [jobs.top_images_job(load, s["a"], feats)]
+    def image(key: str, m: str) -> tuple[np.ndarray, str, int | None] | None:
+        return image_for(key, uploads, load(m).input_size)
     if tab == "Feature addition":
-        add = image_for(s["mf_add_img"], uploads)
         index = s["mf_add_index"] if s["mf_add_index"] is not None else (
             int(s["mf_feat"][1:]) if s["mf_feat"].startswith("f") else feats[0])
-        return [] if add is None else [jobs.add_feature_job(load, m, add[0], int(index))
-                                       for m in (s["a"], s["b"])]
+        added = [(m, image(s["mf_add_img"], m)) for m in (s["a"], s["b"])]
+        return [] if any(a is None for _, a in added) else [
+            jobs.add_feature_job(load, m, a[0], int(index)) for m, a in added]
     if tab == "Interpolation":
-        ia, ib = image_for(s["mf_ia"], uploads), image_for(s["mf_ib"], uploads)
-        return [] if ia is None or ib is None else [
-            jobs.interpolation_job(load, m, ia[0], ib[0]) for m in (s["a"], s["b"])]
+        ends = [(m, image(s["mf_ia"], m), image(s["mf_ib"], m)) for m in (s["a"], s["b"])]
+        return [] if any(ia is None or ib is None for _, ia, ib in ends) else [
+            jobs.interpolation_job(load, m, ia[0], ib[0]) for m, ia, ib in ends]
     if s["mf_mis"]:
-        mis = image_for(s["mf_mis"], uploads)
+        mis = image(s["mf_mis"], s["a"])
         return [] if mis is None or mis[2] is None else [
             jobs.explain_job(load, s["a"], mis[0], mis[2])]
     wrong = misclassified_samples(probe)   # the tab's first image without the data set
@@ -355,11 +363,14 @@ def manipulation_jobs(load: Loader, s: Mapping[str, Any],
 
 
 def misclassified_samples(probe) -> list[tuple[data.Sample, int]]:
-    """The shipped CIFAR-10 samples the model gets wrong, with its predictions."""
+    """The shipped samples of the model's data set it gets wrong, with its predictions."""
     import torch
-    samples = data.cifar_samples()
+    samples = data.samples(probe.kind)
+    if not samples:
+        return []
+    x = torch.stack([images.to_tensor(images.fit(s.image, probe.input_size)) for s in samples])
     with torch.no_grad():
-        preds = probe(torch.stack([s.tensor() for s in samples]).to(probe.device)).argmax(1)
+        preds = probe(x.to(probe.device)).argmax(1)
     return [(s, int(p)) for s, p in zip(samples, preds.tolist()) if p != s.label]
 
 

@@ -4,10 +4,21 @@
 - a name of the shipped zoo (pretrained/<name>.safetensors + <name>.json card);
 - a file: safetensors; a plain state dict or {"state_dict": ...}; a MadryLab
   `robustness` checkpoint ({"model": sd, "epoch": ...} with module.model.* /
-  module.normalizer.* / module.attacker.* keys) mapped onto core.archs;
-- "robustbench:<name>" (RobustBench's load_model: its file at
-  {model_dir}/{dataset}/{threat_model}/{name}.pt, downloaded when online);
+  module.normalizer.* / module.attacker.* keys, CIFAR or ImageNet), also when
+  pickled with dill;
+- "madrylab:<name>": a file of the Hugging Face repository of robust ImageNet
+  models (madrylab/robust-imagenet-models), fetched into the hub's cache;
+- "robustbench:<name>" (RobustBench's load_model, CIFAR-10 or ImageNet: its file
+  at {model_dir}/{dataset}/{threat_model}/{name}.pt, downloaded when online);
+- "timm:<name>" (timm.create_model(pretrained=True) with timm's data config);
 - "torchvision:<name>" (ImageNet weights through torchvision's hub cache).
+
+Architectures that core.archs knows (CIFAR and ImageNet ResNets, RobustBench's
+WideResNets) are rebuilt as core.archs modules with the same weights: their
+taps are verified and they can be stitched. Anything else loads as it is, with
+a "taps not verified" notice on its card. Every card records the source, input
+size, normalisation and classes, and `check`: top-1 accuracy on the labelled
+images that ship with foolbox, so a wrong normalisation shows at once.
 
 Files are read with torch.load(weights_only=True) or safetensors: a pickle that
 needs code execution is refused unless trust=True.
@@ -20,12 +31,12 @@ import os
 import pickle
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from . import archs
+from . import archs, data, images
 from .data import MEAN, STD
 from .errors import CheckpointError, UnknownModelError
 from .probe import Probe, pick_device
@@ -33,9 +44,12 @@ from .probe import Probe, pick_device
 PRETRAINED = Path(os.environ.get("ROBUSTLENS_PRETRAINED")
                   or Path(__file__).resolve().parent.parent / "pretrained")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+DM_CIFAR10_MEAN, DM_CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
+NO_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 MAX_CHECKPOINT_BYTES = 2 * 2**30
-_BLOCKS = {(False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34",
-           (True, (3, 4, 6, 3)): "resnet50"}
+MADRYLAB_REPO = "madrylab/robust-imagenet-models"
+UNVERIFIED_TAPS = ("taps not verified for this architecture: a tap may be overwritten by an "
+                   "in-place operation or shared by a reused module, and it cannot be stitched")
 
 
 # --------------------------------------------------------------------- catalogue
@@ -70,14 +84,21 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None =
          trust: bool = False, arch: str | None = None, width: int | None = None,
          num_classes: int | None = None, mean: tuple | None = None, std: tuple | None = None,
          dataset: str = "cifar10", threat_model: str = "Linf",
-         model_dir: str | os.PathLike = "models", directory: Path | None = None) -> Probe:
-    """Load a model as a Probe in eval mode on `device` (default: best available)."""
+         model_dir: str | os.PathLike = "models", directory: Path | None = None,
+         check: bool = True) -> Probe:
+    """Load a model as a Probe in eval mode on `device` (default: best available);
+    with check=True its card gets `check`, top-1 accuracy on the shipped samples."""
     dev = device if isinstance(device, torch.device) else pick_device(device)
     key = str(name_or_path)
-    if key.startswith("robustbench:"):
-        probe = _load_robustbench(key.split(":", 1)[1], dataset, threat_model, model_dir)
-    elif key.startswith("torchvision:"):
-        probe = _load_torchvision(key.split(":", 1)[1])
+    source, _, rest = key.partition(":")
+    if source == "robustbench" and rest:
+        probe = _load_robustbench(rest, dataset, threat_model, model_dir)
+    elif source == "torchvision" and rest:
+        probe = _load_torchvision(rest)
+    elif source == "madrylab" and rest:
+        probe = _load_madrylab(rest, trust)
+    elif source == "timm" and rest:
+        probe = _load_timm(rest)
     elif key in names(directory):
         probe = _load_shipped(key, directory)
     else:
@@ -85,12 +106,47 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None =
         if not path.exists():
             known = ", ".join(names(directory))
             raise UnknownModelError(
-                f"{key!r} is neither a shipped model ({known}) nor an existing file")
+                f"{key!r} is neither a shipped model ({known}), a file, nor a name such as "
+                "madrylab:NAME, robustbench:NAME, timm:NAME or torchvision:NAME")
         probe = load_file(path, trust=trust, arch=arch, width=width, num_classes=num_classes,
                           mean=mean, std=std)
     for p in probe.parameters():
         p.requires_grad_(False)
-    return probe.to(dev).eval()
+    probe = probe.to(dev).eval()
+    _record(probe)
+    if check and "check" not in probe.card:
+        probe.card["check"] = sample_check(probe)
+    return probe
+
+
+def _record(probe: Probe) -> None:
+    """What every card says about a loaded model: input size, normalisation, classes."""
+    c = probe.card
+    c.setdefault("source", "file")
+    c["input_size"] = probe.input_size
+    c["mean"] = [round(float(v), 6) for v in probe.mean.flatten()]
+    c["std"] = [round(float(v), 6) for v in probe.std.flatten()]
+    c["num_classes"] = probe.num_classes
+    c["dataset"] = probe.kind
+    c.setdefault("taps_verified", isinstance(probe.model, archs.VERIFIED_FAMILIES))
+    if not c["taps_verified"]:
+        c.setdefault("notice", UNVERIFIED_TAPS)
+
+
+def sample_check(probe: Probe) -> dict:
+    """Top-1 accuracy on the labelled images foolbox ships for the model's classes
+    (20 CIFAR-10 test or ImageNet validation images, resized to its input size)."""
+    samples = data.samples(probe.kind)
+    if not samples:
+        return {"n": 0, "text": f"no labelled sample images for a {probe.num_classes}-class "
+                                "model"}
+    x = torch.stack([images.to_tensor(images.fit(s.image, probe.input_size)) for s in samples])
+    with torch.no_grad():
+        predicted = probe(x.to(probe.device)).argmax(1).cpu()
+    labels = torch.tensor([s.label for s in samples])
+    top1 = float((predicted == labels).float().mean())
+    return {"top1": top1, "n": len(samples), "images": samples[0].source + "s",
+            "text": f"top-1 {top1:.0%} on {len(samples)} {samples[0].source}s"}
 
 
 def _load_shipped(name: str, directory: Path | None) -> Probe:
@@ -99,16 +155,31 @@ def _load_shipped(name: str, directory: Path | None) -> Probe:
     model = archs.build(c["arch"], c.get("num_classes", 10), c["width"])
     _load_into(model, {k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
                f"{c['arch']} (width {c['width']})")
-    return Probe(model, c.get("mean", MEAN), c.get("std", STD), name=name, card=c)
+    return Probe(model, c.get("mean", MEAN), c.get("std", STD), name=name,
+                 card={"source": "shipped", **c})
+
+
+def _default_normalisation(arch: str) -> tuple[tuple, tuple, str]:
+    """(mean, std, why) for a file that stores no normaliser, by architecture family."""
+    if arch.startswith("imagenet_") or arch not in archs.ARCHS:
+        return IMAGENET_MEAN, IMAGENET_STD, "ImageNet's (assumed: the file stores none)"
+    if arch == "wrn":
+        return (*NO_NORMALISATION, "none: inputs in [0, 1] (assumed, as RobustBench's "
+                                   "WideResNets; the file stores none)")
+    if arch == "dm_wrn":
+        return DM_CIFAR10_MEAN, DM_CIFAR10_STD, "DeepMind's CIFAR-10 (assumed: the file stores none)"
+    return MEAN, STD, "the robustness library's CIFAR-10 (assumed: the file stores none)"
 
 
 def load_file(path: Path, *, trust: bool = False, arch: str | None = None,
               width: int | None = None, num_classes: int | None = None,
               mean: tuple | None = None, std: tuple | None = None) -> Probe:
-    """A checkpoint file -> Probe, detecting its layout and architecture."""
+    """A checkpoint file -> Probe, detecting its layout and architecture. `arch` may
+    also name a torchvision architecture (e.g. vgg16_bn), loaded with unverified taps."""
     sd, meta = read_checkpoint(path, trust=trust)
     if isinstance(sd, nn.Module):  # a whole pickled model, only with trust=True
-        return Probe(sd, mean or MEAN, std or STD, name=path.stem, card={"source": str(path)})
+        return Probe(sd, mean or MEAN, std or STD, name=path.stem,
+                     card={"source": str(path), "format": "pickled module"})
     sidecar = path.with_suffix(".json")
     side = {}
     if sidecar.exists():
@@ -116,29 +187,51 @@ def load_file(path: Path, *, trust: bool = False, arch: str | None = None,
             side = json.loads(sidecar.read_text())
         except (OSError, ValueError):
             side = {}
+    sd = archs.strip_unused(sd)
     arch = arch or meta.get("arch") or side.get("arch")
-    inferred = infer_arch(sd)
-    if arch is None:
-        if inferred is None:
-            raise CheckpointError(
-                f"{path.name}: cannot tell the architecture from its keys "
-                f"(first keys: {', '.join(list(sd)[:5])}); pass arch=... (known: "
-                f"{', '.join(archs.ARCHS)})")
-        arch = inferred[0]
-    width = width or int(meta.get("width") or side.get("width") or (inferred[1] if inferred else 64))
-    num_classes = num_classes or int(meta.get("num_classes") or side.get("num_classes")
-                                     or (inferred[2] if inferred else 10))
+    found = archs.identify(sd)
+    if arch is None and found is None:
+        raise CheckpointError(
+            f"{path.name}: cannot tell the architecture from its keys "
+            f"(first keys: {', '.join(list(sd)[:5])}); pass arch=... (known: "
+            f"{', '.join(archs.ARCHS)}, or a torchvision architecture name)")
+    options = dict(found[1]) if found and (arch is None or arch == found[0]) else {}
+    arch = arch or found[0]
+    if "num_classes" in options or num_classes or meta.get("num_classes") or side.get("num_classes"):
+        options["num_classes"] = int(num_classes or meta.get("num_classes")
+                                     or side.get("num_classes") or options["num_classes"])
+    if arch in ("resnet18", "resnet34", "resnet50"):
+        options["width"] = int(width or meta.get("width") or side.get("width")
+                               or options.get("width", 64))
+    if side.get("activation"):
+        options["activation"] = side["activation"]
+    model = _build(arch, options, path.name)
+    _load_into(model, sd, f"{arch} ({', '.join(f'{k} {v}' for k, v in options.items())})")
+    d_mean, d_std, why = _default_normalisation(arch)
+    how = ("given" if mean is not None else "stored in the file" if meta.get("mean")
+           else "from the sidecar card" if side.get("mean") else why)
+    mean = mean or meta.get("mean") or side.get("mean") or d_mean
+    std = std or meta.get("std") or side.get("std") or d_std
+    c = {"name": path.stem, "source": str(path), "arch": arch, **options,
+         "format": meta.get("format"), "normalisation": how,
+         **{k: v for k, v in side.items() if k not in ("mean", "std")}}
+    return Probe(model, mean, std, name=side.get("name", path.stem), card=c,
+                 input_size=getattr(model, "input_size", 224 if arch not in archs.ARCHS else 32))
+
+
+def _build(arch: str, options: dict, label: str) -> nn.Module:
+    """core.archs' module for `arch`, else torchvision's (unverified taps)."""
+    if arch in archs.ARCHS:
+        try:
+            return archs.build(arch, **options)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{label}: {e}") from e
+    import torchvision
     try:
-        model = archs.build(arch, num_classes, width)
-    except ValueError as e:
-        raise CheckpointError(str(e)) from e
-    _load_into(model, sd, f"{arch} (width {width}, {num_classes} classes)")
-    mean = mean or meta.get("mean") or side.get("mean") or MEAN
-    std = std or meta.get("std") or side.get("std") or STD
-    c = {"name": path.stem, "source": str(path), "arch": arch, "width": width,
-         "num_classes": num_classes, "format": meta.get("format"), "mean": list(mean),
-         "std": list(std), **{k: v for k, v in side.items() if k not in ("mean", "std")}}
-    return Probe(model, mean, std, name=side.get("name", path.stem), card=c)
+        return torchvision.models.get_model(arch, weights=None, **options)
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{label}: unknown architecture {arch!r} (known: "
+                              f"{', '.join(archs.ARCHS)}, or a torchvision name)") from e
 
 
 def read_checkpoint(path: Path, trust: bool = False) -> tuple[Any, dict]:
@@ -234,21 +327,6 @@ def _strip(sd: dict, prefix: str) -> dict:
     return sd
 
 
-def infer_arch(sd: dict) -> tuple[str, int, int] | None:
-    """(arch, width, num_classes) of a CIFAR ResNet state dict, or None."""
-    if "conv1.weight" not in sd or "linear.weight" not in sd:
-        return None
-    counts = []
-    for stage in range(1, 5):
-        idx = {int(m.group(1)) for k in sd if (m := re.match(rf"layer{stage}\.(\d+)\.", k))}
-        counts.append(len(idx))
-    bottleneck = "layer1.0.conv3.weight" in sd
-    arch = _BLOCKS.get((bottleneck, tuple(counts)))
-    if arch is None:
-        return None
-    return arch, int(sd["conv1.weight"].shape[0]), int(sd["linear.weight"].shape[0])
-
-
 def _load_into(model: nn.Module, sd: dict, what: str) -> None:
     """Strict load with a message that names missing, unexpected and misshapen keys."""
     own = model.state_dict()
@@ -269,26 +347,99 @@ def _load_into(model: nn.Module, sd: dict, what: str) -> None:
 
 # ---------------------------------------------------------------- other sources
 
+def adopt(model: nn.Module, reference: Callable[[torch.Tensor], torch.Tensor],
+          mean: tuple, std: tuple, *, name: str, card: dict, input_size: int,
+          activation: str | None = None,
+          fallback: tuple[nn.Module, tuple, tuple] | None = None) -> Probe:
+    """A model from another library as a Probe. If core.archs knows its architecture
+    (from its state dict), it is rebuilt there with the same weights and kept if it
+    computes the same logits as `reference` (the original on [0, 1] inputs); else the
+    Probe wraps `fallback` (module, mean, std; default: model, mean, std) as it is."""
+    sd = archs.strip_unused(model.state_dict())
+    found = archs.identify(sd)
+    if found is not None:
+        arch, options = found
+        if activation and arch == "dm_wrn":
+            options = {**options, "activation": activation}
+        try:
+            rebuilt = archs.build(arch, **options)
+            _load_into(rebuilt, sd, arch)
+        except (CheckpointError, TypeError, ValueError):
+            rebuilt = None
+        if rebuilt is not None:
+            probe = Probe(rebuilt.eval(), mean, std, name=name, input_size=input_size,
+                          card={**card, "arch": arch, **options})
+            x = torch.rand(2, 3, input_size, input_size, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                want, got = reference(x), probe(x)
+            if torch.allclose(want, got, rtol=1e-3, atol=1e-3 * float(want.abs().max())):
+                return probe
+    module, mean, std = fallback or (model, mean, std)
+    return Probe(module.eval(), mean, std, name=name, input_size=input_size,
+                 card={**card, "arch": type(model).__name__})
+
+
+def _offline(what: str, how: str, error: BaseException) -> CheckpointError:
+    return CheckpointError(f"{what} is not on this machine and could not be downloaded "
+                           f"({type(error).__name__}; offline?). On a machine with internet: "
+                           f"{how}")
+
+
 def _load_robustbench(name: str, dataset: str, threat_model: str,
                       model_dir: str | os.PathLike) -> Probe:
     try:
         _alias_autoattack()
+        from robustbench.model_zoo import model_dicts
+        from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
         from robustbench.utils import load_model
     except ImportError as e:
-        raise CheckpointError("RobustBench models need the optional extra: "
-                              "pip install robustbench") from e
+        extra = (" (robustbench imports pkg_resources: pip install 'setuptools<81')"
+                 if "pkg_resources" in str(e) else "")
+        raise CheckpointError("RobustBench models need the optional extra: pip install "
+                              f"robustbench beautifulsoup4{extra}") from e
+    try:
+        entry = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)][name]
+    except (KeyError, ValueError) as e:
+        raise UnknownModelError(f"RobustBench has no {dataset}/{threat_model} model {name!r}") from e
+    file = Path(model_dir) / dataset / threat_model / f"{name}.pt"
     try:
         model = load_model(model_name=name, model_dir=str(model_dir), dataset=dataset,
                            threat_model=threat_model)
-    except (KeyError, ValueError) as e:
-        raise UnknownModelError(f"RobustBench has no {dataset}/{threat_model} model {name!r}") from e
-    except (OSError, RuntimeError, pickle.UnpicklingError) as e:
-        raise CheckpointError(f"RobustBench model {name!r} could not be loaded: {e}") from e
-    # RobustBench models take [0, 1] inputs and normalise inside themselves
+    except Exception as e:  # noqa: BLE001 - a download or unpickling failure inside robustbench
+        if not file.is_file():
+            raise _offline(f"RobustBench model {name} ({file})",
+                           f"python -c \"from robustbench.utils import load_model; load_model("
+                           f"'{name}', model_dir='{model_dir}', dataset='{dataset}', "
+                           f"threat_model='{threat_model}')\", then copy {file} here.", e) from e
+        raise CheckpointError(f"RobustBench model {name!r} could not be loaded from {file}: "
+                              f"{type(e).__name__}: {str(e)[:200]}") from e
+    inner, mean, std = _robustbench_normaliser(model)
     size = 224 if dataset == "imagenet" else 32
-    return Probe(model, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), name=f"robustbench:{name}",
-                 card={"name": name, "source": "RobustBench", "dataset": dataset,
-                       "threat_model": threat_model}, input_size=size)
+    card = {"name": name, "source": "robustbench", "dataset": dataset,
+            "threat_model": threat_model, "preprocessing": entry.get("preprocessing")}
+    return adopt(inner, model, mean, std, name=f"robustbench:{name}", card=card,
+                 input_size=size, activation=_activation(inner),
+                 fallback=(model, *NO_NORMALISATION))
+
+
+def _robustbench_normaliser(model: nn.Module) -> tuple[nn.Module, tuple, tuple]:
+    """RobustBench models take [0, 1] inputs and normalise inside: (the network after
+    its normaliser, mean, std)."""
+    def flat(t: torch.Tensor) -> tuple:
+        return tuple(float(v) for v in t.flatten())
+    normalize = getattr(model, "normalize", None)
+    if isinstance(model, nn.Sequential) and normalize is not None and hasattr(model, "model"):
+        return model.model, flat(normalize.mean), flat(normalize.std)
+    if torch.is_tensor(getattr(model, "mean", None)) and torch.is_tensor(getattr(model, "std", None)) \
+            and not getattr(model, "padding", 0):
+        return model, flat(model.mean), flat(model.std)
+    return model, *NO_NORMALISATION
+
+
+def _activation(model: nn.Module) -> str | None:
+    """'swish' or 'relu' for DeepMind-style WideResNets (not readable from weights)."""
+    names = {type(m).__name__ for m in model.modules()}
+    return "swish" if names & {"Swish", "SiLU"} else "relu" if "ReLU" in names else None
 
 
 def _alias_autoattack() -> None:
@@ -303,6 +454,11 @@ def _alias_autoattack() -> None:
         sys.modules.setdefault("autoattack.state", pyautoattack.state)
 
 
+def _normalised(model: nn.Module, mean: tuple, std: tuple) -> Callable[[torch.Tensor], torch.Tensor]:
+    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
+    return lambda x: model((x - m) / s)
+
+
 def _load_torchvision(name: str) -> Probe:
     import torchvision
     try:
@@ -311,13 +467,73 @@ def _load_torchvision(name: str) -> Probe:
     except (ValueError, KeyError) as e:
         raise UnknownModelError(f"torchvision has no model {name!r}") from e
     try:
-        model = builder(weights=weights)
+        model = builder(weights=weights).eval()
     except (OSError, RuntimeError) as e:
-        raise CheckpointError(f"torchvision weights for {name} are not available "
-                              f"(offline?): {e}") from e
-    return Probe(model, IMAGENET_MEAN, IMAGENET_STD, name=f"torchvision:{name}",
-                 card={"name": name, "source": "torchvision", "dataset": "imagenet",
-                       "weights": str(weights)}, input_size=224)
+        raise _offline(f"torchvision's weights for {name}",
+                       f"python -c \"import torchvision; torchvision.models.get_model('{name}', "
+                       f"weights='DEFAULT')\" (it fills {torch.hub.get_dir()}/checkpoints).",
+                       e) from e
+    size = weights.transforms().crop_size[0]
+    return adopt(model, _normalised(model, IMAGENET_MEAN, IMAGENET_STD), IMAGENET_MEAN,
+                 IMAGENET_STD, name=f"torchvision:{name}", input_size=size,
+                 card={"name": name, "source": "torchvision", "weights": str(weights)})
+
+
+def _load_madrylab(name: str, trust: bool) -> Probe:
+    """A robustness-library checkpoint of madrylab/robust-imagenet-models, e.g.
+    resnet50_l2_eps3 (file resnet50_l2_eps3.ckpt)."""
+    try:
+        from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
+    except ImportError as e:
+        raise CheckpointError("madrylab: models need huggingface_hub: pip install "
+                              "huggingface_hub") from e
+    filename = name if name.endswith(".ckpt") else f"{name}.ckpt"
+    try:
+        path = Path(hf_hub_download(MADRYLAB_REPO, filename))
+    except LocalEntryNotFoundError as e:
+        raise _offline(f"{MADRYLAB_REPO}/{filename}",
+                       f"hf download {MADRYLAB_REPO} {filename} (then it is in the Hugging "
+                       "Face cache, where this app looks).", e) from e
+    except EntryNotFoundError as e:
+        raise UnknownModelError(f"{MADRYLAB_REPO} has no file {filename}; see "
+                                f"https://huggingface.co/{MADRYLAB_REPO}/tree/main") from e
+    except OSError as e:
+        raise _offline(f"{MADRYLAB_REPO}/{filename}", f"hf download {MADRYLAB_REPO} {filename}",
+                       e) from e
+    named = re.match(r"(.+?)_(l2|linf)_eps", name)
+    probe = load_file(path, trust=trust,
+                      arch=None if archs.identify(archs.strip_unused(read_checkpoint(path, trust)[0]))
+                      else (named.group(1) if named else None))
+    threat = named.group(2) if named else None
+    eps = re.search(r"_eps([\d.]+)", name)
+    probe.name = f"madrylab:{name}"
+    probe.card.update({"name": name, "source": f"huggingface:{MADRYLAB_REPO}",
+                       "threat_model": {"l2": "L2", "linf": "Linf"}.get(threat or "", "none")
+                       if eps and float(eps.group(1)) > 0 else "none",
+                       **({"eps": float(eps.group(1))} if eps else {})})
+    return probe
+
+
+def _load_timm(name: str) -> Probe:
+    try:
+        import timm
+    except ImportError as e:
+        raise CheckpointError("timm: models need timm: pip install timm") from e
+    if not timm.is_model(name.split(".")[0]):
+        raise UnknownModelError(f"timm has no model {name!r} (timm.list_models() lists them)")
+    try:
+        model = timm.create_model(name, pretrained=True).eval()
+    except Exception as e:  # noqa: BLE001 - timm's hub download raises many kinds
+        raise _offline(f"timm's weights for {name}",
+                       f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\" "
+                       "(it fills the Hugging Face cache, where this app looks).", e) from e
+    cfg = timm.data.resolve_model_data_config(model)
+    mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
+    return adopt(model, _normalised(model, mean, std), mean, std, name=f"timm:{name}",
+                 input_size=int(cfg["input_size"][-1]),
+                 card={"name": name, "source": "timm", "interpolation": cfg.get("interpolation"),
+                       "crop_pct": cfg.get("crop_pct")})
 
 
 # ----------------------------------------------------------------------- export

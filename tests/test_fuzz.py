@@ -18,7 +18,7 @@ from PIL import Image
 
 from conftest import tiny_probe
 from core import zoo
-from core.images import load_upload
+from core.images import UPLOAD_SIZE, load_upload
 from core.errors import BadImageError, CheckpointError, UnknownModelError
 
 MODES = ["1", "L", "P", "RGB", "RGBA", "CMYK", "YCbCr", "LA", "PA", "I", "I;16", "F", "HSV"]
@@ -35,7 +35,7 @@ def check_upload(blob: bytes) -> None:
     except BadImageError as e:
         assert str(e)  # a message a person can read
         return
-    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert out.shape == (UPLOAD_SIZE, UPLOAD_SIZE, 3) and out.dtype == np.uint8
 
 
 @st.composite

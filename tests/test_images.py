@@ -60,14 +60,14 @@ def test_upload_modes(mode):
         img = Image.fromarray(RNG.random((50, 70)).astype(np.float32))
     fmt = "TIFF" if mode in ("CMYK", "F") else "PNG"
     out = images.load_upload(_png(img, fmt))
-    assert out.shape == (32, 32, 3) and out.dtype == np.uint8
+    assert out.shape == (images.UPLOAD_SIZE, images.UPLOAD_SIZE, 3) and out.dtype == np.uint8
 
 
 def test_upload_formats_and_sizes():
     img = Image.fromarray(RNG.integers(0, 255, (1000, 400, 3), dtype=np.uint8))
     for fmt in ("JPEG", "WEBP", "BMP", "GIF"):
-        assert images.load_upload(_png(img, fmt)).shape == (32, 32, 3)
-    assert images.load_upload(_png(Image.new("RGB", (1, 1)))).shape == (32, 32, 3)
+        assert images.load_upload(_png(img, fmt)).shape == (images.UPLOAD_SIZE, images.UPLOAD_SIZE, 3)
+    assert images.load_upload(_png(Image.new("RGB", (1, 1)))).shape == (images.UPLOAD_SIZE, images.UPLOAD_SIZE, 3)
 
 
 def test_bad_uploads():

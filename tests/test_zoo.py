@@ -250,4 +250,4 @@ def test_card_json_of_export_is_valid(tmp_path, probe):
 def test_archs_registry():
     with pytest.raises(ValueError, match="unknown architecture"):
         archs.build("vgg99")
-    assert data.MEAN and zoo.infer_arch({"x": torch.zeros(1)}) is None
+    assert data.MEAN and archs.identify({"x": torch.zeros(1)}) is None
