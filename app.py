@@ -17,7 +17,7 @@ presenting = st.session_state.get("present", present_in_url())
 # a presentation opens with the sidebar collapsed, before its CSS arrives (no flash)
 st.set_page_config(page_title="RobustLens", page_icon=":material/visibility:", layout="wide",
                    initial_sidebar_state="collapsed" if presenting else "auto")
-pages = st.navigation([
+PAGES = [
     st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
     st.Page("pages/cka.py", title="CKA explorer", icon=":material/grid_on:", url_path="cka"),
     st.Page("pages/stitching.py", title="Stitching matrix", icon=":material/join_inner:",
@@ -26,9 +26,11 @@ pages = st.navigation([
             url_path="inversion"),
     st.Page("pages/manipulation.py", title="Feature manipulation", icon=":material/tune:",
             url_path="manipulation"),
-], position="hidden" if presenting else "sidebar")
+]
+# the sidebar draws the menu itself (client.showSidebarNavigation hides Streamlit's)
+pages = st.navigation(PAGES, position="hidden")
 presentation.start(pages.url_path)   # keys, slide moves, presentation CSS: before any widget
-sidebar.draw()
+sidebar.draw(PAGES)
 presentation.bar()
 backend.notices()
 with app_run():

@@ -19,22 +19,27 @@ page.header(PAGE, "Representation inversion",
             "robust model's reconstruction looks like the image; a standard model's does not.")
 
 a, b = sidebar.chosen("a"), sidebar.chosen("b")
+probe_a = backend.model(a)
+KIND, SIDE = probe_a.kind, probe_a.input_size   # the gallery shows images for model A
 big = presentation.presenting()
 setting = views.page_settings(PAGE)
 SIZE = 250 if big else 220             # px of each image: three fit a 1280x720 projector
+ASK_ABOVE_S = 20                       # a run estimated longer than this waits for a click
 
 
 # ------------------------------------------------------------------ sources
 
 def items_of(source: str) -> list[dict]:
     if source == "samples":
-        return [{"key": s.key, "image": s.image, "title": f"{s.title} (CIFAR-10 test image)",
-                 "caption": data.CLASSES[s.label]} for s in backend.samples()]
+        return [{"key": s.key, "image": s.image,
+                 "title": f"{s.title} ({s.source.split(' shipped')[0]})",
+                 "caption": s.title.split(" #")[0]}
+                for s in backend.samples(KIND) or backend.samples()]
     if source == "photos":
         return [{"key": s.key, "image": s.image, "title": s.title,
-                 "caption": s.title.split(" (")[0]} for s in backend.photos()]
+                 "caption": s.title.split(" (")[0]} for s in backend.photos(SIDE)]
     if source == "test":
-        test = backend.test_set()
+        test = backend.test_set() if KIND == "cifar10" else None
         if test is None:
             return []
         page_no = state.value(PAGE, "inv_page")
@@ -70,7 +75,7 @@ _top, _settings, _results, _bottom = (st.container() for _ in range(4))
 
 with _bottom if big else _top:
     sources = [s for s in setting["inv_source"].options
-               if s != "test" or backend.test_set() is not None]
+               if s != "test" or (KIND == "cifar10" and backend.test_set() is not None)]
     state.seed(PAGE, "inv_source", sources)
     source = st.segmented_control("Images", sources, key="inv_source",
                                   format_func=setting["inv_source"].show,
@@ -79,7 +84,8 @@ with _bottom if big else _top:
         state.number(st, PAGE, "inv_page")
     if source == "upload":
         st.file_uploader(f"Your image (PNG, JPEG, GIF, BMP, TIFF or WebP, up to "
-                         f"{images.MAX_UPLOAD_BYTES // 2**20} MB; centre-cropped to 32x32). It "
+                         f"{images.MAX_UPLOAD_BYTES // 2**20} MB; centre-cropped to each model's "
+                         f"input size, {SIDE}x{SIDE} for A). It "
                          "stays in this browser session.", type=uploads.IMAGE_TYPES,
                          key="inv_upload", on_change=uploaded)
         error = st.session_state.pop("_upload_error", None)
@@ -87,6 +93,9 @@ with _bottom if big else _top:
             st.warning(error, icon=":material/broken_image:")
     items = items_of(source)
     state.seed(PAGE, "inv_img")
+    if source == "samples" and items and st.session_state["inv_img"].split("-")[0] in (
+            "foolbox", "imagenet") and st.session_state["inv_img"] not in {i["key"] for i in items}:
+        st.session_state["inv_img"] = items[0]["key"]   # a sample of the other data set
     if items:
         gallery(items, "inv_img", label=setting["inv_source"].show(source))
         if source == "upload" and st.session_state["inv_img"] in uploads.images():
@@ -98,7 +107,6 @@ with _bottom if big else _top:
 
 with _settings, st.container(key="settings"), st.expander("Settings", icon=":material/settings:"):
     c = st.columns(4)
-    probe_a = backend.model(a)
     layer_options = [probe_a.representation_layer] + [x for x in probe_a.layers
                                                      if x != probe_a.representation_layer]
     state.selectbox(c[0], PAGE, "inv_layer", layer_options)
@@ -128,6 +136,15 @@ with _results:
     image, title, _ = chosen
     with page.guard():
         job_list = views.inversion_jobs(backend.model, settings, uploads.images())
+        if any(backend.stored(j) is None for j in job_list):
+            eta = sum(backend.step_seconds(s) for s in (a, b)) * int(settings["inv_steps"] or 0)
+            if eta > ASK_ABOVE_S:
+                st.caption(f"{settings['inv_steps']} steps of both models take about "
+                           f"{page.duration(eta)} on this {backend.resolved_device().type.upper()}"
+                           " (fewer steps in Settings take less); frames appear as they come.")
+                if not st.button(f"Reconstruct (about {page.duration(eta)})", type="primary",
+                                 key="inv_go", icon=":material/play_arrow:"):
+                    st.stop()
         cols = st.columns(3)
         cols[0].markdown(f"**Original**  \n{title}")
         cols[0].image(figures.upscale(image, 8), width=SIZE)
@@ -141,7 +158,7 @@ with _results:
         def show(i, e):
             if e.preview is not None:
                 slots[i].image(figures.upscale(e.preview[0], 8), width=SIZE)
-            if e.preview is not None or int(e.done) % 20 == 0:
+            if e.preview is not None or int(e.done) % 20 == 0 or SIDE > 64:
                 notes[i].caption(f"step {int(e.done)}/{int(e.total)} · loss {e.loss or 0:.3f}")
 
         results = backend.run_live(job_list, show)
@@ -179,7 +196,8 @@ with _results:
 with st.container(key="page-notes"):
     st.subheader("How recognisable are the reconstructions?")
     st.caption("Mean SSIM and PSNR between reconstruction and original over the 20 shipped "
-               "CIFAR-10 test images (fast optimiser, seed 0). SSIM follows structure; PSNR "
+               "sample images of each model's data set (fast optimiser, seed 0). SSIM follows "
+               "structure; PSNR "
                "punishes the high contrast of robust reconstructions more than grey noise.")
     with page.guard():
         q_jobs = views.quality_jobs(backend.model, settings)

@@ -19,6 +19,7 @@ page.header(PAGE, "Feature manipulation",
 a, b = sidebar.chosen("a"), sidebar.chosen("b")
 specs = [a, b]
 probe_a = backend.model(a)
+CLASSES = probe_a.classes
 big = presentation.presenting()
 SIZE = 230 if big else 200
 setting = views.page_settings(PAGE)
@@ -28,14 +29,14 @@ ADD_INDEX = int(_feat[1:]) if _feat[1:].isdigit() else feats[0]   # the browser'
 
 
 def feature_class(index: int) -> str:
-    w = probe_a.model.linear.weight.detach().float().cpu()
-    return data.CLASSES[int(w[:, index].argmax())]
+    w = probe_a.head.weight.detach().float().cpu()
+    return CLASSES[int(w[:, index].argmax())]
 
 
 def sample_items() -> list[dict]:
+    pool = (backend.samples(probe_a.kind) or backend.samples()) + backend.photos(probe_a.input_size)
     return [{"key": s.key, "image": s.image, "title": s.title,
-             "caption": data.CLASSES[s.label] if s.label is not None else s.title.split(" (")[0]}
-            for s in backend.samples() + backend.photos()] + [
+             "caption": s.title.split(" #")[0].split(" (")[0]} for s in pool] + [
         {"key": k, "image": v, "title": "your image", "caption": "yours"}
         for k, v in uploads.images().items()]
 
@@ -106,6 +107,12 @@ def browser() -> None:
 
 
 def top_images(index: int) -> None:
+    if probe_a.kind != "cifar10":
+        st.info(f"Top-activating images come from the CIFAR-10 test set; {backend.label(a)} "
+                f"classifies {data.KIND_NAMES[probe_a.kind]} images, whose data set this page "
+                "cannot read yet.",
+                icon=":material/info:")
+        return
     test = backend.test_set()
     top_job = jobs.top_images_job(backend.model, a, feats)
     top = backend.stored(top_job)
@@ -136,7 +143,7 @@ def addition() -> None:
         state.seed(PAGE, "mf_add_img", [it["key"] for it in items])
         gallery(items, "mf_add_img", size=48, label="images")
     index = state.number(c[1], PAGE, "mf_add_index", default=ADD_INDEX)
-    found = views.image_for(st.session_state["mf_add_img"], uploads.images())
+    found = views.image_for(st.session_state["mf_add_img"], uploads.images(), probe_a.input_size)
     if found is None:
         return
     add_jobs = [jobs.add_feature_job(backend.model, s, found[0], int(index)) for s in specs]
@@ -152,7 +159,8 @@ def addition() -> None:
     for k, r in enumerate(results):
         cols[k + 1].image(figures.upscale(r["images"][0], 6), width=SIZE)
         cols[k + 1].caption(f"feature {index}: {r['before']:.2f} → **{r['after']:.2f}**"
-                            + (f" · predicted {data.CLASSES[r['predicted']]}" if "predicted" in r else ""))
+                            + (f" · predicted {backend.model(specs[k]).classes[r['predicted']]}"
+                               if "predicted" in r else ""))
     page.caption(PAGE, f"feature {index} added to {found[1]}")
     inputs = {"kind": "add_feature", "jobs": [j.inputs for j in add_jobs]}
     page.export_menu(f"add-feature-{index}", [
@@ -175,8 +183,9 @@ def interpolation() -> None:
         ia = state.selectbox(c[0], PAGE, "mf_ia", keys, format_func=names.get)
         ib = state.selectbox(c[1], PAGE, "mf_ib", keys, format_func=names.get)
     images = uploads.images()
-    ijobs = [jobs.interpolation_job(backend.model, s, views.image_for(ia, images)[0],
-                                    views.image_for(ib, images)[0]) for s in specs]
+    ijobs = [jobs.interpolation_job(backend.model, s, views.image_for(ia, images, size)[0],
+                                    views.image_for(ib, images, size)[0])
+             for s, size in ((s, backend.model(s).input_size) for s in specs)]
     todo = offer(ijobs, "Interpolate", "mf_interp", ":material/linear_scale:")
     if todo is None:
         return
@@ -210,10 +219,10 @@ def interpolation() -> None:
 # ------------------------------------------------------------------ misclassification
 
 def misclassified() -> list[dict]:
-    test = backend.test_set()
+    test = backend.test_set() if probe_a.kind == "cifar10" else None
     if test is None:
         out = [{"key": s.key, "image": s.image, "label": s.label,
-                "title": f"{s.title} → {data.CLASSES[pred]}", "caption": f"→ {data.CLASSES[pred][:6]}"}
+                "title": f"{s.title} → {CLASSES[pred]}", "caption": f"→ {CLASSES[pred][:6]}"}
                for s, pred in views.misclassified_samples(probe_a)]
         st.caption(f"{backend.label(a)} misclassifies {len(out)} of the 20 shipped samples; the "
                    "full test set gives many more.")
@@ -230,9 +239,9 @@ def misclassified() -> list[dict]:
                "40 of them:")
     return [{"key": f"test-{i}", "image": test.images[i].numpy().transpose(1, 2, 0),
              "label": int(test.labels[i]),
-             "title": f"test {i}: {data.CLASSES[int(test.labels[i])]} → "
-                      f"{data.CLASSES[int(outs['predicted'][i])]}",
-             "caption": f"→ {data.CLASSES[int(outs['predicted'][i])][:6]}"} for i in order]
+             "title": f"test {i}: {CLASSES[int(test.labels[i])]} → "
+                      f"{CLASSES[int(outs['predicted'][i])]}",
+             "caption": f"→ {CLASSES[int(outs['predicted'][i])][:6]}"} for i in order]
 
 
 def misclassification() -> None:
@@ -252,9 +261,9 @@ def misclassification() -> None:
             return
         ex = backend.run_job(ejob)
     cols = st.columns(4)
-    cols[0].markdown(f"**Image**: {data.CLASSES[ex['label']]}")
+    cols[0].markdown(f"**Image**: {CLASSES[ex['label']]}")
     cols[0].image(figures.upscale(cand["image"], 6), width=SIZE)
-    cols[1].markdown(f"**Predicted**: {data.CLASSES[ex['predicted']]} "
+    cols[1].markdown(f"**Predicted**: {CLASSES[ex['predicted']]} "
                      f"({float(ex['probabilities'][ex['predicted']]):.0%})")
     cols[1].metric("Top component", ex["component"],
                    help=f"contribution to the predicted logit: {ex['contribution']:.2f}")
@@ -263,8 +272,8 @@ def misclassification() -> None:
     contrib = np.asarray(ex["contributions"])
     top = np.argsort(contrib)[::-1][:10]
     cols[3].bar_chart({"contribution": {str(i): float(contrib[i]) for i in top}}, horizontal=True)
-    page.caption(PAGE, f"{backend.label(a)} predicts {data.CLASSES[ex['predicted']]} "
-                       f"for a {data.CLASSES[ex['label']]}")
+    page.caption(PAGE, f"{backend.label(a)} predicts {CLASSES[ex['predicted']]} "
+                       f"for a {CLASSES[ex['label']]}")
 
 
 tabs_setting = setting["mf_tab"]

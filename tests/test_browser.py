@@ -531,3 +531,49 @@ def test_corrupt_store_keeps_the_app_up_and_is_set_aside_on_restart(browser, tmp
         srv.kill()
         if srv2 is not None:
             srv2.kill()
+
+
+def test_an_imagenet_resnet50_added_by_path_opens_every_page(browser, offline_server, tmp_path):
+    """A 224 px ResNet-50 stand-in (torchvision's architecture, random weights, a file
+    written here) added through "Add a model", chosen as model A, every page opened
+    with it and one short inversion run at 224 px."""
+    import torch
+    import torchvision
+    torch.manual_seed(0)
+    path = tmp_path / "resnet50-standin.pt"
+    torch.save(torchvision.models.resnet50().state_dict(), path)
+    page = open_page(browser, offline_server, "inversion")
+    sidebar = page.locator("section[data-testid='stSidebar']")
+    sidebar.get_by_text("Add a model").click()
+    field = sidebar.get_by_label("...or a path / name")
+    field.fill(str(path))
+    field.press("Enter")
+    settle(page)
+    sidebar.get_by_role("button", name="Add", exact=True).click()
+    sidebar.get_by_text(re.compile("^Added resnet50-standin as model A")).wait_for(
+        timeout=180_000)
+    settle(page)
+    sidebar.get_by_text(re.compile(r"224 px ImageNet · \d+% top-1 on 20 samples")).wait_for(
+        timeout=60_000)
+    # the gallery holds ImageNet images; a long run waits for a click and says how long
+    page.locator("button.rl-tile[data-key^='imagenet-']").first.wait_for(timeout=60_000)
+    page.get_by_role("button", name=re.compile(r"^Reconstruct \(about")).wait_for(timeout=120_000)
+    assert_clean(page)
+    shot(page, "imagenet-inversion-asks")
+    page.get_by_text("Settings").first.click()
+    steps = page.locator(".st-key-settings input[type='number']").nth(0)
+    steps.fill("10")
+    steps.press("Enter")
+    settle(page)
+    button = page.get_by_role("button", name=re.compile(r"^Reconstruct \(about"))
+    if button.count():
+        button.click()
+    both_reconstructions(page)
+    assert_clean(page)
+    shot(page, "imagenet-inversion")
+    for title in ("Feature manipulation", "CKA explorer", "Stitching matrix", "Home"):
+        page.locator("section[data-testid='stSidebar'] a").filter(has_text=title).first.click()
+        settle(page)
+        assert_clean(page)
+        shot(page, f"imagenet-{title.split()[0].lower()}")
+    page.context.close()

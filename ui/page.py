@@ -60,6 +60,15 @@ def guard() -> Iterator[None]:
         st.stop()
 
 
+def duration(seconds: float) -> str:
+    """'40 s', '3 min', '1.5 h': a time estimate as a person says it."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 @st.cache_data(ttl=300, show_spinner=False)
 def _online() -> bool:
     return data.can_download()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from core import backend
+from core import backend, data
 from core.errors import RobustLensError
 from core.evaluation import own_pgd20
 
@@ -30,8 +30,17 @@ def _card_summary(where, spec: str) -> None:
         strong = measured.get("strong")
         if strong:
             bits.append(f"AutoAttack-style {strong['worst_case']:.1%}")
-    where.caption(" · ".join(bits) if bits else c.get("source", ""))
+    check = c.get("check") or {}
+    if not measured:
+        bits = [c.get("arch", ""), f"{c.get('input_size', '?')} px "
+                f"{data.KIND_NAMES.get(c.get('dataset', ''), '')}",
+                f"{check['top1']:.0%} top-1 on {check['n']} samples" if check.get("n") else ""]
+    where.caption(" · ".join(b for b in bits if b) or c.get("source", ""))
+    if c.get("notice"):
+        where.caption(f":material/warning: {c['notice']}")
     with where.popover("Model card", icon=":material/badge:", width="stretch"):
+        if check.get("text"):
+            st.markdown(f"**Check after loading.** {check['text']}.")
         if c.get("recipe"):
             st.markdown(f"**Recipe.** {c['recipe']}.")
         if measured:
@@ -57,38 +66,54 @@ def _card_summary(where, spec: str) -> None:
         st.json(c, expanded=False)
 
 
+def _add() -> None:
+    """The Add button's callback (it runs before the widgets are drawn, so the new
+    model can become model A at once): load, remember for this session, report."""
+    upload = st.session_state.get("ckpt_upload")
+    spec = uploads.save_checkpoint(upload) if upload is not None else \
+        (st.session_state.get("ckpt_spec") or "").strip()
+    if not spec:
+        st.session_state["_add_report"] = ("warning", "Choose a file or type a path or name first.")
+        return
+    if st.session_state.get("ckpt_trust"):
+        st.session_state.setdefault("trusted_specs", set()).add(spec)
+    try:
+        probe = backend.model(spec)
+    except RobustLensError as e:
+        st.session_state["_add_report"] = ("warning", str(e))
+        return
+    specs = st.session_state.setdefault("custom_specs", [])
+    if spec not in specs:
+        specs.append(spec)
+    st.session_state["a"] = spec
+    st.session_state["_add_report"] = ("success", f"Added {probe.name} as model A: "
+                                                  f"{len(probe.layers)} taps.")
+
+
 def _add_model(where) -> None:
     with where.expander("Add a model", icon=":material/add:"):
         st.caption(f"A checkpoint file up to {uploads.MAX_CHECKPOINT_MB} MB (safetensors, a "
-                   "state dict, a `robustness` library checkpoint), or a path on this server or "
-                   "a name such as `robustbench:NAME` or `torchvision:NAME` for larger ones. "
-                   "Your files are visible to your session only.")
-        upload = st.file_uploader("Checkpoint", type=uploads.CHECKPOINT_TYPES, key="ckpt_upload")
-        spec_text = st.text_input("...or a path / name", key="ckpt_spec")
-        trust = st.checkbox("Trust this file (allows code execution while loading)",
-                            key="ckpt_trust", help="Only for pickles from a source you trust.")
-        if st.button("Add", key="ckpt_add"):
-            spec = uploads.save_checkpoint(upload) if upload is not None else spec_text.strip()
-            if not spec:
-                st.warning("Choose a file or type a path or name first.")
-                return
-            if trust:
-                st.session_state.setdefault("trusted_specs", set()).add(spec)
-            try:
-                probe = backend.model(spec)
-            except RobustLensError as e:
-                st.warning(str(e), icon=":material/error:")
-                return
-            specs = st.session_state.setdefault("custom_specs", [])
-            if spec not in specs:
-                specs.append(spec)
-            st.success(f"Added {probe.name}: {len(probe.layers)} taps. Pick it above.")
+                   "state dict, a `robustness` library checkpoint), or a path on this server, "
+                   "or a name: `madrylab:resnet50_l2_eps3`, `robustbench:NAME`, `timm:NAME`, "
+                   "`torchvision:resnet50`. Your files are visible to your session only.")
+        st.file_uploader("Checkpoint", type=uploads.CHECKPOINT_TYPES, key="ckpt_upload")
+        st.text_input("...or a path / name", key="ckpt_spec")
+        st.checkbox("Trust this file (allows code execution while loading)",
+                    key="ckpt_trust", help="Only for pickles from a source you trust.")
+        st.button("Add", key="ckpt_add", on_click=_add)
+        report = st.session_state.pop("_add_report", None)
+        if report:
+            kind, text = report
+            (st.success if kind == "success" else st.warning)(
+                text, icon=":material/check:" if kind == "success" else ":material/error:")
 
 
-def draw() -> None:
-    """Models, device and talk controls (keys 'a', 'b', 'device', 'present')."""
+def draw(pages: list) -> None:
+    """The pages, models, device and talk controls (keys 'a', 'b', 'device', 'present')."""
     specs = backend.model_specs()
     with st.sidebar:
+        for p in pages:
+            st.page_link(p)
         st.markdown("### Models")
         if not specs:
             st.warning("No models found in pretrained/; add one below.")
