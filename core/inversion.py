@@ -51,11 +51,9 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import batch_sizes, batches
-from .errors import RobustLensError
 from .images import norms
 from .probe import Probe
 from .progress import Reporter, report
@@ -85,6 +83,16 @@ DEFAULTS = {
 # Engstrom et al. ImageNet radius of 40 is about 5.7 at 32x32 by per-pixel RMS. Other
 # tasks are unconstrained (an explanation shows the feature as far as it goes).
 RADII = {"add": 3.0, "interpolate": 4.0}
+# At 224 px (ImageNet models): the paper's radius where it gives one, else the 32 px
+# radius scaled by the side (the same per-pixel RMS change).
+PAPER_IMAGENET_RADII = {"add": 40.0}
+
+
+def radius(task: str, input_size: int = 32) -> float | None:
+    """The L2 radius of a task at an input size (None: unconstrained)."""
+    if input_size >= 224 and task in PAPER_IMAGENET_RADII:
+        return PAPER_IMAGENET_RADII[task]
+    return RADII[task] * input_size / 32 if task in RADII else None
 
 
 # ------------------------------------------------------------------ objectives
@@ -274,15 +282,18 @@ class Settings:
 
     @classmethod
     def for_task(cls, task: str, method: str = "adam", steps: int | None = None,
-                 step_size: float | None = None, **options: Any) -> "Settings":
-        """The defaults of `task` (a key of DEFAULTS) for `method`; steps
-        and step_size given (not None) and any other field in `options` replace them."""
+                 step_size: float | None = None, input_size: int = 32,
+                 **options: Any) -> "Settings":
+        """The defaults of `task` (a key of DEFAULTS) for `method` and a model's input
+        size (the radius, see `radius`); steps and step_size given (not None) and any
+        other field in `options` replace them."""
         if task not in DEFAULTS:
             raise ValueError(f"task must be one of {tuple(DEFAULTS)}, not {task!r}")
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS}, not {method!r}")
         d_steps, d_size = DEFAULTS[task][method]
-        options.setdefault("eps", RADII.get(task, cls.eps))
+        r = radius(task, input_size)
+        options.setdefault("eps", cls.eps if r is None else r)
         return cls(method, d_steps if steps is None else int(steps),
                    d_size if step_size is None else float(step_size), **options)
 
@@ -296,11 +307,13 @@ class Settings:
 
 
 def _settings(task: str, settings: Settings | None, method: str | None, steps: int | None,
-              options: dict) -> Settings:
-    """The settings of one call: `settings` (else the task's defaults for `method`)
-    with the keywords given; steps=None and step_size=None keep the value."""
+              options: dict, model: Probe) -> Settings:
+    """The settings of one call: `settings` (else the task's defaults for `method` at
+    the model's input size) with the keywords given; steps=None and step_size=None
+    keep the value."""
     if settings is None:
-        return Settings.for_task(task, method or "adam", steps, **options)
+        return Settings.for_task(task, method or "adam", steps, input_size=model.input_size,
+                                 **options)
     changes = {k: v for k, v in options.items() if not (k == "step_size" and v is None)}
     if method is not None:
         changes["method"] = method
@@ -419,7 +432,7 @@ def invert(model: Probe, target_images: torch.Tensor, layer: str | None = None,
     result's loss is ||R(x') - R(x)||_2 / ||R(x)||_2 per image.
     """
     targets = _as_batch(target_images, "target_images")
-    s = _settings("invert", settings, method, steps, options)
+    s = _settings("invert", settings, method, steps, options, model)
     layer = layer or model.representation_layer
     with _run(model, s, layer) as features:
         with torch.no_grad():
@@ -442,7 +455,7 @@ def visualize_feature(model: Probe, index: int | Sequence[int], seed: str | torc
     images. The result's loss is minus the activation reached. settings and
     options as for `invert` (defaults: Settings.for_task("visualize", method))."""
     indices = [int(i) for i in torch.as_tensor(index).flatten().tolist()]
-    s = _settings("visualize", settings, method, steps, options)
+    s = _settings("visualize", settings, method, steps, options, model)
     layer = layer or model.representation_layer
     with _run(model, s, layer) as features:
         _check_index(model, layer, indices)
@@ -467,7 +480,7 @@ def add_feature(model: Probe, images: torch.Tensor, index: int | Sequence[int],
     indices = [int(i) for i in torch.as_tensor(index).flatten().tolist()]
     if len(indices) not in (1, x.shape[0]):
         raise ValueError(f"give one index or one per image ({x.shape[0]}), not {len(indices)}")
-    s = _settings("add", settings, method, steps, options)
+    s = _settings("add", settings, method, steps, options, model)
     layer = layer or model.representation_layer
     with _run(model, s, layer) as features:
         _check_index(model, layer, indices)
@@ -494,7 +507,7 @@ def interpolate(model: Probe, a: torch.Tensor, b: torch.Tensor, frames: int = 10
     if xa.shape[0] != 1 or xb.shape != xa.shape:
         raise ValueError(f"a and b must be one image each of the same shape, not "
                          f"{tuple(xa.shape)} and {tuple(xb.shape)}")
-    s = _settings("invert", settings, method, steps, options)
+    s = _settings("invert", settings, method, steps, options, model)
     layer = layer or model.representation_layer
     t = torch.linspace(0, 1, frames)
     with _run(model, s, layer) as features:
@@ -578,8 +591,8 @@ def explain_misclassification(model: Probe, image: torch.Tensor, label: int,
     x = _as_batch(image)
     if x.shape[0] != 1:
         raise ValueError("explain_misclassification takes one image")
-    s = _settings("add", settings, method, steps, options)
-    classifier = _classifier(model)
+    s = _settings("add", settings, method, steps, options, model)
+    classifier = model.head
     with cpu_threads(s.threads, model.device), torch.no_grad():
         rep = model.representation(x.to(model.device)).float()[0]
         logits = model(x.to(model.device)).float()[0]
@@ -653,14 +666,3 @@ def _check_index(model: Probe, layer: str, indices: list[int]) -> None:
     if bad:
         raise IndexError(f"component {bad[0]} is out of range: {layer} has {size} components")
 
-
-def _classifier(model: Probe) -> nn.Linear:
-    """The last linear layer that reads the representation."""
-    dim = model.layer_shapes().get(model.representation_layer or "", (None,))[0]
-    modules = dict(model.model.named_modules())
-    for name in reversed(model.call_order()):
-        m = modules.get(name)
-        if isinstance(m, nn.Linear) and m.in_features == dim:
-            return m
-    raise RobustLensError(f"{model.name or 'this model'} has no linear layer on its "
-                          "representation; the misclassification insight needs one")

@@ -295,8 +295,8 @@ def stitch_matrix(load: Loader, pairs: Sequence[tuple[str, str]], method: str = 
 
 # ------------------------------------------------------------------- inversion
 
-def _settings(task: str, method: str, steps: int | None) -> inversion.Settings:
-    return inversion.Settings.for_task(task, method, steps)
+def _settings(task: str, method: str, steps: int | None, probe: Probe) -> inversion.Settings:
+    return inversion.Settings.for_task(task, method, steps, input_size=probe.input_size)
 
 
 def _with_frames_at_ends(settings: inversion.Settings) -> inversion.Settings:
@@ -313,7 +313,7 @@ def inversion_job(load: Loader, spec: str, image: Any, layer: str | None = None,
     args = {"spec": spec, "image": images.to_uint8(image), "layer": layer, "method": method,
             "steps": steps, "seed": seed, "generator_seed": generator_seed}
     layer = layer or probe.representation_layer
-    settings = _settings("invert", method, steps)
+    settings = _settings("invert", method, steps, probe)
     inputs = {"model": probe.identity(), "image": images.image_id(image), "layer": layer,
               "method": method, "steps": settings.steps, "step_size": settings.step_size,
               "seed": seed, "generator_seed": generator_seed, "eps": settings.eps}
@@ -338,7 +338,7 @@ def quality_job(load: Loader, spec: str, method: str = "adam", steps: int | None
     probe = load(spec)
     pictures = [images.fit(s.image, probe.input_size)
                 for s in data.samples(probe.kind) or data.cifar_samples()]
-    settings = _with_frames_at_ends(_settings("invert", method, steps))
+    settings = _with_frames_at_ends(_settings("invert", method, steps, probe))
     inputs = {"model": probe.identity(), "images": [images.image_id(p) for p in pictures],
               "method": method, "steps": settings.steps, "step_size": settings.step_size,
               "seed": "noise", "generator_seed": 0, "layer": probe.representation_layer}
@@ -377,7 +377,7 @@ def feature_grid_job(load: Loader, spec: str, indices: list[int], method: str = 
     """One visualisation per feature index, maximised from noise (batched)."""
     args = {"spec": spec, "indices": list(indices), "method": method, "steps": steps}
     probe = load(spec)
-    settings = _with_frames_at_ends(_settings("visualize", method, steps))
+    settings = _with_frames_at_ends(_settings("visualize", method, steps, probe))
     inputs = {"model": probe.identity(), "indices": list(indices), "method": method,
               "steps": settings.steps, "step_size": settings.step_size, "seed": "noise",
               "generator_seed": 0, "fake_relu": settings.fake_relu}
@@ -436,7 +436,7 @@ def add_feature_job(load: Loader, spec: str, image: Any, index: int, method: str
     image = images.fit(image, probe.input_size)
     args = {"spec": spec, "image": images.to_uint8(image), "index": int(index),
             "method": method, "steps": steps}
-    settings = _settings("add", method, steps)
+    settings = _settings("add", method, steps, probe)
     inputs = {"model": probe.identity(), "image": images.image_id(image), "index": int(index),
               "method": method, "steps": settings.steps, "step_size": settings.step_size,
               "fake_relu": settings.fake_relu, "eps": settings.eps}
@@ -460,7 +460,7 @@ def interpolation_job(load: Loader, spec: str, image_a: Any, image_b: Any, frame
     args = {"spec": spec, "image_a": images.to_uint8(image_a),
             "image_b": images.to_uint8(image_b), "frames": frames, "method": method,
             "steps": steps}
-    settings = _settings("interpolate", method, steps)
+    settings = _settings("interpolate", method, steps, probe)
     inputs = {"model": probe.identity(), "a": images.image_id(image_a),
               "b": images.image_id(image_b), "frames": frames, "method": method,
               "steps": settings.steps, "step_size": settings.step_size, "seed": "mix",
@@ -480,7 +480,7 @@ def explain_job(load: Loader, spec: str, image: Any, label: int, method: str = "
     image = images.fit(image, probe.input_size)
     args = {"spec": spec, "image": images.to_uint8(image), "label": int(label),
             "method": method, "steps": steps}
-    settings = _settings("explain", method, steps)
+    settings = _settings("explain", method, steps, probe)
     inputs = {"model": probe.identity(), "image": images.image_id(image), "label": int(label),
               "method": method, "steps": settings.steps, "step_size": settings.step_size}
 

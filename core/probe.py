@@ -292,11 +292,15 @@ class Probe(nn.Module):
 
     @property
     def head(self) -> nn.Linear:
-        """The linear classifier on the representation (its rows: one per class)."""
-        linears = [m for n in self.call_order() if isinstance(m := self._modules_by_name[n], nn.Linear)]
-        if not linears:
-            raise UnknownLayerError(f"{self.name or 'this model'} has no linear classifier")
-        return linears[-1]
+        """The last linear layer, the one that reads the representation (its rows:
+        one per class)."""
+        dim = self.layer_shapes().get(self.representation_layer or "", (None,))[0]
+        for name in reversed(self.call_order()):
+            m = self._modules_by_name.get(name)
+            if isinstance(m, nn.Linear) and m.in_features == dim:
+                return m
+        raise UnknownLayerError(f"{self.name or 'this model'} has no linear layer on its "
+                                "representation")
 
     def representation(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """Penultimate features, (N, D)."""

@@ -362,6 +362,13 @@ def manipulation_jobs(load: Loader, s: Mapping[str, Any],
     return [jobs.explain_job(load, s["a"], wrong[0][0].image, wrong[0][0].label)] if wrong else []
 
 
+def image_steps(job: Job) -> int:
+    """Optimisation steps x images of an optimisation job (0 for any other): what a
+    time estimate multiplies by the seconds of one step of one image."""
+    images = len(job.inputs.get("indices", [])) or job.inputs.get("frames") or 1
+    return int(job.inputs.get("steps") or 0) * images
+
+
 def misclassified_samples(probe) -> list[tuple[data.Sample, int]]:
     """The shipped samples of the model's data set it gets wrong, with its predictions."""
     import torch

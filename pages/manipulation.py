@@ -59,11 +59,18 @@ def run_pair(job_list: list, cols: list) -> list:
     return results
 
 
+def with_time(label: str, job_list: list) -> str:
+    """A button's label, with how long its run takes where that is more than a moment."""
+    eta = sum(backend.step_seconds(j.spec["args"]["spec"]) * views.image_steps(j)
+              for j in job_list)
+    return f"{label} (about {page.duration(eta)})" if eta > 20 else label
+
+
 def offer(job_list: list, label: str, key: str, icon: str) -> list | None:
     """Stored results, or a button that computes them (nothing runs unasked)."""
     if all(backend.stored(j) is not None for j in job_list):
         return [backend.stored(j) for j in job_list]
-    if not st.button(label, type="primary", key=key, icon=icon):
+    if not st.button(with_time(label, job_list), type="primary", key=key, icon=icon):
         return None
     return job_list
 
@@ -77,8 +84,8 @@ def browser() -> None:
     grid_job = jobs.feature_grid_job(backend.model, a, feats)
     grid = backend.stored(grid_job)
     if grid is None:
-        if not st.button(f"Visualise {len(feats)} features", type="primary", key="mf_grid",
-                         icon=":material/play_arrow:"):
+        if not st.button(with_time(f"Visualise {len(feats)} features", [grid_job]),
+                         type="primary", key="mf_grid", icon=":material/play_arrow:"):
             return
         grid = backend.run_job(grid_job)
     items = [{"key": f"f{i}", "image": img, "title": f"feature {i} (→ {feature_class(i)})",
@@ -91,7 +98,8 @@ def browser() -> None:
     c = st.columns([1, 1, 2.2])
     vis_jobs = [jobs.feature_grid_job(backend.model, s, [index]) for s in specs]
     vis = [backend.stored(j) for j in vis_jobs]
-    if any(v is None for v in vis) and c[0].button("Visualise in both models", key="mf_vis"):
+    if any(v is None for v in vis) and c[0].button(with_time("Visualise in both models", vis_jobs),
+                                                   key="mf_vis"):
         vis = [backend.run_job(j) for j in vis_jobs]
     for k, s in enumerate(specs):
         c[k].markdown(f"**{backend.label(s)}**")
@@ -257,7 +265,7 @@ def misclassification() -> None:
     ejob = jobs.explain_job(backend.model, a, cand["image"], cand["label"])
     ex = backend.stored(ejob)
     if ex is None:
-        if not st.button("Explain", type="primary", key="mf_explain"):
+        if not st.button(with_time("Explain", [ejob]), type="primary", key="mf_explain"):
             return
         ex = backend.run_job(ejob)
     cols = st.columns(4)

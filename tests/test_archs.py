@@ -278,3 +278,25 @@ def test_torchvision_inplace_relu_aliases_taps_ours_does_not():
     assert torch.equal(theirs["bn1"], theirs["relu"])
     assert (mine["bn1"] < 0).any() and not torch.equal(mine["bn1"], mine["relu"])
     assert torch.equal(mine["relu"], theirs["relu"])
+
+
+# ------------------------------------------------------ analyses on every architecture
+
+def test_inversion_cka_and_stitching_run_on_the_default_layers(tapped):
+    """What the pages do with a model: invert its representation, CKA of its default
+    taps against themselves, a stitch (identity-initialised 1x1 conv) at every stage
+    boundary, which then computes the model itself."""
+    from core import cka, inversion, stitching
+    x = images(tapped.input_size, n=8)
+    res = inversion.invert(tapped, x[:1], steps=2)
+    assert res.images.shape == x[:1].shape and torch.isfinite(res.loss).all()
+    matrix = cka.cka_matrix(tapped, tapped, x, batch_size=4).matrix
+    n = len(tapped.layers)
+    assert matrix.shape == (n, n)
+    assert torch.allclose(torch.as_tensor(matrix).diagonal().float(), torch.ones(n), atol=1e-3)
+    points = stitching.stitch_points(tapped)
+    assert points == [s for s in tapped.layers if s in tapped.chain_layers()][:-1]
+    with torch.no_grad():
+        for layer in points:
+            stitched = stitching.StitchedModel(tapped, tapped, layer).identity_init()
+            assert torch.allclose(stitched(x), tapped(x), rtol=1e-4, atol=1e-4), layer

@@ -489,6 +489,7 @@ def test_server_killed_mid_computation_keeps_results_and_nothing_half_written(br
         both_reconstructions(page)
         long = browser.new_context().new_page()
         long.goto(f"{srv.url}/inversion?inv_img=foolbox-08&inv_steps=5000")
+        long.get_by_role("button", name=re.compile(r"^Reconstruct \(about")).click()   # a long run asks
         long.get_by_text(re.compile(r"^step \d+/5000")).first.wait_for(timeout=120_000)
         srv.kill(signal.SIGKILL)
         store = ResultStore(srv.cache / "results.sqlite", assets=None)
