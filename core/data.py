@@ -13,6 +13,7 @@ set's order (representations, test outputs) ask for that order.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import pickle
 import tarfile
@@ -25,8 +26,9 @@ import torch
 from PIL import Image
 
 from .errors import DataNotFoundError
-from .images import to_model_size, to_tensor
+from .images import evaluation_crop, to_model_size, to_tensor
 
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
            "dog", "frog", "horse", "ship", "truck")
 MEAN = (0.4914, 0.4822, 0.4465)   # the robustness library's CIFAR-10 constants
@@ -301,16 +303,72 @@ def download_cifar10(root: Path | None = None,
     return root
 
 
-def _decode_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    classes = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
-    images, labels = [], []
+def folder_files(root: Path) -> tuple[list[Path], list[int], list[str]]:
+    """The images of an ImageFolder tree (ROOT/CLASS/IMAGE): files, labels and class
+    names, class by class in sorted order (ImageNet's synset folders sort into its
+    class indices), files sorted within a class."""
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    files, labels = [], []
     for label, cls in enumerate(classes):
-        for f in sorted((split_dir / cls).iterdir()):
-            with Image.open(f) as im:
-                images.append(np.asarray(im.convert("RGB").resize((32, 32))))
-            labels.append(label)
+        for f in sorted((root / cls).iterdir()):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(f)
+                labels.append(label)
+    return files, labels, classes
+
+
+def _decode_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    files, labels, _ = folder_files(split_dir)
+    images = []
+    for f in files:
+        with Image.open(f) as im:
+            images.append(np.asarray(im.convert("RGB").resize((32, 32))))
     arr = np.stack(images).transpose(0, 3, 1, 2)
     return torch.from_numpy(np.ascontiguousarray(arr)), torch.tensor(labels)
+
+
+class ImageFolder(torch.utils.data.Dataset):
+    """An ImageFolder tree (an ImageNet validation folder: one folder per class) read as
+    a stream at one input size: each image is decoded when it is asked for, so a data
+    set of any size never sits in memory. Items: (float CHW in [0, 1], label)."""
+
+    def __init__(self, root: str | os.PathLike, size: int) -> None:
+        self.root = Path(root).expanduser()
+        if not self.root.is_dir():
+            raise DataNotFoundError(f"there is no folder {root} on this server")
+        self.files, labels, self.classes = folder_files(self.root)
+        if not self.files:
+            raise DataNotFoundError(f"{root} holds no images in class folders "
+                                    "(ROOT/CLASS/IMAGE.jpg, as an ImageNet validation folder)")
+        self.labels, self.size = torch.tensor(labels), size
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        with Image.open(self.files[i]) as im:
+            return to_tensor(evaluation_crop(im, self.size)), int(self.labels[i])
+
+    def identity(self) -> dict:
+        """What result keys call it: a hash of its files' names and bytes (remembered
+        in the cache folder while no file changes), its size and the crop."""
+        return {"folder_sha256": _folder_digest(self.root, self.files), "images": len(self),
+                "size": self.size, "crop": "shorter side to size/0.875, centre"}
+
+
+def _folder_digest(root: Path, files: list[Path]) -> str:
+    stats = [(str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    stamp = hashlib.sha256(json.dumps([str(root.resolve()), stats]).encode()).hexdigest()
+    memo = cache_dir() / "folders" / f"{stamp}.sha256"
+    if memo.is_file():
+        return memo.read_text().strip()
+    h = hashlib.sha256()
+    for f, (name, _, _) in zip(files, stats):
+        h.update(name.encode() + b"\0")
+        h.update(f.read_bytes())
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(h.hexdigest())
+    return h.hexdigest()
 
 
 def _decode_batches(batch_dir: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:

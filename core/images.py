@@ -70,6 +70,20 @@ def to_model_size(im: Image.Image, size: int = 32) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
+def evaluation_crop(im: Image.Image, size: int, crop: float = 0.875) -> np.ndarray:
+    """A data-set image as ImageNet models are evaluated: the shorter side resized to
+    size / crop (256 for 224), then the centre size x size; uint8 RGB."""
+    im = ImageOps.exif_transpose(im).convert("RGB")
+    short = round(size / crop)
+    w, h = im.size
+    scale = short / min(w, h)
+    im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))),
+                   Image.Resampling.BILINEAR)
+    w, h = im.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
 def fit(img: Any, size: int) -> np.ndarray:
     """An image (any form to_uint8 takes) at size x size: unchanged if it already is,
     else centre-cropped and resized (how every page hands one image to models of

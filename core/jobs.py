@@ -93,16 +93,33 @@ def _attack(choice: str) -> attacks.PGD | None:
 
 # ------------------------------------------------------------------------ CKA
 
-def on_cifar10(analysis: str, *probes: Probe) -> None:
-    """Analyses over a data set read CIFAR-10: refuse, in one sentence, a model made
-    for other images (a 224 px ImageNet model would see 32 px thumbnails)."""
+def on_cifar10(analysis: str, *probes: Probe,
+               other: str = " (this analysis reads no other data set yet)") -> None:
+    """Analyses over a data set read CIFAR-10 unless told otherwise: refuse, in one
+    sentence, a model made for other images (a 224 px ImageNet model would see 32 px
+    thumbnails); `other` says what else the analysis can read."""
     for p in probes:
         if p.kind != "cifar10":
             raise IncompatibleModelError(
                 f"{analysis} runs on CIFAR-10 test images, and {p.name} classifies "
                 f"{data.KIND_NAMES[p.kind]} images at {p.input_size}x{p.input_size}: choose "
-                "CIFAR-10 models "
-                "here (reading an ImageNet image folder is not supported yet)")
+                f"CIFAR-10 models{other}")
+
+
+def image_folder(analysis: str, folder: str | None, *probes: Probe) -> data.ImageFolder | None:
+    """The image folder an analysis reads, at its models' one input size; None for the
+    CIFAR-10 test set (then every model must be a CIFAR-10 model)."""
+    if not folder:
+        on_cifar10(analysis, *probes, other=", or name an image folder of the models' own "
+                   "data set (an ImageNet validation folder) under Image folder")
+        return None
+    sizes = sorted({p.input_size for p in probes})
+    if len(sizes) > 1:
+        raise IncompatibleModelError(
+            f"{analysis} shows two models the same images, and "
+            f"{' and '.join(f'{p.name} takes {p.input_size} px' for p in probes)}: choose "
+            "models of one input size")
+    return data.ImageFolder(folder, sizes[0])
 
 
 def cka_batch_size(n: int) -> int:
@@ -135,15 +152,23 @@ def adversarial_job(load: Loader, spec: str, inputs: str, n: int = 10_000,
 def cka_job(load: Loader, a: str, b: str, layers_a: str | list[str] = "blocks",
             layers_b: str | list[str] = "blocks", inputs_a: str = "benign",
             inputs_b: str = "benign", adv_against: str = "self", kernel: str = "linear",
-            n: int = 10_000, batch_size: int | None = None, sigma_frac: float = 0.8) -> Job:
+            n: int = 10_000, batch_size: int | None = None, sigma_frac: float = 0.8,
+            folder: str | None = None) -> Job:
     """Layer x layer CKA of model a against model b (see core.cka.cka_matrix) on
-    the first n test images of the seeded order, in seeded random batches."""
+    the first n test images of the seeded order (of CIFAR-10, or of the image
+    `folder` at the models' input size), in seeded random batches."""
     args = {"a": a, "b": b, "layers_a": layers_a, "layers_b": layers_b, "inputs_a": inputs_a,
             "inputs_b": inputs_b, "adv_against": adv_against, "kernel": kernel, "n": n,
-            "batch_size": batch_size, "sigma_frac": sigma_frac}
-    batch_size = batch_size or cka_batch_size(n)
+            "batch_size": batch_size, "sigma_frac": sigma_frac,
+            **({"folder": folder} if folder else {})}
     pa, pb = load(a), load(b)
-    on_cifar10("CKA", pa, pb)
+    source = image_folder("CKA", folder, pa, pb)
+    if source is not None:
+        if inputs_a != "benign" or inputs_b != "benign":
+            raise IncompatibleModelError("adversarial inputs are made from CIFAR-10 test "
+                                         "images only: choose benign inputs for an image folder")
+        n = min(n, len(source))
+    batch_size = batch_size or cka_batch_size(n)
     la, lb = layer_list(pa, layers_a), layer_list(pb, layers_b)
     atk_a, atk_b = _attack(inputs_a), _attack(inputs_b)
     if atk_a is None and atk_b is None:
@@ -153,14 +178,16 @@ def cka_job(load: Loader, a: str, b: str, layers_a: str | list[str] = "blocks",
               "inputs_b": atk_b.to_dict() if atk_b else "benign",
               "adv_against": adv_against, "kernel": kernel, "unbiased": True,
               "sigma_frac": sigma_frac if kernel == "rbf" else None,
-              "batch_size": batch_size, "images": test_images(n)}
+              "batch_size": batch_size, "images": test_images(n) if source is None else
+              {"folder": source.identity(), "order": "fixed-shuffle-0", "n": n}}
     against = {"a": b if adv_against == "b" else a, "b": a if adv_against == "a" else b}
     needs = {f"examples_{side}": adversarial_job(load, against[side], choice, n, batch_size)
              for side, choice in (("a", inputs_a), ("b", inputs_b)) if choice != "benign"}
 
     def run(progress: Reporter, examples_a: dict | None = None,
             examples_b: dict | None = None) -> dict:
-        res = cka.cka_matrix(pa, pb, data.cifar10("test"), la, lb, kernel=kernel, unbiased=True,
+        images = data.cifar10("test") if source is None else source
+        res = cka.cka_matrix(pa, pb, images, la, lb, kernel=kernel, unbiased=True,
                              attack_a=atk_a, attack_b=atk_b, adv_against=adv_against,
                              sigma_frac=sigma_frac, progress=progress, batch_size=batch_size,
                              limit=n,

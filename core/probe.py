@@ -180,7 +180,7 @@ class Probe(nn.Module):
         elif layer == self.representation_layer:
             kind = "penultimate representation (global average pool)"
         elif layer == getattr(self.model, "stem_layer", None):
-            kind = "stem (conv-bn-relu)"
+            kind = "stem output"
         elif kind in ("BasicBlock", "Bottleneck", "ImageNetBasicBlock", "ImageNetBottleneck",
                       "WideBasicBlock", "DMBlock"):
             kind = f"residual block ({kind})"

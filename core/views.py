@@ -131,6 +131,9 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
         Setting("cka_kernel", "linear", "Kernel", ("linear", "rbf"),
                 {"linear": "linear", "rbf": "RBF (0.8 x median)"}),
         Setting("cka_cell", [0, 0], "Layer pair"),
+        Setting("cka_folder", "", "Image folder", help="Empty: the CIFAR-10 test set. Else a "
+                "folder on this server of class folders of images (an ImageNet validation "
+                "folder), read at the models' input size; for models of other data sets."),
     ),
     "stitching": (
         Setting("st_r", "", "Robust model", help="Empty: model A when you chose a robust "
@@ -273,14 +276,17 @@ def cka_pairs(s: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def cka_request(load: Loader, x: str, y: str, layers: str, in_x: str = "benign",
                 in_y: str = "benign", against: str = "self", kernel: str = "linear",
-                n: int = 10_000) -> tuple[Job, bool]:
+                n: int = 10_000, folder: str = "") -> tuple[Job, bool]:
     """The job behind CKA(x, y) and whether its matrix must be transposed: the two
     sides are put in one canonical order (by model, then inputs), so that B vs A is
     A vs B transposed and is computed and shipped once."""
+    folder = folder or None
     if (x, in_x) <= (y, in_y):
-        return jobs.cka_job(load, x, y, layers, layers, in_x, in_y, against, kernel, n), False
+        return jobs.cka_job(load, x, y, layers, layers, in_x, in_y, against, kernel, n,
+                            folder=folder), False
     swapped = {"a": "b", "b": "a"}.get(against, against)
-    return jobs.cka_job(load, y, x, layers, layers, in_y, in_x, swapped, kernel, n), True
+    return jobs.cka_job(load, y, x, layers, layers, in_y, in_x, swapped, kernel, n,
+                        folder=folder), True
 
 
 def transposed_cka(value: Mapping[str, Any]) -> dict:
@@ -297,12 +303,13 @@ def transposed_cka(value: Mapping[str, Any]) -> dict:
 def cka_requests(load: Loader, s: Mapping[str, Any]) -> list[tuple[Job, bool]]:
     """The (job, transposed) behind each panel of a CKA view."""
     n, layers, kernel = int(s["cka_n"]), s["cka_layers"], s["cka_kernel"]
+    folder = s.get("cka_folder", "")
     if s["cka_view"] == "Paper view":
-        return [cka_request(load, x, y, layers, s["cka_in_a"], s["cka_in_a"], "self", kernel, n)
-                for x, y in cka_pairs(s)]
+        return [cka_request(load, x, y, layers, s["cka_in_a"], s["cka_in_a"], "self", kernel, n,
+                            folder) for x, y in cka_pairs(s)]
     (x, y), = cka_pairs(s)
     return [cka_request(load, x, y, layers, s["cka_in_a"], s["cka_in_b"], s["cka_against"],
-                        kernel, n)]
+                        kernel, n, folder)]
 
 
 def cka_jobs(load: Loader, s: Mapping[str, Any]) -> list[Job]:

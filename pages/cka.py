@@ -13,7 +13,7 @@ from ui import page, presentation, sidebar, state  # noqa: E402
 PAGE = "cka"
 page.header(PAGE, "CKA explorer",
             "How similar are the representations of two layers? Linear CKA over CIFAR-10 "
-            "test images",
+            "test images or an image folder",
             "Centered Kernel Alignment of every layer of one model with every layer of another, "
             "on benign test images or on PGD adversarial examples. The estimate is the unbiased "
             "minibatch HSIC of Nguyen et al. (2021), accumulated over seeded random batches of "
@@ -39,6 +39,10 @@ with st.container(key="settings"):
         state.selectbox(c[4], PAGE, "cka_layers")
         state.selectbox(c[5], PAGE, "cka_kernel")
         state.select_slider(c[6], PAGE, "cka_n")
+        # models of another data set read an image folder of their own images
+        if {backend.model(a).kind, backend.model(b).kind} != {"cifar10"} or \
+                state.value(PAGE, "cka_folder"):
+            state.text(st, PAGE, "cka_folder", placeholder="/data/imagenet/val")
 settings = state.current(PAGE)
 state.publish(PAGE)
 name = {"A": backend.label(a), "B": backend.label(b)}
@@ -48,7 +52,7 @@ def stored_or_offer(job, transposed: bool, key: str) -> CKAResult | None:
     """The stored result, or the one action that gets it (nothing runs unasked)."""
     value = backend.stored(job)
     if value is None:
-        if backend.test_set() is None:
+        if job.inputs["images"].get("dataset") == "cifar10-test" and backend.test_set() is None:
             page.need_data("This view", key)
             return None
         if not st.button(f"Compute: {job.label}", key=key, type="primary",

@@ -52,6 +52,13 @@ def items_of(source: str) -> list[dict]:
             for k, v in uploads.images().items()]
 
 
+def source_name(source: str) -> str:
+    """'ImageNet samples' for an ImageNet model A, the setting's own label otherwise."""
+    if source == "samples" and KIND == "imagenet":
+        return f"{data.KIND_NAMES[KIND]} samples"
+    return setting["inv_source"].show(source)
+
+
 def source_changed() -> None:
     """A new source shows its own first image, not the last one of the old source."""
     items = items_of(st.session_state["inv_source"])
@@ -77,8 +84,7 @@ with _bottom if big else _top:
     sources = [s for s in setting["inv_source"].options
                if s != "test" or (KIND == "cifar10" and backend.test_set() is not None)]
     state.seed(PAGE, "inv_source", sources)
-    source = st.segmented_control("Images", sources, key="inv_source",
-                                  format_func=setting["inv_source"].show,
+    source = st.segmented_control("Images", sources, key="inv_source", format_func=source_name,
                                   on_change=source_changed) or "samples"
     if source == "test":
         state.number(st, PAGE, "inv_page")
@@ -97,7 +103,7 @@ with _bottom if big else _top:
             "foolbox", "imagenet") and st.session_state["inv_img"] not in {i["key"] for i in items}:
         st.session_state["inv_img"] = items[0]["key"]   # a sample of the other data set
     if items:
-        gallery(items, "inv_img", label=setting["inv_source"].show(source))
+        gallery(items, "inv_img", label=source_name(source))
         if source == "upload" and st.session_state["inv_img"] in uploads.images():
             st.button("Remove this image", icon=":material/delete:", key="inv_remove",
                       on_click=lambda: (uploads.remove_image(st.session_state["inv_img"]),

@@ -558,14 +558,18 @@ def test_an_imagenet_resnet50_added_by_path_opens_every_page(browser, offline_se
         timeout=60_000)
     # the gallery holds ImageNet images; a long run waits for a click and says how long
     page.locator("button.rl-tile[data-key^='imagenet-']").first.wait_for(timeout=60_000)
-    page.get_by_role("button", name=re.compile(r"^Reconstruct \(about")).wait_for(timeout=120_000)
-    assert_clean(page)
-    shot(page, "imagenet-inversion-asks")
-    page.get_by_text("Settings").first.click()
+    page.locator(".st-key-settings summary").filter(has_text="Settings").click()
     steps = page.locator(".st-key-settings input[type='number']").nth(0)
-    steps.fill("10")
-    steps.press("Enter")
-    settle(page)
+    steps.wait_for(state="visible", timeout=30_000)
+    for n in ("5000", "10"):
+        steps.fill(n)
+        steps.press("Enter")
+        settle(page)
+        if n == "5000":
+            page.get_by_text(re.compile(r"^5000 steps of both models take about \d+ min")).wait_for(
+                timeout=120_000)
+            assert_clean(page)
+            shot(page, "imagenet-inversion-asks")
     button = page.get_by_role("button", name=re.compile(r"^Reconstruct \(about"))
     if button.count():
         button.click()
@@ -577,4 +581,26 @@ def test_an_imagenet_resnet50_added_by_path_opens_every_page(browser, offline_se
         settle(page)
         assert_clean(page)
         shot(page, f"imagenet-{title.split()[0].lower()}")
+    # CKA of A with itself on an image folder (made-up photos), read at 224 px
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for cls in ("n01", "n02"):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(4):
+            Image.fromarray(rng.integers(0, 255, (160, 200, 3), dtype=np.uint8)).save(
+                tmp_path / "val" / cls / f"{i}.jpg")
+    page.locator("section[data-testid='stSidebar'] a").filter(has_text="CKA explorer").first.click()
+    settle(page)
+    page.locator(".st-key-settings [data-testid='stSelectbox']").first.click()
+    page.get_by_role("option", name="A vs A").click()
+    settle(page)
+    folder = page.get_by_label("Image folder", exact=True).and_(page.locator("input"))
+    folder.fill(str(tmp_path / "val"))
+    folder.press("Enter")
+    settle(page)
+    page.get_by_role("button", name=re.compile("^Compute: CKA")).click()
+    page.locator(".stPlotlyChart").first.wait_for(timeout=180_000)
+    settle(page)
+    assert_clean(page)
+    shot(page, "imagenet-cka-folder")
     page.context.close()

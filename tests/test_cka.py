@@ -441,3 +441,43 @@ def test_paper_view_panels_share_the_first_panels_layer_labels():
     assert list(fig.layout.yaxis.ticktext) == ["stem", "1.0", "2.0"]
     assert fig.layout.yaxis2.showticklabels is False and not fig.layout.yaxis2.title.text
     assert fig.layout.yaxis3.showticklabels is not False  # other rows keep their own labels
+
+
+def test_cka_job_on_an_image_folder_of_imagenet_models(tmp_path):
+    """Two ImageNet-class models (1,000 outputs, 64 px here to stay quick) compared on an
+    image folder read at their input size: the job's matrix is cka_matrix's on that
+    folder, its key names the folder by content; mismatched sizes, adversarial inputs
+    and a missing folder are one sentence each."""
+    from PIL import Image
+
+    from core import archs, data, jobs, runner
+    from core.errors import IncompatibleModelError
+    from core.probe import Probe
+    rng = np.random.default_rng(0)
+    for cls in ("n1", "n2"):
+        (tmp_path / "val" / cls).mkdir(parents=True)
+        for i in range(6):
+            Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(
+                tmp_path / "val" / cls / f"{i}.png")
+    models = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models[f"in{seed}"] = Probe(archs.build("imagenet_resnet18"), (0.485, 0.456, 0.406),
+                                    (0.229, 0.224, 0.225), name=f"in{seed}", input_size=64)
+    models["cifar"] = tiny_probe(name="cifar")
+    load = models.__getitem__
+    folder = str(tmp_path / "val")
+    job = jobs.cka_job(load, "in0", "in1", folder=folder, n=10_000, batch_size=6)
+    assert job.inputs["images"]["n"] == 12 and job.inputs["images"]["folder"]["size"] == 64
+    got = runner.compute(job)
+    want = cka.cka_matrix(models["in0"], models["in1"], data.ImageFolder(folder, 64),
+                          batch_size=6, limit=12)
+    assert np.allclose(np.asarray(got["matrix"]), want.matrix, atol=1e-6)
+    with pytest.raises(IncompatibleModelError, match="Image folder"):
+        jobs.cka_job(load, "in0", "in1")
+    with pytest.raises(IncompatibleModelError, match="takes 64 px"):
+        jobs.cka_job(load, "in0", "cifar", folder=folder)
+    with pytest.raises(IncompatibleModelError, match="benign"):
+        jobs.cka_job(load, "in0", "in1", inputs_a="linf", folder=folder)
+    with pytest.raises(data.DataNotFoundError):
+        jobs.cka_job(load, "in0", "in1", folder=str(tmp_path / "nowhere"))

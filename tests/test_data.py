@@ -169,3 +169,36 @@ def test_other_sources_tensors_samples_and_iterables_of_batches():
     loader = torch.utils.data.DataLoader(tensors, batch_size=4)
     assert data.batch_sizes(loader, 100) == [4, 4, 2]
     assert [len(x) for x, _ in data.batches(loader, 100)] == [4, 4, 2]
+
+
+def _folder(root, classes=("n01440764", "n01443537"), per_class=3, seed=0):
+    """An ImageFolder tree of made-up photos (random pixels, odd sizes)."""
+    rng = np.random.default_rng(seed)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            w, h = int(rng.integers(80, 300)), int(rng.integers(80, 300))
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+                root / cls / f"img{i}.png")
+    (root / classes[0] / "notes.txt").write_text("not an image")
+    return root
+
+
+def test_image_folder_streams_at_the_model_size_and_is_named_by_content(tmp_path):
+    root = _folder(tmp_path / "val")
+    ds = data.ImageFolder(root, 64)
+    assert len(ds) == 6 and ds.classes == ["n01440764", "n01443537"]
+    x, y = ds[4]
+    assert x.shape == (3, 64, 64) and 0 <= float(x.min()) and float(x.max()) <= 1 and y == 1
+    first = ds.identity()
+    assert first == data.ImageFolder(root, 64).identity() and first["images"] == 6
+    assert data.ImageFolder(root, 32).identity()["folder_sha256"] == first["folder_sha256"]
+    Image.new("RGB", (90, 90), (200, 10, 10)).save(root / "n01443537" / "img0.png")
+    assert data.ImageFolder(root, 64).identity()["folder_sha256"] != first["folder_sha256"]
+    xs = list(data.batches(ds, 4, "cpu", shuffle_seed=0))
+    assert [len(b[0]) for b in xs] == [4, 2] and xs[0][0].shape[1:] == (3, 64, 64)
+    with pytest.raises(DataNotFoundError, match="no folder"):
+        data.ImageFolder(tmp_path / "nowhere", 64)
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    with pytest.raises(DataNotFoundError, match="no images in class folders"):
+        data.ImageFolder(tmp_path / "empty", 64)

@@ -77,6 +77,12 @@ def select_slider(where, page: str, key: str, **kw: Any) -> Any:
                                help=kw.pop("help", s.help or None), **kw)
 
 
+def text(where, page: str, key: str, **kw: Any) -> str:
+    s = setting(page, key)
+    seed(page, key)
+    return where.text_input(s.label, key=key, help=kw.pop("help", s.help or None), **kw).strip()
+
+
 def number(where, page: str, key: str, default: int | None = None, **kw: Any) -> int:
     """A number input; `default` stands in for a setting whose default depends on
     another one (steps by optimiser): the URL then names the number only if changed."""
