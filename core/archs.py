@@ -105,6 +105,13 @@ def _numbered(prefix: str, blocks: nn.Sequential) -> Stages:
     return [(f"{prefix}.{j}", blk) for j, blk in enumerate(blocks)]
 
 
+class FourStageResNet(ChainNet):
+    """A ResNet whose blocks are in layer1 .. layer4 (the CIFAR and ImageNet ones)."""
+
+    def _blocks(self) -> Stages:
+        return [s for i in range(1, 5) for s in _numbered(f"layer{i}", getattr(self, f"layer{i}"))]
+
+
 # ------------------------------------------------------------ CIFAR ResNets
 
 class BasicBlock(nn.Module):
@@ -163,7 +170,7 @@ def _shortcut(in_planes: int, out_planes: int, stride: int) -> nn.Sequential:
     )
 
 
-class CifarResNet(ChainNet):
+class CifarResNet(FourStageResNet):
     """ResNet for 32x32 inputs: 3x3 stem, no max-pool, four stages.
 
     `width` is the channel count of the first stage (64 in the original; the
@@ -198,9 +205,6 @@ class CifarResNet(ChainNet):
 
     def _stem(self) -> Stages:
         return [("conv1", self.conv1), ("bn1", self.bn1), ("relu", self.relu)]
-
-    def _blocks(self) -> Stages:
-        return [s for i in range(1, 5) for s in _numbered(f"layer{i}", getattr(self, f"layer{i}"))]
 
     def _head(self) -> Stages:
         return [("avgpool", self.avgpool), ("linear", self.linear)]
@@ -276,7 +280,7 @@ def _downsample(in_planes: int, out_planes: int, stride: int) -> nn.Sequential |
                          nn.BatchNorm2d(out_planes))
 
 
-class ImageNetResNet(ChainNet):
+class ImageNetResNet(FourStageResNet):
     """torchvision's ResNet for 224x224 inputs: 7x7 stem, max-pool, four stages.
 
     `width_per_group` 128 gives the wide ResNets (wide_resnet50_2 and 101_2).
@@ -307,9 +311,6 @@ class ImageNetResNet(ChainNet):
     def _stem(self) -> Stages:
         return [("conv1", self.conv1), ("bn1", self.bn1), ("relu", self.relu),
                 ("maxpool", self.maxpool)]
-
-    def _blocks(self) -> Stages:
-        return [s for i in range(1, 5) for s in _numbered(f"layer{i}", getattr(self, f"layer{i}"))]
 
     def _head(self) -> Stages:
         return [("avgpool", self.avgpool), ("fc", self.fc)]
@@ -448,43 +449,22 @@ class DMBlock(nn.Module):
         return out + (x if self.shortcut is None else self.shortcut(pre))
 
 
-class InputPad(nn.Module):
-    """Pad the (normalised) input by `padding` pixels of a per-channel value."""
-
-    def __init__(self, padding: int, value: Sequence[float] | float = 0.0) -> None:
-        super().__init__()
-        self.padding = padding
-        self.register_buffer("value", torch.tensor(value, dtype=torch.float32).reshape(1, -1, 1, 1),
-                             persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.padding
-        n, c, h, w = x.shape
-        out = self.value.to(x.dtype).expand(n, c, h + 2 * p, w + 2 * p).clone()
-        out[:, :, p:p + h, p:p + w] = x
-        return out
-
-
 class DMWideResNet(ChainNet):
     """DeepMind's WideResNet (RobustBench's DMWideResNet) for 32x32 inputs.
 
-    Unlike the reference it does not normalise (the Probe does). `padding`
-    pads the input first, with `pad_value` in normalised units (-mean/std
-    reproduces the reference's black border); the reference pools an 8x8 window,
-    so it matches only inputs of 32 - 2 * padding pixels, this model's input_size.
+    Unlike the reference it does not normalise (the Probe does), and it has no
+    input padding (the reference's option, which no RobustBench model uses).
     """
 
     stem_layer = "init_conv"
     head_taps = ("relu", "avgpool", "logits")
 
     def __init__(self, num_classes: int = 10, depth: int = 28, width: int = 10,
-                 activation: str = "relu", padding: int = 0,
-                 pad_value: Sequence[float] | float = 0.0) -> None:
+                 activation: str = "relu") -> None:
         super().__init__()
         n = _blocks_per_group(depth)
         channels = [16, 16 * width, 32 * width, 64 * width]
-        self.input_size = 32 - 2 * padding
-        self.pad = InputPad(padding, pad_value) if padding else None
+        self.input_size = 32
         self.init_conv = nn.Conv2d(3, channels[0], 3, 1, 1, bias=False)
         self.layer = nn.Sequential(*(_Group("block", [
             DMBlock(channels[g] if j == 0 else channels[g + 1], channels[g + 1],
@@ -496,8 +476,7 @@ class DMWideResNet(ChainNet):
         self.logits = nn.Linear(channels[3], num_classes)
 
     def _stem(self) -> Stages:
-        pad = [("pad", self.pad)] if self.pad is not None else []
-        return pad + [("init_conv", self.init_conv)]
+        return [("init_conv", self.init_conv)]
 
     def _blocks(self) -> Stages:
         return [s for g, group in enumerate(self.layer)

@@ -156,8 +156,8 @@ def notices() -> None:
 
 @st.cache_resource(show_spinner="Timing one step of each model...")
 def _step_seconds(spec: str, device: str, trust: bool, zoo_dir: str, layer: str | None) -> float:
-    with compute_lock():
-        return inversion.seconds_per_step(_model(spec, device, trust, zoo_dir), layer)
+    # not behind compute_lock: a button's label must not wait for another session's job
+    return inversion.seconds_per_step(_model(spec, device, trust, zoo_dir), layer)
 
 
 def step_seconds(spec: str, layer: str | None = None) -> float:

@@ -33,3 +33,7 @@ class StoreError(RobustLensError):
 
 class IncompatibleModelError(RobustLensError, ValueError):
     """A model does not fit the data or the other model an analysis needs."""
+
+
+class ComponentError(RobustLensError, IndexError):
+    """A feature index that a representation does not have."""

@@ -106,9 +106,14 @@ def csv_with_inputs(csv_text: str, inputs: dict) -> str:
 
 def image_strip(images: Sequence[Any], inputs: dict, scale: int = 4,
                 labels: Sequence[str] | None = None) -> bytes:
-    """Images side by side (nearest-neighbour enlarged) as one PNG."""
+    """Images side by side (nearest-neighbour enlarged to the largest one's size, at
+    most 512 px a tile) as one PNG."""
     tiles = [to_uint8(im) for im in images]
-    h, w = tiles[0].shape[:2]
+    side = max(max(t.shape[:2]) for t in tiles)
+    tiles = [t if t.shape[:2] == (side, side) else np.asarray(
+        Image.fromarray(t).resize((side, side), Image.Resampling.NEAREST)) for t in tiles]
+    scale = max(1, min(scale, 512 // side))
+    h, w = side, side
     gap = 2
     strip = np.full((h * scale, len(tiles) * (w * scale + gap) - gap, 3), 255, np.uint8)
     for k, t in enumerate(tiles):
@@ -123,7 +128,9 @@ def image_strip(images: Sequence[Any], inputs: dict, scale: int = 4,
 
 
 def gif(frames: Sequence[Any], inputs: dict, scale: int = 6, ms: int = 200) -> bytes:
-    """An animated GIF of optimisation frames (the last one held longer)."""
+    """An animated GIF of optimisation frames (the last one held longer), at most
+    512 px a side."""
+    scale = max(1, min(scale, 512 // max(to_uint8(frames[0]).shape[:2])))
     pics = [Image.fromarray(to_uint8(f).repeat(scale, 0).repeat(scale, 1)) for f in frames]
     out = io.BytesIO()
     durations = [ms] * (len(pics) - 1) + [ms * 5]

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import batch_sizes, batches
+from .errors import ComponentError
 from .images import norms
 from .probe import Probe
 from .progress import Reporter, report
@@ -664,5 +665,6 @@ def _check_index(model: Probe, layer: str, indices: list[int]) -> None:
     size = shape[0] if shape else None
     bad = [i for i in indices if i < 0 or (size is not None and i >= size)]
     if bad:
-        raise IndexError(f"component {bad[0]} is out of range: {layer} has {size} components")
+        raise ComponentError(f"component {bad[0]} is out of range: {layer} has {size} "
+                             "components")
 

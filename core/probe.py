@@ -93,7 +93,9 @@ class Probe(nn.Module):
     @property
     def kind(self) -> str:
         """The data set the model classifies: 'cifar10', 'imagenet' or 'other'."""
-        return self.card.get("dataset") or data.kind_of(self.num_classes, self.input_size)
+        named = self.card.get("dataset")
+        return named if named in data.KIND_NAMES else data.kind_of(self.num_classes,
+                                                                  self.input_size)
 
     @property
     def classes(self) -> tuple[str, ...]:
@@ -208,7 +210,8 @@ class Probe(nn.Module):
         """A short hash of the weights and normalisation: the model's identity in
         result keys (the shipped cards' file hash, else a hash of the tensors)."""
         if getattr(self, "_fingerprint", None) is None:
-            sha = (self.card.get("weights") or {}).get("sha256")
+            weights = self.card.get("weights")
+            sha = weights.get("sha256") if isinstance(weights, dict) else None
             if sha:
                 self._fingerprint = sha[:16]
             else:
@@ -301,6 +304,12 @@ class Probe(nn.Module):
                 return m
         raise UnknownLayerError(f"{self.name or 'this model'} has no linear layer on its "
                                 "representation")
+
+    @property
+    def representation_size(self) -> int:
+        """How many components the representation has (0 without one)."""
+        shape = self.layer_shapes().get(self.representation_layer or "")
+        return int(shape[0]) if shape else 0
 
     def representation(self, x: torch.Tensor, grad: bool = False) -> torch.Tensor:
         """Penultimate features, (N, D)."""

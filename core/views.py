@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import data, images, jobs
+from . import data, jobs
 from .jobs import Job, Loader
 
 # url path -> page script, in menu order
@@ -338,6 +338,12 @@ def quality_jobs(load: Loader, s: Mapping[str, Any]) -> list[Job]:
     return [jobs.quality_job(load, m) for m in (s["a"], s["b"])]
 
 
+def with_component(load: Loader, s: Mapping[str, Any], index: int) -> list[str]:
+    """Models A and B, those whose representation has component `index` (features are
+    numbered in model A's; a narrower B has fewer)."""
+    return [m for m in (s["a"], s["b"]) if index < load(m).representation_size]
+
+
 def manipulation_jobs(load: Loader, s: Mapping[str, Any],
                       uploads: Mapping[str, np.ndarray] | None = None) -> list[Job]:
     """The jobs of the open tab (a deck slide shows one tab)."""
@@ -347,14 +353,14 @@ def manipulation_jobs(load: Loader, s: Mapping[str, Any],
     if tab == "Feature browser":
         feat = int(s["mf_feat"][1:]) if s["mf_feat"].startswith("f") else feats[0]
         out = [jobs.feature_grid_job(load, s["a"], feats)]
-        out += [jobs.feature_grid_job(load, m, [feat]) for m in (s["a"], s["b"])]
+        out += [jobs.feature_grid_job(load, m, [feat]) for m in with_component(load, s, feat)]
         return out + [jobs.top_images_job(load, s["a"], feats)]
     def image(key: str, m: str) -> tuple[np.ndarray, str, int | None] | None:
         return image_for(key, uploads, load(m).input_size)
     if tab == "Feature addition":
         index = s["mf_add_index"] if s["mf_add_index"] is not None else (
             int(s["mf_feat"][1:]) if s["mf_feat"].startswith("f") else feats[0])
-        added = [(m, image(s["mf_add_img"], m)) for m in (s["a"], s["b"])]
+        added = [(m, image(s["mf_add_img"], m)) for m in with_component(load, s, int(index))]
         return [] if any(a is None for _, a in added) else [
             jobs.add_feature_job(load, m, a[0], int(index)) for m, a in added]
     if tab == "Interpolation":
@@ -372,20 +378,14 @@ def manipulation_jobs(load: Loader, s: Mapping[str, Any],
 def image_steps(job: Job) -> int:
     """Optimisation steps x images of an optimisation job (0 for any other): what a
     time estimate multiplies by the seconds of one step of one image."""
-    images = len(job.inputs.get("indices", [])) or job.inputs.get("frames") or 1
-    return int(job.inputs.get("steps") or 0) * images
+    count = len(job.inputs.get("indices", [])) or job.inputs.get("frames") or 1
+    return int(job.inputs.get("steps") or 0) * count
 
 
 def misclassified_samples(probe) -> list[tuple[data.Sample, int]]:
     """The shipped samples of the model's data set it gets wrong, with its predictions."""
-    import torch
-    samples = data.samples(probe.kind)
-    if not samples:
-        return []
-    x = torch.stack([images.to_tensor(images.fit(s.image, probe.input_size)) for s in samples])
-    with torch.no_grad():
-        preds = probe(x.to(probe.device)).argmax(1)
-    return [(s, int(p)) for s, p in zip(samples, preds.tolist()) if p != s.label]
+    from . import zoo
+    return [(s, p) for s, p in zoo.sample_predictions(probe) if p != s.label]
 
 
 def view_jobs(load: Loader, page: str, params: Mapping[str, Any]) -> list[Job]:

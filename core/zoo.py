@@ -113,7 +113,12 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None =
     for p in probe.parameters():
         p.requires_grad_(False)
     probe = probe.to(dev).eval()
-    _record(probe)
+    try:
+        _record(probe)
+    except (RuntimeError, ValueError, AssertionError, TypeError) as e:
+        raise CheckpointError(f"{probe.name or key} loaded but does not run on a "
+                              f"{probe.input_size}x{probe.input_size} image "
+                              f"({type(e).__name__}: {str(e)[:160]})") from e
     if check and "check" not in probe.card:
         probe.card["check"] = sample_check(probe)
     return probe
@@ -128,25 +133,35 @@ def _record(probe: Probe) -> None:
     c["std"] = [round(float(v), 6) for v in probe.std.flatten()]
     c["num_classes"] = probe.num_classes
     c["dataset"] = probe.kind
+    c.setdefault("normalisation", "the model card's")
     c.setdefault("taps_verified", isinstance(probe.model, archs.VERIFIED_FAMILIES))
     if not c["taps_verified"]:
         c.setdefault("notice", UNVERIFIED_TAPS)
 
 
+def sample_predictions(probe: Probe) -> list[tuple[data.Sample, int]]:
+    """The labelled sample images of the model's data set (resized to its input size),
+    each with the model's prediction; none for models of other data sets."""
+    samples = data.samples(probe.kind)
+    if not samples:
+        return []
+    x = torch.stack([images.to_tensor(images.fit(s.image, probe.input_size)) for s in samples])
+    with torch.no_grad():
+        predicted = probe(x.to(probe.device)).argmax(1).cpu().tolist()
+    return list(zip(samples, predicted))
+
+
 def sample_check(probe: Probe) -> dict:
     """Top-1 accuracy on the labelled images foolbox ships for the model's classes
     (20 CIFAR-10 test or ImageNet validation images, resized to its input size)."""
-    samples = data.samples(probe.kind)
-    if not samples:
+    pairs = sample_predictions(probe)
+    if not pairs:
         return {"n": 0, "text": f"no labelled sample images for a {probe.num_classes}-class "
                                 "model"}
-    x = torch.stack([images.to_tensor(images.fit(s.image, probe.input_size)) for s in samples])
-    with torch.no_grad():
-        predicted = probe(x.to(probe.device)).argmax(1).cpu()
-    labels = torch.tensor([s.label for s in samples])
-    top1 = float((predicted == labels).float().mean())
-    return {"top1": top1, "n": len(samples), "images": samples[0].source + "s",
-            "text": f"top-1 {top1:.0%} on {len(samples)} {samples[0].source}s"}
+    top1 = sum(s.label == p for s, p in pairs) / len(pairs)
+    what = f"labelled {data.KIND_NAMES[probe.kind]} images that foolbox ships"
+    return {"top1": top1, "n": len(pairs), "images": what,
+            "text": f"top-1 {top1:.0%} on the {len(pairs)} {what}"}
 
 
 def _load_shipped(name: str, directory: Path | None) -> Probe:
@@ -173,13 +188,14 @@ def _default_normalisation(arch: str) -> tuple[tuple, tuple, str]:
 
 def load_file(path: Path, *, trust: bool = False, arch: str | None = None,
               width: int | None = None, num_classes: int | None = None,
-              mean: tuple | None = None, std: tuple | None = None) -> Probe:
+              mean: tuple | None = None, std: tuple | None = None,
+              fallback_arch: str | None = None) -> Probe:
     """A checkpoint file -> Probe, detecting its layout and architecture. `arch` may
-    also name a torchvision architecture (e.g. vgg16_bn), loaded with unverified taps."""
+    also name a torchvision architecture (e.g. vgg16_bn), loaded with unverified taps;
+    `fallback_arch` is used only where the keys name no known architecture."""
     sd, meta = read_checkpoint(path, trust=trust)
     if isinstance(sd, nn.Module):  # a whole pickled model, only with trust=True
-        return Probe(sd, mean or MEAN, std or STD, name=path.stem,
-                     card={"source": str(path), "format": "pickled module"})
+        return _pickled_module(sd.eval(), path, mean, std)
     sidecar = path.with_suffix(".json")
     side = {}
     if sidecar.exists():
@@ -188,8 +204,8 @@ def load_file(path: Path, *, trust: bool = False, arch: str | None = None,
         except (OSError, ValueError):
             side = {}
     sd = archs.strip_unused(sd)
-    arch = arch or meta.get("arch") or side.get("arch")
     found = archs.identify(sd)
+    arch = arch or meta.get("arch") or side.get("arch") or (None if found else fallback_arch)
     if arch is None and found is None:
         raise CheckpointError(
             f"{path.name}: cannot tell the architecture from its keys "
@@ -215,8 +231,35 @@ def load_file(path: Path, *, trust: bool = False, arch: str | None = None,
     c = {"name": path.stem, "source": str(path), "arch": arch, **options,
          "format": meta.get("format"), "normalisation": how,
          **{k: v for k, v in side.items() if k not in ("mean", "std")}}
+    if arch == "dm_wrn" and "activation" not in options:
+        c["notice"] = ("activation assumed ReLU: a DeepMind WideResNet's weights do not say; "
+                       f"for one trained with Swish (SiLU) put {{\"activation\": \"swish\"}} "
+                       f"in {sidecar.name} beside the file (the top-1 check shows which fits)")
     return Probe(model, mean, std, name=side.get("name", path.stem), card=c,
                  input_size=getattr(model, "input_size", 224 if arch not in archs.ARCHS else 32))
+
+
+def _pickled_module(model: nn.Module, path: Path, mean: tuple | None,
+                    std: tuple | None) -> Probe:
+    """A whole pickled model: its input size is the first of 224 and 32 it runs on,
+    its normalisation ImageNet's for 1,000 outputs, else CIFAR-10's (unless given)."""
+    for size in (224, 32):
+        try:
+            with torch.no_grad():
+                outputs = model(torch.zeros(1, 3, size, size)).shape[-1]
+            break
+        except (RuntimeError, ValueError, AssertionError, TypeError):
+            continue
+    else:
+        raise CheckpointError(f"{path.name} holds a model that runs on neither 224 nor 32 px "
+                              "images")
+    imagenet = outputs == 1000
+    d_mean, d_std = (IMAGENET_MEAN, IMAGENET_STD) if imagenet else (MEAN, STD)
+    how = "given" if mean else f"{'ImageNet' if imagenet else 'CIFAR-10'}'s (assumed)"
+    mean, std = mean or d_mean, std or d_std
+    return adopt(model, Probe(model, mean, std, input_size=size), mean, std, name=path.stem,
+                 input_size=size, card={"source": str(path), "format": "pickled module",
+                                        "normalisation": how})
 
 
 def _build(arch: str, options: dict, label: str) -> nn.Module:
@@ -390,17 +433,21 @@ def _load_robustbench(name: str, dataset: str, threat_model: str,
     try:
         _alias_autoattack()
         from robustbench.model_zoo import model_dicts
-        from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
         from robustbench.utils import load_model
     except ImportError as e:
         extra = (" (robustbench imports pkg_resources: pip install 'setuptools<81')"
                  if "pkg_resources" in str(e) else "")
         raise CheckpointError("RobustBench models need the optional extra: pip install "
                               f"robustbench beautifulsoup4{extra}") from e
-    try:
-        entry = model_dicts[BenchmarkDataset(dataset)][ThreatModel(threat_model)][name]
-    except (KeyError, ValueError) as e:
-        raise UnknownModelError(f"RobustBench has no {dataset}/{threat_model} model {name!r}") from e
+    if name.count("/") == 2:                         # robustbench:imagenet/Linf/NAME
+        dataset, threat_model, name = name.split("/")
+    entries = {(d.value, t.value): models[name] for d, threats in model_dicts.items()
+               for t, models in threats.items() if name in models}
+    if (dataset, threat_model) not in entries:
+        if not entries:
+            raise UnknownModelError(f"RobustBench has no model {name!r}")
+        dataset, threat_model = next(iter(entries))  # the name is found elsewhere: use that
+    entry = entries[(dataset, threat_model)]
     file = Path(model_dir) / dataset / threat_model / f"{name}.pt"
     try:
         model = load_model(model_name=name, model_dir=str(model_dir), dataset=dataset,
@@ -416,7 +463,8 @@ def _load_robustbench(name: str, dataset: str, threat_model: str,
     inner, mean, std = _robustbench_normaliser(model)
     size = 224 if dataset == "imagenet" else 32
     card = {"name": name, "source": "robustbench", "dataset": dataset,
-            "threat_model": threat_model, "preprocessing": entry.get("preprocessing")}
+            "threat_model": threat_model, "preprocessing": entry.get("preprocessing"),
+            "normalisation": "RobustBench's own (the model's normaliser)"}
     return adopt(inner, model, mean, std, name=f"robustbench:{name}", card=card,
                  input_size=size, activation=_activation(inner),
                  fallback=(model, *NO_NORMALISATION))
@@ -454,18 +502,13 @@ def _alias_autoattack() -> None:
         sys.modules.setdefault("autoattack.state", pyautoattack.state)
 
 
-def _normalised(model: nn.Module, mean: tuple, std: tuple) -> Callable[[torch.Tensor], torch.Tensor]:
-    m, s = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
-    return lambda x: model((x - m) / s)
-
-
 def _load_torchvision(name: str) -> Probe:
     import torchvision
-    try:
-        builder = torchvision.models.get_model_builder(name)
-        weights = torchvision.models.get_model_weights(name).DEFAULT
-    except (ValueError, KeyError) as e:
-        raise UnknownModelError(f"torchvision has no model {name!r}") from e
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise UnknownModelError(f"torchvision has no image classifier {name!r} "
+                                "(torchvision.models.list_models() lists them)")
+    builder = torchvision.models.get_model_builder(name)
+    weights = torchvision.models.get_model_weights(name).DEFAULT
     try:
         model = builder(weights=weights).eval()
     except (OSError, RuntimeError) as e:
@@ -474,9 +517,10 @@ def _load_torchvision(name: str) -> Probe:
                        f"weights='DEFAULT')\" (it fills {torch.hub.get_dir()}/checkpoints).",
                        e) from e
     size = weights.transforms().crop_size[0]
-    return adopt(model, _normalised(model, IMAGENET_MEAN, IMAGENET_STD), IMAGENET_MEAN,
-                 IMAGENET_STD, name=f"torchvision:{name}", input_size=size,
-                 card={"name": name, "source": "torchvision", "weights": str(weights)})
+    return adopt(model, Probe(model, IMAGENET_MEAN, IMAGENET_STD, input_size=size),
+                 IMAGENET_MEAN, IMAGENET_STD, name=f"torchvision:{name}", input_size=size,
+                 card={"name": name, "source": "torchvision", "weights_name": str(weights),
+                       "normalisation": "ImageNet's (torchvision's weights)"})
 
 
 def _load_madrylab(name: str, trust: bool) -> Probe:
@@ -501,14 +545,13 @@ def _load_madrylab(name: str, trust: bool) -> Probe:
     except OSError as e:
         raise _offline(f"{MADRYLAB_REPO}/{filename}", f"hf download {MADRYLAB_REPO} {filename}",
                        e) from e
-    named = re.match(r"(.+?)_(l2|linf)_eps", name)
-    probe = load_file(path, trust=trust,
-                      arch=None if archs.identify(archs.strip_unused(read_checkpoint(path, trust)[0]))
-                      else (named.group(1) if named else None))
+    stem = filename[:-len(".ckpt")]
+    named = re.match(r"(.+?)_(l2|linf)_eps", stem)
+    probe = load_file(path, trust=trust, fallback_arch=named.group(1) if named else None)
     threat = named.group(2) if named else None
-    eps = re.search(r"_eps([\d.]+)", name)
-    probe.name = f"madrylab:{name}"
-    probe.card.update({"name": name, "source": f"huggingface:{MADRYLAB_REPO}",
+    eps = re.search(r"_eps(\d+(?:\.\d+)?)", stem)
+    probe.name = f"madrylab:{stem}"
+    probe.card.update({"name": stem, "source": f"huggingface:{MADRYLAB_REPO}",
                        "threat_model": {"l2": "L2", "linf": "Linf"}.get(threat or "", "none")
                        if eps and float(eps.group(1)) > 0 else "none",
                        **({"eps": float(eps.group(1))} if eps else {})})
@@ -530,10 +573,11 @@ def _load_timm(name: str) -> Probe:
                        "(it fills the Hugging Face cache, where this app looks).", e) from e
     cfg = timm.data.resolve_model_data_config(model)
     mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
-    return adopt(model, _normalised(model, mean, std), mean, std, name=f"timm:{name}",
+    return adopt(model, Probe(model, mean, std, input_size=int(cfg["input_size"][-1])), mean,
+                 std, name=f"timm:{name}",
                  input_size=int(cfg["input_size"][-1]),
                  card={"name": name, "source": "timm", "interpolation": cfg.get("interpolation"),
-                       "crop_pct": cfg.get("crop_pct")})
+                       "crop_pct": cfg.get("crop_pct"), "normalisation": "timm's data config"})
 
 
 # ----------------------------------------------------------------------- export

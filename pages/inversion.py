@@ -19,7 +19,9 @@ page.header(PAGE, "Representation inversion",
             "robust model's reconstruction looks like the image; a standard model's does not.")
 
 a, b = sidebar.chosen("a"), sidebar.chosen("b")
-probe_a = backend.model(a)
+with page.guard():          # a model that does not load: a sentence
+    probe_a = backend.model(a)
+    backend.model(b)
 KIND, SIDE = probe_a.kind, probe_a.input_size   # the gallery shows images for model A
 big = presentation.presenting()
 setting = views.page_settings(PAGE)
@@ -131,7 +133,7 @@ settings = state.current(PAGE)
 state.publish(PAGE, implicit={"inv_steps": auto_steps})
 
 with _results:
-    chosen = views.image_for(settings["inv_img"], uploads.images())
+    chosen = views.image_for(settings["inv_img"], uploads.images(), SIDE)
     if chosen is None:
         if settings["inv_img"].startswith("upload-"):
             st.info("That image was uploaded in another browser session, and uploads stay "

@@ -18,12 +18,14 @@ page.header(PAGE, "Feature manipulation",
 
 a, b = sidebar.chosen("a"), sidebar.chosen("b")
 specs = [a, b]
-probe_a = backend.model(a)
+with page.guard():          # a model that does not load, or has no linear head: a sentence
+    probe_a = backend.model(a)
+    feats = jobs.browser_features(probe_a)
+    backend.model(b)
 CLASSES = probe_a.classes
 big = presentation.presenting()
 SIZE = 230 if big else 200
 setting = views.page_settings(PAGE)
-feats = jobs.browser_features(probe_a)
 _feat = st.session_state.get("mf_feat") or ""
 ADD_INDEX = int(_feat[1:]) if _feat[1:].isdigit() else feats[0]   # the browser's feature
 
@@ -57,6 +59,11 @@ def run_pair(job_list: list, cols: list) -> list:
         slot.empty()
         note.empty()
     return results
+
+
+def narrower(spec: str) -> str:
+    return (f"{backend.label(spec)}'s representation has {backend.model(spec).representation_size} "
+            "components: this one is not among them.")
 
 
 def with_time(label: str, job_list: list) -> str:
@@ -96,15 +103,18 @@ def browser() -> None:
     index = int(st.session_state["mf_feat"][1:])
     st.subheader(f"Feature {index} (strongest towards {feature_class(index)})")
     c = st.columns([1, 1, 2.2])
-    vis_jobs = [jobs.feature_grid_job(backend.model, s, [index]) for s in specs]
+    shown = views.with_component(backend.model, {"a": a, "b": b}, index)
+    vis_jobs = [jobs.feature_grid_job(backend.model, s, [index]) for s in shown]
     vis = [backend.stored(j) for j in vis_jobs]
     if any(v is None for v in vis) and c[0].button(with_time("Visualise in both models", vis_jobs),
                                                    key="mf_vis"):
         vis = [backend.run_job(j) for j in vis_jobs]
     for k, s in enumerate(specs):
         c[k].markdown(f"**{backend.label(s)}**")
-        if vis[k] is not None:
-            c[k].image(figures.upscale(vis[k]["images"][0], 6), width=SIZE)
+        if s not in shown:
+            c[k].caption(narrower(s))
+        elif vis[shown.index(s)] is not None:
+            c[k].image(figures.upscale(vis[shown.index(s)]["images"][0], 6), width=SIZE)
     with c[2]:
         top_images(index)
     page.caption(PAGE, f"feature {index} of {backend.label(a)}, maximised from noise")
@@ -154,27 +164,33 @@ def addition() -> None:
     found = views.image_for(st.session_state["mf_add_img"], uploads.images(), probe_a.input_size)
     if found is None:
         return
-    add_jobs = [jobs.add_feature_job(backend.model, s, found[0], int(index)) for s in specs]
+    shown = views.with_component(backend.model, {"a": a, "b": b}, int(index))
+    for s in specs:
+        if s not in shown:
+            st.caption(narrower(s))
+    if not shown:
+        return
+    add_jobs = [jobs.add_feature_job(backend.model, s, found[0], int(index)) for s in shown]
     todo = offer(add_jobs, f"Add feature {index}", "mf_add_go", ":material/add:")
     if todo is None:
         return
     cols = st.columns(3)
     cols[0].markdown("**Original**")
     cols[0].image(figures.upscale(found[0], 6), width=SIZE)
-    for k, s in enumerate(specs):
+    for k, s in enumerate(shown):
         cols[k + 1].markdown(f"**{backend.label(s)}**")
-    results = run_pair(add_jobs, cols[1:]) if todo is add_jobs else todo
-    for k, r in enumerate(results):
+    results = run_pair(add_jobs, cols[1:1 + len(shown)]) if todo is add_jobs else todo
+    for k, (s, r) in enumerate(zip(shown, results)):
         cols[k + 1].image(figures.upscale(r["images"][0], 6), width=SIZE)
         cols[k + 1].caption(f"feature {index}: {r['before']:.2f} → **{r['after']:.2f}**"
-                            + (f" · predicted {backend.model(specs[k]).classes[r['predicted']]}"
+                            + (f" · predicted {backend.model(s).classes[r['predicted']]}"
                                if "predicted" in r else ""))
     page.caption(PAGE, f"feature {index} added to {found[1]}")
     inputs = {"kind": "add_feature", "jobs": [j.inputs for j in add_jobs]}
     page.export_menu(f"add-feature-{index}", [
         ("Before and after, PNG", lambda: exports.image_strip(
             [found[0]] + [r["images"][0] for r in results], inputs, 8,
-            ["original"] + [backend.label(s) for s in specs]), ".png", "image/png"),
+            ["original"] + [backend.label(s) for s in shown]), ".png", "image/png"),
         (f"Optimisation of {backend.label(a)}, GIF", lambda: exports.gif(
             [f[1][0] for f in results[0]["frames"]], inputs), ".gif", "image/gif")])
 
@@ -227,6 +243,10 @@ def interpolation() -> None:
 # ------------------------------------------------------------------ misclassification
 
 def misclassified() -> list[dict]:
+    if probe_a.kind == "other":
+        st.info(f"No labelled images of {backend.label(a)}'s classes ship with the app.",
+                icon=":material/info:")
+        return []
     test = backend.test_set() if probe_a.kind == "cifar10" else None
     if test is None:
         out = [{"key": s.key, "image": s.image, "label": s.label,

@@ -98,19 +98,6 @@ def test_identify_build_load_and_logits(reference):
         assert_close(probe(x), ref(x))
 
 
-def test_dm_input_padding_matches_reference():
-    torch.manual_seed(0)
-    ref = randomise_bn(_dm_ref(depth=10, width=1, padding=2))
-    mean, std = ref.mean.flatten(), ref.std.flatten()
-    # the reference pads black pixels before normalising: -mean/std once normalised
-    ours = archs.build("dm_wrn", depth=10, width=1, padding=2, pad_value=(-mean / std).tolist())
-    ours.load_state_dict(ref.state_dict(), strict=True)
-    assert ours.input_size == 28 and ours.chain()[0][0] == "pad"
-    x = images(28)
-    with torch.no_grad():
-        assert_close(Probe(ours, mean.tolist(), std.tolist(), input_size=28)(x), ref(x))
-
-
 def _meta_sd(factory) -> dict:
     with torch.device("meta"):
         return factory().state_dict()
@@ -182,7 +169,6 @@ TAPPED = {
     "wrn_28_10": ("wrn", {"depth": 28, "widen_factor": 10, "bias_last": False}, 32),
     "dm_wrn_16_2_relu": ("dm_wrn", {"depth": 16, "width": 2}, 32),
     "dm_wrn_16_2_swish": ("dm_wrn", {"depth": 16, "width": 2, "activation": "swish"}, 32),
-    "dm_wrn_10_2_padded": ("dm_wrn", {"depth": 10, "width": 2, "padding": 2}, 28),
 }
 
 

@@ -43,3 +43,11 @@ def test_panels_strip_gif_csv_json():
     assert csv.splitlines()[0].startswith("# robustlens:inputs {") and csv.endswith("1,2\n")
     js = json.loads(exports.to_json({"m": M, "t": torch.ones(2)}, INPUTS))
     assert js["inputs"] == INPUTS and js["result"]["t"] == [1.0, 1.0]
+
+
+def test_image_strip_of_images_of_different_sizes():
+    """An original at 224 px beside a 32 px model's reconstruction: one strip, each tile
+    at the larger size (at most 512 px)."""
+    png = exports.image_strip([np.zeros((224, 224, 3), np.uint8), np.ones((32, 32, 3), np.uint8)],
+                              {"kind": "test"}, 8)
+    assert Image.open(io.BytesIO(png)).size == (2 * 448 + 2, 448)

@@ -139,6 +139,11 @@ def test_madrylab_from_the_hub_cache_and_offline_without_it(tmp_path):
         want = normalised(ref, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD)(X)
     assert torch.allclose(torch.load(tmp_path / "logits.pt"), want, atol=1e-4)
 
+    place_in_hub_cache(cache, zoo.MADRYLAB_REPO, "resnet18_linf_eps4.0.ckpt", lambda p: torch.save(
+        robustness_checkpoint(ref, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD), p))
+    named = load_offline("madrylab:resnet18_linf_eps4.0.ckpt", cache, tmp_path / "l.pt")["card"]
+    assert named["threat_model"] == "Linf" and named["eps"] == 4.0
+
     missing = load_offline("madrylab:resnet50_linf_eps4.0", cache, tmp_path / "none.pt")
     assert missing["type"] == "CheckpointError"
     assert "hf download madrylab/robust-imagenet-models resnet50_linf_eps4.0.ckpt" in missing["error"]
@@ -183,8 +188,11 @@ def test_robustbench_imagenet_resnet(tmp_path):
     target = tmp_path / "imagenet" / "Linf" / "Salman2020Do_R18.pt"
     target.parent.mkdir(parents=True)
     torch.save(ref.model.state_dict(), target)      # the file holds the bare torchvision net
-    probe = zoo.load("robustbench:Salman2020Do_R18", model_dir=tmp_path, dataset="imagenet",
-                     device="cpu", check=False)
+    # the name alone finds its data set and threat model (the app passes no others)
+    probe = zoo.load("robustbench:Salman2020Do_R18", model_dir=tmp_path, device="cpu",
+                     check=False)
+    assert zoo.load("robustbench:imagenet/Linf/Salman2020Do_R18", model_dir=tmp_path,
+                    device="cpu", check=False).card["dataset"] == "imagenet"
     c = probe.card
     assert c["arch"] == "imagenet_resnet18" and c["preprocessing"] == "Res256Crop224"
     assert probe.input_size == 224 and c["mean"] == [0.485, 0.456, 0.406] and c["taps_verified"]
@@ -246,5 +254,33 @@ def test_torchvision_resnet50_is_rebuilt_with_correct_taps(tmp_path, monkeypatch
     torch.save(ref.state_dict(), target)
     probe = zoo.load("torchvision:resnet50", device="cpu", check=False)
     assert probe.card["arch"] == "imagenet_resnet50" and probe.card["taps_verified"]
+    assert len(probe.identity()["fingerprint"]) == 16       # what every job's key holds
     feats = probe.features(X, ["bn1", "relu"], grad=True)
     assert not torch.equal(feats["bn1"], feats["relu"])     # no in-place aliasing
+
+
+def test_a_trusted_pickled_imagenet_model_gets_its_size_and_normalisation(tmp_path):
+    ref = randomised(torchvision.models.resnet18(), seed=8)
+    path = tmp_path / "whole.pt"
+    torch.save(ref, path)
+    with pytest.raises(CheckpointError, match="trust"):
+        zoo.load(path, device="cpu")
+    probe = zoo.load(path, device="cpu", trust=True, check=False)
+    c = probe.card
+    assert probe.input_size == 224 and c["mean"] == [0.485, 0.456, 0.406]
+    assert c["arch"] == "imagenet_resnet18" and c["taps_verified"] and "assumed" in c["normalisation"]
+    with torch.no_grad():
+        assert torch.allclose(probe(X), normalised(ref, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD)(X),
+                              atol=1e-4)
+
+
+def test_a_deepmind_wideresnet_file_says_its_activation_was_assumed(tmp_path):
+    model_dicts, _, _ = _robustbench()
+    from robustbench.model_zoo.architectures.dm_wide_resnet import DMWideResNet
+    path = tmp_path / "dm.pt"
+    torch.save(DMWideResNet(depth=10, width=1).state_dict(), path)
+    probe = zoo.load(path, device="cpu", check=False)
+    assert probe.card["arch"] == "dm_wrn" and "activation assumed ReLU" in probe.card["notice"]
+    (tmp_path / "dm.json").write_text(json.dumps({"activation": "swish"}))
+    probe = zoo.load(path, device="cpu", check=False)
+    assert probe.card["activation"] == "swish" and "notice" not in probe.card

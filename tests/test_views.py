@@ -79,3 +79,13 @@ def test_deck_values_are_checked(tmp_path):
     (tmp_path / "d.yaml").write_text("views: [{page: cka, params: {cka_n: 7}}]")
     with pytest.raises(ValueError, match="cka_n must be one of"):
         views.load_deck(tmp_path / "d.yaml")
+
+
+def test_a_feature_index_goes_only_to_models_that_have_it():
+    """Features are numbered in model A's representation; a narrower B is left out."""
+    from conftest import tiny_probe
+    models = {"wide": tiny_probe(width=16, name="wide"), "narrow": tiny_probe(width=4, name="narrow")}
+    s = {"a": "wide", "b": "narrow"}
+    assert models["wide"].representation_size == 128 and models["narrow"].representation_size == 32
+    assert views.with_component(models.__getitem__, s, 100) == ["wide"]
+    assert views.with_component(models.__getitem__, s, 5) == ["wide", "narrow"]

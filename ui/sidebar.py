@@ -32,8 +32,10 @@ def _card_summary(where, spec: str) -> None:
             bits.append(f"AutoAttack-style {strong['worst_case']:.1%}")
     check = c.get("check") or {}
     if not measured:
-        bits = [c.get("arch", ""), f"{c.get('input_size', '?')} px "
-                f"{data.KIND_NAMES.get(c.get('dataset', ''), '')}",
+        kind = c.get("dataset", "other")
+        bits = [c.get("arch", ""), f"{c.get('input_size', '?')} px " + (
+                data.KIND_NAMES[kind] if kind in ("cifar10", "imagenet")
+                else f"{c.get('num_classes', '?')} classes"),
                 f"{check['top1']:.0%} top-1 on {check['n']} samples" if check.get("n") else ""]
     where.caption(" · ".join(b for b in bits if b) or c.get("source", ""))
     if c.get("notice"):
