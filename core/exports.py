@@ -12,7 +12,7 @@ from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from .images import to_uint8
-from .probe import short_name
+from .probe import short_names
 from .results import plain
 
 KEY = "robustlens:inputs"
@@ -57,8 +57,8 @@ def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title:
     im = ax.imshow(m, origin="upper" if annotate else "lower", vmin=vmin, vmax=vmax, cmap=cmap,
                    aspect="auto" if annotate else "equal")
     step_r, step_c = max(1, len(rows) // 24), max(1, len(cols) // 24)
-    ax.set_yticks(range(0, len(rows), step_r), [short_name(r) for r in rows][::step_r])
-    ax.set_xticks(range(0, len(cols), step_c), [short_name(c) for c in cols][::step_c], rotation=60,
+    ax.set_yticks(range(0, len(rows), step_r), short_names(rows)[::step_r])
+    ax.set_xticks(range(0, len(cols), step_c), short_names(cols)[::step_c], rotation=60,
                   ha="right")
     ax.set_xlabel(col_title)
     ax.set_ylabel(row_title)
@@ -87,8 +87,8 @@ def panels(items: Sequence[dict], inputs: dict, fmt: str = "png", caption: str =
                        cmap="viridis")
         rows, cols = it["rows"], it["cols"]
         sr, sc = max(1, len(rows) // 12), max(1, len(cols) // 12)
-        ax.set_yticks(range(0, len(rows), sr), [short_name(r) for r in rows][::sr], fontsize=6)
-        ax.set_xticks(range(0, len(cols), sc), [short_name(c) for c in cols][::sc], fontsize=6,
+        ax.set_yticks(range(0, len(rows), sr), short_names(rows)[::sr], fontsize=6)
+        ax.set_xticks(range(0, len(cols), sc), short_names(cols)[::sc], fontsize=6,
                       rotation=60, ha="right")
         ax.set_title(it["title"], fontsize=9)
         ax.set_xlabel(it.get("col_title", ""), fontsize=8)

@@ -9,7 +9,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .images import to_uint8
-from .probe import short_name
+from .probe import short_names
 
 CKA_SCALE = "Viridis"
 FONT = "Inter, Helvetica, Arial, sans-serif"
@@ -28,7 +28,7 @@ def _ticks(layers: Sequence[str]) -> tuple[list[float], list[str], list[float]]:
     stages = [_stage(la) for la in layers]
     bounds = [i - 0.5 for i in range(1, len(layers)) if stages[i] != stages[i - 1]]
     if len(layers) <= 16:
-        return list(range(len(layers))), [short_name(la) for la in layers], bounds
+        return list(range(len(layers))), short_names(layers), bounds
     edges = [-0.5] + bounds + [len(layers) - 0.5]
     mids = [(lo + hi) / 2 for lo, hi in zip(edges, edges[1:])]
     names = [stages[int(lo + 0.5)] for lo in edges[:-1]]
@@ -140,7 +140,7 @@ def diagonal_profile(series: list[tuple[str, Sequence[str], np.ndarray]], big: b
     """CKA of each layer with the same layer of another model (the diagonal)."""
     fig = go.Figure()
     for name, layers, values in series:
-        fig.add_trace(go.Scatter(x=[short_name(layer) for layer in layers], y=values,
+        fig.add_trace(go.Scatter(x=short_names(layers), y=values,
                                  mode="lines+markers", name=name))
     fig.update_layout(yaxis=dict(range=[0, 1.02], title="CKA"), xaxis_title="layer",
                       height=height or (360 if not big else 480),

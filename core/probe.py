@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import difflib
 import hashlib
+import re
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -31,9 +32,13 @@ class _StopForward(Exception):
     """Raised by a hook once the taps asked for are seen: the rest of the pass is skipped."""
 
 
-def short_name(layer: str) -> str:
-    """A compact label for a tap in figures: layer3.1.bn2 -> 3.1.bn2, relu -> stem."""
-    return "stem" if layer == "relu" else layer.replace("layer", "")
+def short_names(layers: Sequence[str]) -> list[str]:
+    """Compact labels for taps in figures: layer3.1.bn2 -> 3.1.bn2; relu -> stem where it
+    comes before the blocks (the ResNets' stem), not where it ends a WideResNet."""
+    first_block = next((i for i, n in enumerate(layers) if n.startswith(("layer", "block"))),
+                       len(layers))
+    return ["stem" if n == "relu" and i < first_block else re.sub(r"^layer(?=\d)", "", n)
+            for i, n in enumerate(layers)]
 
 
 def _tensor_output(name: str, out: Any) -> torch.Tensor:

@@ -567,10 +567,13 @@ def _load_timm(name: str) -> Probe:
         raise UnknownModelError(f"timm has no model {name!r} (timm.list_models() lists them)")
     try:
         model = timm.create_model(name, pretrained=True).eval()
-    except Exception as e:  # noqa: BLE001 - timm's hub download raises many kinds
+    except OSError as e:       # the hub's download errors (and requests') are OSErrors
         raise _offline(f"timm's weights for {name}",
                        f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\" "
                        "(it fills the Hugging Face cache, where this app looks).", e) from e
+    except Exception as e:  # noqa: BLE001 - anything else timm raises while building it
+        raise CheckpointError(f"timm could not create {name} ({type(e).__name__}: "
+                              f"{str(e)[:200]})") from e
     cfg = timm.data.resolve_model_data_config(model)
     mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
     return adopt(model, Probe(model, mean, std, input_size=int(cfg["input_size"][-1])), mean,

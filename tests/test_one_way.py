@@ -49,7 +49,7 @@ HOMES = {
     "batches": "data.py", "batch_sizes": "data.py", "shuffled_order": "data.py",
     "fixed_subset": "data.py",
     "tap": "probe.py", "features": "probe.py", "_StopForward": "probe.py", "_hooks": "probe.py",
-    "short_name": "probe.py", "check_layers": "probe.py",
+    "short_names": "probe.py", "check_layers": "probe.py",
     "to_uint8": "images.py", "to_tensor": "images.py", "image_id": "images.py",
     "norms": "images.py", "to_model_size": "images.py", "load_upload": "images.py",
     "Event": "progress.py", "report": "progress.py", "span": "progress.py",
