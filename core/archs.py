@@ -528,7 +528,7 @@ def strip_unused(sd: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v for k, v in sd.items() if not k.startswith("sub_block1.")}
 
 
-def _indices(sd: Mapping[str, torch.Tensor], pattern: str) -> int:
+def _index_count(sd: Mapping[str, torch.Tensor], pattern: str) -> int:
     """How many distinct indices fill the (\\d+) of `pattern` among the keys."""
     return len({m.group(1) for k in sd if (m := re.match(pattern, k))})
 
@@ -536,7 +536,7 @@ def _indices(sd: Mapping[str, torch.Tensor], pattern: str) -> int:
 def _guess(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict] | None:
     """(arch, kwargs) suggested by a few telltale keys; `identify` then checks all of them."""
     if "linear.weight" in sd and "conv1.weight" in sd and "layer1.0.conv1.weight" in sd:
-        counts = tuple(_indices(sd, rf"layer{i}\.(\d+)\.") for i in range(1, 5))
+        counts = tuple(_index_count(sd, rf"layer{i}\.(\d+)\.") for i in range(1, 5))
         arch = {(False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34",
                 (True, (3, 4, 6, 3)): "resnet50"}.get(("layer1.0.conv3.weight" in sd, counts))
         if arch is None:
@@ -545,7 +545,7 @@ def _guess(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict] | None:
                       "width": int(sd["conv1.weight"].shape[0])}
     if "fc.weight" in sd and "layer1.0.conv1.weight" in sd:
         bottleneck = "layer1.0.conv3.weight" in sd
-        counts = tuple(_indices(sd, rf"layer{i}\.(\d+)\.") for i in range(1, 5))
+        counts = tuple(_index_count(sd, rf"layer{i}\.(\d+)\.") for i in range(1, 5))
         width_per_group = int(sd["layer1.0.conv1.weight"].shape[0]) if bottleneck else 64
         block = ImageNetBottleneck if bottleneck else ImageNetBasicBlock
         for arch, spec in _IMAGENET_SPECS.items():
@@ -553,12 +553,12 @@ def _guess(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict] | None:
                 return arch, {"num_classes": int(sd["fc.weight"].shape[0])}
         return None
     if "fc.weight" in sd and "block1.layer.0.conv1.weight" in sd:
-        return "wrn", {"depth": 6 * _indices(sd, r"block1\.layer\.(\d+)\.") + 4,
+        return "wrn", {"depth": 6 * _index_count(sd, r"block1\.layer\.(\d+)\.") + 4,
                        "widen_factor": int(sd["block1.layer.0.conv1.weight"].shape[0]) // 16,
                        "num_classes": int(sd["fc.weight"].shape[0]),
                        "bias_last": "fc.bias" in sd}
     if "logits.weight" in sd and "layer.0.block.0.conv_0.weight" in sd:
-        return "dm_wrn", {"depth": 6 * _indices(sd, r"layer\.0\.block\.(\d+)\.") + 4,
+        return "dm_wrn", {"depth": 6 * _index_count(sd, r"layer\.0\.block\.(\d+)\.") + 4,
                           "width": int(sd["layer.0.block.0.conv_0.weight"].shape[0]) // 16,
                           "num_classes": int(sd["logits.weight"].shape[0])}
     return None

@@ -357,7 +357,8 @@ class ImageFolder(torch.utils.data.Dataset):
 
 
 def _folder_digest(root: Path, files: list[Path]) -> str:
-    stats = [(str(f.relative_to(root)), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+    stats = [(str(f.relative_to(root)), st.st_size, st.st_mtime_ns)
+             for f in files for st in (f.stat(),)]
     stamp = hashlib.sha256(json.dumps([str(root.resolve()), stats]).encode()).hexdigest()
     memo = cache_dir() / "folders" / f"{stamp}.sha256"
     if memo.is_file():

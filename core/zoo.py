@@ -235,8 +235,9 @@ def load_file(path: Path, *, trust: bool = False, arch: str | None = None,
         c["notice"] = ("activation assumed ReLU: a DeepMind WideResNet's weights do not say; "
                        f"for one trained with Swish (SiLU) put {{\"activation\": \"swish\"}} "
                        f"in {sidecar.name} beside the file (the top-1 check shows which fits)")
+    # core.archs models know their input size; torchvision's are ImageNet models
     return Probe(model, mean, std, name=side.get("name", path.stem), card=c,
-                 input_size=getattr(model, "input_size", 224 if arch not in archs.ARCHS else 32))
+                 input_size=getattr(model, "input_size", 224))
 
 
 def _pickled_module(model: nn.Module, path: Path, mean: tuple | None,
@@ -548,13 +549,13 @@ def _load_madrylab(name: str, trust: bool) -> Probe:
     stem = filename[:-len(".ckpt")]
     named = re.match(r"(.+?)_(l2|linf)_eps", stem)
     probe = load_file(path, trust=trust, fallback_arch=named.group(1) if named else None)
-    threat = named.group(2) if named else None
-    eps = re.search(r"_eps(\d+(?:\.\d+)?)", stem)
+    found = re.search(r"_eps(\d+(?:\.\d+)?)", stem)
+    eps = float(found.group(1)) if found else None
+    robust = named is not None and bool(eps)            # eps0 files are the standard models
     probe.name = f"madrylab:{stem}"
     probe.card.update({"name": stem, "source": f"huggingface:{MADRYLAB_REPO}",
-                       "threat_model": {"l2": "L2", "linf": "Linf"}.get(threat or "", "none")
-                       if eps and float(eps.group(1)) > 0 else "none",
-                       **({"eps": float(eps.group(1))} if eps else {})})
+                       "threat_model": {"l2": "L2", "linf": "Linf"}[named.group(2)]
+                       if robust else "none", **({"eps": eps} if found else {})})
     return probe
 
 

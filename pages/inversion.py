@@ -26,7 +26,6 @@ KIND, SIDE = probe_a.kind, probe_a.input_size   # the gallery shows images for m
 big = presentation.presenting()
 setting = views.page_settings(PAGE)
 SIZE = 250 if big else 220             # px of each image: three fit a 1280x720 projector
-ASK_ABOVE_S = 20                       # a run estimated longer than this waits for a click
 
 
 # ------------------------------------------------------------------ sources
@@ -145,8 +144,8 @@ with _results:
     with page.guard():
         job_list = views.inversion_jobs(backend.model, settings, uploads.images())
         if any(backend.stored(j) is None for j in job_list):
-            eta = sum(backend.step_seconds(s) for s in (a, b)) * int(settings["inv_steps"] or 0)
-            if eta > ASK_ABOVE_S:
+            eta = page.run_seconds(job_list)
+            if eta > page.LONG_RUN_S:
                 st.caption(f"{settings['inv_steps']} steps of both models take about "
                            f"{page.duration(eta)} on this {backend.resolved_device().type.upper()}"
                            " (fewer steps in Settings take less); frames appear as they come.")

@@ -68,9 +68,8 @@ def narrower(spec: str) -> str:
 
 def with_time(label: str, job_list: list) -> str:
     """A button's label, with how long its run takes where that is more than a moment."""
-    eta = sum(backend.step_seconds(j.spec["args"]["spec"]) * views.image_steps(j)
-              for j in job_list)
-    return f"{label} (about {page.duration(eta)})" if eta > 20 else label
+    eta = page.run_seconds(job_list)
+    return f"{label} (about {page.duration(eta)})" if eta > page.LONG_RUN_S else label
 
 
 def offer(job_list: list, label: str, key: str, icon: str) -> list | None:

@@ -131,3 +131,19 @@ def device():
     """Where the tests compute: the project's own choice (CUDA where there is one)."""
     from core.probe import pick_device
     return pick_device()
+
+
+def image_folder(root: Path, classes: tuple[str, ...] = ("n01", "n02"), per_class: int = 4,
+                 seed: int = 0) -> Path:
+    """An ImageFolder tree (ROOT/CLASS/IMAGE.png) of made-up photos: random pixels at
+    odd sizes, never data-set images."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    for cls in classes:
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            w, h = int(rng.integers(80, 300)), int(rng.integers(80, 300))
+            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+                root / cls / f"img{i}.png")
+    return root

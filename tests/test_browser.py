@@ -582,13 +582,8 @@ def test_an_imagenet_resnet50_added_by_path_opens_every_page(browser, offline_se
         assert_clean(page)
         shot(page, f"imagenet-{title.split()[0].lower()}")
     # CKA of A with itself on an image folder (made-up photos), read at 224 px
-    from PIL import Image
-    rng = np.random.default_rng(0)
-    for cls in ("n01", "n02"):
-        (tmp_path / "val" / cls).mkdir(parents=True)
-        for i in range(4):
-            Image.fromarray(rng.integers(0, 255, (160, 200, 3), dtype=np.uint8)).save(
-                tmp_path / "val" / cls / f"{i}.jpg")
+    from conftest import image_folder
+    image_folder(tmp_path / "val")
     page.locator("section[data-testid='stSidebar'] a").filter(has_text="CKA explorer").first.click()
     settle(page)
     page.locator(".st-key-settings [data-testid='stSelectbox']").first.click()

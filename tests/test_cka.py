@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_probe
+from conftest import image_folder, tiny_probe
 from core import cka, data, results
 from core.attacks import PGD
 from core.errors import UnknownLayerError
@@ -448,17 +448,10 @@ def test_cka_job_on_an_image_folder_of_imagenet_models(tmp_path):
     image folder read at their input size: the job's matrix is cka_matrix's on that
     folder, its key names the folder by content; mismatched sizes, adversarial inputs
     and a missing folder are one sentence each."""
-    from PIL import Image
-
     from core import archs, data, jobs, runner
     from core.errors import IncompatibleModelError
     from core.probe import Probe
-    rng = np.random.default_rng(0)
-    for cls in ("n1", "n2"):
-        (tmp_path / "val" / cls).mkdir(parents=True)
-        for i in range(6):
-            Image.fromarray(rng.integers(0, 255, (90, 120, 3), dtype=np.uint8)).save(
-                tmp_path / "val" / cls / f"{i}.png")
+    image_folder(tmp_path / "val", per_class=6)
     models = {}
     for seed in (0, 1):
         torch.manual_seed(seed)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import needs_data
+from conftest import image_folder, needs_data
 from core import data
 from core.errors import DataNotFoundError
 
@@ -171,21 +171,9 @@ def test_other_sources_tensors_samples_and_iterables_of_batches():
     assert [len(x) for x, _ in data.batches(loader, 100)] == [4, 4, 2]
 
 
-def _folder(root, classes=("n01440764", "n01443537"), per_class=3, seed=0):
-    """An ImageFolder tree of made-up photos (random pixels, odd sizes)."""
-    rng = np.random.default_rng(seed)
-    for cls in classes:
-        (root / cls).mkdir(parents=True)
-        for i in range(per_class):
-            w, h = int(rng.integers(80, 300)), int(rng.integers(80, 300))
-            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
-                root / cls / f"img{i}.png")
-    (root / classes[0] / "notes.txt").write_text("not an image")
-    return root
-
-
 def test_image_folder_streams_at_the_model_size_and_is_named_by_content(tmp_path):
-    root = _folder(tmp_path / "val")
+    root = image_folder(tmp_path / "val", ("n01440764", "n01443537"), per_class=3)
+    (root / "n01440764" / "notes.txt").write_text("not an image")
     ds = data.ImageFolder(root, 64)
     assert len(ds) == 6 and ds.classes == ["n01440764", "n01443537"]
     x, y = ds[4]

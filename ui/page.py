@@ -60,6 +60,16 @@ def guard() -> Iterator[None]:
         st.stop()
 
 
+LONG_RUN_S = 20   # a run estimated longer than this says so and waits for a click
+
+
+def run_seconds(job_list: list) -> float:
+    """How long optimisation jobs take here: each one's steps x images x the measured
+    seconds of one step of its model."""
+    return sum(backend.step_seconds(j.spec["args"]["spec"]) * views.image_steps(j)
+               for j in job_list)
+
+
 def duration(seconds: float) -> str:
     """'40 s', '3 min', '1.5 h': a time estimate as a person says it."""
     if seconds < 90:
