@@ -125,6 +125,8 @@ def open_page(browser, server, path: str, size: tuple[int, int] = WIDE):
     page = ctx.new_page()
     page.goto(f"{server.url}/{path}")
     settle(page)
+    page.locator("h1").first.wait_for(timeout=90_000)   # a cold server's first run has no title yet
+    settle(page)
     return page
 
 
