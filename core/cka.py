@@ -349,7 +349,8 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
                progress: Reporter | None = None, batch_size: int = 1024, *,
                limit: int | None = None, shuffle_seed: int | None = 0,
                examples_a: torch.Tensor | None = None,
-               examples_b: torch.Tensor | None = None) -> CKAResult:
+               examples_b: torch.Tensor | None = None,
+               attack: Attack | None = None) -> CKAResult:
     """Minibatch CKA of every layer of model_a against every layer of model_b.
 
     CKA = sum_b HSIC(K_b, L_b) / sqrt(sum_b HSIC(K_b, K_b) * sum_b HSIC(L_b, L_b))
@@ -369,7 +370,8 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
     the same inputs and model_a is model_b, one forward pass serves both.
     examples_a / examples_b: that side's adversarial examples made beforehand
     (attacks.examples with the same loader, batch_size, shuffle_seed and limit),
-    used instead of running its attack again.
+    used instead of running its attack again. attack: the same attack on both sides
+    (the design's one-keyword form of attack_a = attack_b).
 
     Gram matrices are float32 products of the activations (of the activations
     minus the batch's first example where the mean dwarfs the spread, which
@@ -378,6 +380,10 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, not {kernel!r}")
+    if attack is not None:
+        if attack_a is not None or attack_b is not None:
+            raise ValueError("give either attack (both sides) or attack_a / attack_b")
+        attack_a = attack_b = attack
     if adv_against not in ADV_AGAINST:
         raise ValueError(f"adv_against must be one of {ADV_AGAINST}, not {adv_against!r}")
     if kernel == "rbf" and sigma_frac <= 0:

@@ -1,24 +1,34 @@
 """Feature addition and interpolation with the app's defaults show the paper's effect on
-the shipped robust model: the feature is added *to* the image, which keeps its class."""
+the shipped robust model and on the GPU-trained reference checkpoint of ../shared/models
+(where it is beside the clone): the feature is added *to* the image, which keeps its class."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from conftest import shipped
+from conftest import ROOT, shipped
 from core import data, inversion, jobs, runner, zoo
 
 ROBUST, STANDARD = "resnet18-l2-1.0", "resnet18-standard-s0"
+REFERENCE = ROOT.parent / "shared" / "models" / f"{ROBUST}.safetensors"
 
 
-@shipped(ROBUST, STANDARD)
-def test_robust_addition_raises_the_feature_and_keeps_the_class():
-    model = zoo.load(ROBUST, device="cpu")
+@pytest.mark.parametrize("source", [
+    pytest.param(ROBUST, marks=shipped(ROBUST), id="shipped"),
+    pytest.param(str(REFERENCE), id="reference", marks=pytest.mark.skipif(
+        not REFERENCE.is_file(), reason="../shared/models not beside the clone")),
+])
+def test_robust_addition_raises_the_feature_and_keeps_the_class(source):
+    model = zoo.load(source, device="cpu")
     x = torch.stack([s.tensor() for s in data.cifar_samples()])
     feature = jobs.browser_features(model)[0]            # the browser's first feature
     settings = inversion.Settings.for_task("add")
     res = inversion.add_feature(model, x, feature, settings=settings)
     before, after = -res.loss_curve[0], -res.loss
-    assert (after > before).all() and (after - before).mean() > 1.0, (before, after)
+    with torch.no_grad():
+        spread = model.representation(x)[:, feature].std()   # the feature's range over images
+    # the models' feature scales differ: the rise is measured in the feature's own spread
+    assert (after > before).all() and (after - before).mean() > 0.5 * spread, (before, after)
     with torch.no_grad():
         kept = (model(res.images).argmax(1) == model(x).argmax(1)).float().mean()
     assert kept >= 0.6, f"only {kept:.0%} of the samples kept their class"

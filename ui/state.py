@@ -2,6 +2,11 @@
 declaration in core.views.SETTINGS, and written back to the URL when it differs
 from its default (so a link names exactly what the person changed).
 
+Why not Streamlit's own `bind="query-params"` (1.67): a bound selectbox writes its
+display label into the URL (`?model=Standard%20B`) and drops an option's id
+(`?model=resnet18-standard-s0`), so every shared link and deck would stop opening; and a
+bound parameter cannot be set through st.query_params, which the deck bar does.
+
 Rule that keeps Streamlit happy: a widget's value is only ever written before the
 widget is drawn in a run (here, or in a callback), never after.
 """
