@@ -142,6 +142,11 @@ class PGD:
         text = f"PGD-{self.steps} {self.norm.upper()} eps {eps} step {step}"
         return text + (", stopped per image at its first success" if self.early_stop else "")
 
+    def threat(self) -> str:
+        """'PGD Linf 8/255', 'PGD L2 1': the attack as a figure title names it."""
+        eps = f"{self.eps * 255:g}/255" if self.norm == "linf" else f"{self.eps:g}"
+        return f"PGD {'Linf' if self.norm == 'linf' else 'L2'} {eps}"
+
     def to_dict(self) -> dict:
         d = asdict(self)
         if not self.early_stop:  # keys made before the option existed stay valid

@@ -129,6 +129,19 @@ def standard_specs() -> list[str]:
     return [s for s in model_specs() if not zoo.is_robust(model_card(s))]
 
 
+def seeing_like(specs: list[str], like: str) -> list[str]:
+    """The models among `specs` made for the images model `like` is made for (same data
+    set, same input size): the ones a comparison with it can join."""
+    def images(spec: str) -> tuple[str, int] | None:
+        try:
+            m = model(spec)
+        except RobustLensError:
+            return None
+        return m.kind, m.input_size
+    want = images(like)
+    return [s for s in specs if images(s) == want]
+
+
 # ------------------------------------------------------------------ compute
 
 @contextlib.contextmanager

@@ -223,9 +223,17 @@ def default_stitch_pairs() -> list[tuple[str, str]]:
     return [(r1, s1), (s1, r1), (s1, s2), (r1, r2)]
 
 
-def _recipe(recipe: dict | None) -> dict:
+# On an image folder (models of another data set: an ImageNet validation folder) one
+# folder is split in its fixed shuffle: the first train_images (at most half of it)
+# train the stitching layer, the next test_images (at most) test it; robust accuracy
+# under RobustBench's ImageNet threat, Linf 4/255.
+FOLDER_STITCH_RECIPE = {**STITCH_RECIPE, "test_images": 10_000,
+                        "attack": attacks.PGD("linf", 4 / 255, 1 / 255, 20).for_accuracy()}
+
+
+def _recipe(recipe: dict | None, folder: str | None = None) -> dict:
     """A stitching recipe with its attack as a PGD (plain data names it by a dict)."""
-    recipe = dict(recipe or STITCH_RECIPE)
+    recipe = dict(recipe or (FOLDER_STITCH_RECIPE if folder else STITCH_RECIPE))
     if isinstance(recipe["attack"], dict):
         recipe["attack"] = attacks.PGD(**recipe["attack"])
     return recipe
@@ -246,42 +254,73 @@ def _shuffled_test() -> data.ImageTensorDataset:
     return data.fixed_subset(test, len(test))
 
 
+@dataclass
+class StitchData:
+    """Where a stitching job trains and tests: as result keys name them, and as data
+    sets made when the job runs (a CIFAR-10 set is read from disk only then)."""
+    train_key: dict
+    test_key: dict
+    train: Callable[[], Any]
+    test: Callable[[], Any]
+
+
+def stitch_data(analysis: str, recipe: dict, folder: str | None, *probes: Probe) -> StitchData:
+    """CIFAR-10's training images and test set, or the two parts of an image folder
+    (read at the models' one input size)."""
+    source = image_folder(analysis, folder, *probes)
+    if source is None:
+        return StitchData({"dataset": "cifar10-train", "order": "fixed-shuffle-0",
+                           "n": recipe["train_images"]}, test_images(None),
+                          lambda: data.fixed_subset(data.cifar10("train"),
+                                                    recipe["train_images"]),
+                          _shuffled_test)
+    order = data.shuffled_order(len(source)).tolist()
+    n_train = min(recipe["train_images"], len(source) // 2)
+    n_test = min(recipe.get("test_images", len(source)), len(source) - n_train)
+    named = {"folder": source.identity(), "order": "fixed-shuffle-0"}
+    return StitchData({**named, "n": n_train}, {**named, "from": n_train, "n": n_test},
+                      lambda: torch.utils.data.Subset(source, order[:n_train]),
+                      lambda: torch.utils.data.Subset(source, order[n_train:n_train + n_test]))
+
+
 def stitch_cell_job(load: Loader, front: str, end: str, layer: str, method: str = "task",
-                    recipe: dict | None = None) -> Job:
-    """One cell of the stitching matrix: front[..layer] -> 1x1 conv -> end[layer..]."""
-    args = {"front": front, "end": end, "layer": layer, "method": method, "recipe": recipe}
-    recipe = _recipe(recipe)
+                    recipe: dict | None = None, folder: str | None = None) -> Job:
+    """One cell of the stitching matrix: front[..layer] -> 1x1 conv -> end[layer..],
+    trained and tested on CIFAR-10, or on the two parts of an image `folder`."""
+    args = {"front": front, "end": end, "layer": layer, "method": method, "recipe": recipe,
+            **({"folder": folder} if folder else {})}
+    recipe = _recipe(recipe, folder)
     pf, pe = load(front), load(end)
-    on_cifar10("Stitching", pf, pe)
+    where = stitch_data("Stitching", recipe, folder, pf, pe)
     inputs = {"front": pf.identity(), "end": pe.identity(), "layer": layer, "method": method,
               "recipe": _recipe_inputs(recipe, method), "seed": 0,
-              "train": {"dataset": "cifar10-train", "order": "fixed-shuffle-0",
-                        "n": recipe["train_images"]}, "test": test_images(None)}
+              "train": where.train_key, "test": where.test_key}
 
     def run(progress: Reporter) -> dict:
-        train = data.fixed_subset(data.cifar10("train"), recipe["train_images"])
         opts = {k: recipe[k] for k in ("batch_size", "lr", "weight_decay", "adapt_bn", "init",
                                        "init_batches")}
         if method == "direct":
             opts = {"batch_size": recipe["batch_size"]}
-        return stitching.stitch_cell(pf, pe, layer, method, train, _shuffled_test(),
+        return stitching.stitch_cell(pf, pe, layer, method, where.train(), where.test(),
                                      recipe["attack"], recipe["epochs"],
                                      robust_n=recipe["robust_images"], progress=progress, **opts)
     return _job("stitch_cell", inputs, run,
                 f"stitch {pf.name} -> {pe.name} at {layer} ({method} matching)", args)
 
 
-def accuracy_job(load: Loader, spec: str, recipe: dict | None = None) -> Job:
-    """Clean (10,000 images) and robust (first 1,000) accuracy of a model."""
-    args = {"spec": spec, "recipe": recipe}
-    recipe = _recipe(recipe)
+def accuracy_job(load: Loader, spec: str, recipe: dict | None = None,
+                 folder: str | None = None) -> Job:
+    """Clean (the test images) and robust (the first robust_images) accuracy of a model,
+    on CIFAR-10's test set or on the test part of an image `folder`."""
+    args = {"spec": spec, "recipe": recipe, **({"folder": folder} if folder else {})}
+    recipe = _recipe(recipe, folder)
     probe = load(spec)
-    on_cifar10("Measuring accuracy", probe)
-    inputs = {"model": probe.identity(), "test": test_images(None),
+    where = stitch_data("Measuring accuracy", recipe, folder, probe)
+    inputs = {"model": probe.identity(), "test": where.test_key,
               "robust_images": recipe["robust_images"], "attack": recipe["attack"].to_dict()}
 
     def run(progress: Reporter) -> dict:
-        return stitching.evaluate(probe, _shuffled_test(), recipe["attack"],
+        return stitching.evaluate(probe, where.test(), recipe["attack"],
                                   robust_n=recipe["robust_images"], progress=progress)
     return _job("accuracy", inputs, run, f"accuracy of {probe.name}", args)
 
@@ -309,15 +348,16 @@ class StitchMatrix:
 
 
 def stitch_matrix(load: Loader, pairs: Sequence[tuple[str, str]], method: str = "task",
-                  layers: Sequence[str] | None = None, recipe: dict | None = None) -> StitchMatrix:
+                  layers: Sequence[str] | None = None, recipe: dict | None = None,
+                  folder: str | None = None) -> StitchMatrix:
     """The jobs of a stitching matrix of model specs (rows: (front, end) pairs;
-    default layers: stitching.Grid.of's)."""
+    default layers: stitching.Grid.of's), on CIFAR-10 or an image `folder`."""
     probes = {s: load(s) for pair in pairs for s in pair}
     grid = stitching.Grid.of([(probes[f], probes[e]) for f, e in pairs], layers)
-    cells = [[stitch_cell_job(load, f, e, layer, method, recipe) for layer in grid.layers]
-             for f, e in pairs]
-    donors = {s: accuracy_job(load, s, recipe) for s in probes}
-    return StitchMatrix(grid, method, _recipe(recipe), cells, donors)
+    cells = [[stitch_cell_job(load, f, e, layer, method, recipe, folder)
+              for layer in grid.layers] for f, e in pairs]
+    donors = {s: accuracy_job(load, s, recipe, folder) for s in probes}
+    return StitchMatrix(grid, method, _recipe(recipe, folder), cells, donors)
 
 
 # ------------------------------------------------------------------- inversion

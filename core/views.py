@@ -107,6 +107,9 @@ COMMON = (
             "enlarges figures for a projector. Esc, the exit button or ?present=0 leave it."),
 )
 
+FOLDER_HELP = ("Empty: CIFAR-10. Else a folder on this server of class folders of images "
+               "(an ImageNet validation folder), read at the models' input size; for models "
+               "of other data sets.")
 SETTINGS: dict[str, tuple[Setting, ...]] = {
     "": (),
     "cka": (
@@ -131,9 +134,7 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
         Setting("cka_kernel", "linear", "Kernel", ("linear", "rbf"),
                 {"linear": "linear", "rbf": "RBF (0.8 x median)"}),
         Setting("cka_cell", [0, 0], "Layer pair"),
-        Setting("cka_folder", "", "Image folder", help="Empty: the CIFAR-10 test set. Else a "
-                "folder on this server of class folders of images (an ImageNet validation "
-                "folder), read at the models' input size; for models of other data sets."),
+        Setting("cka_folder", "", "Image folder", help=FOLDER_HELP),
     ),
     "stitching": (
         Setting("st_r", "", "Robust model", help="Empty: model A when you chose a robust "
@@ -148,10 +149,12 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
                      "model's own activation at that layer (every pixel a sample)."),
         Setting("st_metric", "robust", "Cells show",
                 ("clean", "robust", "clean_rel", "robust_rel"),
-                {"clean": "clean accuracy", "robust": "robust accuracy (PGD Linf 8/255)",
+                {"clean": "clean accuracy", "robust": "robust accuracy",
                  "clean_rel": "clean, relative to the end model",
                  "robust_rel": "robust, relative to the end model"}),
         Setting("st_cell", [0, 0], "Cell"),
+        Setting("st_folder", "", "Image folder", help=FOLDER_HELP + " Its fixed shuffle "
+                "gives the stitching layer's training images and, after them, the test images."),
     ),
     "inversion": (
         Setting("inv_source", "samples", "Images", ("test", "samples", "photos", "upload"),
@@ -316,9 +319,15 @@ def cka_jobs(load: Loader, s: Mapping[str, Any]) -> list[Job]:
     return [job for job, _ in cka_requests(load, s)]
 
 
+def stitch_plan(load: Loader, s: Mapping[str, Any], rows: list[tuple[str, str]]
+                ) -> jobs.StitchMatrix:
+    """The stitching matrix's jobs, on CIFAR-10 or the view's image folder."""
+    return jobs.stitch_matrix(load, rows, s["st_method"], folder=s.get("st_folder") or None)
+
+
 def stitching_jobs(load: Loader, s: Mapping[str, Any], rows: list[tuple[str, str]]
                    ) -> list[Job]:
-    return jobs.stitch_matrix(load, rows, s["st_method"]).jobs()
+    return stitch_plan(load, s, rows).jobs()
 
 
 def inversion_jobs(load: Loader, s: Mapping[str, Any],

@@ -235,9 +235,10 @@ def load_file(path: Path, *, trust: bool = False, arch: str | None = None,
         c["notice"] = ("activation assumed ReLU: a DeepMind WideResNet's weights do not say; "
                        f"for one trained with Swish (SiLU) put {{\"activation\": \"swish\"}} "
                        f"in {sidecar.name} beside the file (the top-1 check shows which fits)")
-    # core.archs models know their input size; torchvision's are ImageNet models
+    # core.archs models know their input size, torchvision's are ImageNet models; a
+    # sidecar card may say otherwise (a model trained on 64 px ImageNet)
     return Probe(model, mean, std, name=side.get("name", path.stem), card=c,
-                 input_size=getattr(model, "input_size", 224))
+                 input_size=int(side.get("input_size") or getattr(model, "input_size", 224)))
 
 
 def _pickled_module(model: nn.Module, path: Path, mean: tuple | None,

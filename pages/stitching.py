@@ -8,11 +8,10 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core import backend, exports, figures, jobs, views  # noqa: E402
+from core import backend, data, exports, figures, jobs, views  # noqa: E402
 from ui import page, presentation, sidebar, state  # noqa: E402
 
 PAGE = "stitching"
-RECIPE = jobs.STITCH_RECIPE
 page.header(PAGE, "Stitching matrix",
             "The front of one network, a trained 1x1 convolution, the back of another: can the "
             "end model use the front model's representation?",
@@ -22,14 +21,20 @@ page.header(PAGE, "Stitching matrix",
             "by least squares to the end model's own activation (Balogh & Jelasity's AAAI 2025 "
             "follow-up). Click a cell for its details.")
 
-robust, standard = backend.robust_specs(), backend.standard_specs()
+a = sidebar.chosen("a")
+with page.guard():
+    model_a = backend.model(a)
+# the rows join models made for model A's images
+robust = backend.seeing_like(backend.robust_specs(), a)
+standard = backend.seeing_like(backend.standard_specs(), a)
 if not robust or not standard:
-    st.warning("The stitching matrix needs at least one robust and one standard model.")
+    st.warning(f"The stitching matrix needs a robust and a standard model of "
+               f"{data.KIND_NAMES[model_a.kind]} images at {model_a.input_size} px, as model A: "
+               "add one under Add a model in the sidebar.", icon=":material/warning:")
     st.stop()
-sidebar.chosen("a")
 big = presentation.presenting()
 
-chosen_a = st.session_state["a"] != views.DEFAULT_A     # a model A the person picked
+chosen_a = a != views.DEFAULT_A     # a model A the person picked
 auto = views.stitch_rows({**views.settings(PAGE, {}), "a": st.session_state["a"]}, robust,
                          standard, chosen_a)  # what each empty picker stands for
 with st.container(key="settings"), st.container(border=True):
@@ -43,6 +48,9 @@ with st.container(key="settings"), st.container(border=True):
                         else f"auto: {backend.label(d)}")
     state.segmented(c[4], PAGE, "st_method")
     state.selectbox(c[5], PAGE, "st_metric")
+    # models of another data set are stitched on an image folder of their own images
+    if model_a.kind != "cifar10" or state.value(PAGE, "st_folder"):
+        state.text(st, PAGE, "st_folder", placeholder="/data/imagenet/val")
 settings = state.current(PAGE)
 state.publish(PAGE)
 method, metric = settings["st_method"], settings["st_metric"]
@@ -52,12 +60,14 @@ row_labels = [f"{kind}<br><sup>{backend.label(f)} → {backend.label(e)}</sup>"
               for kind, (f, e) in zip(jobs.STITCH_PAIRS, pairs)]
 
 with page.guard():
-    plan = jobs.stitch_matrix(backend.model, pairs, method)  # the grid stitching.matrix uses
+    plan = views.stitch_plan(backend.model, settings, pairs)  # the grid stitching.matrix uses
     layers, cell_jobs, ref_jobs = plan.grid.layers, plan.cells, plan.donors
     got = {j.key: backend.stored(j) for j in plan.jobs()}
     cells = [[got[j.key] for j in row] for row in cell_jobs]
     refs = {s: got[j.key] for s, j in ref_jobs.items()}
     matrix = plan.result(lambda j: got[j.key])
+recipe, where = plan.recipe, cell_jobs[0][0].inputs
+no_data = "dataset" in where["test"] and backend.test_set() is None   # CIFAR-10 not here
 
 key = "robust_accuracy" if metric.startswith("robust") else "clean_accuracy"
 values = matrix.robust if metric.startswith("robust") else matrix.clean
@@ -68,7 +78,8 @@ i, j = (min(int(settings["st_cell"][0]), len(pairs) - 1),
         min(int(settings["st_cell"][1]), len(layers) - 1))
 missing = [job for row, jrow in zip(cells, cell_jobs) for c, job in zip(row, jrow) if c is None]
 rel = metric.endswith("_rel")
-title = f"{setting['st_metric'].show(metric)}, {setting['st_method'].show(method)} matching"
+under = f" ({plan.recipe['attack'].threat()})" if metric.startswith("robust") else ""
+title = f"{setting['st_metric'].show(metric)}{under}, {setting['st_method'].show(method)} matching"
 
 left, right = st.columns([2.4, 1])
 with left:
@@ -98,17 +109,19 @@ with left:
     ])
     if missing:
         st.caption(f"{len(missing)} of {values.size} cells are not computed yet (a dash).")
-        if backend.test_set() is None:
+        if no_data:
             page.need_data("Computing a stitching cell", "st-all")
         elif st.button(f"Compute all {len(missing)} missing cells", icon=":material/play_arrow:"):
             with page.guard():
                 for job in missing + list(ref_jobs.values()):
                     backend.run_job(job)
             st.rerun()
-    st.caption(f"Recipe: {'least-squares start, then Adam lr 1e-3, weight decay 1e-4, batch 128, ' + str(RECIPE['epochs']) + ' epoch' if method == 'task' else 'least squares'} "
-               f"on {RECIPE['train_images']:,} training images; clean accuracy on 10,000 test "
-               f"images, robust accuracy under {RECIPE['attack'].describe()} on "
-               f"{RECIPE['robust_images']:,}.")
+    fit = (f"least-squares start, then Adam lr {recipe['lr']:g}, weight decay "
+           f"{recipe['weight_decay']:g}, batch {recipe['batch_size']}, {recipe['epochs']} epoch"
+           if method == "task" else "least squares")
+    st.caption(f"Recipe: {fit} on {where['train']['n']:,} training images; clean accuracy on "
+               f"{where['test']['n']:,} test images, robust accuracy under "
+               f"{recipe['attack'].describe()} on {min(recipe['robust_images'], where['test']['n']):,}.")
 
 with right:
     front, end = pairs[i]
@@ -118,7 +131,7 @@ with right:
     cell = cells[i][j]
     if cell is None:
         st.info("This cell is not computed yet.")
-        if backend.test_set() is None:
+        if no_data:
             page.need_data("Computing this cell", "st-one")
         elif st.button("Compute this cell", type="primary", icon=":material/play_arrow:"):
             with page.guard():
@@ -154,13 +167,15 @@ with right:
                                           "epoch", "training loss / accuracy", height=240),
                             key="st_curve")
         # the CKA of this layer pair, when the CKA explorer has it stored
-        cka_job, transposed = views.cka_request(backend.model, front, end, "blocks")
+        cka_job, transposed = views.cka_request(backend.model, front, end, "blocks",
+                                                folder=settings["st_folder"])
         cka = backend.stored(cka_job)
         cka = views.transposed_cka(cka) if cka is not None and transposed else cka
         if cka is not None and layer in cka["layers_a"] and layer in cka["layers_b"]:
             v = np.asarray(cka["matrix"])[cka["layers_a"].index(layer), cka["layers_b"].index(layer)]
             st.metric("CKA of this layer pair (benign)", f"{float(v):.3f}",
-                      help="From the CKA explorer: linear CKA, 10,000 test images.")
+                      help=f"From the CKA explorer: linear CKA, "
+                           f"{cka_job.inputs['images']['n']:,} images.")
         payload = {"pair": jobs.STITCH_PAIRS[i], "front": front, "end": end, "layer": layer,
                    "method": method, "recipe": cell_jobs[i][j].inputs["recipe"],
                    **{k: v for k, v in cell.items() if k != "history"}}

@@ -117,3 +117,42 @@ def test_gpu_out_of_memory_falls_back_to_the_cpu(world, monkeypatch):
     if any(b.label.startswith("Compute") for b in at.button):  # the rerun offers it again
         click(at, "Compute")
     assert calls["n"] == 2 and any(m.label == "CKA" for m in at.metric)
+
+
+def test_stitching_page_on_an_image_folder_of_imagenet_models(world, tmp_path):
+    """Model A an ImageNet-class model (a file with a sidecar card: robust, 64 px): the
+    rows join the ImageNet models only, the page asks for an image folder in one
+    sentence, and a cell computes on the folder's two parts."""
+    import json
+
+    import torch
+    import torchvision
+    from streamlit.testing.v1 import AppTest
+
+    from conftest import image_folder
+    from test_app import ROOT
+    specs = []
+    for seed, card in ((0, {"threat_model": "Linf", "eps": 4 / 255}), (1, {})):
+        torch.manual_seed(seed)
+        path = tmp_path / f"imagenet-{seed}.pt"
+        torch.save(torchvision.models.resnet18().state_dict(), path)
+        path.with_suffix(".json").write_text(json.dumps({**card, "input_size": 64}))
+        specs.append(str(path))
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
+    at.session_state["custom_specs"] = specs
+    at.query_params["a"] = specs[0]
+    at.query_params["st_method"] = "direct"
+    at.run()
+    at.switch_page("pages/stitching.py")
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("name an image folder" in w.value for w in at.warning), [w.value for w in at.warning]
+    # each picker offers 'auto' and the one ImageNet model of its kind, no CIFAR-10 model
+    assert [len(at.selectbox(key=k).options) for k in ("st_r", "st_s")] == [2, 2]
+    at.text_input(key="st_folder").input(str(image_folder(tmp_path / "val", per_class=6))).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.warning, [w.value for w in at.warning]
+    assert "on 6 training images; clean accuracy on 6 test images" in texts(at)
+    click(at, "Compute this cell")
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Stitched, clean" in [m.label for m in at.metric]

@@ -285,3 +285,46 @@ def test_matrix_cells_and_round_trip(a, wide):
     assert key != results.make_key("stitch-cell", stitching.cell_inputs(
         a, a, "avgpool", "direct", train_loader=train, test_loader=test, attack=atk,
         robust_n=9))
+
+
+def test_stitching_jobs_on_an_image_folder_of_imagenet_models(tmp_path):
+    """Two ImageNet-class models (64 px here to stay quick) stitched on an image folder:
+    the folder's fixed shuffle gives disjoint training and test parts, named by content
+    in the keys with their sizes; the cell is stitch_cell's on those parts; a CIFAR-10
+    model, or no folder, is one sentence."""
+    from conftest import image_folder
+    from core import archs, jobs, runner
+    from core.errors import IncompatibleModelError
+    image_folder(tmp_path / "val", per_class=6)
+    models = {}
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        models[f"in{seed}"] = Probe(archs.build("imagenet_resnet18"), (0.485, 0.456, 0.406),
+                                    (0.229, 0.224, 0.225), name=f"in{seed}", input_size=64)
+    models["cifar"] = tiny_probe(name="cifar")
+    load = models.__getitem__
+    folder = str(tmp_path / "val")
+    recipe = {**jobs.FOLDER_STITCH_RECIPE, "robust_images": 3, "init_batches": 1,
+              "batch_size": 4, "attack": attacks.PGD("linf", 4 / 255, 1 / 255, 2).to_dict()}
+    plan = jobs.stitch_matrix(load, [("in0", "in1")], "task", ["layer2.0"], recipe, folder)
+    cell = plan.cells[0][0]
+    train, test = cell.inputs["train"], cell.inputs["test"]
+    assert (train["n"], test["from"], test["n"]) == (6, 6, 6)
+    assert train["folder"] == test["folder"] == data.ImageFolder(folder, 64).identity()
+    assert cell.inputs["recipe"]["attack"]["eps"] == pytest.approx(4 / 255)
+    got = {j.key: runner.compute(j) for j in plan.jobs()}
+    result = plan.result(lambda j: got[j.key])
+    assert result.clean.shape == (1, 1) and 0 <= result.clean[0, 0] <= 1
+    assert got[cell.key]["n_train"] == 6 and got[cell.key]["n_test"] == 6
+    assert got[plan.donors["in1"].key]["n"] == 6
+    again = jobs.rebuild(json_round_trip(cell.spec), load)
+    assert again.key == cell.key
+    with pytest.raises(IncompatibleModelError, match="takes 64 px"):
+        jobs.stitch_cell_job(load, "in0", "cifar", "layer2.0", folder=folder)
+    with pytest.raises(IncompatibleModelError, match="Image folder"):
+        jobs.stitch_cell_job(load, "in0", "in1", "layer2.0")
+
+
+def json_round_trip(value):
+    import json
+    return json.loads(json.dumps(value))
