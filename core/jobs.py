@@ -457,30 +457,41 @@ def feature_grid_job(load: Loader, spec: str, indices: list[int], method: str = 
                 f"visualising {len(indices)} features of {probe.name}", args)
 
 
-def test_outputs_job(load: Loader, spec: str) -> Job:
-    """Representation (float16), prediction and label of every test image, in the
-    test set's order (top_images_job gives indices into it)."""
+def _images_in_order(analysis: str, folder: str | None, probe: Probe) -> tuple[dict, Any]:
+    """The test set (or an image folder at the model's input size) read in its own
+    order: how results of every image name it, and a maker of the data set."""
+    source = image_folder(analysis, folder, probe)
+    if source is None:
+        return test_images(None), lambda: data.cifar10("test")
+    return {"folder": source.identity(), "order": "files"}, lambda: source
+
+
+def test_outputs_job(load: Loader, spec: str, folder: str | None = None) -> Job:
+    """Representation (float16), prediction and label of every test image (or image of
+    `folder`), in its order (top_images_job gives indices into it)."""
     probe = load(spec)
-    on_cifar10("Reading the test set's representations", probe)
-    inputs = {"model": probe.identity(), "images": test_images(None)}
+    named, images = _images_in_order("Reading the images' representations", folder, probe)
+    inputs = {"model": probe.identity(), "images": named}
 
     def run(progress: Reporter) -> dict:
-        test = data.cifar10("test")
+        test = images()
         reps = inversion.representations(probe, test, progress=progress)
         with torch.no_grad():
             preds = probe.head(reps.to(probe.device)).argmax(1).cpu()
         return {"reps": reps.half(), "predicted": preds.to(torch.int16),
                 "labels": test.labels.to(torch.int16)}
     return _job("test_outputs", inputs, run, f"representations of the test set by {probe.name}",
-                {"spec": spec})
+                {"spec": spec, **({"folder": folder} if folder else {})})
 
 
-def top_images_job(load: Loader, spec: str, indices: list[int], k: int = 9) -> Job:
-    """Indices into the test set (class-major order) of the k most and least
-    activating images of each feature: numbers only, shippable without the data."""
+def top_images_job(load: Loader, spec: str, indices: list[int], k: int = 9,
+                   folder: str | None = None) -> Job:
+    """Indices into the test set (class-major order) or the image `folder` (its files'
+    order) of the k most and least activating images of each feature: numbers only,
+    shippable without the data."""
     probe = load(spec)
-    inputs = {"model": probe.identity(), "indices": list(indices), "k": k,
-              "images": test_images(None)}
+    named, _ = _images_in_order("Finding top-activating images", folder, probe)
+    inputs = {"model": probe.identity(), "indices": list(indices), "k": k, "images": named}
 
     def run(progress: Reporter, outputs: dict) -> dict:
         r = outputs["reps"].float()
@@ -492,9 +503,10 @@ def top_images_job(load: Loader, spec: str, indices: list[int], k: int = 9) -> J
                            "bottom": bottom.indices.to(torch.int32),
                            "bottom_values": bottom.values}
         return out
-    return _job("top_images", inputs, run, f"top-activating test images for {probe.name}",
-                {"spec": spec, "indices": list(indices), "k": k},
-                {"outputs": test_outputs_job(load, spec)})
+    return _job("top_images", inputs, run, f"top-activating images for {probe.name}",
+                {"spec": spec, "indices": list(indices), "k": k,
+                 **({"folder": folder} if folder else {})},
+                {"outputs": test_outputs_job(load, spec, folder)})
 
 
 def add_feature_job(load: Loader, spec: str, image: Any, index: int, method: str = "adam",

@@ -185,6 +185,8 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
         Setting("mf_ib", "foolbox-03", "Image b"),
         Setting("mf_t", 0, "Frame", bounds=(0, 100)),
         Setting("mf_mis", "", "Misclassified image"),
+        Setting("mf_folder", "", "Image folder", help=FOLDER_HELP + " The top-activating "
+                "images are found among its images."),
     ),
 }
 
@@ -363,7 +365,10 @@ def manipulation_jobs(load: Loader, s: Mapping[str, Any],
         feat = int(s["mf_feat"][1:]) if s["mf_feat"].startswith("f") else feats[0]
         out = [jobs.feature_grid_job(load, s["a"], feats)]
         out += [jobs.feature_grid_job(load, m, [feat]) for m in with_component(load, s, feat)]
-        return out + [jobs.top_images_job(load, s["a"], feats)]
+        folder = s.get("mf_folder") or None
+        if probe.kind != "cifar10" and not folder:
+            return out                       # no images to rank: the tab asks for a folder
+        return out + [jobs.top_images_job(load, s["a"], feats, folder=folder)]
     def image(key: str, m: str) -> tuple[np.ndarray, str, int | None] | None:
         return image_for(key, uploads, load(m).input_size)
     if tab == "Feature addition":

@@ -124,28 +124,34 @@ def browser() -> None:
 
 
 def top_images(index: int) -> None:
-    if probe_a.kind != "cifar10":
-        st.info(f"Top-activating images come from the CIFAR-10 test set; {backend.label(a)} "
-                f"classifies {data.KIND_NAMES[probe_a.kind]} images, whose data set this page "
-                "cannot read yet.",
-                icon=":material/info:")
-        return
-    test = backend.test_set()
-    top_job = jobs.top_images_job(backend.model, a, feats)
+    # models of another data set rank the images of a folder of their own images
+    folder = None
+    if probe_a.kind != "cifar10" or state.value(PAGE, "mf_folder"):
+        folder = state.text(st, PAGE, "mf_folder", placeholder="/data/imagenet/val") or None
+        if folder is None:
+            st.info(f"Top-activating images of {backend.label(a)} come from its own data set "
+                    f"({data.KIND_NAMES[probe_a.kind]} images): name an image folder above.",
+                    icon=":material/info:")
+            return
+    with page.guard():
+        top_job = jobs.top_images_job(backend.model, a, feats, folder=folder)
+        test = backend.test_set() if folder is None else data.ImageFolder(folder,
+                                                                         probe_a.input_size)
     top = backend.stored(top_job)
     if test is None:
         page.need_data("Showing the top-activating test images", "mf-top")
         return
     if top is None:
-        if not st.button("Find the top-activating test images", key="mf_top"):
+        if not st.button("Find the top-activating images", key="mf_top"):
             return
         top = backend.run_job(top_job)
     entry = top.get(str(index))
     if entry is None:
         return
     for title, key in (("Most activating", "top"), ("Least activating", "bottom")):
-        st.caption(f"{title} test images ({backend.label(a)})")
-        st.image([figures.upscale(test.images[int(i)], 2) for i in entry[key]],
+        st.caption(f"{title} images ({backend.label(a)})")
+        st.image([figures.upscale(test[int(i)][0], 2 if folder is None else 1, 128)
+                  for i in entry[key]],
                  caption=[f"{float(v):.2f}" for v in entry[key + "_values"]])
 
 

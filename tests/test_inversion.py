@@ -3,6 +3,7 @@ misclassification insight and the quality measures, on tiny random-init models
 (fast), plus one slow check of the paper's claim on the shipped zoo."""
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -10,6 +11,7 @@ import torch
 
 from conftest import shipped, tiny_probe
 from core import data, inversion, zoo
+from core.probe import Probe
 from core.errors import UnknownLayerError
 
 GEN = torch.Generator().manual_seed(0)
@@ -301,3 +303,28 @@ def test_robust_models_reconstruct_images_better_than_standard_ones():
     assert float((rob["ssim"] - std["ssim"]).mean()) > 0.02, summary
     assert float((rob["ssim_half"] - std["ssim_half"]).mean()) > 0.05, summary
     assert int((rob["ssim"] > std["ssim"]).sum()) >= 13, summary
+
+
+def test_top_activating_images_of_an_image_folder(tmp_path):
+    """An ImageNet-class model (64 px here) ranks the images of a folder read in its
+    files' order: the job's indices are top_activating's on the folder's representations,
+    its key names the folder by content; without a folder, one sentence."""
+    from conftest import image_folder
+    from core import archs, data, jobs, runner
+    from core.errors import IncompatibleModelError
+    image_folder(tmp_path / "val", per_class=5)
+    torch.manual_seed(0)
+    probe = Probe(archs.build("imagenet_resnet18"), (0.485, 0.456, 0.406),
+                  (0.229, 0.224, 0.225), name="in0", input_size=64)
+    load = {"in0": probe}.__getitem__
+    folder = str(tmp_path / "val")
+    job = jobs.top_images_job(load, "in0", [3, 7], k=4, folder=folder)
+    source = data.ImageFolder(folder, 64)
+    assert job.inputs["images"] == {"folder": source.identity(), "order": "files"}
+    got = runner.compute(job)
+    reps = inversion.representations(probe, source)
+    want = inversion.top_activating(reps, 7, 4)
+    assert got["7"]["top"].tolist() == want.indices.tolist()
+    assert jobs.rebuild(json.loads(json.dumps(job.spec)), load).key == job.key
+    with pytest.raises(IncompatibleModelError, match="Image folder"):
+        jobs.top_images_job(load, "in0", [3])
