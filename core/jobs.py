@@ -164,9 +164,6 @@ def cka_job(load: Loader, a: str, b: str, layers_a: str | list[str] = "blocks",
     pa, pb = load(a), load(b)
     source = image_folder("CKA", folder, pa, pb)
     if source is not None:
-        if inputs_a != "benign" or inputs_b != "benign":
-            raise IncompatibleModelError("adversarial inputs are made from CIFAR-10 test "
-                                         "images only: choose benign inputs for an image folder")
         n = min(n, len(source))
     batch_size = batch_size or cka_batch_size(n)
     la, lb = layer_list(pa, layers_a), layer_list(pb, layers_b)
@@ -181,8 +178,11 @@ def cka_job(load: Loader, a: str, b: str, layers_a: str | list[str] = "blocks",
               "batch_size": batch_size, "images": test_images(n) if source is None else
               {"folder": source.identity(), "order": "fixed-shuffle-0", "n": n}}
     against = {"a": b if adv_against == "b" else a, "b": a if adv_against == "a" else b}
+    # CIFAR-10's adversarial examples are made once and shared by every view; a folder's
+    # are made batch by batch as CKA reads them (224 px examples would not fit the store)
     needs = {f"examples_{side}": adversarial_job(load, against[side], choice, n, batch_size)
-             for side, choice in (("a", inputs_a), ("b", inputs_b)) if choice != "benign"}
+             for side, choice in (("a", inputs_a), ("b", inputs_b))
+             if choice != "benign" and source is None}
 
     def run(progress: Reporter, examples_a: dict | None = None,
             examples_b: dict | None = None) -> dict:

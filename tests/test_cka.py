@@ -470,7 +470,11 @@ def test_cka_job_on_an_image_folder_of_imagenet_models(tmp_path):
         jobs.cka_job(load, "in0", "in1")
     with pytest.raises(IncompatibleModelError, match="takes 64 px"):
         jobs.cka_job(load, "in0", "cifar", folder=folder)
-    with pytest.raises(IncompatibleModelError, match="benign"):
-        jobs.cka_job(load, "in0", "in1", inputs_a="linf", folder=folder)
+    # adversarial inputs on a folder: attacked batch by batch as CKA reads them
+    adv = jobs.cka_job(load, "in0", "in1", inputs_a="linf", folder=folder, batch_size=6)
+    assert not adv.needs and adv.inputs["inputs_a"] == jobs.INPUT_CHOICES["linf"].to_dict()
+    want = cka.cka_matrix(models["in0"], models["in1"], data.ImageFolder(folder, 64),
+                          attack_a=jobs.INPUT_CHOICES["linf"], batch_size=6, limit=12)
+    assert np.allclose(np.asarray(runner.compute(adv)["matrix"]), want.matrix, atol=1e-6)
     with pytest.raises(data.DataNotFoundError):
         jobs.cka_job(load, "in0", "in1", folder=str(tmp_path / "nowhere"))
