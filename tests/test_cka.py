@@ -446,8 +446,8 @@ def test_paper_view_panels_share_the_first_panels_layer_labels():
 def test_cka_job_on_an_image_folder_of_imagenet_models(tmp_path):
     """Two ImageNet-class models (1,000 outputs, 64 px here to stay quick) compared on an
     image folder read at their input size: the job's matrix is cka_matrix's on that
-    folder, its key names the folder by content; mismatched sizes, adversarial inputs
-    and a missing folder are one sentence each."""
+    folder, its key names the folder by content; adversarial inputs are made as it is
+    read; mismatched sizes and a missing folder are one sentence each."""
     from core import archs, data, jobs, runner
     from core.errors import IncompatibleModelError
     from core.probe import Probe
