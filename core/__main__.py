@@ -1,4 +1,4 @@
-"""Command line: python -m core {train,export,eval,data,cka,stitch,invert,precompute} ..."""
+"""Command line: python -m core {train,export,eval,data,cka,stitch,invert,precompute,sweep,store} ..."""
 from __future__ import annotations
 
 import argparse

@@ -344,6 +344,13 @@ def _precompute_args(p: argparse.ArgumentParser) -> None:
                    help="with --to-assets: delete shipped results that neither this deck nor "
                         "any page's default view shows (older recipes, older versions of a "
                         "job kind)")
+    _ray_arg(p)
+
+
+def _ray_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ray", metavar="local|ADDRESS", help="run the jobs as Ray tasks: 'local' "
+                   "starts Ray on this machine, an address (HOST:6379, ray://HOST:10001) joins "
+                   "a cluster; without it they run in this process")
 
 
 def _model_made_only(value):
@@ -358,34 +365,43 @@ def _model_made_only(value):
 
 def _precompute(args: argparse.Namespace) -> dict:
     """Compute and store everything the views of a talk deck (or the ship list) show."""
-    from . import jobs, shiplist, views
+    from . import jobs, shiplist, sweep, views
     from .results import default_store
     if args.ship_list:
         wanted = [{"page": p, "params": q, "title": f"{p or 'home'} {q}"}
                   for p, q in shiplist.ship_list()]
         title = "ship list"
     elif args.deck:
-        deck = views.load_deck(args.deck)
+        try:
+            deck = views.load_deck(args.deck)
+        except OSError as e:
+            raise RobustLensError(f"cannot read the deck {args.deck}: {e.strerror}") from e
+        except ValueError as e:
+            raise RobustLensError(str(e)) from e
         wanted, title = deck["views"], deck.get("title")
     else:
         raise RobustLensError("name a deck, or give --ship-list")
     load = _loader(args.device)
-    summary, failed = [], []
+    summary, failed, planned = [], [], {}
     for i, view in enumerate(wanted, 1):
         try:
             view_jobs = views.view_jobs(load, view["page"], view["params"])
         except (RobustLensError, ValueError) as e:
             failed.append(f"view {i} ({view['title']}): {e}")
             continue
-        for job in view_jobs:
-            try:
-                run_job(job)
-            except RobustLensError as e:
-                failed.append(f"view {i} ({view['title']}): {e}")
-                continue
-            if args.to_assets and jobs.KINDS[job.kind].shipped:
-                default_store().export_asset(job.kind, job.inputs, scrub=_model_made_only)
+        planned.update({job.key: (i, view, job) for job in view_jobs})
         summary.append({"view": i, "title": view["title"], "jobs": len(view_jobs)})
+    if getattr(args, "ray", None):    # the same jobs as Ray tasks, their results stored here
+        failed += sweep.execute([job for _, _, job in planned.values()], load,
+                                args.ray).failed
+    for i, view, job in planned.values():
+        try:
+            run_job(job)        # from the store after a Ray run, computed here otherwise
+        except RobustLensError as e:
+            failed.append(f"view {i} ({view['title']}): {e}")
+            continue
+        if args.to_assets and jobs.KINDS[job.kind].shipped:
+            default_store().export_asset(job.kind, job.inputs, scrub=_model_made_only)
     if failed:
         raise RobustLensError("some views could not be computed:\n" + "\n".join(failed))
     out = {"deck": title, "views": len(summary)}
@@ -417,6 +433,45 @@ def _prune_assets(load: Callable, wanted: list[tuple[str, dict]]) -> int:
     return removed
 
 
+def _sweep_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", help="a sweep spec (YAML): models and a grid per analysis "
+                   "(see core/sweep.py)")
+    _ray_arg(p)
+    p.add_argument("--yes", action="store_true", help="start a grid larger than its max_jobs")
+    p.add_argument("--device", help="in this process: cuda, mps or cpu (default: best)")
+
+
+def _sweep(args: argparse.Namespace) -> dict:
+    """Expand a sweep spec into the app's jobs and compute those not yet stored."""
+    from . import sweep
+    spec = sweep.load_spec(args.spec)
+    load = _loader(args.device if not args.ray else "cpu")
+    planned = sweep.expand(spec, load)
+    sweep.check_size(planned, spec, args.yes)
+    out = sweep.execute(planned, load, args.ray)
+    if out.failed:
+        raise RobustLensError(f"{len(out.failed)} of {out.planned} jobs failed (the others are "
+                              "stored; run the sweep again to retry them):\n"
+                              + "\n".join(out.failed))
+    return out.to_dict()
+
+
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["merge"], help="merge: bring another store's results here")
+    p.add_argument("other", help="another results store (results.sqlite of a sweep elsewhere)")
+
+
+def _store(args: argparse.Namespace) -> dict:
+    """Merge another results store into this one (the app's)."""
+    from . import jobs
+    from .results import default_store
+    store = default_store()
+    counts = store.merge(args.other, jobs.is_current)
+    return {"store": str(store.path), **counts,
+            "note": "on a clash the value here was kept; 'skipped': older versions of a "
+                    "job kind, or rows whose key does not match their inputs"}
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], object]]] = {
     "train": (_train_args, _train),
@@ -427,4 +482,6 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "stitch": (_stitch_args, _stitch),
     "precompute": (_precompute_args, _precompute),
     "invert": (_invert_args, _invert),
+    "sweep": (_sweep_args, _sweep),
+    "store": (_store_args, _store),
 }

@@ -388,8 +388,19 @@ def _decode_batches(batch_dir: Path, split: str) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(arr)[order].contiguous(), labels[order]
 
 
+_PROVIDED: dict[str, ImageTensorDataset] = {}
+
+
+def provide(split: str, dataset: ImageTensorDataset) -> None:
+    """Serve cifar10(split) from `dataset` in this process: a sweep's Ray worker gets
+    the driver's copy from the object store instead of a disk that may not have it."""
+    _PROVIDED[split] = dataset
+
+
 def cifar10(split: str = "test", root: str | os.PathLike | None = None) -> ImageTensorDataset:
     """CIFAR-10 as an ImageTensorDataset, decoded once and cached as uint8."""
+    if root is None and split in _PROVIDED:
+        return _PROVIDED[split]
     kind, path = locate_cifar10(split, root)
     stat = path.stat()
     key = hashlib.sha1(f"{kind}|{path.resolve()}|{split}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]

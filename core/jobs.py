@@ -600,6 +600,11 @@ KINDS: dict[str, Kind] = {
 }
 
 
+def is_current(kind: str, inputs: dict) -> bool:
+    """Whether a stored result is of a kind this code computes, at its version."""
+    return kind in KINDS and inputs.get("version", 1) == KINDS[kind].version
+
+
 def rebuild(spec: dict, load: Loader) -> Job:
     """The job a spec describes (Job.spec, e.g. read back from JSON in another
     process); a spec of another version than this code computes is refused."""

@@ -95,7 +95,9 @@ def plain(value: Any, arrays: dict[str, torch.Tensor] | None = None) -> Any:
             return keep(v, "__tensor__") if arrays is not None else walk(v.detach().cpu().numpy())
         if isinstance(v, np.ndarray):
             if arrays is not None:
-                return keep(torch.from_numpy(np.ascontiguousarray(v)), "__ndarray__")
+                # a copy where the array is read-only (one Ray handed over)
+                return keep(torch.from_numpy(np.require(v, requirements=["C", "W"])),
+                            "__ndarray__")
             return walk(v.tolist())
         if isinstance(v, dict):
             return {str(k): walk(x) for k, x in v.items()}
@@ -279,6 +281,41 @@ class ResultStore:
                 yield
             finally:
                 fcntl.flock(f, fcntl.LOCK_UN)
+
+    def merge(self, other: str | os.PathLike,
+              current: Callable[[str, dict], bool] | None = None) -> dict[str, int]:
+        """Bring the results of another store here (a sweep run elsewhere): keys this
+        store lacks are added; on a clash the value here stays and a difference is
+        counted; rows that `current` refuses (a job kind's older version) or whose key
+        does not match their inputs are skipped. Returns the counts."""
+        path = Path(other)
+        if not path.is_file():
+            raise StoreError(f"there is no results store {other}")
+        counts = {"added": 0, "same": 0, "different": 0, "skipped": 0}
+        try:
+            src = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True)
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{other} is not a readable results store: {e}") from e
+        try:
+            rows = src.execute("SELECT key, kind, inputs, meta, arrays, created, compute_s "
+                               "FROM results")
+            for key, kind, inputs, meta, blob, created, compute_s in rows:
+                decoded = json.loads(inputs)
+                if make_key(kind, decoded) != key or (current and not current(kind, decoded)):
+                    counts["skipped"] += 1
+                    continue
+                here = self._query("SELECT meta, arrays FROM results WHERE key=?", (key,))
+                if here:
+                    counts["same" if tuple(here[0]) == (meta, blob) else "different"] += 1
+                    continue
+                self._query("INSERT OR IGNORE INTO results VALUES (?,?,?,?,?,?,?)",
+                            (key, kind, inputs, meta, blob, created, compute_s))
+                counts["added"] += 1
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"{other} is not a readable results store: {e}") from e
+        finally:
+            src.close()
+        return counts
 
     # -------------------------------------------------------------- assets
     def _get_asset(self, key: str) -> Any | None:
