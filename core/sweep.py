@@ -273,7 +273,7 @@ def start_ray(engine: str, **options: Any) -> None:
     if ray.is_initialized():
         return
     if engine == "local":
-        ray.init(include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}}, **options)
     else:
         ray.init(address=engine, log_to_driver=False, runtime_env={

@@ -4,6 +4,7 @@ nothing, bad specs stop before anything runs, and stores from several machines m
 from __future__ import annotations
 
 import functools
+import sys
 import json
 import subprocess
 import threading
@@ -155,3 +156,56 @@ def test_stores_from_several_machines_merge(tmp_path, capsys, monkeypatch):
     assert cli_main.main(["store", "merge", str(tmp_path / "missing.sqlite")]) == 2
     assert "there is no results store" in capsys.readouterr().err
     assert jobs.is_current("accuracy", only_home) and not jobs.is_current("cka", {})
+
+
+def test_the_example_spec_expands_into_the_apps_jobs(world):
+    """assets/sweeps/zoo.yaml, as the README shows it: every entry known, every job built,
+    the stitching rows the page's matrix (same keys)."""
+    from test_app import ROOT
+    from core import views
+    load = loader()
+    spec = sweep.load_spec(ROOT / "assets" / "sweeps" / "zoo.yaml")
+    planned = sweep.expand(spec, load)
+    sweep.check_size(planned, spec, yes=False)
+    kinds = {j.kind for j in planned}
+    assert kinds == {"cka", "stitch_cell", "accuracy", "inversion", "feature_grid"}
+    page = views.view_jobs(load, "stitching", {"st_method": "direct"})
+    assert {j.key for j in page} <= {j.key for j in planned}
+
+
+def test_a_sweep_joins_a_ray_cluster_by_its_address(tmp_path):
+    """A Ray head started apart (`ray start --head`), joined with --ray HOST:PORT: the
+    project's code reaches its workers through the runtime environment, the results
+    reach this machine's store. The head and its workers are killed afterwards."""
+    import os
+    import signal
+    import socket
+
+    from conftest import ROOT
+    pytest.importorskip("ray")
+    with socket.socket() as s:
+        s.bind(("", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "ROBUSTLENS_CACHE": str(tmp_path / "c")}
+    head = subprocess.Popen(["ray", "start", "--head", "--block", "--num-cpus", "2", "--port",
+                             str(port), "--include-dashboard=false", "--disable-usage-stats"],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(json.dumps({"models": [ROBUST, STANDARD],
+                                "inversion": {"images": ["foolbox-03"], "steps": 10}}))
+    try:
+        for _ in range(60):                                    # the head listens
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        run = subprocess.run([sys.executable, "-m", "core", "sweep", str(spec), "--ray",
+                              f"127.0.0.1:{port}"], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300)
+    finally:
+        os.killpg(head.pid, signal.SIGKILL)                    # the head, raylet and workers
+        head.wait(30)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "Pushing file package" in run.stderr              # the code went to the cluster
+    assert json.loads(run.stdout)["computed"] == 2
