@@ -87,12 +87,13 @@ def test_accuracy_on_a_dataset_and_zero_eps():
 @pytest.mark.parametrize("name,norm,eps,step", [("resnet18-linf-8", "linf", 8 / 255, 2 / 255),
                                                 ("resnet18-l2-1.0", "l2", 1.0, 0.25)])
 def test_robust_accuracy_matches_foolbox(name, norm, eps, step):
-    """Same robust model, same 300 test images, random starts: within 2 points."""
+    """Same robust model, same 300 test images, PGD-10 with random starts: within 2
+    points (10 steps, not the cards' 20: the same check in half the time)."""
     model = zoo.load(name, device="cpu")
     test = data.fixed_subset(data.cifar10("test"), 300)
-    ours = attacks.accuracy(model, test, attack=attacks.PGD(norm, eps, step, 20))
+    ours = attacks.accuracy(model, test, attack=attacks.PGD(norm, eps, step, 10))
     torch.manual_seed(0)
-    theirs = attacks.accuracy(model, test, attack=_foolbox(model, norm, eps, step, 20, True))
+    theirs = attacks.accuracy(model, test, attack=_foolbox(model, norm, eps, step, 10, True))
     assert 0.2 < ours < 0.9
     assert abs(ours - theirs) <= 0.02, (ours, theirs)
 
