@@ -200,7 +200,7 @@ def _counter(total: int) -> Callable[[bool], None]:
 
 
 def execute(planned: list[Job], load: Loader, engine: str | None = None,
-        store: ResultStore | None = None) -> Outcome:
+            store: ResultStore | None = None) -> Outcome:
     """Compute the jobs not yet stored (built with `load`): in this process (engine
     None) or on Ray ("local": a Ray started on this machine; else a cluster address)."""
     store = store or default_store()
