@@ -133,6 +133,19 @@ def device():
     return pick_device()
 
 
+def imagenet_models(*seeds: int, size: int = 64) -> dict:
+    """ImageNet-class models ("in0", "in1", ...: torchvision's ResNet-18 layout, 1,000
+    outputs, random weights, ImageNet statistics) at `size` px, small to stay quick."""
+    from core import archs
+    from core.probe import Probe
+    models = {}
+    for seed in seeds:
+        torch.manual_seed(seed)
+        models[f"in{seed}"] = Probe(archs.build("imagenet_resnet18"), (0.485, 0.456, 0.406),
+                                    (0.229, 0.224, 0.225), name=f"in{seed}", input_size=size)
+    return models
+
+
 def image_folder(root: Path, classes: tuple[str, ...] = ("n01", "n02"), per_class: int = 4,
                  seed: int = 0) -> Path:
     """An ImageFolder tree (ROOT/CLASS/IMAGE.png) of made-up photos: random pixels at

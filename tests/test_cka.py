@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import image_folder, tiny_probe
+from conftest import image_folder, imagenet_models, tiny_probe
 from core import cka, data, results
 from core.attacks import PGD
 from core.errors import UnknownLayerError
@@ -448,15 +448,10 @@ def test_cka_job_on_an_image_folder_of_imagenet_models(tmp_path):
     image folder read at their input size: the job's matrix is cka_matrix's on that
     folder, its key names the folder by content; adversarial inputs are made as it is
     read; mismatched sizes and a missing folder are one sentence each."""
-    from core import archs, data, jobs, runner
+    from core import data, jobs, runner
     from core.errors import IncompatibleModelError
-    from core.probe import Probe
     image_folder(tmp_path / "val", per_class=6)
-    models = {}
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        models[f"in{seed}"] = Probe(archs.build("imagenet_resnet18"), (0.485, 0.456, 0.406),
-                                    (0.229, 0.224, 0.225), name=f"in{seed}", input_size=64)
+    models = imagenet_models(0, 1)
     models["cifar"] = tiny_probe(name="cifar")
     load = models.__getitem__
     folder = str(tmp_path / "val")

@@ -11,7 +11,6 @@ import torch
 
 from conftest import shipped, tiny_probe
 from core import data, inversion, zoo
-from core.probe import Probe
 from core.errors import UnknownLayerError
 
 GEN = torch.Generator().manual_seed(0)
@@ -309,14 +308,12 @@ def test_top_activating_images_of_an_image_folder(tmp_path):
     """An ImageNet-class model (64 px here) ranks the images of a folder read in its
     files' order: the job's indices are top_activating's on the folder's representations,
     its key names the folder by content; without a folder, one sentence."""
-    from conftest import image_folder
-    from core import archs, data, jobs, runner
+    from conftest import image_folder, imagenet_models
+    from core import jobs, runner
     from core.errors import IncompatibleModelError
     image_folder(tmp_path / "val", per_class=5)
-    torch.manual_seed(0)
-    probe = Probe(archs.build("imagenet_resnet18"), (0.485, 0.456, 0.406),
-                  (0.229, 0.224, 0.225), name="in0", input_size=64)
-    load = {"in0": probe}.__getitem__
+    models = imagenet_models(0)
+    probe, load = models["in0"], models.__getitem__
     folder = str(tmp_path / "val")
     job = jobs.top_images_job(load, "in0", [3, 7], k=4, folder=folder)
     source = data.ImageFolder(folder, 64)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import numpy as np
@@ -292,15 +293,11 @@ def test_stitching_jobs_on_an_image_folder_of_imagenet_models(tmp_path):
     the folder's fixed shuffle gives disjoint training and test parts, named by content
     in the keys with their sizes; the cell is stitch_cell's on those parts; a CIFAR-10
     model, or no folder, is one sentence."""
-    from conftest import image_folder
-    from core import archs, jobs, runner
+    from conftest import image_folder, imagenet_models
+    from core import jobs, runner
     from core.errors import IncompatibleModelError
     image_folder(tmp_path / "val", per_class=6)
-    models = {}
-    for seed in (0, 1):
-        torch.manual_seed(seed)
-        models[f"in{seed}"] = Probe(archs.build("imagenet_resnet18"), (0.485, 0.456, 0.406),
-                                    (0.229, 0.224, 0.225), name=f"in{seed}", input_size=64)
+    models = imagenet_models(0, 1)
     models["cifar"] = tiny_probe(name="cifar")
     load = models.__getitem__
     folder = str(tmp_path / "val")
@@ -317,14 +314,9 @@ def test_stitching_jobs_on_an_image_folder_of_imagenet_models(tmp_path):
     assert result.clean.shape == (1, 1) and 0 <= result.clean[0, 0] <= 1
     assert got[cell.key]["n_train"] == 6 and got[cell.key]["n_test"] == 6
     assert got[plan.donors["in1"].key]["n"] == 6
-    again = jobs.rebuild(json_round_trip(cell.spec), load)
+    again = jobs.rebuild(json.loads(json.dumps(cell.spec)), load)
     assert again.key == cell.key
     with pytest.raises(IncompatibleModelError, match="takes 64 px"):
         jobs.stitch_cell_job(load, "in0", "cifar", "layer2.0", folder=folder)
     with pytest.raises(IncompatibleModelError, match="Image folder"):
         jobs.stitch_cell_job(load, "in0", "in1", "layer2.0")
-
-
-def json_round_trip(value):
-    import json
-    return json.loads(json.dumps(value))
