@@ -284,14 +284,16 @@ def stitch_data(analysis: str, recipe: dict, folder: str | None, *probes: Probe)
 
 
 def stitch_cell_job(load: Loader, front: str, end: str, layer: str, method: str = "task",
-                    recipe: dict | None = None, folder: str | None = None) -> Job:
+                    recipe: dict | None = None, folder: str | None = None, *,
+                    where: StitchData | None = None) -> Job:
     """One cell of the stitching matrix: front[..layer] -> 1x1 conv -> end[layer..],
-    trained and tested on CIFAR-10, or on the two parts of an image `folder`."""
+    trained and tested on CIFAR-10, or on the two parts of an image `folder` (`where`:
+    its stitch_data, when a whole matrix made it once)."""
     args = {"front": front, "end": end, "layer": layer, "method": method, "recipe": recipe,
             **({"folder": folder} if folder else {})}
     recipe = _recipe(recipe, folder)
     pf, pe = load(front), load(end)
-    where = stitch_data("Stitching", recipe, folder, pf, pe)
+    where = where or stitch_data("Stitching", recipe, folder, pf, pe)
     inputs = {"front": pf.identity(), "end": pe.identity(), "layer": layer, "method": method,
               "recipe": _recipe_inputs(recipe, method), "seed": 0,
               "train": where.train_key, "test": where.test_key}
@@ -309,13 +311,14 @@ def stitch_cell_job(load: Loader, front: str, end: str, layer: str, method: str 
 
 
 def accuracy_job(load: Loader, spec: str, recipe: dict | None = None,
-                 folder: str | None = None) -> Job:
+                 folder: str | None = None, *, where: StitchData | None = None) -> Job:
     """Clean (the test images) and robust (the first robust_images) accuracy of a model,
-    on CIFAR-10's test set or on the test part of an image `folder`."""
+    on CIFAR-10's test set or on the test part of an image `folder` (`where`: as for
+    stitch_cell_job)."""
     args = {"spec": spec, "recipe": recipe, **({"folder": folder} if folder else {})}
     recipe = _recipe(recipe, folder)
     probe = load(spec)
-    where = stitch_data("Measuring accuracy", recipe, folder, probe)
+    where = where or stitch_data("Measuring accuracy", recipe, folder, probe)
     inputs = {"model": probe.identity(), "test": where.test_key,
               "robust_images": recipe["robust_images"], "attack": recipe["attack"].to_dict()}
 
@@ -354,9 +357,11 @@ def stitch_matrix(load: Loader, pairs: Sequence[tuple[str, str]], method: str = 
     default layers: stitching.Grid.of's), on CIFAR-10 or an image `folder`."""
     probes = {s: load(s) for pair in pairs for s in pair}
     grid = stitching.Grid.of([(probes[f], probes[e]) for f, e in pairs], layers)
-    cells = [[stitch_cell_job(load, f, e, layer, method, recipe, folder)
+    # a folder is listed and hashed once for the whole matrix, not once a cell
+    where = stitch_data("Stitching", _recipe(recipe, folder), folder, *probes.values())
+    cells = [[stitch_cell_job(load, f, e, layer, method, recipe, folder, where=where)
               for layer in grid.layers] for f, e in pairs]
-    donors = {s: accuracy_job(load, s, recipe, folder) for s in probes}
+    donors = {s: accuracy_job(load, s, recipe, folder, where=where) for s in probes}
     return StitchMatrix(grid, method, _recipe(recipe, folder), cells, donors)
 
 
