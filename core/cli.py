@@ -391,10 +391,12 @@ def _precompute(args: argparse.Namespace) -> dict:
             continue
         planned.update({job.key: (i, view, job) for job in view_jobs})
         summary.append({"view": i, "title": view["title"], "jobs": len(view_jobs)})
-    if getattr(args, "ray", None):    # the same jobs as Ray tasks, their results stored here
-        failed += sweep.execute([job for _, _, job in planned.values()], load,
-                                args.ray).failed
+    on_ray = getattr(args, "ray", None)
+    if on_ray:    # the same jobs as Ray tasks, their results stored here
+        failed += sweep.execute([job for _, _, job in planned.values()], load, on_ray).failed
     for i, view, job in planned.values():
+        if on_ray and not default_store().has(job.kind, job.inputs):
+            continue            # it failed on Ray (reported above): not run again here
         try:
             run_job(job)        # from the store after a Ray run, computed here otherwise
         except RobustLensError as e:
