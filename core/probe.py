@@ -14,6 +14,7 @@ import contextlib
 import difflib
 import hashlib
 import re
+import threading
 from typing import Any, Callable, Iterator, Sequence
 
 import torch
@@ -149,10 +150,16 @@ class Probe(nn.Module):
 
     @contextlib.contextmanager
     def _hooks(self, hooks: dict[str, Callable[[str, Any], None]]) -> Iterator[None]:
-        """Forward hooks hook(name, output) on modules by path, always removed after."""
-        handles = [self._modules_by_name[name].register_forward_hook(
-            lambda _m, _i, out, name=name, hook=hook: hook(name, out))
-            for name, hook in hooks.items()]
+        """Forward hooks hook(name, output) on modules by path, always removed after.
+        They act only on this thread's forward passes: the app's sessions share a
+        model, and another session's pass must neither feed nor be stopped by them."""
+        owner = threading.get_ident()
+
+        def on(name: str, hook: Callable[[str, Any], None]) -> Callable:
+            return lambda _m, _i, out: (hook(name, out) if threading.get_ident() == owner
+                                        else None)
+        handles = [self._modules_by_name[name].register_forward_hook(on(name, hook))
+                   for name, hook in hooks.items()]
         try:
             yield
         finally:

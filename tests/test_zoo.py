@@ -234,6 +234,36 @@ def test_taps_are_clones_and_hooks_removed(probe):
     assert all(not m._forward_hooks for m in probe.modules())
 
 
+def test_taps_act_only_on_their_own_thread(probe):
+    """The app's sessions share a model: one session's tap must neither stop nor be
+    fed by another session's forward pass."""
+    import threading
+    with torch.no_grad():
+        logits = probe(X)
+    errors, outputs, done = [], [], threading.Event()
+
+    def tapping():
+        with probe.tap("layer1.0.conv1") as run:
+            while not done.is_set():
+                outputs.append(run(X[:1]).shape[0])
+
+    def plain():
+        try:
+            for _ in range(50):
+                with torch.no_grad():
+                    assert torch.allclose(probe(X), logits, atol=1e-6)
+        except BaseException as e:  # noqa: BLE001 - the test reports what leaked in
+            errors.append(repr(e))
+        finally:
+            done.set()
+    threads = [threading.Thread(target=tapping), threading.Thread(target=plain)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and outputs and set(outputs) == {1}
+
+
 def test_representation_and_logits(probe):
     rep = probe.representation(X)
     assert rep.shape == (3, 64)
