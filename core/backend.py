@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import streamlit as st
 import torch
 
-from . import data, inversion, runner, zoo
+from . import data, inversion, runner, stitching, zoo
 from .errors import RobustLensError
 from .jobs import Job
 from .probe import Probe, pick_device
@@ -178,6 +178,18 @@ def step_seconds(spec: str, layer: str | None = None) -> float:
     once per model and device)."""
     trusted = spec in st.session_state.get("trusted_specs", set())
     return _step_seconds(spec, str(resolved_device()), trusted, str(zoo.PRETRAINED), layer)
+
+
+@st.cache_resource(show_spinner="Timing a forward pass of each model...")
+def _pass_seconds(spec: str, device: str, trust: bool, zoo_dir: str) -> float:
+    return stitching.seconds_per_image(_model(spec, device, trust, zoo_dir))
+
+
+def pass_seconds(spec: str) -> float:
+    """Seconds of one image's forward pass through a model on this session's device
+    (measured once per model and device)."""
+    trusted = spec in st.session_state.get("trusted_specs", set())
+    return _pass_seconds(spec, str(resolved_device()), trusted, str(zoo.PRETRAINED))
 
 
 def stored(job: Job) -> Any | None:

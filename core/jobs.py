@@ -231,8 +231,9 @@ FOLDER_STITCH_RECIPE = {**STITCH_RECIPE, "test_images": 10_000,
                         "attack": attacks.PGD("linf", 4 / 255, 1 / 255, 20).for_accuracy()}
 
 
-def _recipe(recipe: dict | None, folder: str | None = None) -> dict:
-    """A stitching recipe with its attack as a PGD (plain data names it by a dict)."""
+def stitch_recipe(recipe: dict | None, folder: str | None = None) -> dict:
+    """A stitching recipe with its attack as a PGD (plain data names it by a dict);
+    None: the recipe for CIFAR-10 or for an image folder."""
     recipe = dict(recipe or (FOLDER_STITCH_RECIPE if folder else STITCH_RECIPE))
     if isinstance(recipe["attack"], dict):
         recipe["attack"] = attacks.PGD(**recipe["attack"])
@@ -291,7 +292,7 @@ def stitch_cell_job(load: Loader, front: str, end: str, layer: str, method: str 
     its stitch_data, when a whole matrix made it once)."""
     args = {"front": front, "end": end, "layer": layer, "method": method, "recipe": recipe,
             **({"folder": folder} if folder else {})}
-    recipe = _recipe(recipe, folder)
+    recipe = stitch_recipe(recipe, folder)
     pf, pe = load(front), load(end)
     where = where or stitch_data("Stitching", recipe, folder, pf, pe)
     inputs = {"front": pf.identity(), "end": pe.identity(), "layer": layer, "method": method,
@@ -316,7 +317,7 @@ def accuracy_job(load: Loader, spec: str, recipe: dict | None = None,
     on CIFAR-10's test set or on the test part of an image `folder` (`where`: as for
     stitch_cell_job)."""
     args = {"spec": spec, "recipe": recipe, **({"folder": folder} if folder else {})}
-    recipe = _recipe(recipe, folder)
+    recipe = stitch_recipe(recipe, folder)
     probe = load(spec)
     where = where or stitch_data("Measuring accuracy", recipe, folder, probe)
     inputs = {"model": probe.identity(), "test": where.test_key,
@@ -358,11 +359,11 @@ def stitch_matrix(load: Loader, pairs: Sequence[tuple[str, str]], method: str = 
     probes = {s: load(s) for pair in pairs for s in pair}
     grid = stitching.Grid.of([(probes[f], probes[e]) for f, e in pairs], layers)
     # a folder is listed and hashed once for the whole matrix, not once a cell
-    where = stitch_data("Stitching", _recipe(recipe, folder), folder, *probes.values())
+    where = stitch_data("Stitching", stitch_recipe(recipe, folder), folder, *probes.values())
     cells = [[stitch_cell_job(load, f, e, layer, method, recipe, folder, where=where)
               for layer in grid.layers] for f, e in pairs]
     donors = {s: accuracy_job(load, s, recipe, folder, where=where) for s in probes}
-    return StitchMatrix(grid, method, _recipe(recipe, folder), cells, donors)
+    return StitchMatrix(grid, method, stitch_recipe(recipe, folder), cells, donors)
 
 
 # ------------------------------------------------------------------- inversion

@@ -225,6 +225,22 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def seconds_per_image(model: Probe) -> float:
+    """Measured seconds of one image's forward pass through a model on its device, in
+    batches (8 on a CPU, 64 on a GPU) after a warm-up: what a page multiplies by a
+    stitching or accuracy job's passes (views.model_passes) to say how long it takes."""
+    batch = 8 if model.device.type == "cpu" else 64
+    x = torch.rand(batch, 3, model.input_size, model.input_size,
+                   generator=torch.Generator().manual_seed(0)).to(model.device)
+    with torch.no_grad():
+        model(x)
+        _sync(model.device)
+        start = time.perf_counter()
+        model(x)
+        _sync(model.device)
+    return (time.perf_counter() - start) / batch
+
+
 # ------------------------------------------------------------------ least squares
 
 class NormalEquations:

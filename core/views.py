@@ -396,6 +396,33 @@ def image_steps(job: Job) -> int:
     return int(job.inputs.get("steps") or 0) * count
 
 
+def model_passes(job: Job) -> dict[str, float]:
+    """Forward passes of one image (a backward counting as two more) that a stitching
+    cell or accuracy job runs through each of its models ({} for any other job): what a
+    time estimate multiplies by each model's seconds of one pass. The attack is counted
+    at full length, though it stops at an image once that is misclassified: a bound."""
+    if job.kind not in ("stitch_cell", "accuracy"):
+        return {}
+    args = job.spec["args"]
+    recipe = jobs.stitch_recipe(args["recipe"], args.get("folder"))
+    test = job.inputs["test"]["n"]
+    robust = min(recipe["robust_images"] or test, test)
+    evaluation = test + robust * (3 * recipe["attack"].steps + 1)
+    if job.kind == "accuracy":
+        return {args["spec"]: float(evaluation)}
+    train = job.inputs["train"]["n"]
+    if job.inputs["method"] == "direct":
+        fit = train
+    else:  # the least-squares start, then epochs of training through the end model
+        start = (recipe["init_batches"] or 0) * recipe["batch_size"] if recipe["init"] == "direct" else 0
+        fit = min(start, train) + 3 * recipe["epochs"] * train
+    # a stitched pass runs the front to the layer and the end from it: half of each
+    half = (fit + evaluation + robust) / 2
+    passes = {args["front"]: half}
+    passes[args["end"]] = passes.get(args["end"], 0.0) + half
+    return passes
+
+
 def misclassified_samples(probe) -> list[tuple[data.Sample, int]]:
     """The shipped samples of the model's data set it gets wrong, with its predictions."""
     from . import zoo

@@ -66,17 +66,11 @@ def narrower(spec: str) -> str:
             "components: this one is not among them.")
 
 
-def with_time(label: str, job_list: list) -> str:
-    """A button's label, with how long its run takes where that is more than a moment."""
-    eta = page.run_seconds(job_list)
-    return f"{label} (about {page.duration(eta)})" if eta > page.LONG_RUN_S else label
-
-
 def offer(job_list: list, label: str, key: str, icon: str) -> list | None:
     """Stored results, or a button that computes them (nothing runs unasked)."""
     if all(backend.stored(j) is not None for j in job_list):
         return [backend.stored(j) for j in job_list]
-    if not st.button(with_time(label, job_list), type="primary", key=key, icon=icon):
+    if not st.button(page.with_time(label, job_list), type="primary", key=key, icon=icon):
         return None
     return job_list
 
@@ -90,7 +84,7 @@ def browser() -> None:
     grid_job = jobs.feature_grid_job(backend.model, a, feats)
     grid = backend.stored(grid_job)
     if grid is None:
-        if not st.button(with_time(f"Visualise {len(feats)} features", [grid_job]),
+        if not st.button(page.with_time(f"Visualise {len(feats)} features", [grid_job]),
                          type="primary", key="mf_grid", icon=":material/play_arrow:"):
             return
         grid = backend.run_job(grid_job)
@@ -105,7 +99,7 @@ def browser() -> None:
     shown = views.with_component(backend.model, {"a": a, "b": b}, index)
     vis_jobs = [jobs.feature_grid_job(backend.model, s, [index]) for s in shown]
     vis = [backend.stored(j) for j in vis_jobs]
-    if any(v is None for v in vis) and c[0].button(with_time("Visualise in both models", vis_jobs),
+    if any(v is None for v in vis) and c[0].button(page.with_time("Visualise in both models", vis_jobs),
                                                    key="mf_vis"):
         vis = [backend.run_job(j) for j in vis_jobs]
     for k, s in enumerate(specs):
@@ -290,7 +284,7 @@ def misclassification() -> None:
     ejob = jobs.explain_job(backend.model, a, cand["image"], cand["label"])
     ex = backend.stored(ejob)
     if ex is None:
-        if not st.button(with_time("Explain", [ejob]), type="primary", key="mf_explain"):
+        if not st.button(page.with_time("Explain", [ejob]), type="primary", key="mf_explain"):
             return
         ex = backend.run_job(ejob)
     cols = st.columns(4)

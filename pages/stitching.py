@@ -111,11 +111,15 @@ with left:
         st.caption(f"{len(missing)} of {values.size} cells are not computed yet (a dash).")
         if no_data:
             page.need_data("Computing a stitching cell", "st-all")
-        elif st.button(f"Compute all {len(missing)} missing cells", icon=":material/play_arrow:"):
+        else:
+            todo = missing + [job for job in ref_jobs.values() if got[job.key] is None]
             with page.guard():
-                for job in missing + list(ref_jobs.values()):
-                    backend.run_job(job)
-            st.rerun()
+                label = page.with_time(f"Compute all {len(missing)} missing cells", todo, bound=True)
+            if st.button(label, icon=":material/play_arrow:"):
+                with page.guard():
+                    for job in todo:
+                        backend.run_job(job)
+                st.rerun()
     fit = (f"least-squares start, then Adam lr {recipe['lr']:g}, weight decay "
            f"{recipe['weight_decay']:g}, batch {recipe['batch_size']}, {recipe['epochs']} epoch"
            if method == "task" else "least squares")
@@ -133,12 +137,16 @@ with right:
         st.info("This cell is not computed yet.")
         if no_data:
             page.need_data("Computing this cell", "st-one")
-        elif st.button("Compute this cell", type="primary", icon=":material/play_arrow:"):
+        else:
+            todo = [cell_jobs[i][j]] + [ref_jobs[s] for s in dict.fromkeys(pairs[i])
+                                        if got[ref_jobs[s].key] is None]
             with page.guard():
-                backend.run_job(cell_jobs[i][j])
-                for s in pairs[i]:
-                    backend.run_job(ref_jobs[s])
-            st.rerun()
+                label = page.with_time("Compute this cell", todo, bound=True)
+            if st.button(label, type="primary", icon=":material/play_arrow:"):
+                with page.guard():
+                    for job in todo:
+                        backend.run_job(job)
+                st.rerun()
     else:
         m = st.columns(2)
         m[0].metric("Stitched, clean", f"{cell['clean_accuracy']:.1%}")

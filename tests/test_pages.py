@@ -2,6 +2,8 @@
 each page computes what a click asks for, shows it, and stores it for the next visit."""
 from __future__ import annotations
 
+import re
+
 from test_app import run_app
 
 
@@ -56,6 +58,9 @@ def test_stitching_cell_on_demand(world):
     at = run_app("pages/stitching.py", {"st_method": "direct"})
     assert not at.exception
     assert "not computed yet" in texts(at)
+    # the button says how long the cell and its donors' accuracy may take here
+    assert any(re.fullmatch(r"Compute this cell \(up to \d+ (s|min)\)", b.label)
+               for b in at.button), [b.label for b in at.button]
     click(at, "Compute this cell")
     assert not at.exception, [e.value for e in at.exception]
     labels = [m.label for m in at.metric]

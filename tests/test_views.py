@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from core import views
 
@@ -89,3 +90,22 @@ def test_a_feature_index_goes_only_to_models_that_have_it():
     assert models["wide"].representation_size == 128 and models["narrow"].representation_size == 32
     assert views.with_component(models.__getitem__, s, 100) == ["wide"]
     assert views.with_component(models.__getitem__, s, 5) == ["wide", "narrow"]
+
+
+def test_stitching_and_accuracy_passes_count_each_model(world):
+    """What a stitching button's time estimate multiplies: training, the clean test
+    and the attack's forward and backward passes, half of a stitched pass per donor."""
+    from core import attacks, jobs, zoo
+    load = lambda s: zoo.load(s, device="cpu")  # noqa: E731
+    recipe = {**jobs.STITCH_RECIPE, "train_images": 40, "robust_images": 8, "epochs": 2,
+              "init_batches": 1, "batch_size": 16, "attack": attacks.PGD("linf", 8 / 255, 2 / 255, 5)}
+    r, s = "resnet18-linf-8", "resnet18-standard-s0"
+    acc = jobs.accuracy_job(load, s, recipe)
+    test = acc.inputs["test"]["n"]
+    assert views.model_passes(acc) == {s: test + 8 * (3 * 5 + 1)}
+    task = jobs.stitch_cell_job(load, r, s, "layer2", "task", recipe)
+    half = (16 + 3 * 2 * 40 + test + 8 * 16 + 8) / 2
+    assert views.model_passes(task) == {r: half, s: half}
+    direct = jobs.stitch_cell_job(load, r, r, "layer2", "direct", recipe)
+    assert views.model_passes(direct) == {r: 40 + test + 8 * 16 + 8}
+    assert views.model_passes(jobs.inversion_job(load, r, torch.rand(3, 32, 32), steps=3)) == {}

@@ -64,10 +64,22 @@ LONG_RUN_S = 20   # a run estimated longer than this says so and waits for a cli
 
 
 def run_seconds(job_list: list) -> float:
-    """How long optimisation jobs take here: each one's steps x images x the measured
-    seconds of one step of its model."""
+    """How long jobs take here: an optimisation job's steps x images x the measured
+    seconds of one step of its model, a stitching or accuracy job's passes through
+    each model x the measured seconds of one pass."""
     return sum(backend.step_seconds(j.spec["args"]["spec"]) * views.image_steps(j)
+               if views.image_steps(j) else
+               sum(backend.pass_seconds(spec) * n for spec, n in views.model_passes(j).items())
                for j in job_list)
+
+
+def with_time(label: str, job_list: list, bound: bool = False) -> str:
+    """A button's label, with how long its run takes where that is more than a moment
+    (bound: the estimate is an upper bound, 'up to')."""
+    eta = run_seconds(job_list)
+    if eta <= LONG_RUN_S:
+        return label
+    return f"{label} ({'up to' if bound else 'about'} {duration(eta)})"
 
 
 def duration(seconds: float) -> str:
