@@ -2,6 +2,7 @@
 only: images are converted in core.images, tap names shortened by core.probe."""
 from __future__ import annotations
 
+import re
 from typing import Sequence
 
 import numpy as np
@@ -15,17 +16,26 @@ CKA_SCALE = "Viridis"
 FONT = "Inter, Helvetica, Arial, sans-serif"
 
 
-def _stage(layer: str) -> str:
-    """The stage a tap belongs to: stem, layer1..layer4, or head (pool, logits)."""
-    if layer.startswith("layer"):
-        return layer.split(".")[0]
-    return "head" if layer in ("avgpool", "flatten", "linear", "fc") else "stem"
+def _stages(layers: Sequence[str]) -> list[str]:
+    """The stage of each tap: the stage of its block (layer1 of layer1.0.conv1, block1
+    of block1.layer.2.bn1, layer.0 of layer.0.block.3.conv_0), 'stem' before the first
+    block, 'head' after the last (pool, final activation, logits)."""
+    stages: list[str] = []
+    for layer in layers:
+        found = re.match(r"(.*?)\.(\d+)(\.|$)", layer)
+        if found is None:
+            stages.append("head" if any(s not in ("stem", "head") for s in stages) else "stem")
+            continue
+        prefix = found.group(1)
+        stages.append(re.sub(r"\.(layer|block)$", "", prefix) if re.search(r"\d", prefix)
+                      else f"{prefix}.{found.group(2)}")
+    return stages
 
 
 def _ticks(layers: Sequence[str]) -> tuple[list[float], list[str], list[float]]:
     """Tick positions and labels for an axis of taps: every tap when there are few,
     else one label per stage (the full name is in the hover); stage boundaries."""
-    stages = [_stage(la) for la in layers]
+    stages = _stages(layers)
     bounds = [i - 0.5 for i in range(1, len(layers)) if stages[i] != stages[i - 1]]
     if len(layers) <= 16:
         return list(range(len(layers))), short_names(layers), bounds

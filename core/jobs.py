@@ -286,17 +286,18 @@ def stitch_data(analysis: str, recipe: dict, folder: str | None, *probes: Probe)
 
 def stitch_cell_job(load: Loader, front: str, end: str, layer: str, method: str = "task",
                     recipe: dict | None = None, folder: str | None = None, *,
-                    where: StitchData | None = None) -> Job:
-    """One cell of the stitching matrix: front[..layer] -> 1x1 conv -> end[layer..],
-    trained and tested on CIFAR-10, or on the two parts of an image `folder` (`where`:
-    its stitch_data, when a whole matrix made it once)."""
+                    end_layer: str | None = None, where: StitchData | None = None) -> Job:
+    """One cell of the stitching matrix: front[..layer] -> 1x1 conv -> end[end_layer..]
+    (default: the same layer), trained and tested on CIFAR-10, or on the two parts of
+    an image `folder` (`where`: its stitch_data, when a whole matrix made it once)."""
+    other_end = {"end_layer": end_layer} if end_layer not in (None, layer) else {}
     args = {"front": front, "end": end, "layer": layer, "method": method, "recipe": recipe,
-            **({"folder": folder} if folder else {})}
+            **({"folder": folder} if folder else {}), **other_end}
     recipe = stitch_recipe(recipe, folder)
     pf, pe = load(front), load(end)
     where = where or stitch_data("Stitching", recipe, folder, pf, pe)
-    inputs = {"front": pf.identity(), "end": pe.identity(), "layer": layer, "method": method,
-              "recipe": _recipe_inputs(recipe, method), "seed": 0,
+    inputs = {"front": pf.identity(), "end": pe.identity(), "layer": layer, **other_end,
+              "method": method, "recipe": _recipe_inputs(recipe, method), "seed": 0,
               "train": where.train_key, "test": where.test_key}
 
     def run(progress: Reporter) -> dict:
@@ -306,9 +307,11 @@ def stitch_cell_job(load: Loader, front: str, end: str, layer: str, method: str 
             opts = {"batch_size": recipe["batch_size"]}
         return stitching.stitch_cell(pf, pe, layer, method, where.train(), where.test(),
                                      recipe["attack"], recipe["epochs"],
-                                     robust_n=recipe["robust_images"], progress=progress, **opts)
+                                     robust_n=recipe["robust_images"], progress=progress,
+                                     **other_end, **opts)
+    at = layer if not other_end else f"{layer} / {end_layer}"
     return _job("stitch_cell", inputs, run,
-                f"stitch {pf.name} -> {pe.name} at {layer} ({method} matching)", args)
+                f"stitch {pf.name} -> {pe.name} at {at} ({method} matching)", args)
 
 
 def accuracy_job(load: Loader, spec: str, recipe: dict | None = None,
@@ -360,8 +363,9 @@ def stitch_matrix(load: Loader, pairs: Sequence[tuple[str, str]], method: str = 
     grid = stitching.Grid.of([(probes[f], probes[e]) for f, e in pairs], layers)
     # a folder is listed and hashed once for the whole matrix, not once a cell
     where = stitch_data("Stitching", stitch_recipe(recipe, folder), folder, *probes.values())
-    cells = [[stitch_cell_job(load, f, e, layer, method, recipe, folder, where=where)
-              for layer in grid.layers] for f, e in pairs]
+    cells = [[stitch_cell_job(load, f, e, layer, method, recipe, folder, end_layer=end_layer,
+                              where=where)
+              for layer, end_layer in row] for (f, e), row in zip(pairs, grid.points)]
     donors = {s: accuracy_job(load, s, recipe, folder, where=where) for s in probes}
     return StitchMatrix(grid, method, stitch_recipe(recipe, folder), cells, donors)
 

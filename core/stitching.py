@@ -18,6 +18,7 @@ import contextlib
 import copy
 import difflib
 import math
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -66,6 +67,21 @@ def stitch_points(probe: Probe) -> list[str]:
     if not chain:
         return []
     return [n for n in probe.layers if n in chain and n != chain[-1]]
+
+
+def stage_ends(probe: Probe) -> list[str]:
+    """The stitch points at stage boundaries: the stem, the last block of each stage
+    (a block is named STAGE.INDEX: layer1.2, block1.layer.3, layer.0.block.9) and the
+    points after the blocks. Networks of one family but different depths (ResNet-18
+    and -50, WRN-28-10 and WRN-70-16) have as many, in the same places."""
+    ends: list[str] = []
+    for name in stitch_points(probe):
+        stage = re.sub(r"\.\d+$", "", name)
+        if ends and stage != name and re.sub(r"\.\d+$", "", ends[-1]) == stage:
+            ends[-1] = name
+        else:
+            ends.append(name)
+    return ends
 
 
 def common_stitch_points(front: Probe, end: Probe) -> list[str]:
@@ -663,7 +679,8 @@ class StitchResult:
     Arrays are (pairs, layers) floats, NaN where a cell is not computed (or, for
     `robust`, when there is no attack). `histories[p][l]` is the cell's fit record.
     """
-    pairs: list[dict]                 # {"front": identity, "end": identity, "label": str}
+    pairs: list[dict]                 # {"front": identity, "end": identity, "label": str,
+    #                                    "points": [[layer, end layer], ...] where they differ}
     layers: list[str]
     method: str
     settings: dict                    # epochs, seed, data, attack, fit options
@@ -753,27 +770,57 @@ class Grid:
     """What a stitching matrix holds: a row per (front, end) pair, a column per
     layer, and the donors (each model once) scored on their own. stitching.matrix
     computes its cells directly, the app (core.jobs.stitch_matrix) as stored jobs:
-    both lay them out and assemble them here."""
+    both lay them out and assemble them here. A column is one point in every pair:
+    points[pair][column] is its (front layer, end layer), the same name in models
+    of one architecture, the same stage boundary in models of different depths."""
     pairs: list[tuple[Probe, Probe]]
-    layers: list[str]
+    layers: list[str]                          # column names (the first pair's front layers)
+    points: list[list[tuple[str, str]]]
 
     @classmethod
     def of(cls, pairs: Sequence[tuple[Probe, Probe]], layers: Sequence[str] | None = None
            ) -> "Grid":
-        """Default layers: the stem and the block outputs that every pair shares (the
-        papers' grid; the pooled representation is a stitch point too, if asked for).
-        Every cell is checked here, before anything is trained."""
+        """Default columns: the stem and the block outputs that every pair shares (the
+        papers' grid; the pooled representation is a stitch point too, if asked for);
+        where the models differ in depth or family, their stage boundaries, column k
+        the k-th boundary of each model (named by stage: layer1, block2). Named
+        layers are cut at that name in both models. Every cell is checked here,
+        before anything is trained."""
         pairs = list(pairs)
-        if layers is None:
+        models = [m for pair in pairs for m in pair]
+        if layers is not None:
+            names, points = list(layers), [[(n, n) for n in layers] for _ in pairs]
+        elif all(stitch_points(m) == stitch_points(models[0]) for m in models):
             common = [set(common_stitch_points(f, e)) for f, e in pairs]
-            front = pairs[0][0]
-            layers = [n for n in stitch_points(front)
-                      if all(n in c for c in common) and n != front.representation_layer]
-        grid = cls(pairs, list(layers))
-        for f, e in grid.pairs:
-            for layer in grid.layers:
-                StitchedModel(f, e, layer)
+            names = [n for n in stitch_points(models[0])
+                     if all(n in c for c in common) and n != models[0].representation_layer]
+            points = [[(n, n) for n in names] for _ in pairs]
+        else:
+            ends = {m.fingerprint(): stage_ends(m) for m in models}
+            if len({len(e) for e in ends.values()}) > 1:
+                raise StitchingError(
+                    "these models have different numbers of stages, so their stitch points "
+                    "cannot be lined up: " + "; ".join(
+                        f"{_model_name(m)}: {', '.join(ends[m.fingerprint()]) or 'none'}"
+                        for m in dict.fromkeys(models)))
+            rows = [list(zip(ends[f.fingerprint()], ends[e.fingerprint()])) for f, e in pairs]
+            fits = [all(f.layer_shapes()[a][1:] == e.layer_shapes()[b][1:]
+                        and a != f.representation_layer
+                        for (f, e), row in zip(pairs, rows) for a, b in [row[j]])
+                    for j in range(len(rows[0]))]
+            points = [[p for p, ok in zip(row, fits) if ok] for row in rows]
+            names = [re.sub(r"(\.layer|\.block)?\.\d+$", "", a) for a, _ in points[0]]
+        grid = cls(pairs, names, points)
+        for (f, e), row in zip(grid.pairs, grid.points):
+            for layer, end_layer in row:
+                StitchedModel(f, e, layer, end_layer)
         return grid
+
+    def column_labels(self) -> list[str]:
+        """What a figure calls each column: 'stem' for the first stitch point."""
+        first = stitch_points(self.pairs[0][0])[:1]
+        return ["stem" if row_point[0] in first else name
+                for name, row_point in zip(self.layers, self.points[0])]
 
     @property
     def donors(self) -> list[Probe]:
@@ -791,8 +838,9 @@ class Grid:
                  score: Callable[[Probe], dict | None]) -> StitchResult:
         """The StitchResult of cell(pair, layer) (a stitch_cell() record, or None when
         not computed) and score(donor) (an evaluate() record, or None)."""
-        info = [{"front": f.identity(), "end": e.identity(), "label": label}
-                for (f, e), label in zip(self.pairs, self.labels())]
+        info = [{"front": f.identity(), "end": e.identity(), "label": label,
+                 **({"points": [list(p) for p in row]} if any(a != b for a, b in row) else {})}
+                for (f, e), label, row in zip(self.pairs, self.labels(), self.points)]
         result = StitchResult.empty(info, self.layers, method, settings)
         for i, (f, e) in enumerate(self.pairs):
             result.front_accuracy[i] = _score(score(f))
@@ -833,10 +881,11 @@ def matrix(pairs_or_front: Probe | Sequence[tuple[Probe, Probe]], end: Probe | N
         done += 1
     cells: dict[tuple[int, int], dict] = {}
     for i, ((f, e), label) in enumerate(zip(grid.pairs, grid.labels())):
-        for j, layer in enumerate(grid.layers):
+        for j, (layer, end_layer) in enumerate(grid.points[i]):
             cells[i, j] = stitch_cell(f, e, layer, method, train_loader, test_loader, attack,
                                       epochs, test_n=test_n, robust_n=robust_n, seed=seed,
                                       progress=span(progress, done, 1, total, f"{label} "),
+                                      **({"end_layer": end_layer} if end_layer != layer else {}),
                                       **fit_options)
             done += 1
             report(progress, done, total,

@@ -83,7 +83,7 @@ title = f"{setting['st_metric'].show(metric)}{under}, {setting['st_method'].show
 
 left, right = st.columns([2.4, 1])
 with left:
-    fig = figures.matrix_heatmap(values, row_labels, ["stem" if la == "relu" else la for la in layers],
+    fig = figures.matrix_heatmap(values, row_labels, plan.grid.column_labels(),
                                  title=title, zmax=1.2 if rel else 1.0, selected=(i, j), big=big)
     st.plotly_chart(fig, key="st_matrix", selection_mode="points",
                     on_select=state.pick_cell("st_matrix", "st_cell"))
@@ -129,9 +129,10 @@ with left:
 
 with right:
     front, end = pairs[i]
-    layer = layers[j]
-    st.markdown(f"**{jobs.STITCH_PAIRS[i]}** at **{'stem' if layer == 'relu' else layer}**")
-    st.caption(f"{backend.label(front)} [..{layer}] → 1x1 conv → {backend.label(end)} [{layer}..]")
+    layer, end_layer = plan.grid.points[i][j]
+    st.markdown(f"**{jobs.STITCH_PAIRS[i]}** at **{plan.grid.column_labels()[j]}**")
+    st.caption(f"{backend.label(front)} [..{layer}] → 1x1 conv → {backend.label(end)} "
+               f"[{end_layer}..]")
     cell = cells[i][j]
     if cell is None:
         st.info("This cell is not computed yet.")
@@ -179,12 +180,14 @@ with right:
                                                 folder=settings["st_folder"])
         cka = backend.stored(cka_job)
         cka = views.transposed_cka(cka) if cka is not None and transposed else cka
-        if cka is not None and layer in cka["layers_a"] and layer in cka["layers_b"]:
-            v = np.asarray(cka["matrix"])[cka["layers_a"].index(layer), cka["layers_b"].index(layer)]
+        if cka is not None and layer in cka["layers_a"] and end_layer in cka["layers_b"]:
+            v = np.asarray(cka["matrix"])[cka["layers_a"].index(layer),
+                                          cka["layers_b"].index(end_layer)]
             st.metric("CKA of this layer pair (benign)", f"{float(v):.3f}",
                       help=f"From the CKA explorer: linear CKA, "
                            f"{cka_job.inputs['images']['n']:,} images.")
         payload = {"pair": jobs.STITCH_PAIRS[i], "front": front, "end": end, "layer": layer,
+                   "end_layer": end_layer,
                    "method": method, "recipe": cell_jobs[i][j].inputs["recipe"],
                    **{k: v for k, v in cell.items() if k != "history"}}
         st.download_button("Cell as JSON", json.dumps(payload, indent=1, default=float),

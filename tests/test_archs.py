@@ -11,9 +11,9 @@ import torchvision
 from core import archs, zoo
 from core.probe import Probe
 
-zoo._alias_autoattack()
-rb_wrn = pytest.importorskip("robustbench.model_zoo.architectures.wide_resnet")
-rb_dm = pytest.importorskip("robustbench.model_zoo.architectures.dm_wide_resnet")
+zoo._alias_autoattack()   # robustbench imports autoattack: it must be in place first
+from robustbench.model_zoo.architectures import dm_wide_resnet as rb_dm  # noqa: E402
+from robustbench.model_zoo.architectures import wide_resnet as rb_wrn  # noqa: E402
 
 NO_NORM = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
@@ -161,12 +161,17 @@ def test_build_registry_and_errors():
 # ------------------------------------------------------ taps and chains
 
 # id: (arch, build options, test input size); small instances: taps are structural
+# (depth and block layout; a WRN-34-10 is a WRN-34-2 with wider convolutions)
 TAPPED = {
     "cifar_resnet18": ("resnet18", {"width": 8}, 32),
+    "cifar_resnet50": ("resnet50", {"width": 4}, 32),
     "imagenet_resnet18": ("imagenet_resnet18", {}, 64),
     "imagenet_resnet50": ("imagenet_resnet50", {}, 64),
+    "imagenet_wide_resnet50_2": ("imagenet_wide_resnet50_2", {}, 64),
     "wrn_16_2": ("wrn", {"depth": 16, "widen_factor": 2}, 32),
     "wrn_28_10": ("wrn", {"depth": 28, "widen_factor": 10, "bias_last": False}, 32),
+    "wrn_34_2": ("wrn", {"depth": 34, "widen_factor": 2}, 32),
+    "dm_wrn_70_2_swish": ("dm_wrn", {"depth": 70, "width": 2, "activation": "swish"}, 32),
     "dm_wrn_16_2_relu": ("dm_wrn", {"depth": 16, "width": 2}, 32),
     "dm_wrn_16_2_swish": ("dm_wrn", {"depth": 16, "width": 2, "activation": "swish"}, 32),
 }

@@ -94,7 +94,7 @@ def load_offline(spec: str, cache: Path, out: Path) -> dict:
 # ------------------------------------------------------------ robustness library
 
 def test_robustness_imagenet_checkpoint_pickled_with_dill(tmp_path):
-    dill = pytest.importorskip("dill")
+    import dill
     ref = randomised(torchvision.models.resnet18())
     mean, std = (0.4, 0.45, 0.5), (0.2, 0.25, 0.3)     # not ImageNet's: must come from the file
     path = tmp_path / "imagenet_l2_3_0.pt"
@@ -151,7 +151,7 @@ def test_madrylab_from_the_hub_cache_and_offline_without_it(tmp_path):
 
 
 def test_timm_from_the_hub_cache_and_offline_without_it(tmp_path):
-    timm = pytest.importorskip("timm")
+    import timm
     from safetensors.torch import save_file
     ref = randomised(timm.create_model("resnet18.a1_in1k", pretrained=False), seed=4)
     cache = tmp_path / "hub"
@@ -175,7 +175,6 @@ def test_timm_from_the_hub_cache_and_offline_without_it(tmp_path):
 
 def _robustbench():
     zoo._alias_autoattack()
-    pytest.importorskip("robustbench")
     from robustbench.model_zoo import model_dicts
     from robustbench.model_zoo.enums import BenchmarkDataset, ThreatModel
     return model_dicts, BenchmarkDataset, ThreatModel

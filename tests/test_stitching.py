@@ -320,3 +320,75 @@ def test_stitching_jobs_on_an_image_folder_of_imagenet_models(tmp_path):
         jobs.stitch_cell_job(load, "in0", "cifar", "layer2.0", folder=folder)
     with pytest.raises(IncompatibleModelError, match="Image folder"):
         jobs.stitch_cell_job(load, "in0", "in1", "layer2.0")
+
+
+def test_stitching_jobs_of_a_resnet18_and_a_resnet50(tmp_path):
+    """The app's jobs of a matrix of different depths: a cell names its end layer in
+    its key only where it differs from the front's, and computes the stitch there."""
+    from conftest import image_folder, imagenet_models
+    from core import archs, jobs, runner
+    image_folder(tmp_path / "val", per_class=4)
+    models = imagenet_models(0)
+    torch.manual_seed(0)
+    models["r50"] = Probe(archs.build("imagenet_resnet50"), (0.485, 0.456, 0.406),
+                          (0.229, 0.224, 0.225), name="r50", input_size=64)
+    load = models.__getitem__
+    recipe = {**jobs.FOLDER_STITCH_RECIPE, "robust_images": 2, "batch_size": 4,
+              "attack": attacks.PGD("linf", 4 / 255, 1 / 255, 1).to_dict()}
+    plan = jobs.stitch_matrix(load, [("in0", "r50"), ("in0", "in0")], "direct", None, recipe,
+                              str(tmp_path / "val"))
+    assert plan.grid.layers == ["maxpool", "layer1", "layer2", "layer3", "layer4"]
+    cross, own = plan.cells[0][2], plan.cells[1][2]
+    assert (cross.inputs["layer"], cross.inputs["end_layer"]) == ("layer2.1", "layer2.3")
+    assert own.inputs["layer"] == "layer2.1" and "end_layer" not in own.inputs
+    value = runner.compute(cross)
+    assert (value["layer"], value["end_layer"]) == ("layer2.1", "layer2.3")
+    assert 0 <= value["clean_accuracy"] <= 1 and value["n_train"] == 4
+    assert jobs.rebuild(json.loads(json.dumps(cross.spec)), load).key == cross.key
+
+
+def test_models_of_different_depths_stitch_at_their_stage_boundaries(a, monkeypatch):
+    """ResNet-18 and ResNet-50 (or WRN-28 and WRN-70) have no block names in common
+    that mean the same place: a matrix of both lines up their stage boundaries."""
+    deep = tiny_probe(width=4, seed=3, name="deep", arch="resnet50")
+    ends_18 = ["relu", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+    ends_50 = ["relu", "layer1.2", "layer2.3", "layer3.5", "layer4.2"]
+    grid = stitching.Grid.of([(a, deep), (deep, a), (a, a), (deep, deep)])
+    assert grid.layers == ["relu", "layer1", "layer2", "layer3", "layer4"]
+    assert grid.column_labels()[0] == "stem"
+    assert grid.points == [list(zip(ends_18, ends_50)), list(zip(ends_50, ends_18)),
+                           list(zip(ends_18, ends_18)), list(zip(ends_50, ends_50))]
+    result = stitching.matrix([(a, deep), (deep, deep)], layers=None, method="direct",
+                              train_loader=colour_task(48, 0), test_loader=colour_task(24, 1),
+                              batch_size=16)
+    assert result.pairs[0]["points"] == [list(p) for p in zip(ends_18, ends_50)]
+    assert "points" not in result.pairs[1]
+    # a model stitched to itself at its own boundaries fits its own activation exactly
+    assert (result.dm_error[1] < 1e-3).all() and (result.dm_error[0, 1:] > 0.05).all()
+    assert np.isfinite(result.clean).all()
+    # families whose stages cannot be lined up are refused in one sentence
+    monkeypatch.setattr(stitching, "stage_ends", lambda p: ends_18[:3] if p is a else ends_50)
+    with pytest.raises(stitching.StitchingError, match="different numbers of stages"):
+        stitching.Grid.of([(a, deep)])
+
+
+def test_wide_resnets_of_two_codebases_line_up_stage_by_stage():
+    """RobustBench's WRN-28-10 (block1.layer.N) and its DeepMind WRN-70-16
+    (layer.0.block.N) share no names: the stem, the ends of the three groups and the
+    final activation are matched."""
+    from core import archs
+    wrn = Probe(archs.build("wrn", depth=28, widen_factor=1), data.MEAN, data.STD, name="wrn")
+    dm = Probe(archs.build("dm_wrn", depth=70, width=1, activation="swish"), data.MEAN,
+               data.STD, name="dm")
+    grid = stitching.Grid.of([(wrn, dm), (dm, wrn)])
+    assert grid.layers == ["conv1", "block1", "block2", "block3", "relu"]
+    assert grid.points[0] == [("conv1", "init_conv"), ("block1.layer.3", "layer.0.block.10"),
+                              ("block2.layer.3", "layer.1.block.10"),
+                              ("block3.layer.3", "layer.2.block.10"), ("relu", "relu")]
+    x = random_images(2, size=32)
+    with torch.no_grad():
+        for row in grid.points:
+            for layer, end_layer in row:
+                front, end = (wrn, dm) if row is grid.points[0] else (dm, wrn)
+                out = stitching.StitchedModel(front, end, layer, end_layer)(x)
+                assert out.shape == (2, 10) and torch.isfinite(out).all()
