@@ -12,6 +12,7 @@ set's order (representations, test outputs) ask for that order.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -26,7 +27,7 @@ import torch
 from PIL import Image
 
 from .errors import DataNotFoundError
-from .images import evaluation_crop, to_model_size, to_tensor
+from .images import Preprocessing, to_model_size, to_tensor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -303,17 +304,30 @@ def download_cifar10(root: Path | None = None,
     return root
 
 
+IMAGENET_SYNSETS = Path(__file__).resolve().parent.parent / "assets" / "imagenet_synsets.txt"
+
+
+@functools.cache
+def imagenet_synsets() -> dict[str, int]:
+    """ImageNet's WordNet ids (n01440764, ...) -> class index (their sorted order)."""
+    return {w: i for i, w in enumerate(IMAGENET_SYNSETS.read_text().split())}
+
+
 def folder_files(root: Path) -> tuple[list[Path], list[int], list[str]]:
     """The images of an ImageFolder tree (ROOT/CLASS/IMAGE): files, labels and class
-    names, class by class in sorted order (ImageNet's synset folders sort into its
-    class indices), files sorted within a class."""
+    names, class by class in sorted order, files sorted within a class. Folders named
+    by ImageNet synset are labelled with that class's index (also in a folder of a
+    few classes); any other folders by their sorted position."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+    synsets = imagenet_synsets()
+    index = ({c: synsets[c] for c in classes} if classes and all(c in synsets for c in classes)
+             else {c: i for i, c in enumerate(classes)})
     files, labels = [], []
-    for label, cls in enumerate(classes):
+    for cls in classes:
         for f in sorted((root / cls).iterdir()):
             if f.suffix.lower() in IMAGE_SUFFIXES:
                 files.append(f)
-                labels.append(label)
+                labels.append(index[cls])
     return files, labels, classes
 
 
@@ -329,10 +343,11 @@ def _decode_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
 
 class ImageFolder(torch.utils.data.Dataset):
     """An ImageFolder tree (an ImageNet validation folder: one folder per class) read as
-    a stream at one input size: each image is decoded when it is asked for, so a data
+    a stream at one input size, through a model's evaluation transform (an int: the
+    standard one at that size): each image is decoded when it is asked for, so a data
     set of any size never sits in memory. Items: (float CHW in [0, 1], label)."""
 
-    def __init__(self, root: str | os.PathLike, size: int) -> None:
+    def __init__(self, root: str | os.PathLike, preprocessing: Preprocessing | int) -> None:
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataNotFoundError(f"there is no folder {root} on this server")
@@ -340,20 +355,23 @@ class ImageFolder(torch.utils.data.Dataset):
         if not self.files:
             raise DataNotFoundError(f"{root} holds no images in class folders "
                                     "(ROOT/CLASS/IMAGE.jpg, as an ImageNet validation folder)")
-        self.labels, self.size = torch.tensor(labels), size
+        self.preprocessing = (preprocessing if isinstance(preprocessing, Preprocessing)
+                              else Preprocessing.standard(preprocessing))
+        self.labels, self.size = torch.tensor(labels), self.preprocessing.size
+        self.by_synset = all(c in imagenet_synsets() for c in self.classes)
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         with Image.open(self.files[i]) as im:
-            return to_tensor(evaluation_crop(im, self.size)), int(self.labels[i])
+            return to_tensor(self.preprocessing.apply(im)), int(self.labels[i])
 
     def identity(self) -> dict:
         """What result keys call it: a hash of its files' names and bytes (remembered
         in the cache folder while no file changes), its size and the crop."""
         return {"folder_sha256": _folder_digest(self.root, self.files), "images": len(self),
-                "size": self.size, "crop": "shorter side to size/0.875, centre"}
+                "size": self.size, "crop": self.preprocessing.describe()}
 
 
 def _folder_digest(root: Path, files: list[Path]) -> str:

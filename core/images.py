@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ from .errors import BadImageError
 MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_UPLOAD_PIXELS = 50_000_000     # refuse decompression bombs before decoding
 UPLOAD_PREFIX = "upload-"
-UPLOAD_SIZE = 224   # uploads are kept at the largest input size the app's models take
+UPLOAD_SIDE = 1024  # px: uploads are kept as their centre square, at most this large
 
 
 # ------------------------------------------------------------------ forms
@@ -70,18 +71,61 @@ def to_model_size(im: Image.Image, size: int = 32) -> np.ndarray:
     return np.asarray(im, dtype=np.uint8)
 
 
-def evaluation_crop(im: Image.Image, size: int, crop: float = 0.875) -> np.ndarray:
-    """A data-set image as ImageNet models are evaluated: the shorter side resized to
-    size / crop (256 for 224), then the centre size x size; uint8 RGB."""
-    im = ImageOps.exif_transpose(im).convert("RGB")
-    short = round(size / crop)
-    w, h = im.size
-    scale = short / min(w, h)
-    im = im.resize((max(short, round(w * scale)), max(short, round(h * scale))),
-                   Image.Resampling.BILINEAR)
-    w, h = im.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+STANDARD_CROP = 0.875   # ImageNet's usual evaluation: shorter side to 256, centre 224
+
+_INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC,
+                   "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a photo of a data set becomes a model's input, as the model's authors
+    evaluate it: the shorter side resized to `resize` (both sides with squash; None:
+    not resized), then the centre size x size (padded with black where smaller, as
+    torchvision's CenterCrop does), with this interpolation."""
+    size: int
+    resize: int | None = None
+    interpolation: str = "bilinear"
+    squash: bool = False
+
+    @classmethod
+    def standard(cls, size: int) -> "Preprocessing":
+        """The shorter side to size / 0.875, then the centre (256 and 224)."""
+        return cls(size, round(size / STANDARD_CROP))
+
+    @classmethod
+    def of(cls, spec: dict | None, size: int) -> "Preprocessing":
+        """From a model card's `evaluation_transform` (standard where it has none)."""
+        return cls(**spec) if spec else cls.standard(size)
+
+    def describe(self) -> str:
+        """What result keys call it (the standard one as it always was)."""
+        if self == Preprocessing.standard(self.size):
+            return f"shorter side to size/{STANDARD_CROP}, centre"
+        how = ("not resized" if self.resize is None else
+               f"{'both sides' if self.squash else 'shorter side'} to {self.resize}")
+        return f"{how}, centre {self.size}, {self.interpolation}"
+
+    def apply(self, im: Image.Image) -> np.ndarray:
+        """A photo as the model's input: uint8 RGB size x size."""
+        im = ImageOps.exif_transpose(im).convert("RGB")
+        if self.interpolation not in _INTERPOLATIONS:
+            raise ValueError(f"unknown interpolation {self.interpolation!r}")
+        if self.resize is not None:
+            w, h = im.size
+            # as torchvision's Resize(n): the shorter side n, the longer truncated
+            shape = ((self.resize, self.resize) if self.squash else
+                     (self.resize, int(self.resize * h / w)) if w <= h else
+                     (int(self.resize * w / h), self.resize))
+            im = im.resize(shape, _INTERPOLATIONS[self.interpolation])
+        w, h = im.size
+        if w < self.size or h < self.size:     # torchvision's CenterCrop pads, then crops
+            pad_w, pad_h = max(self.size - w, 0), max(self.size - h, 0)
+            canvas = Image.new("RGB", (w + pad_w, h + pad_h))
+            canvas.paste(im, (pad_w // 2, pad_h // 2))
+            im, (w, h) = canvas, canvas.size
+        left, top = round((w - self.size) / 2), round((h - self.size) / 2)
+        return np.asarray(im.crop((left, top, left + self.size, top + self.size)), dtype=np.uint8)
 
 
 def fit(img: Any, size: int) -> np.ndarray:
@@ -96,9 +140,10 @@ def fit(img: Any, size: int) -> np.ndarray:
 
 # ------------------------------------------------------------------ uploads
 
-def load_upload(data: bytes, size: int = UPLOAD_SIZE) -> np.ndarray:
-    """Decode an uploaded image (any format Pillow reads) to uint8 RGB size x size
-    (each model then sees it through `fit` at its own input size).
+def load_upload(data: bytes) -> np.ndarray:
+    """Decode an uploaded image (any format Pillow reads) to its centre square, uint8
+    RGB, at its own resolution up to UPLOAD_SIDE: each model then sees it through
+    `fit` at its own input size, from the photo, not from another model's size.
 
     Raises BadImageError for anything that is not a readable, sane image.
     """
@@ -116,7 +161,7 @@ def load_upload(data: bytes, size: int = UPLOAD_SIZE) -> np.ndarray:
             if w < 1 or h < 1:
                 raise BadImageError("the image has no pixels")
             im.load()
-            return to_model_size(im, size)
+            return to_model_size(im, min(w, h, UPLOAD_SIDE))
     except BadImageError:
         raise
     except Image.DecompressionBombError as e:

@@ -107,8 +107,10 @@ def on_cifar10(analysis: str, *probes: Probe,
 
 
 def image_folder(analysis: str, folder: str | None, *probes: Probe) -> data.ImageFolder | None:
-    """The image folder an analysis reads, at its models' one input size; None for the
-    CIFAR-10 test set (then every model must be a CIFAR-10 model)."""
+    """The image folder an analysis reads, at its models' one input size, through the
+    first model's evaluation transform (model A's, where two models differ in crop or
+    interpolation); None for the CIFAR-10 test set (then every model must be a
+    CIFAR-10 model)."""
     if not folder:
         on_cifar10(analysis, *probes, other=", or name an image folder of the models' own "
                    "data set (an ImageNet validation folder) under Image folder")
@@ -119,7 +121,7 @@ def image_folder(analysis: str, folder: str | None, *probes: Probe) -> data.Imag
             f"{analysis} shows two models the same images, and "
             f"{' and '.join(f'{p.name} takes {p.input_size} px' for p in probes)}: choose "
             "models of one input size")
-    return data.ImageFolder(folder, sizes[0])
+    return data.ImageFolder(folder, probes[0].preprocessing)
 
 
 def cka_batch_size(n: int) -> int:
@@ -275,6 +277,13 @@ def stitch_data(analysis: str, recipe: dict, folder: str | None, *probes: Probe)
                           lambda: data.fixed_subset(data.cifar10("train"),
                                                     recipe["train_images"]),
                           _shuffled_test)
+    outputs = probes[0].num_classes
+    if not source.by_synset and len(source.classes) != outputs:
+        raise IncompatibleModelError(
+            f"{analysis} scores answers against the folder's classes, and {folder} has "
+            f"{len(source.classes)} class folders where {probes[0].name} has {outputs} "
+            "outputs: name the folders by ImageNet synset (n01440764, ...), or give one "
+            "folder per output, in the outputs' order.")
     order = data.shuffled_order(len(source)).tolist()
     n_train = min(recipe["train_images"], len(source) // 2)
     n_test = min(recipe.get("test_images", len(source)), len(source) - n_train)

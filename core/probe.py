@@ -23,6 +23,7 @@ import torch.nn as nn
 from . import data
 from .archs import ReLU, Swish
 from .errors import UnknownLayerError
+from .images import Preprocessing
 
 # the modules "every layer" taps (the pooled representation is among the default taps)
 _LEAF_TYPES = (nn.Conv2d, nn.Linear, nn.BatchNorm2d, nn.ReLU, ReLU, Swish, nn.SiLU, nn.MaxPool2d,
@@ -102,6 +103,12 @@ class Probe(nn.Module):
         named = self.card.get("dataset")
         return named if named in data.KIND_NAMES else data.kind_of(self.num_classes,
                                                                   self.input_size)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """How a photo of its data set becomes its input (its card's
+        evaluation_transform; else the standard crop at its input size)."""
+        return Preprocessing.of(self.card.get("evaluation_transform"), self.input_size)
 
     @property
     def classes(self) -> tuple[str, ...]:

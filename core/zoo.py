@@ -25,8 +25,10 @@ needs code execution is refused unless trust=True.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+import math
 import os
 import pickle
 import re
@@ -463,13 +465,26 @@ def _load_robustbench(name: str, dataset: str, threat_model: str,
         raise CheckpointError(f"RobustBench model {name!r} could not be loaded from {file}: "
                               f"{type(e).__name__}: {str(e)[:200]}") from e
     inner, mean, std = _robustbench_normaliser(model)
-    size = 224 if dataset == "imagenet" else 32
+    transform = (_ROBUSTBENCH_TRANSFORMS.get(entry.get("preprocessing"), _ROBUSTBENCH_TRANSFORMS[None])
+                 if dataset == "imagenet" else None)
+    size = transform.size if transform else 32
     card = {"name": name, "source": "robustbench", "dataset": dataset,
             "threat_model": threat_model, "preprocessing": entry.get("preprocessing"),
+            **({"evaluation_transform": dataclasses.asdict(transform)} if transform else {}),
             "normalisation": "RobustBench's own (the model's normaliser)"}
     return adopt(inner, model, mean, std, name=f"robustbench:{name}", card=card,
                  input_size=size, activation=_activation(inner),
                  fallback=(model, *NO_NORMALISATION))
+
+
+# RobustBench's ImageNet preprocessings by name (robustbench.data.PREPROCESSINGS)
+_ROBUSTBENCH_TRANSFORMS = {
+    None: images.Preprocessing.standard(224),
+    "Res256Crop224": images.Preprocessing(224, 256),
+    "BicubicRes256Crop224": images.Preprocessing(224, 256, "bicubic"),
+    "Res224": images.Preprocessing(224, 224, squash=True),
+    "Crop288": images.Preprocessing(288),
+}
 
 
 def _robustbench_normaliser(model: nn.Module) -> tuple[nn.Module, tuple, tuple]:
@@ -518,10 +533,13 @@ def _load_torchvision(name: str) -> Probe:
                        f"python -c \"import torchvision; torchvision.models.get_model('{name}', "
                        f"weights='DEFAULT')\" (it fills {torch.hub.get_dir()}/checkpoints).",
                        e) from e
-    size = weights.transforms().crop_size[0]
+    given = weights.transforms()
+    size = given.crop_size[0]
+    transform = images.Preprocessing(size, given.resize_size[0], given.interpolation.value)
     return adopt(model, Probe(model, IMAGENET_MEAN, IMAGENET_STD, input_size=size),
                  IMAGENET_MEAN, IMAGENET_STD, name=f"torchvision:{name}", input_size=size,
                  card={"name": name, "source": "torchvision", "weights_name": str(weights),
+                       "evaluation_transform": dataclasses.asdict(transform),
                        "normalisation": "ImageNet's (torchvision's weights)"})
 
 
@@ -578,11 +596,17 @@ def _load_timm(name: str) -> Probe:
                               f"{str(e)[:200]})") from e
     cfg = timm.data.resolve_model_data_config(model)
     mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
-    return adopt(model, Probe(model, mean, std, input_size=int(cfg["input_size"][-1])), mean,
-                 std, name=f"timm:{name}",
-                 input_size=int(cfg["input_size"][-1]),
+    size = int(cfg["input_size"][-1])
+    # timm's evaluation transform: resize to floor(size / crop_pct), then the centre
+    transform = images.Preprocessing(size, math.floor(size / cfg.get("crop_pct", 0.875)),
+                                     cfg.get("interpolation", "bilinear"),
+                                     squash=cfg.get("crop_mode") == "squash")
+    return adopt(model, Probe(model, mean, std, input_size=size), mean, std,
+                 name=f"timm:{name}", input_size=size,
                  card={"name": name, "source": "timm", "interpolation": cfg.get("interpolation"),
-                       "crop_pct": cfg.get("crop_pct"), "normalisation": "timm's data config"})
+                       "crop_pct": cfg.get("crop_pct"),
+                       "evaluation_transform": dataclasses.asdict(transform),
+                       "normalisation": "timm's data config"})
 
 
 # ----------------------------------------------------------------------- export

@@ -130,7 +130,7 @@ def top_images(index: int) -> None:
     with page.guard():
         top_job = jobs.top_images_job(backend.model, a, feats, folder=folder)
         test = backend.test_set() if folder is None else data.ImageFolder(folder,
-                                                                         probe_a.input_size)
+                                                                         probe_a.preprocessing)
     top = backend.stored(top_job)
     if test is None:
         page.need_data("Showing the top-activating test images", "mf-top")

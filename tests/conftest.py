@@ -146,7 +146,8 @@ def imagenet_models(*seeds: int, size: int = 64) -> dict:
     return models
 
 
-def image_folder(root: Path, classes: tuple[str, ...] = ("n01", "n02"), per_class: int = 4,
+def image_folder(root: Path, classes: tuple[str, ...] = ("n01440764", "n15075141"),
+                 per_class: int = 4,
                  seed: int = 0) -> Path:
     """An ImageFolder tree (ROOT/CLASS/IMAGE.png) of made-up photos: random pixels at
     odd sizes, never data-set images."""

@@ -171,6 +171,19 @@ def test_other_sources_tensors_samples_and_iterables_of_batches():
     assert [len(x) for x, _ in data.batches(loader, 100)] == [4, 4, 2]
 
 
+def test_image_folder_labels_synset_folders_by_their_imagenet_index(tmp_path):
+    """A folder of a few ImageNet classes (ImageNette, a subset of the validation set)
+    keeps ImageNet's class indices; folders of other names count in sorted order."""
+    few = image_folder(tmp_path / "few", ("n01443537", "n15075141"), per_class=1)
+    assert data.ImageFolder(few, 32).labels.tolist() == [1, 999]
+    assert data.ImageFolder(few, 32).by_synset
+    named = image_folder(tmp_path / "named", ("zebra", "cat"), per_class=1)
+    folder = data.ImageFolder(named, 32)
+    assert folder.classes == ["cat", "zebra"] and folder.labels.tolist() == [0, 1]
+    assert not folder.by_synset
+    assert len(data.imagenet_synsets()) == 1000
+
+
 def test_image_folder_streams_at_the_model_size_and_is_named_by_content(tmp_path):
     root = image_folder(tmp_path / "val", ("n01440764", "n01443537"), per_class=3)
     (root / "n01440764" / "notes.txt").write_text("not an image")

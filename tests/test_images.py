@@ -60,14 +60,27 @@ def test_upload_modes(mode):
         img = Image.fromarray(RNG.random((50, 70)).astype(np.float32))
     fmt = "TIFF" if mode in ("CMYK", "F") else "PNG"
     out = images.load_upload(_png(img, fmt))
-    assert out.shape == (images.UPLOAD_SIZE, images.UPLOAD_SIZE, 3) and out.dtype == np.uint8
+    assert out.shape == (50, 50, 3) and out.dtype == np.uint8
 
 
 def test_upload_formats_and_sizes():
     img = Image.fromarray(RNG.integers(0, 255, (1000, 400, 3), dtype=np.uint8))
     for fmt in ("JPEG", "WEBP", "BMP", "GIF"):
-        assert images.load_upload(_png(img, fmt)).shape == (images.UPLOAD_SIZE, images.UPLOAD_SIZE, 3)
-    assert images.load_upload(_png(Image.new("RGB", (1, 1)))).shape == (images.UPLOAD_SIZE, images.UPLOAD_SIZE, 3)
+        assert images.load_upload(_png(img, fmt)).shape == (400, 400, 3)
+    assert images.load_upload(_png(Image.new("RGB", (1, 1)))).shape == (1, 1, 3)
+    big = Image.fromarray(RNG.integers(0, 255, (1500, 2000, 3), dtype=np.uint8))
+    assert images.load_upload(_png(big)).shape == (images.UPLOAD_SIDE, images.UPLOAD_SIDE, 3)
+
+
+def test_each_model_sees_an_upload_from_the_photo_at_its_own_size():
+    """A 299 px model gets the photo scaled down to 299, not a 224 px copy scaled up."""
+    yy, xx = np.mgrid[0:400, 0:600]
+    photo = Image.fromarray(np.stack([(xx * 7 + yy * 3) % 256, (xx ^ yy) % 256,
+                                      (xx * yy) % 256], -1).astype(np.uint8))
+    kept = images.load_upload(_png(photo))
+    for size in (299, 224, 64):
+        direct = images.to_model_size(photo, size).astype(float)
+        assert np.abs(images.fit(kept, size).astype(float) - direct).mean() < 3, size
 
 
 def test_bad_uploads():

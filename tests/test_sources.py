@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
@@ -161,6 +162,9 @@ def test_timm_from_the_hub_cache_and_offline_without_it(tmp_path):
     c = got["card"]
     assert c["source"] == "timm" and c["interpolation"] == "bicubic" and c["taps_verified"]
     assert c["arch"] == "imagenet_resnet18" and got["size"] == 224
+    # its folder images as timm evaluates it: shorter side to floor(224 / 0.95), bicubic
+    assert c["evaluation_transform"] == {"size": 224, "resize": 235, "interpolation": "bicubic",
+                                         "squash": False}
     with torch.no_grad():
         want = normalised(ref, c["mean"], c["std"])(X)
     assert torch.allclose(torch.load(tmp_path / "logits.pt"), want, atol=1e-4)
@@ -180,23 +184,65 @@ def _robustbench():
     return model_dicts, BenchmarkDataset, ThreatModel
 
 
-def test_robustbench_imagenet_resnet(tmp_path):
+@pytest.mark.parametrize("name, arch, preprocessing, size", [
+    ("Salman2020Do_R18", "imagenet_resnet18", "Res256Crop224", 224),
+    ("Wong2020Fast", "imagenet_resnet50", "Crop288", 288)])
+def test_robustbench_imagenet_resnet(tmp_path, name, arch, preprocessing, size):
     model_dicts, Dataset, Threat = _robustbench()
-    ref = model_dicts[Dataset.imagenet][Threat.Linf]["Salman2020Do_R18"]["model"]()
+    ref = model_dicts[Dataset.imagenet][Threat.Linf][name]["model"]()
     randomised(ref.model, seed=5)
-    target = tmp_path / "imagenet" / "Linf" / "Salman2020Do_R18.pt"
+    target = tmp_path / "imagenet" / "Linf" / f"{name}.pt"
     target.parent.mkdir(parents=True)
     torch.save(ref.model.state_dict(), target)      # the file holds the bare torchvision net
-    # the name alone finds its data set and threat model (the app passes no others)
-    probe = zoo.load("robustbench:Salman2020Do_R18", model_dir=tmp_path, device="cpu",
+    probe = zoo.load(f"robustbench:imagenet/Linf/{name}", model_dir=tmp_path, device="cpu",
                      check=False)
-    assert zoo.load("robustbench:imagenet/Linf/Salman2020Do_R18", model_dir=tmp_path,
-                    device="cpu", check=False).card["dataset"] == "imagenet"
+    if name == "Salman2020Do_R18":  # only in ImageNet's list: the name alone finds it
+        assert zoo.load(f"robustbench:{name}", model_dir=tmp_path, device="cpu",
+                        check=False).card["dataset"] == "imagenet"
     c = probe.card
-    assert c["arch"] == "imagenet_resnet18" and c["preprocessing"] == "Res256Crop224"
-    assert probe.input_size == 224 and c["mean"] == [0.485, 0.456, 0.406] and c["taps_verified"]
+    assert c["arch"] == arch and c["preprocessing"] == preprocessing
+    assert probe.input_size == size and probe.preprocessing.size == size
+    assert c["mean"] == [0.485, 0.456, 0.406] and c["taps_verified"]
     with torch.no_grad():
         assert torch.allclose(probe(X), ref.eval()(X), atol=1e-4)
+
+
+def photos_of_odd_sizes() -> list:
+    """Made-up photos (random pixels), wider and taller, larger and smaller than 288."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+            for w, h in ((333, 291), (260, 410), (201, 180))]
+
+
+def test_each_sources_evaluation_transform_gives_its_pixels():
+    """A folder's images reach a model as its own library prepares them: RobustBench's
+    preprocessings by name, timm's data config, torchvision's weights' transforms,
+    pixel for pixel."""
+    import timm
+    import torchvision
+    zoo._alias_autoattack()
+    from robustbench.data import PREPROCESSINGS
+    from core import images
+    for name, theirs in PREPROCESSINGS.items():
+        if name is None:           # ToTensor alone: images already at the model's size
+            continue
+        ours = zoo._ROBUSTBENCH_TRANSFORMS[name]
+        for im in photos_of_odd_sizes():
+            assert torch.equal(images.to_tensor(ours.apply(im)), theirs(im)), name
+    model = timm.create_model("inception_v3.tf_adv_in1k", pretrained=False, num_classes=10)
+    cfg = timm.data.resolve_model_data_config(model)
+    timm_eval = timm.data.create_transform(**cfg, is_training=False)
+    ours = images.Preprocessing(299, int(299 / cfg["crop_pct"]), cfg["interpolation"])
+    weights = torchvision.models.ResNet50_Weights.DEFAULT
+    tv = weights.transforms()
+    tv_ours = images.Preprocessing(224, tv.resize_size[0], tv.interpolation.value)
+    for im in photos_of_odd_sizes():
+        want = timm_eval(im) * torch.tensor(cfg["std"])[:, None, None] + \
+            torch.tensor(cfg["mean"])[:, None, None]
+        assert torch.allclose(images.to_tensor(ours.apply(im)), want, atol=1e-5)
+        want = tv(im) * torch.tensor(tv.std)[:, None, None] + torch.tensor(tv.mean)[:, None, None]
+        assert torch.allclose(images.to_tensor(tv_ours.apply(im)), want, atol=1e-5)
 
 
 def test_robustbench_cifar_wideresnet_with_unused_sub_block(tmp_path):

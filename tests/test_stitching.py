@@ -320,6 +320,10 @@ def test_stitching_jobs_on_an_image_folder_of_imagenet_models(tmp_path):
         jobs.stitch_cell_job(load, "in0", "cifar", "layer2.0", folder=folder)
     with pytest.raises(IncompatibleModelError, match="Image folder"):
         jobs.stitch_cell_job(load, "in0", "in1", "layer2.0")
+    # accuracy needs the folder's classes to be the model's outputs
+    image_folder(tmp_path / "pets", ("cat", "dog"), per_class=2)
+    with pytest.raises(IncompatibleModelError, match="2 class folders where in0 has 1000"):
+        jobs.accuracy_job(load, "in0", folder=str(tmp_path / "pets"))
 
 
 def test_stitching_jobs_of_a_resnet18_and_a_resnet50(tmp_path):

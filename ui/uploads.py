@@ -23,7 +23,7 @@ MAX_CHECKPOINT_MB = 50   # .streamlit/config.toml server.maxUploadSize: larger o
 
 
 def images() -> dict[str, np.ndarray]:
-    """This session's uploaded images: {key: uint8 32x32x3}."""
+    """This session's uploaded images: {key: uint8 square, at most UPLOAD_SIDE px}."""
     return st.session_state.setdefault("uploads", {})
 
 
