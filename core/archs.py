@@ -325,6 +325,8 @@ _IMAGENET_SPECS: dict[str, tuple[type, tuple[int, ...], int]] = {
     "imagenet_resnet152": (ImageNetBottleneck, (3, 8, 36, 3), 64),
     "imagenet_wide_resnet50_2": (ImageNetBottleneck, (3, 4, 6, 3), 128),
     "imagenet_wide_resnet101_2": (ImageNetBottleneck, (3, 4, 23, 3), 128),
+    # not in torchvision: the robustness library's WRN-50-4 (madrylab's hub models)
+    "imagenet_wide_resnet50_4": (ImageNetBottleneck, (3, 4, 6, 3), 256),
 }
 
 

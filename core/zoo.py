@@ -48,8 +48,13 @@ PRETRAINED = Path(os.environ.get("ROBUSTLENS_PRETRAINED")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DM_CIFAR10_MEAN, DM_CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 NO_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
-MAX_CHECKPOINT_BYTES = 2 * 2**30
+# the largest public robust checkpoints (madrylab's WRN-50-4: two copies of 0.9 GB of
+# weights and the optimizer's momentum) are about 3 GB
+MAX_CHECKPOINT_BYTES = 4 * 2**30
 MADRYLAB_REPO = "madrylab/robust-imagenet-models"
+# the repository's file-name prefixes that are not torchvision's architecture names
+MADRYLAB_ARCHS = {"densenet": "densenet161", "mnasnet": "mnasnet1_0", "mobilenet": "mobilenet_v2",
+                  "shufflenet": "shufflenet_v2_x1_0"}
 UNVERIFIED_TAPS = ("taps not verified for this architecture: a tap may be overwritten by an "
                    "in-place operation or shared by a reused module, and it cannot be stitched")
 
@@ -290,7 +295,8 @@ def read_checkpoint(path: Path, trust: bool = False) -> tuple[Any, dict]:
     if size == 0:
         raise CheckpointError(f"{path.name} is empty")
     if size > MAX_CHECKPOINT_BYTES:
-        raise CheckpointError(f"{path.name} is {size / 2**30:.1f} GB; the limit is 2 GB")
+        raise CheckpointError(f"{path.name} is {size / 2**30:.1f} GB; the limit is "
+                              f"{MAX_CHECKPOINT_BYTES // 2**30} GB")
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError, safe_open
         try:
@@ -567,7 +573,8 @@ def _load_madrylab(name: str, trust: bool) -> Probe:
                        e) from e
     stem = filename[:-len(".ckpt")]
     named = re.match(r"(.+?)_(l2|linf)_eps", stem)
-    probe = load_file(path, trust=trust, fallback_arch=named.group(1) if named else None)
+    arch = named.group(1) if named else None
+    probe = load_file(path, trust=trust, fallback_arch=MADRYLAB_ARCHS.get(arch, arch))
     found = re.search(r"_eps(\d+(?:\.\d+)?)", stem)
     eps = float(found.group(1)) if found else None
     robust = named is not None and bool(eps)            # eps0 files are the standard models

@@ -56,6 +56,9 @@ REFERENCES = {
                     ("imagenet_resnet50", {"num_classes": 1000}), {}),
     "tv_wide_resnet50_2": (lambda: torchvision.models.wide_resnet50_2(weights=None), 64,
                            ("imagenet_wide_resnet50_2", {"num_classes": 1000}), {}),
+    "wide_resnet50_4": (lambda: torchvision.models.resnet.ResNet(
+        torchvision.models.resnet.Bottleneck, [3, 4, 6, 3], width_per_group=256), 64,
+        ("imagenet_wide_resnet50_4", {"num_classes": 1000}), {}),
     "timm_resnet50": (lambda: timm.create_model("resnet50", pretrained=False), 64,
                       ("imagenet_resnet50", {"num_classes": 1000}), {}),
     "rb_wrn_28_10": (lambda: rb_wrn.WideResNet(depth=28, widen_factor=10, sub_block1=True), 32,

@@ -145,6 +145,16 @@ def test_madrylab_from_the_hub_cache_and_offline_without_it(tmp_path):
     named = load_offline("madrylab:resnet18_linf_eps4.0.ckpt", cache, tmp_path / "l.pt")["card"]
     assert named["threat_model"] == "Linf" and named["eps"] == 4.0
 
+    # the repository's other architectures by its own names, with their taps unverified
+    mobile = randomised(torchvision.models.mobilenet_v2(), seed=5)
+    place_in_hub_cache(cache, zoo.MADRYLAB_REPO, "mobilenet_l2_eps3.ckpt", lambda p: torch.save(
+        robustness_checkpoint(mobile, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD), p))
+    got = load_offline("madrylab:mobilenet_l2_eps3", cache, tmp_path / "mobile.pt")
+    assert got["card"]["arch"] == "mobilenet_v2" and not got["card"]["taps_verified"]
+    with torch.no_grad():
+        want = normalised(mobile, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD)(X)
+    assert torch.allclose(torch.load(tmp_path / "mobile.pt"), want, atol=1e-4)
+
     missing = load_offline("madrylab:resnet50_linf_eps4.0", cache, tmp_path / "none.pt")
     assert missing["type"] == "CheckpointError"
     assert "hf download madrylab/robust-imagenet-models resnet50_linf_eps4.0.ckpt" in missing["error"]
