@@ -392,22 +392,40 @@ def manipulation_jobs(load: Loader, s: Mapping[str, Any],
 def image_steps(job: Job) -> int:
     """Optimisation steps x images of an optimisation job (0 for any other): what a
     time estimate multiplies by the seconds of one step of one image."""
-    count = len(job.inputs.get("indices", [])) or job.inputs.get("frames") or 1
+    pictures = job.inputs.get("images")
+    count = (len(job.inputs.get("indices", [])) or job.inputs.get("frames")
+             or (len(pictures) if isinstance(pictures, list) else 1))
     return int(job.inputs.get("steps") or 0) * count
 
 
 def model_passes(job: Job) -> dict[str, float]:
     """Forward passes of one image (a backward counting as two more) that a stitching
-    cell or accuracy job runs through each of its models ({} for any other job): what a
-    time estimate multiplies by each model's seconds of one pass. The attack is counted
-    at full length, though it stops at an image once that is misclassified: a bound."""
+    cell, accuracy, CKA or adversarial-examples job runs through each of its models
+    ({} for any other job): what a time estimate multiplies by each model's seconds of
+    one pass. An accuracy attack is counted at full length, though it stops at an image
+    once that is misclassified: a bound."""
+    args = job.spec["args"]
+    if job.kind == "adversarial_examples":
+        return {args["spec"]: float(job.inputs["images"]["n"] * _attack_passes(job.inputs["attack"]))}
+    if job.kind == "cka":
+        n = job.inputs["images"]["n"]
+        passes = {args["a"]: float(n)}
+        passes[args["b"]] = passes.get(args["b"], 0.0) + n
+        # on a folder the attacks run inside the job (CIFAR-10's examples are its needs)
+        if "folder" in job.inputs["images"]:
+            against = job.inputs["adv_against"]
+            for side in ("a", "b"):
+                attack = job.inputs[f"inputs_{side}"]
+                if attack != "benign":
+                    target = args[side if against == "self" else against]
+                    passes[target] = passes.get(target, 0.0) + n * _attack_passes(attack)
+        return passes
     if job.kind not in ("stitch_cell", "accuracy"):
         return {}
-    args = job.spec["args"]
     recipe = jobs.stitch_recipe(args["recipe"], args.get("folder"))
     test = job.inputs["test"]["n"]
     robust = min(recipe["robust_images"] or test, test)
-    evaluation = test + robust * (3 * recipe["attack"].steps + 1)
+    evaluation = test + robust * _attack_passes(recipe["attack"].to_dict())
     if job.kind == "accuracy":
         return {args["spec"]: float(evaluation)}
     train = job.inputs["train"]["n"]
@@ -421,6 +439,12 @@ def model_passes(job: Job) -> dict[str, float]:
     passes = {args["front"]: half}
     passes[args["end"]] = passes.get(args["end"], 0.0) + half
     return passes
+
+
+def _attack_passes(attack: dict) -> int:
+    """Forward passes of one image under a PGD attack: a forward and a backward (two)
+    per step, and the last forward."""
+    return 3 * int(attack["steps"]) + 1
 
 
 def misclassified_samples(probe) -> list[tuple[data.Sample, int]]:

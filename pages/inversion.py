@@ -209,8 +209,9 @@ with st.container(key="page-notes"):
     with page.guard():
         q_jobs = views.quality_jobs(backend.model, settings)
         q = [backend.stored(j) for j in q_jobs]
-        if any(v is None for v in q) and st.button("Measure reconstruction quality",
-                                                   icon=":material/straighten:"):
+        todo = [j for j, v in zip(q_jobs, q) if v is None]
+        if todo and st.button(page.with_time("Measure reconstruction quality", todo),
+                              icon=":material/straighten:"):
             q = [backend.run_job(j) for j in q_jobs]
         if all(v is not None for v in q):
             st.dataframe([{"model": backend.label(s), "mean PSNR (dB)": round(v["mean_psnr"], 2),

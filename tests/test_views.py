@@ -109,3 +109,25 @@ def test_stitching_and_accuracy_passes_count_each_model(world):
     direct = jobs.stitch_cell_job(load, r, r, "layer2", "direct", recipe)
     assert views.model_passes(direct) == {r: 40 + test + 8 * 16 + 8}
     assert views.model_passes(jobs.inversion_job(load, r, torch.rand(3, 32, 32), steps=3)) == {}
+
+
+def test_cka_passes_count_both_models_and_the_attacks(world, tmp_path):
+    """A CKA button's estimate: n images through each model; on CIFAR-10 the attack is
+    its own (needed) job, on a folder it runs inside CKA against the chosen model."""
+    from conftest import image_folder, imagenet_models
+    from core import jobs, zoo
+    load = lambda s: zoo.load(s, device="cpu")  # noqa: E731
+    r, s = "resnet18-linf-8", "resnet18-standard-s0"
+    job = jobs.cka_job(load, r, s, inputs_a="linf", n=100)
+    assert views.model_passes(job) == {r: 100, s: 100}
+    (need,) = job.needs.values()
+    steps = need.inputs["attack"]["steps"]
+    assert views.model_passes(need) == {r: 100 * (3 * steps + 1)}
+    models = imagenet_models(0, 1)
+    folder = str(image_folder(tmp_path / "val", per_class=3))
+    job = jobs.cka_job(models.__getitem__, "in0", "in1", inputs_b="linf", adv_against="a",
+                       n=100, folder=folder)
+    assert not job.needs and job.inputs["images"]["n"] == 6
+    assert views.model_passes(job) == {"in0": 6 + 6 * (3 * steps + 1), "in1": 6}
+    quality = jobs.quality_job(load, r, steps=4)
+    assert views.image_steps(quality) == 4 * len(quality.inputs["images"])

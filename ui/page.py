@@ -64,13 +64,16 @@ LONG_RUN_S = 20   # a run estimated longer than this says so and waits for a cli
 
 
 def run_seconds(job_list: list) -> float:
-    """How long jobs take here: an optimisation job's steps x images x the measured
-    seconds of one step of its model, a stitching or accuracy job's passes through
-    each model x the measured seconds of one pass."""
-    return sum(backend.step_seconds(j.spec["args"]["spec"]) * views.image_steps(j)
-               if views.image_steps(j) else
-               sum(backend.pass_seconds(spec) * n for spec, n in views.model_passes(j).items())
-               for j in job_list)
+    """How long jobs take here, with the needs not stored yet: an optimisation job's
+    steps x images x the measured seconds of one step of its model, any other job's
+    passes through each model x the measured seconds of one pass."""
+    total = 0.0
+    for job in job_list:
+        steps = views.image_steps(job)
+        total += backend.step_seconds(job.spec["args"]["spec"]) * steps if steps else sum(
+            backend.pass_seconds(spec) * n for spec, n in views.model_passes(job).items())
+        total += run_seconds([need for need in job.needs.values() if backend.stored(need) is None])
+    return total
 
 
 def with_time(label: str, job_list: list, bound: bool = False) -> str:
