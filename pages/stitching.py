@@ -123,9 +123,13 @@ with left:
     fit = (f"least-squares start, then Adam lr {recipe['lr']:g}, weight decay "
            f"{recipe['weight_decay']:g}, batch {recipe['batch_size']}, {recipe['epochs']} epoch"
            if method == "task" else "least squares")
+    source = (f" of {settings['st_folder']} (the first {where['train']['n']:,} of its fixed "
+              f"shuffle for training, the next {where['test']['n']:,} for testing)"
+              if "folder" in where["train"] else "")
     st.caption(f"Recipe: {fit} on {where['train']['n']:,} training images; clean accuracy on "
                f"{where['test']['n']:,} test images, robust accuracy under "
-               f"{recipe['attack'].describe()} on {min(recipe['robust_images'], where['test']['n']):,}.")
+               f"{recipe['attack'].describe()} on "
+               f"{min(recipe['robust_images'], where['test']['n']):,}{source}.")
 
 with right:
     front, end = pairs[i]

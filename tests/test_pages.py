@@ -158,6 +158,8 @@ def test_stitching_page_on_an_image_folder_of_imagenet_models(world, tmp_path):
     assert not at.exception, [e.value for e in at.exception]
     assert not at.warning, [w.value for w in at.warning]
     assert "on 6 training images; clean accuracy on 6 test images" in texts(at)
+    assert "val (the first 6 of its fixed shuffle for training, the next 6 for testing)" \
+        in texts(at)
     click(at, "Compute this cell")
     assert not at.exception, [e.value for e in at.exception]
     assert "Stitched, clean" in [m.label for m in at.metric]
