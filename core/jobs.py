@@ -61,6 +61,16 @@ class Job:
     def key(self) -> str:
         return make_key(self.kind, self.inputs)
 
+    @property
+    def models(self) -> list[str]:
+        """The model specs it loads (its kind's model arguments), in order."""
+        return [self.spec["args"][name] for name in KINDS[self.kind].models]
+
+    @property
+    def splits(self) -> tuple[str, ...]:
+        """The CIFAR-10 splits it reads: its kind's, none on an image folder."""
+        return () if self.spec["args"].get("folder") else KINDS[self.kind].reads
+
 
 def _job(kind: str, inputs: dict, run: Callable[..., Any], label: str, args: dict,
          needs: dict[str, Job] | None = None) -> Job:
@@ -597,20 +607,22 @@ class Kind:
     build: Callable[..., Job]         # build(load, **spec args) -> Job
     version: int = 1                  # bump when the computation changes
     shipped: bool = True              # precompute --to-assets copies it into assets/
+    models: tuple[str, ...] = ("spec",)   # the build arguments that name models
+    reads: tuple[str, ...] = ()       # the CIFAR-10 splits it reads (none on an image folder)
 
 
 KINDS: dict[str, Kind] = {
     # 2: seeded random batches over the whole test set (class-sorted at n = 10,000 before)
-    "cka": Kind(cka_job, version=2),
+    "cka": Kind(cka_job, version=2, models=("a", "b"), reads=("test",)),
     # made of data-set pixels and large: computed where they are used
-    "adversarial_examples": Kind(adversarial_job, shipped=False),
-    "stitch_cell": Kind(stitch_cell_job),
-    "accuracy": Kind(accuracy_job),
+    "adversarial_examples": Kind(adversarial_job, shipped=False, reads=("test",)),
+    "stitch_cell": Kind(stitch_cell_job, models=("front", "end"), reads=("train", "test")),
+    "accuracy": Kind(accuracy_job, reads=("test",)),
     "inversion": Kind(inversion_job),
     "inversion_quality": Kind(quality_job),
     "feature_grid": Kind(feature_grid_job),
-    "test_outputs": Kind(test_outputs_job, shipped=False),
-    "top_images": Kind(top_images_job),
+    "test_outputs": Kind(test_outputs_job, shipped=False, reads=("test",)),
+    "top_images": Kind(top_images_job, reads=("test",)),
     # 2: within L2 3.0 of the image (unconstrained before); reports the class before and after
     "add_feature": Kind(add_feature_job, version=2),
     # 2: within L2 4.0 of the pixel mix (unconstrained before)

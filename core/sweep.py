@@ -252,18 +252,6 @@ def _compute_task(spec: dict, key: str, names: list[str], splits: dict, need_nam
     return value, time.time() - t0
 
 
-def _model_specs(job: Job) -> list[str]:
-    """The model specs a job's spec names (its arguments that load models)."""
-    args = job.spec["args"]
-    return [args[k] for k in ("a", "b", "spec", "front", "end") if isinstance(args.get(k), str)]
-
-
-def _splits(todo: list[Job]) -> list[str]:
-    """The CIFAR-10 splits the jobs read (named in their keys)."""
-    named = repr([j.inputs for j in todo])
-    return [s for s in ("train", "test") if f"cifar10-{s}" in named]
-
-
 def start_ray(engine: str, **options: Any) -> None:
     """Ray for a sweep, unless this process has it already: 'local' starts one on this
     machine (its workers import this checkout); an address joins a cluster, whose
@@ -289,9 +277,10 @@ def _run_on_ray(todo: list[Job], out: Outcome, store: ResultStore, load: Loader,
     from . import data
     start_ray(engine)
     gpus = ray.cluster_resources().get("GPU", 0)
-    names = {j.key: _model_specs(j) for j in todo}
+    names = {j.key: j.models for j in todo}
     models = {s: ray.put(load(s).to("cpu")) for s in {s for ns in names.values() for s in ns}}
-    data_ref = ray.put({s: data.cifar10(s) for s in _splits(todo)})   # once, for every task
+    splits = sorted({s for j in todo for s in j.splits})
+    data_ref = ray.put({s: data.cifar10(s) for s in splits})   # once, for every task
     task = ray.remote(max_retries=RETRIES, retry_exceptions=True)(_compute_task)
     refs: dict[str, Any] = {}
     pending: dict[Any, tuple[Job, Any]] = {}     # result ref -> (job, its seconds' ref)

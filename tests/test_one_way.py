@@ -216,6 +216,27 @@ def test_every_job_kind_reads_seeded_batches_unless_it_answers_in_order(world, m
         assert seed is not None or kind in IN_ORDER, f"{kind} reads the data set in its order"
 
 
+def test_every_kind_declares_the_models_and_splits_its_key_names(world):
+    """What a sweep ships to a Ray worker (the models, the CIFAR-10 splits) comes from
+    each kind's declaration: it must be exactly what the job's key names."""
+    from test_job_values import snapshot_jobs
+    load = _loader()
+    built = [part for job in snapshot_jobs(load).values() for part in (*job.needs.values(), job)]
+    assert {job.kind for job in built} == set(jobs.KINDS)
+
+    def fingerprints(value) -> set[str]:
+        if isinstance(value, dict):
+            return ({value["fingerprint"]} if "fingerprint" in value else set()).union(
+                *(fingerprints(v) for v in value.values()))
+        if isinstance(value, list):
+            return set().union(*(fingerprints(v) for v in value))
+        return set()
+    for job in built:
+        assert fingerprints(job.inputs) == {load(m).fingerprint() for m in job.models}, job.kind
+        named = repr(job.inputs)
+        assert set(job.splits) == {s for s in ("train", "test") if f"cifar10-{s}" in named}, job.kind
+
+
 # ----------------------------------------------------------------- versions
 
 def _loader():
