@@ -325,3 +325,24 @@ def test_top_activating_images_of_an_image_folder(tmp_path):
     assert jobs.rebuild(json.loads(json.dumps(job.spec)), load).key == job.key
     with pytest.raises(IncompatibleModelError, match="Image folder"):
         jobs.top_images_job(load, "in0", [3])
+
+
+def test_manipulation_at_224_px_with_the_imagenet_settings():
+    """Feature addition, interpolation and the misclassification view on a 224 px
+    ImageNet model (random weights, a few steps): images at its size from ImageNet's
+    samples, the paper's radius 40 for addition and 4.0 scaled by the side (28) for
+    interpolation."""
+    from conftest import imagenet_models
+    from core import jobs, runner
+    models = imagenet_models(0, size=224)
+    load = models.__getitem__
+    first, second = data.samples("imagenet")[:2]
+    add = jobs.add_feature_job(load, "in0", first.image, 7, steps=2)
+    mix = jobs.interpolation_job(load, "in0", first.image, second.image, frames=3, steps=2)
+    why = jobs.explain_job(load, "in0", first.image, first.label, steps=2)
+    assert add.inputs["eps"] == 40.0 and mix.inputs["eps"] == pytest.approx(28.0)
+    added, mixed, explained = (runner.compute(j) for j in (add, mix, why))
+    assert tuple(added["images"].shape) == (1, 3, 224, 224) and 0 <= added["predicted"] < 1000
+    assert tuple(mixed["images"].shape) == (3, 3, 224, 224)
+    assert tuple(explained["result"]["images"].shape)[-2:] == (224, 224)
+    assert models["in0"].classes[first.label] and len(models["in0"].classes) == 1000
