@@ -180,14 +180,14 @@ def step_seconds(spec: str, layer: str | None = None) -> float:
     return _step_seconds(spec, str(resolved_device()), trusted, str(zoo.PRETRAINED), layer)
 
 
-@st.cache_resource(show_spinner="Timing a forward pass of each model...")
-def _pass_seconds(spec: str, device: str, trust: bool, zoo_dir: str) -> float:
+@st.cache_resource(show_spinner="Timing a pass of each model...")
+def _pass_seconds(spec: str, device: str, trust: bool, zoo_dir: str) -> tuple[float, float]:
     return stitching.seconds_per_image(_model(spec, device, trust, zoo_dir))
 
 
-def pass_seconds(spec: str) -> float:
-    """Seconds of one image's forward pass through a model on this session's device
-    (measured once per model and device)."""
+def pass_seconds(spec: str) -> tuple[float, float]:
+    """Seconds of one image's forward pass, and of its forward and backward pass,
+    through a model on this session's device (measured once per model and device)."""
     trusted = spec in st.session_state.get("trusted_specs", set())
     return _pass_seconds(spec, str(resolved_device()), trusted, str(zoo.PRETRAINED))
 

@@ -241,20 +241,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds_per_image(model: Probe) -> float:
-    """Measured seconds of one image's forward pass through a model on its device, in
-    batches (8 on a CPU, 64 on a GPU) after a warm-up: what a page multiplies by a
-    stitching or accuracy job's passes (views.model_passes) to say how long it takes."""
-    batch = 8 if model.device.type == "cpu" else 64
+def seconds_per_image(model: Probe) -> tuple[float, float]:
+    """Measured seconds of one image's forward pass, and of its forward and backward
+    pass (a gradient to the pixels, as an attack or a fit takes), through a model on
+    its device, in batches (64 on a GPU; on a CPU 32 small images or 4 large ones)
+    after a warm-up: what a page multiplies by a job's passes (views.model_passes) to
+    say how long it takes."""
+    batch = 64 if model.device.type != "cpu" else 32 if model.input_size <= 64 else 4
     x = torch.rand(batch, 3, model.input_size, model.input_size,
                    generator=torch.Generator().manual_seed(0)).to(model.device)
+
+    def gradient() -> None:   # to the pixels only, as attacks take it: no weight .grad
+        pixels = x.clone().requires_grad_()
+        torch.autograd.grad(model(pixels).sum(), pixels)
+        _sync(model.device)
+    gradient()
+    start = time.perf_counter()
     with torch.no_grad():
         model(x)
-        _sync(model.device)
-        start = time.perf_counter()
-        model(x)
-        _sync(model.device)
-    return (time.perf_counter() - start) / batch
+    _sync(model.device)
+    forward = time.perf_counter() - start
+    start = time.perf_counter()
+    gradient()
+    return forward / batch, (time.perf_counter() - start) / batch
 
 
 # ------------------------------------------------------------------ least squares

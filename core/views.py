@@ -398,53 +398,59 @@ def image_steps(job: Job) -> int:
     return int(job.inputs.get("steps") or 0) * count
 
 
-def model_passes(job: Job) -> dict[str, float]:
-    """Forward passes of one image (a backward counting as two more) that a stitching
-    cell, accuracy, CKA or adversarial-examples job runs through each of its models
-    ({} for any other job): what a time estimate multiplies by each model's seconds of
-    one pass. An accuracy attack is counted at full length, though it stops at an image
-    once that is misclassified: a bound."""
+def model_passes(job: Job) -> dict[str, tuple[float, float]]:
+    """Images each model of a stitching cell, accuracy, CKA or adversarial-examples job
+    takes through a forward pass, and through a forward and backward pass ({} for any
+    other job): what a time estimate multiplies by each model's measured seconds of
+    each (core.stitching.seconds_per_image). An accuracy attack is counted at full
+    length, though it stops at an image once that is misclassified (bench/estimates.py:
+    within 10% of the run, up to 1.5x above it for a standard model)."""
     args = job.spec["args"]
+    passes: dict[str, tuple[float, float]] = {}
+
+    def add(spec: str, forward: float, gradient: float = 0.0) -> None:
+        f, g = passes.get(spec, (0.0, 0.0))
+        passes[spec] = (f + forward, g + gradient)
     if job.kind == "adversarial_examples":
-        return {args["spec"]: float(job.inputs["images"]["n"] * _attack_passes(job.inputs["attack"]))}
-    if job.kind == "cka":
         n = job.inputs["images"]["n"]
-        passes = {args["a"]: float(n)}
-        passes[args["b"]] = passes.get(args["b"], 0.0) + n
+        add(args["spec"], n, n * _attack_steps(job.inputs["attack"]))
+    elif job.kind == "cka":
+        n = job.inputs["images"]["n"]
+        add(args["a"], n)
+        add(args["b"], n)
         # on a folder the attacks run inside the job (CIFAR-10's examples are its needs)
         if "folder" in job.inputs["images"]:
             against = job.inputs["adv_against"]
             for side in ("a", "b"):
                 attack = job.inputs[f"inputs_{side}"]
                 if attack != "benign":
-                    target = args[side if against == "self" else against]
-                    passes[target] = passes.get(target, 0.0) + n * _attack_passes(attack)
-        return passes
-    if job.kind not in ("stitch_cell", "accuracy"):
-        return {}
-    recipe = jobs.stitch_recipe(args["recipe"], args.get("folder"))
-    test = job.inputs["test"]["n"]
-    robust = min(recipe["robust_images"] or test, test)
-    evaluation = test + robust * _attack_passes(recipe["attack"].to_dict())
-    if job.kind == "accuracy":
-        return {args["spec"]: float(evaluation)}
-    train = job.inputs["train"]["n"]
-    if job.inputs["method"] == "direct":
-        fit = train
-    else:  # the least-squares start, then epochs of training through the end model
-        start = (recipe["init_batches"] or 0) * recipe["batch_size"] if recipe["init"] == "direct" else 0
-        fit = min(start, train) + 3 * recipe["epochs"] * train
-    # a stitched pass runs the front to the layer and the end from it: half of each
-    half = (fit + evaluation + robust) / 2
-    passes = {args["front"]: half}
-    passes[args["end"]] = passes.get(args["end"], 0.0) + half
+                    add(args[side if against == "self" else against], 0, n * _attack_steps(attack))
+    elif job.kind in ("stitch_cell", "accuracy"):
+        recipe = jobs.stitch_recipe(args["recipe"], args.get("folder"))
+        test = job.inputs["test"]["n"]
+        robust = min(recipe["robust_images"] or test, test)
+        forward, gradient = test + robust, robust * _attack_steps(recipe["attack"].to_dict())
+        if job.kind == "accuracy":
+            add(args["spec"], forward, gradient)
+        else:
+            train = job.inputs["train"]["n"]
+            if job.inputs["method"] == "direct":
+                forward += train
+            else:  # the least-squares start, then epochs of training through the end model
+                start = ((recipe["init_batches"] or 0) * recipe["batch_size"]
+                         if recipe["init"] == "direct" else 0)
+                forward += min(start, train)
+                gradient += recipe["epochs"] * train
+            forward += robust   # the stitched representation against the end model's
+            # a stitched pass runs the front to the layer and the end from it: half of each
+            add(args["front"], forward / 2, gradient / 2)
+            add(args["end"], forward / 2, gradient / 2)
     return passes
 
 
-def _attack_passes(attack: dict) -> int:
-    """Forward passes of one image under a PGD attack: a forward and a backward (two)
-    per step, and the last forward."""
-    return 3 * int(attack["steps"]) + 1
+def _attack_steps(attack: dict) -> int:
+    """Forward and backward passes of one image under a PGD attack: one a step."""
+    return int(attack["steps"])
 
 
 def misclassified_samples(probe) -> list[tuple[data.Sample, int]]:

@@ -114,7 +114,7 @@ with left:
         else:
             todo = missing + [job for job in ref_jobs.values() if got[job.key] is None]
             with page.guard():
-                label = page.with_time(f"Compute all {len(missing)} missing cells", todo, bound=True)
+                label = page.with_time(f"Compute all {len(missing)} missing cells", todo)
             if st.button(label, icon=":material/play_arrow:"):
                 with page.guard():
                     for job in todo:
@@ -146,7 +146,7 @@ with right:
             todo = [cell_jobs[i][j]] + [ref_jobs[s] for s in dict.fromkeys(pairs[i])
                                         if got[ref_jobs[s].key] is None]
             with page.guard():
-                label = page.with_time("Compute this cell", todo, bound=True)
+                label = page.with_time("Compute this cell", todo)
             if st.button(label, type="primary", icon=":material/play_arrow:"):
                 with page.guard():
                     for job in todo:

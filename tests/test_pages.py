@@ -59,7 +59,7 @@ def test_stitching_cell_on_demand(world):
     assert not at.exception
     assert "not computed yet" in texts(at)
     # the button says how long the cell and its donors' accuracy may take here
-    assert any(re.fullmatch(r"Compute this cell \(up to \d+ (s|min)\)", b.label)
+    assert any(re.fullmatch(r"Compute this cell \(about \d+ (s|min)\)", b.label)
                for b in at.button), [b.label for b in at.button]
     click(at, "Compute this cell")
     assert not at.exception, [e.value for e in at.exception]

@@ -93,8 +93,9 @@ def test_a_feature_index_goes_only_to_models_that_have_it():
 
 
 def test_stitching_and_accuracy_passes_count_each_model(world):
-    """What a stitching button's time estimate multiplies: training, the clean test
-    and the attack's forward and backward passes, half of a stitched pass per donor."""
+    """What a stitching button's time estimate multiplies: forward passes (training's
+    start, the clean test) and forward-backward ones (the attack, training), half of a
+    stitched pass per donor."""
     from core import attacks, jobs, zoo
     load = lambda s: zoo.load(s, device="cpu")  # noqa: E731
     recipe = {**jobs.STITCH_RECIPE, "train_images": 40, "robust_images": 8, "epochs": 2,
@@ -102,12 +103,14 @@ def test_stitching_and_accuracy_passes_count_each_model(world):
     r, s = "resnet18-linf-8", "resnet18-standard-s0"
     acc = jobs.accuracy_job(load, s, recipe)
     test = acc.inputs["test"]["n"]
-    assert views.model_passes(acc) == {s: test + 8 * (3 * 5 + 1)}
+    # the clean test, the attack's last forward; a forward and backward a step
+    assert views.model_passes(acc) == {s: (test + 8, 8 * 5)}
     task = jobs.stitch_cell_job(load, r, s, "layer2", "task", recipe)
-    half = (16 + 3 * 2 * 40 + test + 8 * 16 + 8) / 2
+    # plus the least-squares start, the stitched representation check, 2 epochs of 40
+    half = ((16 + test + 8 + 8) / 2, (8 * 5 + 2 * 40) / 2)
     assert views.model_passes(task) == {r: half, s: half}
     direct = jobs.stitch_cell_job(load, r, r, "layer2", "direct", recipe)
-    assert views.model_passes(direct) == {r: 40 + test + 8 * 16 + 8}
+    assert views.model_passes(direct) == {r: (40 + test + 8 + 8, 8 * 5)}
     assert views.model_passes(jobs.inversion_job(load, r, torch.rand(3, 32, 32), steps=3)) == {}
 
 
@@ -119,15 +122,15 @@ def test_cka_passes_count_both_models_and_the_attacks(world, tmp_path):
     load = lambda s: zoo.load(s, device="cpu")  # noqa: E731
     r, s = "resnet18-linf-8", "resnet18-standard-s0"
     job = jobs.cka_job(load, r, s, inputs_a="linf", n=100)
-    assert views.model_passes(job) == {r: 100, s: 100}
+    assert views.model_passes(job) == {r: (100, 0), s: (100, 0)}
     (need,) = job.needs.values()
     steps = need.inputs["attack"]["steps"]
-    assert views.model_passes(need) == {r: 100 * (3 * steps + 1)}
+    assert views.model_passes(need) == {r: (100, 100 * steps)}
     models = imagenet_models(0, 1)
     folder = str(image_folder(tmp_path / "val", per_class=3))
     job = jobs.cka_job(models.__getitem__, "in0", "in1", inputs_b="linf", adv_against="a",
                        n=100, folder=folder)
     assert not job.needs and job.inputs["images"]["n"] == 6
-    assert views.model_passes(job) == {"in0": 6 + 6 * (3 * steps + 1), "in1": 6}
+    assert views.model_passes(job) == {"in0": (6, 6 * steps), "in1": (6, 0)}
     quality = jobs.quality_job(load, r, steps=4)
     assert views.image_steps(quality) == 4 * len(quality.inputs["images"])

@@ -66,23 +66,22 @@ LONG_RUN_S = 20   # a run estimated longer than this says so and waits for a cli
 def run_seconds(job_list: list) -> float:
     """How long jobs take here, with the needs not stored yet: an optimisation job's
     steps x images x the measured seconds of one step of its model, any other job's
-    passes through each model x the measured seconds of one pass."""
+    forward (and forward-backward) passes through each model x the measured seconds
+    of one."""
     total = 0.0
     for job in job_list:
         steps = views.image_steps(job)
         total += backend.step_seconds(job.spec["args"]["spec"]) * steps if steps else sum(
-            backend.pass_seconds(spec) * n for spec, n in views.model_passes(job).items())
+            forward * backend.pass_seconds(spec)[0] + gradient * backend.pass_seconds(spec)[1]
+            for spec, (forward, gradient) in views.model_passes(job).items())
         total += run_seconds([need for need in job.needs.values() if backend.stored(need) is None])
     return total
 
 
-def with_time(label: str, job_list: list, bound: bool = False) -> str:
-    """A button's label, with how long its run takes where that is more than a moment
-    (bound: the estimate is an upper bound, 'up to')."""
+def with_time(label: str, job_list: list) -> str:
+    """A button's label, with how long its run takes where that is more than a moment."""
     eta = run_seconds(job_list)
-    if eta <= LONG_RUN_S:
-        return label
-    return f"{label} ({'up to' if bound else 'about'} {duration(eta)})"
+    return f"{label} (about {duration(eta)})" if eta > LONG_RUN_S else label
 
 
 def duration(seconds: float) -> str:
