@@ -369,9 +369,11 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def identity(self) -> dict:
         """What result keys call it: a hash of its files' names and bytes (remembered
-        in the cache folder while no file changes), its size and the crop."""
+        in the cache folder while no file changes), its size, the crop and how its
+        folders become labels."""
         return {"folder_sha256": _folder_digest(self.root, self.files), "images": len(self),
-                "size": self.size, "crop": self.preprocessing.describe()}
+                "size": self.size, "crop": self.preprocessing.describe(),
+                "labels": "ImageNet's synset indices" if self.by_synset else "sorted folders"}
 
 
 def _folder_digest(root: Path, files: list[Path]) -> str:

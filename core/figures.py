@@ -18,17 +18,22 @@ FONT = "Inter, Helvetica, Arial, sans-serif"
 
 def _stages(layers: Sequence[str]) -> list[str]:
     """The stage of each tap: the stage of its block (layer1 of layer1.0.conv1, block1
-    of block1.layer.2.bn1, layer.0 of layer.0.block.3.conv_0), 'stem' before the first
-    block, 'head' after the last (pool, final activation, logits)."""
+    of block1.layer.2.bn1, layer.0 of layer.0.block.3.conv_0, features of features.3),
+    'stem' before the first block, 'head' after the last (pool, final activation,
+    logits)."""
     stages: list[str] = []
     for layer in layers:
         found = re.match(r"(.*?)\.(\d+)(\.|$)", layer)
-        if found is None:
+        if re.fullmatch(r"(layer|block)\d+", layer):        # a stage module itself
+            stages.append(layer)
+        elif found is None:
             stages.append("head" if any(s not in ("stem", "head") for s in stages) else "stem")
-            continue
-        prefix = found.group(1)
-        stages.append(re.sub(r"\.(layer|block)$", "", prefix) if re.search(r"\d", prefix)
-                      else f"{prefix}.{found.group(2)}")
+        elif re.search(r"\d", found.group(1)):
+            stages.append(re.sub(r"\.(layer|block)$", "", found.group(1)))
+        elif layer[found.end(2):].startswith(".block"):     # DeepMind's layer.N.block.M
+            stages.append(f"{found.group(1)}.{found.group(2)}")
+        else:
+            stages.append(found.group(1))
     return stages
 
 

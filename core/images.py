@@ -99,16 +99,15 @@ class Preprocessing:
         return cls(**spec) if spec else cls.standard(size)
 
     def describe(self) -> str:
-        """What result keys call it (the standard one as it always was)."""
-        if self == Preprocessing.standard(self.size):
-            return f"shorter side to size/{STANDARD_CROP}, centre"
+        """What result keys call it."""
         how = ("not resized" if self.resize is None else
                f"{'both sides' if self.squash else 'shorter side'} to {self.resize}")
         return f"{how}, centre {self.size}, {self.interpolation}"
 
     def apply(self, im: Image.Image) -> np.ndarray:
-        """A photo as the model's input: uint8 RGB size x size."""
-        im = ImageOps.exif_transpose(im).convert("RGB")
+        """A photo as the model's input: uint8 RGB size x size (as the libraries read
+        a data set: no EXIF rotation)."""
+        im = im.convert("RGB")
         if self.interpolation not in _INTERPOLATIONS:
             raise ValueError(f"unknown interpolation {self.interpolation!r}")
         if self.resize is not None:

@@ -118,9 +118,9 @@ def on_cifar10(analysis: str, *probes: Probe,
 
 def image_folder(analysis: str, folder: str | None, *probes: Probe) -> data.ImageFolder | None:
     """The image folder an analysis reads, at its models' one input size, through the
-    first model's evaluation transform (model A's, where two models differ in crop or
-    interpolation); None for the CIFAR-10 test set (then every model must be a
-    CIFAR-10 model)."""
+    first model's evaluation transform (where models differ in crop or interpolation:
+    a CKA job's first model, a stitching cell's front); None for the CIFAR-10 test set
+    (then every model must be a CIFAR-10 model)."""
     if not folder:
         on_cifar10(analysis, *probes, other=", or name an image folder of the models' own "
                    "data set (an ImageNet validation folder) under Image folder")
@@ -288,6 +288,11 @@ def stitch_data(analysis: str, recipe: dict, folder: str | None, *probes: Probe)
                                                     recipe["train_images"]),
                           _shuffled_test)
     outputs = probes[0].num_classes
+    if source.by_synset and outputs != len(data.imagenet_synsets()):
+        raise IncompatibleModelError(
+            f"{analysis} scores answers against the folder's classes, and {folder} names "
+            f"its folders by ImageNet synset where {probes[0].name} has {outputs} outputs, "
+            "not ImageNet's 1,000: give one folder per output, in the outputs' order.")
     if not source.by_synset and len(source.classes) != outputs:
         raise IncompatibleModelError(
             f"{analysis} scores answers against the folder's classes, and {folder} has "
@@ -380,13 +385,22 @@ def stitch_matrix(load: Loader, pairs: Sequence[tuple[str, str]], method: str = 
     default layers: stitching.Grid.of's), on CIFAR-10 or an image `folder`."""
     probes = {s: load(s) for pair in pairs for s in pair}
     grid = stitching.Grid.of([(probes[f], probes[e]) for f, e in pairs], layers)
-    # a folder is listed and hashed once for the whole matrix, not once a cell
-    where = stitch_data("Stitching", stitch_recipe(recipe, folder), folder, *probes.values())
+    full_recipe = stitch_recipe(recipe, folder)
+    # a folder is listed and hashed once per evaluation transform among the models, not
+    # once a cell; each job reads it through its first model's, as when built alone
+    wheres: dict[Any, StitchData] = {}
+
+    def where(spec: str) -> StitchData:
+        first = probes[spec]
+        if first.preprocessing not in wheres:
+            wheres[first.preprocessing] = stitch_data(
+                "Stitching", full_recipe, folder, first, *(p for p in probes.values() if p is not first))
+        return wheres[first.preprocessing]
     cells = [[stitch_cell_job(load, f, e, layer, method, recipe, folder, end_layer=end_layer,
-                              where=where)
+                              where=where(f))
               for layer, end_layer in row] for (f, e), row in zip(pairs, grid.points)]
-    donors = {s: accuracy_job(load, s, recipe, folder, where=where) for s in probes}
-    return StitchMatrix(grid, method, stitch_recipe(recipe, folder), cells, donors)
+    donors = {s: accuracy_job(load, s, recipe, folder, where=where(s)) for s in probes}
+    return StitchMatrix(grid, method, full_recipe, cells, donors)
 
 
 # ------------------------------------------------------------------- inversion

@@ -70,18 +70,23 @@ def stitch_points(probe: Probe) -> list[str]:
 
 
 def stage_ends(probe: Probe) -> list[str]:
-    """The stitch points at stage boundaries: the stem, the last block of each stage
-    (a block is named STAGE.INDEX: layer1.2, block1.layer.3, layer.0.block.9) and the
-    points after the blocks. Networks of one family but different depths (ResNet-18
-    and -50, WRN-28-10 and WRN-70-16) have as many, in the same places."""
+    """The stitch points at stage boundaries: the stem (the point before the first
+    block) and the last block of each stage (a block is named STAGE.INDEX: layer1.2,
+    block1.layer.3, layer.0.block.9). Networks of one family but different depths
+    (ResNet-18 and -50, WRN-28-10 and WRN-70-16) have as many, in the same places."""
     ends: list[str] = []
+    stem: str | None = None
     for name in stitch_points(probe):
         stage = re.sub(r"\.\d+$", "", name)
-        if ends and stage != name and re.sub(r"\.\d+$", "", ends[-1]) == stage:
+        if stage == name:            # not a block: the stem, or a point after the blocks
+            if not ends:
+                stem = name
+            continue
+        if ends and re.sub(r"\.\d+$", "", ends[-1]) == stage:
             ends[-1] = name
         else:
             ends.append(name)
-    return ends
+    return ([stem] if stem else []) + ends
 
 
 def common_stitch_points(front: Probe, end: Probe) -> list[str]:
@@ -783,7 +788,7 @@ class Grid:
     points[pair][column] is its (front layer, end layer), the same name in models
     of one architecture, the same stage boundary in models of different depths."""
     pairs: list[tuple[Probe, Probe]]
-    layers: list[str]                          # column names (the first pair's front layers)
+    layers: list[str]        # column names: the layers cut, or the stages (layer1, block2)
     points: list[list[tuple[str, str]]]
 
     @classmethod
@@ -812,13 +817,23 @@ class Grid:
                     "cannot be lined up: " + "; ".join(
                         f"{_model_name(m)}: {', '.join(ends[m.fingerprint()]) or 'none'}"
                         for m in dict.fromkeys(models)))
-            rows = [list(zip(ends[f.fingerprint()], ends[e.fingerprint()])) for f, e in pairs]
+            # after the blocks: the points every model has by name (a WRN's final relu)
+            first = stitch_points(models[0])
+            last = first.index(ends[models[0].fingerprint()][-1])
+            after = [n for n in first[last + 1:] if all(n in stitch_points(m) for m in models)]
+            rows = [list(zip(ends[f.fingerprint()], ends[e.fingerprint()])) + [(n, n) for n in after]
+                    for f, e in pairs]
             fits = [all(f.layer_shapes()[a][1:] == e.layer_shapes()[b][1:]
                         and a != f.representation_layer
                         for (f, e), row in zip(pairs, rows) for a, b in [row[j]])
                     for j in range(len(rows[0]))]
             points = [[p for p, ok in zip(row, fits) if ok] for row in rows]
             names = [re.sub(r"(\.layer|\.block)?\.\d+$", "", a) for a, _ in points[0]]
+        if not names:
+            raise StitchingError(
+                "these models share no stitch point of one spatial size: "
+                + "; ".join(f"{_model_name(m)}: {', '.join(stitch_points(m)) or 'none'}"
+                            for m in dict.fromkeys(models)))
         grid = cls(pairs, names, points)
         for (f, e), row in zip(grid.pairs, grid.points):
             for layer, end_layer in row:

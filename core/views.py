@@ -433,18 +433,19 @@ def model_passes(job: Job) -> dict[str, tuple[float, float]]:
         if job.kind == "accuracy":
             add(args["spec"], forward, gradient)
         else:
-            train = job.inputs["train"]["n"]
+            train, trained = job.inputs["train"]["n"], 0
             if job.inputs["method"] == "direct":
                 forward += train
             else:  # the least-squares start, then epochs of training through the end model
                 start = ((recipe["init_batches"] or 0) * recipe["batch_size"]
                          if recipe["init"] == "direct" else 0)
                 forward += min(start, train)
-                gradient += recipe["epochs"] * train
+                trained = recipe["epochs"] * train
             forward += robust   # the stitched representation against the end model's
-            # a stitched pass runs the front to the layer and the end from it: half of each
-            add(args["front"], forward / 2, gradient / 2)
-            add(args["end"], forward / 2, gradient / 2)
+            # a stitched pass runs the front to the layer and the end from it: half of
+            # each; training runs the front without gradients
+            add(args["front"], (forward + trained) / 2, gradient / 2)
+            add(args["end"], forward / 2, (gradient + trained) / 2)
     return passes
 
 

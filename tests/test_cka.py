@@ -473,3 +473,19 @@ def test_cka_job_on_an_image_folder_of_imagenet_models(tmp_path):
     assert np.allclose(np.asarray(runner.compute(adv)["matrix"]), want.matrix, atol=1e-6)
     with pytest.raises(data.DataNotFoundError):
         jobs.cka_job(load, "in0", "in1", folder=str(tmp_path / "nowhere"))
+
+
+@pytest.mark.parametrize("layers, stages", [
+    (["conv1", "relu", "layer1.0.conv1", "layer1.1", "layer4.1", "avgpool", "fc"],
+     ["stem", "stem", "layer1", "layer1", "layer4", "head", "head"]),
+    (["conv1", "block1.layer.0.bn1", "block3.layer.3", "bn1", "relu", "avgpool", "fc"],
+     ["stem", "block1", "block3", "head", "head", "head", "head"]),
+    (["init_conv", "layer.0.block.0.conv_0", "layer.2.block.9", "batchnorm", "logits"],
+     ["stem", "layer.0", "layer.2", "head", "head"]),
+    (["features.0", "features.3.conv.1", "classifier.1"], ["features", "features", "classifier"]),
+])
+def test_axis_stages_of_each_architecture_family(layers, stages):
+    """A CKA axis with many taps is labelled by stage: a WRN's final bn and relu are its
+    head, not its stem; DeepMind's groups are layer.0..2."""
+    from core import figures
+    assert figures._stages(layers) == stages

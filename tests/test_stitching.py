@@ -324,6 +324,31 @@ def test_stitching_jobs_on_an_image_folder_of_imagenet_models(tmp_path):
     image_folder(tmp_path / "pets", ("cat", "dog"), per_class=2)
     with pytest.raises(IncompatibleModelError, match="2 class folders where in0 has 1000"):
         jobs.accuracy_job(load, "in0", folder=str(tmp_path / "pets"))
+    from core import archs
+    models["nette"] = Probe(archs.build("imagenet_resnet18", num_classes=10), data.MEAN,
+                            data.STD, name="nette", input_size=64)
+    with pytest.raises(IncompatibleModelError, match="nette has 10 outputs, not ImageNet"):
+        jobs.accuracy_job(load, "nette", folder=folder)
+
+
+def test_a_matrix_reads_a_folder_as_each_job_does_alone(tmp_path):
+    """Models that prepare images differently (here one crops bicubic): each cell reads
+    the folder through its front's transform, each donor through its own, so every
+    job of the matrix has the key it has when rebuilt alone."""
+    from conftest import image_folder, imagenet_models
+    from core import images, jobs
+    image_folder(tmp_path / "val", per_class=4)
+    models = imagenet_models(0, 1)
+    models["in1"].card["evaluation_transform"] = {"size": 64, "resize": 80,
+                                                  "interpolation": "bicubic", "squash": False}
+    load = models.__getitem__
+    plan = jobs.stitch_matrix(load, [("in0", "in1"), ("in1", "in0")], "direct", ["layer2.0"],
+                              folder=str(tmp_path / "val"))
+    for job in plan.jobs():
+        assert jobs.rebuild(json.loads(json.dumps(job.spec)), load).key == job.key, job.label
+    crop = {s: j.inputs["test"]["folder"]["crop"] for s, j in plan.donors.items()}
+    assert crop["in1"] == images.Preprocessing(64, 80, "bicubic").describe() != crop["in0"]
+    assert plan.cells[1][0].inputs["test"]["folder"]["crop"] == crop["in1"]
 
 
 def test_stitching_jobs_of_a_resnet18_and_a_resnet50(tmp_path):
@@ -351,7 +376,7 @@ def test_stitching_jobs_of_a_resnet18_and_a_resnet50(tmp_path):
     assert jobs.rebuild(json.loads(json.dumps(cross.spec)), load).key == cross.key
 
 
-def test_models_of_different_depths_stitch_at_their_stage_boundaries(a, monkeypatch):
+def test_models_of_different_depths_stitch_at_their_stage_boundaries(a):
     """ResNet-18 and ResNet-50 (or WRN-28 and WRN-70) have no block names in common
     that mean the same place: a matrix of both lines up their stage boundaries."""
     deep = tiny_probe(width=4, seed=3, name="deep", arch="resnet50")
@@ -370,10 +395,16 @@ def test_models_of_different_depths_stitch_at_their_stage_boundaries(a, monkeypa
     # a model stitched to itself at its own boundaries fits its own activation exactly
     assert (result.dm_error[1] < 1e-3).all() and (result.dm_error[0, 1:] > 0.05).all()
     assert np.isfinite(result.clean).all()
-    # families whose stages cannot be lined up are refused in one sentence
-    monkeypatch.setattr(stitching, "stage_ends", lambda p: ends_18[:3] if p is a else ends_50)
+    # families whose stages cannot be lined up (4 stages, a WRN's 3 groups) are refused,
+    # and so are models whose stages never agree in spatial size: in one sentence
+    from core import archs
+    wrn = Probe(archs.build("wrn", depth=16, widen_factor=1), data.MEAN, data.STD, name="wrn")
     with pytest.raises(stitching.StitchingError, match="different numbers of stages"):
-        stitching.Grid.of([(a, deep)])
+        stitching.Grid.of([(a, wrn)])
+    big = Probe(archs.build("imagenet_resnet18", num_classes=10), data.MEAN, data.STD,
+                name="big", input_size=64)
+    with pytest.raises(stitching.StitchingError, match="no stitch point of one spatial size"):
+        stitching.Grid.of([(a, big)])
 
 
 def test_wide_resnets_of_two_codebases_line_up_stage_by_stage():

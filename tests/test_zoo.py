@@ -105,6 +105,10 @@ def test_torchvision_from_hub_cache(tmp_path, monkeypatch):
     torch.save(ref.state_dict(), target)
     probe = zoo.load("torchvision:resnet18", device="cpu")
     assert probe.input_size == 224 and "layer4.1" in probe.layers
+    # a folder reaches it as the weights' own transforms prepare an image
+    given = weights.transforms()
+    assert probe.preprocessing.resize == given.resize_size[0]
+    assert probe.preprocessing.interpolation == given.interpolation.value
     x = torch.rand(1, 3, 64, 64)
     mean = torch.tensor(zoo.IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(zoo.IMAGENET_STD).view(1, 3, 1, 1)
