@@ -125,9 +125,10 @@ def test_gpu_out_of_memory_falls_back_to_the_cpu(world, monkeypatch):
 
 
 def test_stitching_page_on_an_image_folder_of_imagenet_models(world, tmp_path):
-    """Model A an ImageNet-class model (a file with a sidecar card: robust, 64 px): the
-    rows join the ImageNet models only, the page asks for an image folder in one
-    sentence, and a cell computes on the folder's two parts."""
+    """Model A an ImageNet-class model (a file with a sidecar card: a robust ResNet-50,
+    64 px): the rows join the ImageNet models only (a standard ResNet-18), the page asks
+    for an image folder in one sentence, the columns are the two depths' stage
+    boundaries, and a cell computes on the folder's two parts."""
     import json
 
     import torch
@@ -137,16 +138,18 @@ def test_stitching_page_on_an_image_folder_of_imagenet_models(world, tmp_path):
     from conftest import image_folder
     from test_app import ROOT
     specs = []
-    for seed, card in ((0, {"threat_model": "Linf", "eps": 4 / 255}), (1, {})):
+    for seed, card, make in ((0, {"threat_model": "Linf", "eps": 4 / 255}, torchvision.models.resnet50),
+                             (1, {}, torchvision.models.resnet18)):
         torch.manual_seed(seed)
         path = tmp_path / f"imagenet-{seed}.pt"
-        torch.save(torchvision.models.resnet18().state_dict(), path)
+        torch.save(make().state_dict(), path)
         path.with_suffix(".json").write_text(json.dumps({**card, "input_size": 64}))
         specs.append(str(path))
     at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=300)
     at.session_state["custom_specs"] = specs
     at.query_params["a"] = specs[0]
     at.query_params["st_method"] = "direct"
+    at.query_params["st_cell"] = "0,2"
     at.run()
     at.switch_page("pages/stitching.py")
     at.run()
@@ -160,6 +163,9 @@ def test_stitching_page_on_an_image_folder_of_imagenet_models(world, tmp_path):
     assert "on 6 training images; clean accuracy on 6 test images" in texts(at)
     assert "val (the first 6 of its fixed shuffle for training, the next 6 for testing)" \
         in texts(at)
+    # robust ResNet-50 -> standard ResNet-18 at the end of the second stage
+    assert "**robust → standard** at **layer2**" in texts(at)
+    assert "imagenet-0 [..layer2.3] → 1x1 conv → imagenet-1 [layer2.1..]" in texts(at)
     click(at, "Compute this cell")
     assert not at.exception, [e.value for e in at.exception]
     assert "Stitched, clean" in [m.label for m in at.metric]
