@@ -2,7 +2,7 @@
 
 A stitching or accuracy button says "up to X" before it starts: the job's forward
 and forward-backward passes per model (core.views.model_passes) times each model's
-measured seconds of each (core.stitching.seconds_per_image). This runs such jobs on the shipped
+measured seconds of each (core.probe.pass_seconds). This runs such jobs on the shipped
 CIFAR-10 zoo and compares: the estimate should be above the run (an accuracy attack
 stops early on images it has already broken) and within a small factor of it.
 
@@ -23,8 +23,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core import jobs, runner, stitching, views, zoo  # noqa: E402
-from core.probe import pick_device  # noqa: E402
+from core import jobs, runner, views, zoo  # noqa: E402
+from core.probe import pass_seconds, pick_device  # noqa: E402
 
 
 def main() -> None:
@@ -50,10 +50,10 @@ def main() -> None:
                                                                    "direct", recipe),
              "stitch cell, task, layer3.0": jobs.stitch_cell_job(load, r, s, "layer3.0",
                                                                  "task", recipe)}
-    pass_seconds = {m: stitching.seconds_per_image(load(m)) for m in (r, s)}
+    seconds = {m: pass_seconds(load(m)) for m in (r, s)}
     rows = []
     for name, job in cases.items():
-        estimate = sum(f * pass_seconds[m][0] + g * pass_seconds[m][1]
+        estimate = sum(f * seconds[m][0] + g * seconds[m][1]
                        for m, (f, g) in views.model_passes(job).items())
         start = time.perf_counter()
         runner.compute(job)
@@ -64,7 +64,7 @@ def main() -> None:
               f"ratio {estimate / measured:.2f}", flush=True)
     record = {"device": str(device), "threads": torch.get_num_threads(),
               "machine": platform.processor() or platform.machine(),
-              "pass_seconds": pass_seconds, "recipe": {k: v for k, v in recipe.items()
+              "pass_seconds": seconds, "recipe": {k: v for k, v in recipe.items()
                                                        if k != "attack"},
               "attack": recipe["attack"].describe(), "rows": rows}
     if args.out:

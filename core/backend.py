@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 import streamlit as st
 import torch
 
-from . import data, inversion, runner, stitching, zoo
+from . import data, inversion, probe, runner, zoo
 from .errors import RobustLensError
 from .jobs import Job
 from .probe import Probe, pick_device
@@ -54,10 +54,15 @@ def resolved_device() -> torch.device:
     return pick_device(device())
 
 
+def _loading(spec: str) -> tuple[str, str, bool, str]:
+    """What names a loaded model in the caches: spec, device, trust, zoo folder."""
+    trusted = spec in st.session_state.get("trusted_specs", set())
+    return spec, str(resolved_device()), trusted, str(zoo.PRETRAINED)
+
+
 def model(spec: str) -> Probe:
     """The Probe for a model spec (shipped name, file path, robustbench:/torchvision:)."""
-    trusted = spec in st.session_state.get("trusted_specs", set())
-    return _model(spec, str(resolved_device()), trusted, str(zoo.PRETRAINED))
+    return _model(*_loading(spec))
 
 
 @st.cache_resource(show_spinner=False)
@@ -176,20 +181,18 @@ def _step_seconds(spec: str, device: str, trust: bool, zoo_dir: str, layer: str 
 def step_seconds(spec: str, layer: str | None = None) -> float:
     """Seconds of one inversion step of a model on this session's device (measured
     once per model and device)."""
-    trusted = spec in st.session_state.get("trusted_specs", set())
-    return _step_seconds(spec, str(resolved_device()), trusted, str(zoo.PRETRAINED), layer)
+    return _step_seconds(*_loading(spec), layer)
 
 
 @st.cache_resource(show_spinner="Timing a pass of each model...")
 def _pass_seconds(spec: str, device: str, trust: bool, zoo_dir: str) -> tuple[float, float]:
-    return stitching.seconds_per_image(_model(spec, device, trust, zoo_dir))
+    return probe.pass_seconds(_model(spec, device, trust, zoo_dir))
 
 
 def pass_seconds(spec: str) -> tuple[float, float]:
     """Seconds of one image's forward pass, and of its forward and backward pass,
     through a model on this session's device (measured once per model and device)."""
-    trusted = spec in st.session_state.get("trusted_specs", set())
-    return _pass_seconds(spec, str(resolved_device()), trusted, str(zoo.PRETRAINED))
+    return _pass_seconds(*_loading(spec))
 
 
 def stored(job: Job) -> Any | None:

@@ -313,14 +313,18 @@ def imagenet_synsets() -> dict[str, int]:
     return {w: i for i, w in enumerate(IMAGENET_SYNSETS.read_text().split())}
 
 
+def named_by_synset(classes: list[str]) -> bool:
+    """Whether class folders are ImageNet synsets (then labelled by ImageNet's index)."""
+    return bool(classes) and all(c in imagenet_synsets() for c in classes)
+
+
 def folder_files(root: Path) -> tuple[list[Path], list[int], list[str]]:
     """The images of an ImageFolder tree (ROOT/CLASS/IMAGE): files, labels and class
     names, class by class in sorted order, files sorted within a class. Folders named
     by ImageNet synset are labelled with that class's index (also in a folder of a
     few classes); any other folders by their sorted position."""
     classes = sorted(d.name for d in root.iterdir() if d.is_dir())
-    synsets = imagenet_synsets()
-    index = ({c: synsets[c] for c in classes} if classes and all(c in synsets for c in classes)
+    index = ({c: imagenet_synsets()[c] for c in classes} if named_by_synset(classes)
              else {c: i for i, c in enumerate(classes)})
     files, labels = [], []
     for cls in classes:
@@ -358,7 +362,7 @@ class ImageFolder(torch.utils.data.Dataset):
         self.preprocessing = (preprocessing if isinstance(preprocessing, Preprocessing)
                               else Preprocessing.standard(preprocessing))
         self.labels, self.size = torch.tensor(labels), self.preprocessing.size
-        self.by_synset = all(c in imagenet_synsets() for c in self.classes)
+        self.by_synset = named_by_synset(self.classes)
 
     def __len__(self) -> int:
         return len(self.files)

@@ -288,17 +288,16 @@ def stitch_data(analysis: str, recipe: dict, folder: str | None, *probes: Probe)
                                                     recipe["train_images"]),
                           _shuffled_test)
     outputs = probes[0].num_classes
-    if source.by_synset and outputs != len(data.imagenet_synsets()):
+    classes = len(data.imagenet_synsets()) if source.by_synset else len(source.classes)
+    if classes != outputs:
+        folders, advice = (("names its folders by ImageNet synset", ", not ImageNet's 1,000: give")
+                           if source.by_synset else
+                           (f"has {classes} class folders", ": name the folders by ImageNet "
+                            "synset (n01440764, ...), or give"))
         raise IncompatibleModelError(
-            f"{analysis} scores answers against the folder's classes, and {folder} names "
-            f"its folders by ImageNet synset where {probes[0].name} has {outputs} outputs, "
-            "not ImageNet's 1,000: give one folder per output, in the outputs' order.")
-    if not source.by_synset and len(source.classes) != outputs:
-        raise IncompatibleModelError(
-            f"{analysis} scores answers against the folder's classes, and {folder} has "
-            f"{len(source.classes)} class folders where {probes[0].name} has {outputs} "
-            "outputs: name the folders by ImageNet synset (n01440764, ...), or give one "
-            "folder per output, in the outputs' order.")
+            f"{analysis} scores answers against the folder's classes, and {folder} {folders} "
+            f"where {probes[0].name} has {outputs} outputs{advice} one folder per output, "
+            "in the outputs' order.")
     order = data.shuffled_order(len(source)).tolist()
     n_train = min(recipe["train_images"], len(source) // 2)
     n_test = min(recipe.get("test_images", len(source)), len(source) - n_train)

@@ -246,31 +246,6 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def seconds_per_image(model: Probe) -> tuple[float, float]:
-    """Measured seconds of one image's forward pass, and of its forward and backward
-    pass (a gradient to the pixels, as an attack or a fit takes), through a model on
-    its device, in batches (64 on a GPU; on a CPU 32 small images or 4 large ones)
-    after a warm-up: what a page multiplies by a job's passes (views.model_passes) to
-    say how long it takes."""
-    batch = 64 if model.device.type != "cpu" else 32 if model.input_size <= 64 else 4
-    x = torch.rand(batch, 3, model.input_size, model.input_size,
-                   generator=torch.Generator().manual_seed(0)).to(model.device)
-
-    def gradient() -> None:   # to the pixels only, as attacks take it: no weight .grad
-        pixels = x.clone().requires_grad_()
-        torch.autograd.grad(model(pixels).sum(), pixels)
-        _sync(model.device)
-    gradient()
-    start = time.perf_counter()
-    with torch.no_grad():
-        model(x)
-    _sync(model.device)
-    forward = time.perf_counter() - start
-    start = time.perf_counter()
-    gradient()
-    return forward / batch, (time.perf_counter() - start) / batch
-
-
 # ------------------------------------------------------------------ least squares
 
 class NormalEquations:
@@ -823,11 +798,12 @@ class Grid:
             after = [n for n in first[last + 1:] if all(n in stitch_points(m) for m in models)]
             rows = [list(zip(ends[f.fingerprint()], ends[e.fingerprint()])) + [(n, n) for n in after]
                     for f, e in pairs]
-            fits = [all(f.layer_shapes()[a][1:] == e.layer_shapes()[b][1:]
-                        and a != f.representation_layer
-                        for (f, e), row in zip(pairs, rows) for a, b in [row[j]])
-                    for j in range(len(rows[0]))]
-            points = [[p for p, ok in zip(row, fits) if ok] for row in rows]
+            def fits(j: int) -> bool:   # in every pair: one spatial size, not the pooled end
+                return all(f.layer_shapes()[row[j][0]][1:] == e.layer_shapes()[row[j][1]][1:]
+                           and row[j][0] != f.representation_layer
+                           for (f, e), row in zip(pairs, rows))
+            kept = [j for j in range(len(rows[0])) if fits(j)]
+            points = [[row[j] for j in kept] for row in rows]
             names = [re.sub(r"(\.layer|\.block)?\.\d+$", "", a) for a, _ in points[0]]
         if not names:
             raise StitchingError(
@@ -909,8 +885,7 @@ def matrix(pairs_or_front: Probe | Sequence[tuple[Probe, Probe]], end: Probe | N
             cells[i, j] = stitch_cell(f, e, layer, method, train_loader, test_loader, attack,
                                       epochs, test_n=test_n, robust_n=robust_n, seed=seed,
                                       progress=span(progress, done, 1, total, f"{label} "),
-                                      **({"end_layer": end_layer} if end_layer != layer else {}),
-                                      **fit_options)
+                                      end_layer=end_layer, **fit_options)
             done += 1
             report(progress, done, total,
                    f"{label} at {layer}: clean {cells[i, j]['clean_accuracy']:.3f}")

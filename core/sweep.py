@@ -277,8 +277,7 @@ def _run_on_ray(todo: list[Job], out: Outcome, store: ResultStore, load: Loader,
     from . import data
     start_ray(engine)
     gpus = ray.cluster_resources().get("GPU", 0)
-    names = {j.key: j.models for j in todo}
-    models = {s: ray.put(load(s).to("cpu")) for s in {s for ns in names.values() for s in ns}}
+    models = {s: ray.put(load(s).to("cpu")) for s in {s for j in todo for s in j.models}}
     splits = sorted({s for j in todo for s in j.splits})
     data_ref = ray.put({s: data.cifar10(s) for s in splits})   # once, for every task
     task = ray.remote(max_retries=RETRIES, retry_exceptions=True)(_compute_task)
@@ -288,11 +287,11 @@ def _run_on_ray(todo: list[Job], out: Outcome, store: ResultStore, load: Loader,
         need_refs = [refs[n.key] if n.key in refs else ray.put(store.get(n.kind, n.inputs))
                      for n in job.needs.values()]
         # a CIFAR-sized job shares a GPU (two runs share one at full speed); larger ones not
-        share = 1 if any(load(s).input_size > 64 for s in names[job.key]) else 0.5
+        share = 1 if any(load(s).input_size > 64 for s in job.models) else 0.5
         value, seconds = task.options(num_cpus=1, num_gpus=share if gpus else 0, num_returns=2,
                                       name=f"robustlens-{job.kind}").remote(
-            job.spec, job.key, names[job.key], data_ref, list(job.needs),
-            *[models[s] for s in names[job.key]], *need_refs)
+            job.spec, job.key, job.models, data_ref, list(job.needs),
+            *[models[s] for s in job.models], *need_refs)
         refs[job.key] = value
         pending[value] = (job, seconds)
     step = _counter(len(todo))

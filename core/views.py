@@ -402,10 +402,10 @@ def model_passes(job: Job) -> dict[str, tuple[float, float]]:
     """Images each model of a stitching cell, accuracy, CKA or adversarial-examples job
     takes through a forward pass, and through a forward and backward pass ({} for any
     other job): what a time estimate multiplies by each model's measured seconds of
-    each (core.stitching.seconds_per_image). An accuracy attack is counted at full
+    each (core.probe.pass_seconds). An accuracy attack is counted at full
     length, though it stops at an image once that is misclassified (bench/estimates.py:
     within 10% of the run, up to 1.5x above it for a standard model)."""
-    args = job.spec["args"]
+    args, models = job.spec["args"], job.models
     passes: dict[str, tuple[float, float]] = {}
 
     def add(spec: str, forward: float, gradient: float = 0.0) -> None:
@@ -413,25 +413,25 @@ def model_passes(job: Job) -> dict[str, tuple[float, float]]:
         passes[spec] = (f + forward, g + gradient)
     if job.kind == "adversarial_examples":
         n = job.inputs["images"]["n"]
-        add(args["spec"], n, n * _attack_steps(job.inputs["attack"]))
+        add(models[0], n, n * _attack_steps(job.inputs["attack"]))
     elif job.kind == "cka":
-        n = job.inputs["images"]["n"]
-        add(args["a"], n)
-        add(args["b"], n)
+        n, sides = job.inputs["images"]["n"], dict(zip("ab", models))
+        add(sides["a"], n)
+        add(sides["b"], n)
         # on a folder the attacks run inside the job (CIFAR-10's examples are its needs)
         if "folder" in job.inputs["images"]:
             against = job.inputs["adv_against"]
-            for side in ("a", "b"):
+            for side in sides:
                 attack = job.inputs[f"inputs_{side}"]
                 if attack != "benign":
-                    add(args[side if against == "self" else against], 0, n * _attack_steps(attack))
+                    add(sides[side if against == "self" else against], 0, n * _attack_steps(attack))
     elif job.kind in ("stitch_cell", "accuracy"):
         recipe = jobs.stitch_recipe(args["recipe"], args.get("folder"))
         test = job.inputs["test"]["n"]
         robust = min(recipe["robust_images"] or test, test)
         forward, gradient = test + robust, robust * _attack_steps(recipe["attack"].to_dict())
         if job.kind == "accuracy":
-            add(args["spec"], forward, gradient)
+            add(models[0], forward, gradient)
         else:
             train, trained = job.inputs["train"]["n"], 0
             if job.inputs["method"] == "direct":
@@ -444,8 +444,9 @@ def model_passes(job: Job) -> dict[str, tuple[float, float]]:
             forward += robust   # the stitched representation against the end model's
             # a stitched pass runs the front to the layer and the end from it: half of
             # each; training runs the front without gradients
-            add(args["front"], (forward + trained) / 2, gradient / 2)
-            add(args["end"], forward / 2, (gradient + trained) / 2)
+            front, end = models
+            add(front, (forward + trained) / 2, gradient / 2)
+            add(end, forward / 2, (gradient + trained) / 2)
     return passes
 
 

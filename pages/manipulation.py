@@ -129,8 +129,8 @@ def top_images(index: int) -> None:
             return
     with page.guard():
         top_job = jobs.top_images_job(backend.model, a, feats, folder=folder)
-        test = backend.test_set() if folder is None else data.ImageFolder(folder,
-                                                                         probe_a.preprocessing)
+        test = backend.test_set() if folder is None else jobs.image_folder(
+            "Top-activating images", folder, probe_a)
     top = backend.stored(top_job)
     if test is None:
         page.need_data("Showing the top-activating test images", "mf-top")

@@ -62,6 +62,7 @@ row_labels = [f"{kind}<br><sup>{backend.label(f)} → {backend.label(e)}</sup>"
 with page.guard():
     plan = views.stitch_plan(backend.model, settings, pairs)  # the grid stitching.matrix uses
     layers, cell_jobs, ref_jobs = plan.grid.layers, plan.cells, plan.donors
+    columns = plan.grid.column_labels()
     got = {j.key: backend.stored(j) for j in plan.jobs()}
     cells = [[got[j.key] for j in row] for row in cell_jobs]
     refs = {s: got[j.key] for s, j in ref_jobs.items()}
@@ -83,7 +84,7 @@ title = f"{setting['st_metric'].show(metric)}{under}, {setting['st_method'].show
 
 left, right = st.columns([2.4, 1])
 with left:
-    fig = figures.matrix_heatmap(values, row_labels, plan.grid.column_labels(),
+    fig = figures.matrix_heatmap(values, row_labels, columns,
                                  title=title, zmax=1.2 if rel else 1.0, selected=(i, j), big=big)
     st.plotly_chart(fig, key="st_matrix", selection_mode="points",
                     on_select=state.pick_cell("st_matrix", "st_cell"))
@@ -112,14 +113,8 @@ with left:
         if no_data:
             page.need_data("Computing a stitching cell", "st-all")
         else:
-            todo = missing + [job for job in ref_jobs.values() if got[job.key] is None]
-            with page.guard():
-                label = page.with_time(f"Compute all {len(missing)} missing cells", todo)
-            if st.button(label, icon=":material/play_arrow:"):
-                with page.guard():
-                    for job in todo:
-                        backend.run_job(job)
-                st.rerun()
+            page.compute_button(f"Compute all {len(missing)} missing cells", missing + [
+                job for job in ref_jobs.values() if got[job.key] is None])
     fit = (f"least-squares start, then Adam lr {recipe['lr']:g}, weight decay "
            f"{recipe['weight_decay']:g}, batch {recipe['batch_size']}, {recipe['epochs']} epoch"
            if method == "task" else "least squares")
@@ -134,7 +129,7 @@ with left:
 with right:
     front, end = pairs[i]
     layer, end_layer = plan.grid.points[i][j]
-    st.markdown(f"**{jobs.STITCH_PAIRS[i]}** at **{plan.grid.column_labels()[j]}**")
+    st.markdown(f"**{jobs.STITCH_PAIRS[i]}** at **{columns[j]}**")
     st.caption(f"{backend.label(front)} [..{layer}] → 1x1 conv → {backend.label(end)} "
                f"[{end_layer}..]")
     cell = cells[i][j]
@@ -143,15 +138,9 @@ with right:
         if no_data:
             page.need_data("Computing this cell", "st-one")
         else:
-            todo = [cell_jobs[i][j]] + [ref_jobs[s] for s in dict.fromkeys(pairs[i])
-                                        if got[ref_jobs[s].key] is None]
-            with page.guard():
-                label = page.with_time("Compute this cell", todo)
-            if st.button(label, type="primary", icon=":material/play_arrow:"):
-                with page.guard():
-                    for job in todo:
-                        backend.run_job(job)
-                st.rerun()
+            page.compute_button("Compute this cell", [cell_jobs[i][j]] + [
+                ref_jobs[s] for s in dict.fromkeys(pairs[i]) if got[ref_jobs[s].key] is None],
+                type="primary")
     else:
         m = st.columns(2)
         m[0].metric("Stitched, clean", f"{cell['clean_accuracy']:.1%}")

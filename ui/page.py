@@ -71,9 +71,11 @@ def run_seconds(job_list: list) -> float:
     total = 0.0
     for job in job_list:
         steps = views.image_steps(job)
-        total += backend.step_seconds(job.spec["args"]["spec"]) * steps if steps else sum(
-            forward * backend.pass_seconds(spec)[0] + gradient * backend.pass_seconds(spec)[1]
-            for spec, (forward, gradient) in views.model_passes(job).items())
+        if steps:
+            total += backend.step_seconds(job.models[0]) * steps
+        for spec, (forward, gradient) in views.model_passes(job).items():
+            forward_s, gradient_s = backend.pass_seconds(spec)
+            total += forward * forward_s + gradient * gradient_s
         total += run_seconds([need for need in job.needs.values() if backend.stored(need) is None])
     return total
 
@@ -82,6 +84,18 @@ def with_time(label: str, job_list: list) -> str:
     """A button's label, with how long its run takes where that is more than a moment."""
     eta = run_seconds(job_list)
     return f"{label} (about {duration(eta)})" if eta > LONG_RUN_S else label
+
+
+def compute_button(label: str, todo: list, **button: Any) -> None:
+    """A button that says how long `todo` takes here, computes it when clicked (with
+    progress) and shows the page again with the results."""
+    with guard():
+        label = with_time(label, todo)
+    if st.button(label, icon=":material/play_arrow:", **button):
+        with guard():
+            for job in todo:
+                backend.run_job(job)
+        st.rerun()
 
 
 def duration(seconds: float) -> str:
