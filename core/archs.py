@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import re
+import threading
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -34,11 +35,22 @@ class _FakeReLUFn(torch.autograd.Function):
 
 
 class ReLU(nn.Module):
-    """A ReLU with a switch for the "fake ReLU" of Engstrom et al. (2019)."""
+    """A ReLU with a switch for the "fake ReLU" of Engstrom et al. (2019), set per
+    thread: the app's sessions share a model, and one session's inversion must not
+    change the gradients of another session's attack."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.fake = False
+        self.fake_threads: set[int] = set()
+
+    @property
+    def fake(self) -> bool:
+        """Whether this thread's passes use the fake ReLU."""
+        return threading.get_ident() in self.fake_threads
+
+    @fake.setter
+    def fake(self, enabled: bool) -> None:
+        (self.fake_threads.add if enabled else self.fake_threads.discard)(threading.get_ident())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _FakeReLUFn.apply(x) if self.fake else F.relu(x)

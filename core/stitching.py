@@ -214,20 +214,6 @@ def data_identity(loader: Loader | None) -> dict | None:
 
 
 @contextlib.contextmanager
-def _frozen(*modules: nn.Module) -> Iterator[None]:
-    """No weight gradients for these modules inside the block (flags restored after):
-    backward then computes only what the stitching layer needs."""
-    saved = [(p, p.requires_grad) for m in modules for p in m.parameters()]
-    for p, _ in saved:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, flag in saved:
-            p.requires_grad_(flag)
-
-
-@contextlib.contextmanager
 def _modes(*pairs: tuple[nn.Module, bool]) -> Iterator[None]:
     """Set train/eval modes for the block and restore them after."""
     saved = [(m, [(sub, sub.training) for sub in m.modules()]) for m, _ in pairs]
@@ -504,7 +490,7 @@ def _train_task(stitched: StitchedModel, loader: Loader, epochs: int, steps_per_
     timing = {"data_s": 0.0, "front_s": 0.0, "end_s": 0.0, "step_s": 0.0}
     step, seen = 0, 0
     t_start = time.perf_counter()
-    with _frozen(front, end), _modes((front, False), (end, adapt_bn), (stitched.stitch, True)), \
+    with _modes((front, False), (end, adapt_bn), (stitched.stitch, True)), \
             front.tap(stitched.layer) as front_half:
         for epoch in range(epochs):
             e_loss = e_correct = e_n = 0.0
@@ -524,7 +510,9 @@ def _train_task(stitched: StitchedModel, loader: Loader, epochs: int, steps_per_
                 logits = end.forward_from(stitched.end_layer, stitched.transfer(h))
                 loss = F.cross_entropy(logits, y)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                # gradients for the stitch only: no weight gradient of the shared models
+                # is computed, and no flag of theirs is touched
+                loss.backward(inputs=list(stitched.stitch.parameters()))
                 if profile:
                     _sync(dev)
                 t3 = time.perf_counter()

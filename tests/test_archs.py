@@ -2,6 +2,8 @@
 compute the same logits, and their taps, chains and fake ReLU behave."""
 from __future__ import annotations
 
+import threading
+
 import pytest
 import timm
 import torch
@@ -255,6 +257,25 @@ def test_fake_relu_targets_the_relu_feeding_the_representation(tapped):
     with tapped.fake_relu():
         assert target.fake
     assert not target.fake
+
+
+def test_fake_relu_acts_only_on_its_own_thread():
+    relu = archs.ReLU()
+    x = torch.tensor([-1.0, 2.0])
+
+    def gradient() -> torch.Tensor:
+        leaf = x.clone().requires_grad_(True)
+        relu(leaf).sum().backward()
+        return leaf.grad
+    other: list[torch.Tensor] = []
+    relu.fake = True  # this thread inverts; another thread's attack needs the true gradient
+    worker = threading.Thread(target=lambda: other.append(gradient()))
+    worker.start()
+    worker.join()
+    assert torch.equal(gradient(), torch.tensor([1.0, 1.0]))
+    assert torch.equal(other[0], torch.tensor([0.0, 1.0]))
+    relu.fake = False
+    assert torch.equal(gradient(), torch.tensor([0.0, 1.0]))
 
 
 # ----------------------------------------------- why torchvision is rebuilt
