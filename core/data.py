@@ -318,31 +318,49 @@ def named_by_synset(classes: list[str]) -> bool:
     return bool(classes) and all(c in imagenet_synsets() for c in classes)
 
 
-def folder_files(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    """The images of an ImageFolder tree (ROOT/CLASS/IMAGE): files, labels and class
-    names, class by class in sorted order, files sorted within a class. Folders named
-    by ImageNet synset are labelled with that class's index (also in a folder of a
-    few classes); any other folders by their sorted position."""
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir())
+@dataclass(frozen=True)
+class FolderListing:
+    """The images of an ImageFolder tree, class by class, with what identifies them."""
+    files: list[str]                     # paths
+    labels: list[int]
+    classes: list[str]
+    stats: list[tuple[str, int, int]]    # each file's CLASS/NAME, size and change time
+
+
+def _suffix(name: str) -> str:
+    """A file name's suffix as pathlib gives it (none for '.hidden' or 'name.')."""
+    dot = name.rfind(".")
+    return name[dot:] if 0 < dot < len(name) - 1 else ""
+
+
+def folder_files(root: Path) -> FolderListing:
+    """The images of an ImageFolder tree (ROOT/CLASS/IMAGE): class by class in sorted
+    order, files sorted within a class. Folders named by ImageNet synset are labelled
+    with that class's index (also in a folder of a few classes); any other folders by
+    their sorted position. One pass of os.scandir: a page lists its folder on every
+    click, and an ImageNet validation folder holds 50,000 files."""
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
     index = ({c: imagenet_synsets()[c] for c in classes} if named_by_synset(classes)
              else {c: i for i, c in enumerate(classes)})
-    files, labels = [], []
+    listing = FolderListing([], [], classes, [])
     for cls in classes:
-        for f in sorted((root / cls).iterdir()):
-            if f.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(f)
-                labels.append(index[cls])
-    return files, labels, classes
+        for entry in sorted(os.scandir(root / cls), key=lambda e: e.name):
+            if _suffix(entry.name).lower() in IMAGE_SUFFIXES:
+                st = entry.stat()
+                listing.files.append(entry.path)
+                listing.labels.append(index[cls])
+                listing.stats.append((f"{cls}/{entry.name}", st.st_size, st.st_mtime_ns))
+    return listing
 
 
 def _decode_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    files, labels, _ = folder_files(split_dir)
+    listing = folder_files(split_dir)
     images = []
-    for f in files:
+    for f in listing.files:
         with Image.open(f) as im:
             images.append(np.asarray(im.convert("RGB").resize((32, 32))))
     arr = np.stack(images).transpose(0, 3, 1, 2)
-    return torch.from_numpy(np.ascontiguousarray(arr)), torch.tensor(labels)
+    return torch.from_numpy(np.ascontiguousarray(arr)), torch.tensor(listing.labels)
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -355,13 +373,14 @@ class ImageFolder(torch.utils.data.Dataset):
         self.root = Path(root).expanduser()
         if not self.root.is_dir():
             raise DataNotFoundError(f"there is no folder {root} on this server")
-        self.files, labels, self.classes = folder_files(self.root)
+        self._listing = folder_files(self.root)
+        self.files, self.classes = self._listing.files, self._listing.classes
         if not self.files:
             raise DataNotFoundError(f"{root} holds no images in class folders "
                                     "(ROOT/CLASS/IMAGE.jpg, as an ImageNet validation folder)")
         self.preprocessing = (preprocessing if isinstance(preprocessing, Preprocessing)
                               else Preprocessing.standard(preprocessing))
-        self.labels, self.size = torch.tensor(labels), self.preprocessing.size
+        self.labels, self.size = torch.tensor(self._listing.labels), self.preprocessing.size
         self.by_synset = named_by_synset(self.classes)
 
     def __len__(self) -> int:
@@ -375,22 +394,21 @@ class ImageFolder(torch.utils.data.Dataset):
         """What result keys call it: a hash of its files' names and bytes (remembered
         in the cache folder while no file changes), its size, the crop and how its
         folders become labels."""
-        return {"folder_sha256": _folder_digest(self.root, self.files), "images": len(self),
+        return {"folder_sha256": _folder_digest(self.root, self._listing), "images": len(self),
                 "size": self.size, "crop": self.preprocessing.describe(),
                 "labels": "ImageNet's synset indices" if self.by_synset else "sorted folders"}
 
 
-def _folder_digest(root: Path, files: list[Path]) -> str:
-    stats = [(str(f.relative_to(root)), st.st_size, st.st_mtime_ns)
-             for f in files for st in (f.stat(),)]
-    stamp = hashlib.sha256(json.dumps([str(root.resolve()), stats]).encode()).hexdigest()
+def _folder_digest(root: Path, listing: FolderListing) -> str:
+    stamp = hashlib.sha256(json.dumps([str(root.resolve()), listing.stats]).encode()).hexdigest()
     memo = cache_dir() / "folders" / f"{stamp}.sha256"
     if memo.is_file():
         return memo.read_text().strip()
     h = hashlib.sha256()
-    for f, (name, _, _) in zip(files, stats):
+    for f, (name, _, _) in zip(listing.files, listing.stats):
         h.update(name.encode() + b"\0")
-        h.update(f.read_bytes())
+        with open(f, "rb") as file:
+            h.update(file.read())
     memo.parent.mkdir(parents=True, exist_ok=True)
     memo.write_text(h.hexdigest())
     return h.hexdigest()
