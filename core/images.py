@@ -80,13 +80,15 @@ _INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resam
 @dataclass(frozen=True)
 class Preprocessing:
     """How a photo of a data set becomes a model's input, as the model's authors
-    evaluate it: the shorter side resized to `resize` (both sides with squash; None:
-    not resized), then the centre size x size (padded with black where smaller, as
-    torchvision's CenterCrop does), with this interpolation."""
+    evaluate it: the shorter side resized to `resize` (both sides with squash; the
+    longer side with a border colour; None: not resized), then the centre size x size
+    (padded where smaller, as torchvision's CenterCrop does: in black, or in the border
+    colour, as timm's crop_mode "border" does), with this interpolation."""
     size: int
     resize: int | None = None
     interpolation: str = "bilinear"
     squash: bool = False
+    border: tuple[int, int, int] | None = None
 
     @classmethod
     def standard(cls, size: int) -> "Preprocessing":
@@ -96,12 +98,16 @@ class Preprocessing:
     @classmethod
     def of(cls, spec: dict | None, size: int) -> "Preprocessing":
         """From a model card's `evaluation_transform` (standard where it has none)."""
-        return cls(**spec) if spec else cls.standard(size)
+        if not spec:
+            return cls.standard(size)
+        border = spec.get("border")   # a list once the card went through JSON
+        return cls(**{**spec, "border": tuple(border) if border else None})
 
     def describe(self) -> str:
         """What result keys call it."""
         how = ("not resized" if self.resize is None else
-               f"{'both sides' if self.squash else 'shorter side'} to {self.resize}")
+               f"longer side to {self.resize}, bordered in {list(self.border)}" if self.border
+               else f"{'both sides' if self.squash else 'shorter side'} to {self.resize}")
         return f"{how}, centre {self.size}, {self.interpolation}"
 
     def apply(self, im: Image.Image) -> np.ndarray:
@@ -114,13 +120,15 @@ class Preprocessing:
             w, h = im.size
             # as torchvision's Resize(n): the shorter side n, the longer truncated
             shape = ((self.resize, self.resize) if self.squash else
+                     (round(w / (max(w, h) / self.resize)), round(h / (max(w, h) / self.resize)))
+                     if self.border else
                      (self.resize, int(self.resize * h / w)) if w <= h else
                      (int(self.resize * w / h), self.resize))
             im = im.resize(shape, _INTERPOLATIONS[self.interpolation])
         w, h = im.size
         if w < self.size or h < self.size:     # torchvision's CenterCrop pads, then crops
             pad_w, pad_h = max(self.size - w, 0), max(self.size - h, 0)
-            canvas = Image.new("RGB", (w + pad_w, h + pad_h))
+            canvas = Image.new("RGB", (w + pad_w, h + pad_h), self.border or (0, 0, 0))
             canvas.paste(im, (pad_w // 2, pad_h // 2))
             im, (w, h) = canvas, canvas.size
         left, top = round((w - self.size) / 2), round((h - self.size) / 2)

@@ -604,16 +604,25 @@ def _load_timm(name: str) -> Probe:
     cfg = timm.data.resolve_model_data_config(model)
     mean, std = tuple(cfg["mean"]), tuple(cfg["std"])
     size = int(cfg["input_size"][-1])
-    # timm's evaluation transform: resize to floor(size / crop_pct), then the centre
-    transform = images.Preprocessing(size, math.floor(size / cfg.get("crop_pct", 0.875)),
-                                     cfg.get("interpolation", "bilinear"),
-                                     squash=cfg.get("crop_mode") == "squash")
+    transform = timm_preprocessing(cfg)
     return adopt(model, Probe(model, mean, std, input_size=size), mean, std,
                  name=f"timm:{name}", input_size=size,
                  card={"name": name, "source": "timm", "interpolation": cfg.get("interpolation"),
                        "crop_pct": cfg.get("crop_pct"),
                        "evaluation_transform": dataclasses.asdict(transform),
                        "normalisation": "timm's data config"})
+
+
+def timm_preprocessing(cfg: dict) -> images.Preprocessing:
+    """timm's evaluation transform for a model's data config: resize to
+    floor(size / crop_pct) (the shorter side, both sides with crop_mode "squash", the
+    longer side with "border", whose borders are the mean colour), then the centre."""
+    size = int(cfg["input_size"][-1])
+    mode = cfg.get("crop_mode") or "center"
+    return images.Preprocessing(
+        size, math.floor(size / (cfg.get("crop_pct") or images.STANDARD_CROP)),
+        cfg.get("interpolation", "bilinear"), squash=mode == "squash",
+        border=tuple(round(255 * v) for v in cfg["mean"]) if mode == "border" else None)
 
 
 # ----------------------------------------------------------------------- export

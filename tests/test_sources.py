@@ -5,6 +5,7 @@ Face hub's cache), timm: (the same cache), robustbench: (its model folder, CIFAR
 and ImageNet) and torchvision:. Each must give the reference's logits."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -174,7 +175,7 @@ def test_timm_from_the_hub_cache_and_offline_without_it(tmp_path):
     assert c["arch"] == "imagenet_resnet18" and got["size"] == 224
     # its folder images as timm evaluates it: shorter side to floor(224 / 0.95), bicubic
     assert c["evaluation_transform"] == {"size": 224, "resize": 235, "interpolation": "bicubic",
-                                         "squash": False}
+                                         "squash": False, "border": None}
     with torch.no_grad():
         want = normalised(ref, c["mean"], c["std"])(X)
     assert torch.allclose(torch.load(tmp_path / "logits.pt"), want, atol=1e-4)
@@ -241,16 +242,23 @@ def test_each_sources_evaluation_transform_gives_its_pixels():
         for im in photos_of_odd_sizes():
             assert torch.equal(images.to_tensor(ours.apply(im)), theirs(im)), name
     model = timm.create_model("inception_v3.tf_adv_in1k", pretrained=False, num_classes=10)
-    cfg = timm.data.resolve_model_data_config(model)
-    timm_eval = timm.data.create_transform(**cfg, is_training=False)
-    ours = images.Preprocessing(299, int(299 / cfg["crop_pct"]), cfg["interpolation"])
+    inception = timm.data.resolve_model_data_config(model)
+    # timm's three crop modes, at its crop fractions, as the loader reads a data config
+    for cfg in (inception, {**inception, "crop_mode": "squash"},
+                {**inception, "crop_mode": "border", "crop_pct": 1.0},
+                {**inception, "crop_mode": "border", "input_size": (3, 224, 224)}):
+        timm_eval = timm.data.create_transform(**cfg, is_training=False)
+        ours = zoo.timm_preprocessing(cfg)
+        for im in photos_of_odd_sizes():
+            want = timm_eval(im) * torch.tensor(cfg["std"])[:, None, None] + \
+                torch.tensor(cfg["mean"])[:, None, None]
+            assert torch.allclose(images.to_tensor(ours.apply(im)), want, atol=1e-5), cfg
+        assert images.Preprocessing.of(json.loads(json.dumps(dataclasses.asdict(ours))),
+                                       0) == ours       # as a card stores it
     weights = torchvision.models.ResNet50_Weights.DEFAULT
     tv = weights.transforms()
     tv_ours = images.Preprocessing(224, tv.resize_size[0], tv.interpolation.value)
     for im in photos_of_odd_sizes():
-        want = timm_eval(im) * torch.tensor(cfg["std"])[:, None, None] + \
-            torch.tensor(cfg["mean"])[:, None, None]
-        assert torch.allclose(images.to_tensor(ours.apply(im)), want, atol=1e-5)
         want = tv(im) * torch.tensor(tv.std)[:, None, None] + torch.tensor(tv.mean)[:, None, None]
         assert torch.allclose(images.to_tensor(tv_ours.apply(im)), want, atol=1e-5)
 
