@@ -123,8 +123,9 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
                      "2/255, or L2 1.0, step 0.1; 20 steps, random start)."),
         Setting("cka_in_b", "benign", "Inputs, second side", tuple(INPUTS), INPUTS),
         Setting("cka_against", "self", "Adversarial against", ("self", "a", "b"),
-                {"self": "each side's own model", "a": "the first model",
-                 "b": "the second model"}),
+                {"self": "own model", "a": "first model", "b": "second model"},
+                help="Whose gradients make the adversarial examples: each side's own model, "
+                     "or one model's examples shown to both (transfer)."),
         Setting("cka_layers", "blocks", "Layers", ("blocks", "all"),
                 {"blocks": "block outputs", "all": "every layer"},
                 help="Block outputs: stem, 8 residual blocks, pool, logits. Every layer: "
