@@ -82,6 +82,13 @@ def shipped(*names: str):
     return pytest.mark.skipif(bool(missing), reason=f"shipped models absent: {missing}")
 
 
+def asks_for_data(texts: list[str]) -> list[str]:
+    """The messages among `texts` that ask for the CIFAR-10 test set, except the
+    top-activating images' (data-set images: only their indices ship)."""
+    return [t for t in texts if "needs the CIFAR-10 test set" in t
+            and not t.startswith("Showing the top-activating test images")]
+
+
 def has_test_data() -> bool:
     from core import data
     return data.has_cifar10("test")

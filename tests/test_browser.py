@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import asks_for_data
 
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "screenshots"
@@ -32,7 +33,6 @@ pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed")]
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-NEEDS_DATA = "needs the CIFAR-10 test set"
 DECK = "three-papers"
 WIDE, PROJECTOR = (1600, 900), (1280, 720)
 
@@ -137,9 +137,8 @@ def assert_clean(page, offline: bool = False) -> None:
         boxes = page.locator(f"[data-testid='{testid}']")
         assert boxes.count() == 0, boxes.first.inner_text()
     assert page.get_by_text("encountered an error").count() == 0
-    if offline:   # top-activating images are data-set images: only their indices ship
-        asks = [t for t in page.get_by_text(NEEDS_DATA).all_inner_texts()
-                if not t.startswith("Showing the top-activating test images")]
+    if offline:
+        asks = asks_for_data(page.get_by_text("needs the CIFAR-10 test set").all_inner_texts())
         assert not asks, asks
 
 

@@ -2,14 +2,13 @@
 CIFAR-10, from the results shipped in assets/, without computing anything."""
 from __future__ import annotations
 
-
 import pytest
 
 from core import data, shiplist, views
 from core.results import ASSETS, ResultStore
+from conftest import asks_for_data
 from test_app import run_app
 
-NEEDS_DATA = "needs the CIFAR-10 test set"
 COMPUTE_BUTTONS = ("Compute", "Visualise", "Interpolate", "Add feature", "Measure", "Explain",
                    "Find")
 
@@ -43,9 +42,7 @@ def test_every_ship_list_view_opens_offline_with_nothing_to_compute(offline, pag
     at = run_app(views.PAGES[page], views.query_params({"page": page, "params": params}))
     assert not at.exception, [e.value for e in at.exception]
     texts = [i.value for i in at.info] + [e.value for e in at.error] + [w.value for w in at.warning]
-    # top-activating images are data-set images: only their indices ship
-    assert not [t for t in texts if NEEDS_DATA in t
-                and not t.startswith("Showing the top-activating test images")], texts
+    assert not asks_for_data(texts), texts
     buttons = [b.label for b in at.button if b.label.startswith(COMPUTE_BUTTONS)]
     assert not buttons, buttons
     store = offline / "results.sqlite"
