@@ -3,7 +3,7 @@ refactoring of issue 17 (tests/job_values.json; numbers only: tensors are kept a
 a few summary statistics, never as images).
 
 Record again (only when a job's computation is meant to change):
-    RL_RECORD_JOB_VALUES=1 python -m pytest tests/test_job_values.py -p no:randomly
+    RL_RECORD_JOB_VALUES=1 python -m pytest tests/test_job_values.py -p no:randomly -n 0
 """
 from __future__ import annotations
 
