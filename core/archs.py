@@ -52,6 +52,14 @@ class ReLU(nn.Module):
     def fake(self, enabled: bool) -> None:
         (self.fake_threads.add if enabled else self.fake_threads.discard)(threading.get_ident())
 
+    def __getstate__(self) -> dict:
+        # a copy starts with no thread switched on: thread ids are reused
+        return {**super().__getstate__(), "fake_threads": set()}
+
+    def __setstate__(self, state: dict) -> None:
+        super().__setstate__({k: v for k, v in state.items() if k != "fake"})  # older pickles
+        self.__dict__.setdefault("fake_threads", set())
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return _FakeReLUFn.apply(x) if self.fake else F.relu(x)
 

@@ -18,6 +18,7 @@ import json
 import os
 import pickle
 import tarfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -333,20 +334,33 @@ def _suffix(name: str) -> str:
     return name[dot:] if 0 < dot < len(name) - 1 else ""
 
 
+def _is_dir(entry: os.DirEntry) -> bool:
+    """Whether an entry is a folder, following links; False for one that cannot be
+    followed (as pathlib's is_dir says)."""
+    try:
+        return entry.is_dir()
+    except OSError:
+        return False
+
+
 def folder_files(root: Path) -> FolderListing:
     """The images of an ImageFolder tree (ROOT/CLASS/IMAGE): class by class in sorted
     order, files sorted within a class. Folders named by ImageNet synset are labelled
     with that class's index (also in a folder of a few classes); any other folders by
     their sorted position. One pass of os.scandir: a page lists its folder on every
     click, and an ImageNet validation folder holds 50,000 files."""
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir())
+    classes = sorted(e.name for e in os.scandir(root) if _is_dir(e))
     index = ({c: imagenet_synsets()[c] for c in classes} if named_by_synset(classes)
              else {c: i for i, c in enumerate(classes)})
     listing = FolderListing([], [], classes, [])
     for cls in classes:
         for entry in sorted(os.scandir(root / cls), key=lambda e: e.name):
             if _suffix(entry.name).lower() in IMAGE_SUFFIXES:
-                st = entry.stat()
+                try:
+                    st = entry.stat()
+                except OSError as e:
+                    raise DataNotFoundError(f"{entry.path} cannot be read ({e.strerror}; a "
+                                            "broken link?)") from e
                 listing.files.append(entry.path)
                 listing.labels.append(index[cls])
                 listing.stats.append((f"{cls}/{entry.name}", st.st_size, st.st_mtime_ns))
@@ -410,7 +424,9 @@ def _folder_digest(root: Path, listing: FolderListing) -> str:
         with open(f, "rb") as file:
             h.update(file.read())
     memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(h.hexdigest())
+    partial = memo.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")
+    partial.write_text(h.hexdigest())
+    os.replace(partial, memo)     # a reader sees the whole hash or none
     return h.hexdigest()
 
 

@@ -2,6 +2,7 @@
 compute the same logits, and their taps, chains and fake ReLU behave."""
 from __future__ import annotations
 
+import copy
 import threading
 
 import pytest
@@ -274,6 +275,7 @@ def test_fake_relu_acts_only_on_its_own_thread():
     worker.join()
     assert torch.equal(gradient(), torch.tensor([1.0, 1.0]))
     assert torch.equal(other[0], torch.tensor([0.0, 1.0]))
+    assert not copy.deepcopy(relu).fake_threads   # a later thread may reuse this id
     relu.fake = False
     assert torch.equal(gradient(), torch.tensor([0.0, 1.0]))
 

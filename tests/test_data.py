@@ -203,3 +203,8 @@ def test_image_folder_streams_at_the_model_size_and_is_named_by_content(tmp_path
     (tmp_path / "empty" / "cls").mkdir(parents=True)
     with pytest.raises(DataNotFoundError, match="no images in class folders"):
         data.ImageFolder(tmp_path / "empty", 64)
+    (root / "loop").symlink_to(root / "loop")       # a link that cannot be followed: no class
+    assert data.ImageFolder(root, 64).classes == ds.classes
+    (root / "n01443537" / "gone.png").symlink_to(tmp_path / "nowhere.png")
+    with pytest.raises(DataNotFoundError, match="gone.png cannot be read"):
+        data.ImageFolder(root, 64)

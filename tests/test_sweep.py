@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import sys
 import json
+import os
 import subprocess
 import threading
 import time
@@ -65,15 +66,27 @@ def test_a_sweep_on_ray_equals_the_in_process_sweep_and_resumes(world, ray_local
 
 
 def _kill_first_task(prefix: str, killed: list[int], stop: threading.Event) -> None:
+    """Kill the first Ray task named prefix... of this process's own Ray (a descendant
+    of this process), never another test run's."""
     while not stop.is_set() and not killed:
-        ps = subprocess.run(["ps", "-eo", "pid=,args="], capture_output=True, text=True).stdout
-        for line in ps.splitlines():
-            pid, _, args = line.strip().partition(" ")
-            if args.startswith(f"ray::{prefix}"):
+        ps = subprocess.run(["ps", "-eo", "pid=,ppid=,args="], capture_output=True,
+                            text=True).stdout
+        rows = [line.split(None, 2) for line in ps.splitlines()]
+        parent = {int(r[0]): int(r[1]) for r in rows}
+        for pid, _, args in (r for r in rows if len(r) == 3):
+            if args.startswith(f"ray::{prefix}") and _descends(int(pid), os.getpid(), parent):
                 subprocess.run(["kill", "-9", pid])
                 killed.append(int(pid))
                 return
         time.sleep(0.1)
+
+
+def _descends(pid: int, ancestor: int, parent: dict[int, int]) -> bool:
+    while pid > 1:
+        pid = parent.get(pid, 0)
+        if pid == ancestor:
+            return True
+    return False
 
 
 def test_a_killed_worker_still_completes_the_sweep(world, ray_local, tmp_path):
