@@ -69,7 +69,7 @@ def describe_pair(res: CKAResult, i: int, j: int, first: str, second: str) -> No
         m1, m2 = st.columns(2)
         m1.metric("CKA", f"{res.matrix[i, j]:.3f}")
         spread = res.spread[i, j]
-        m2.metric("Spread over batches", "n/a" if np.isnan(spread) else f"± {spread:.3f}",
+        m2.metric("Batch spread", "n/a" if np.isnan(spread) else f"± {spread:.3f}",
                   help=f"Standard deviation of the per-batch CKA over {res.n_batches} batches "
                        f"of {res.batch_size} images.")
         st.caption(f"{backend.label(first)}: {backend.model(first).describe(res.layers_a[i])}")
