@@ -118,12 +118,14 @@ class Preprocessing:
             raise ValueError(f"unknown interpolation {self.interpolation!r}")
         if self.resize is not None:
             w, h = im.size
-            # as torchvision's Resize(n): the shorter side n, the longer truncated
-            shape = ((self.resize, self.resize) if self.squash else
-                     (round(w / (max(w, h) / self.resize)), round(h / (max(w, h) / self.resize)))
-                     if self.border else
-                     (self.resize, int(self.resize * h / w)) if w <= h else
-                     (int(self.resize * w / h), self.resize))
+            if self.squash:
+                shape = (self.resize, self.resize)
+            elif self.border:     # as timm's ResizeKeepRatio(longest=1): the longer side
+                ratio = max(w, h) / self.resize
+                shape = (round(w / ratio), round(h / ratio))
+            else:                 # as torchvision's Resize(n): the shorter side n
+                shape = ((self.resize, int(self.resize * h / w)) if w <= h else
+                         (int(self.resize * w / h), self.resize))
             im = im.resize(shape, _INTERPOLATIONS[self.interpolation])
         w, h = im.size
         if w < self.size or h < self.size:     # torchvision's CenterCrop pads, then crops

@@ -765,11 +765,12 @@ class Grid:
         before anything is trained."""
         pairs = list(pairs)
         models = [m for pair in pairs for m in pair]
+        chains = [stitch_points(m) for m in models]
         if layers is not None:
             names, points = list(layers), [[(n, n) for n in layers] for _ in pairs]
-        elif all(stitch_points(m) == stitch_points(models[0]) for m in models):
+        elif all(chain == chains[0] for chain in chains):
             common = [set(common_stitch_points(f, e)) for f, e in pairs]
-            names = [n for n in stitch_points(models[0])
+            names = [n for n in chains[0]
                      if all(n in c for c in common) and n != models[0].representation_layer]
             points = [[(n, n) for n in names] for _ in pairs]
         else:
@@ -781,11 +782,11 @@ class Grid:
                         f"{_model_name(m)}: {', '.join(ends[m.fingerprint()]) or 'none'}"
                         for m in dict.fromkeys(models)))
             # after the blocks: the points every model has by name (a WRN's final relu)
-            first = stitch_points(models[0])
-            last = first.index(ends[models[0].fingerprint()][-1])
-            after = [n for n in first[last + 1:] if all(n in stitch_points(m) for m in models)]
-            rows = [list(zip(ends[f.fingerprint()], ends[e.fingerprint()])) + [(n, n) for n in after]
-                    for f, e in pairs]
+            last = chains[0].index(ends[models[0].fingerprint()][-1])
+            after = [n for n in chains[0][last + 1:] if all(n in chain for chain in chains)]
+            rows = [list(zip(ends[f.fingerprint()], ends[e.fingerprint()]))
+                    + [(n, n) for n in after] for f, e in pairs]
+
             def fits(j: int) -> bool:   # in every pair: one spatial size, not the pooled end
                 return all(f.layer_shapes()[row[j][0]][1:] == e.layer_shapes()[row[j][1]][1:]
                            and row[j][0] != f.representation_layer
