@@ -567,7 +567,9 @@ def test_an_imagenet_resnet50_added_by_path_opens_every_page(browser, offline_se
         steps.press("Enter")
         settle(page)
         if n == "5000":
-            page.get_by_text(re.compile(r"^5000 steps of both models take about \d+ min")).wait_for(
+            # about 46 min on an idle 2-core machine; hours when other work loads it
+            page.get_by_text(re.compile(
+                r"^5000 steps of both models take about (\d+ min|[\d.]+ h)")).wait_for(
                 timeout=120_000)
             assert_clean(page)
             shot(page, "imagenet-inversion-asks")
