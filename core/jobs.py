@@ -499,20 +499,24 @@ def feature_grid_job(load: Loader, spec: str, indices: list[int], method: str = 
                 f"visualising {len(indices)} features of {probe.name}", args)
 
 
-def _images_in_order(analysis: str, folder: str | None, probe: Probe) -> tuple[dict, Any]:
-    """The test set (or an image folder at the model's input size) read in its own
-    order: how results of every image name it, and a maker of the data set."""
-    source = image_folder(analysis, folder, probe)
+def _images_in_order(analysis: str, folder: str | None, probe: Probe,
+                     where: data.ImageFolder | None = None) -> tuple[dict, Any]:
+    """The test set (or an image folder at the model's input size, `where` if the
+    caller built it already) read in its own order: how results of every image name
+    it, and a maker of the data set."""
+    source = where or image_folder(analysis, folder, probe)
     if source is None:
         return test_images(None), lambda: data.cifar10("test")
     return {"folder": source.identity(), "order": "files"}, lambda: source
 
 
-def test_outputs_job(load: Loader, spec: str, folder: str | None = None) -> Job:
+def test_outputs_job(load: Loader, spec: str, folder: str | None = None, *,
+                     where: data.ImageFolder | None = None) -> Job:
     """Representation (float16), prediction and label of every test image (or image of
-    `folder`), in its order (top_images_job gives indices into it)."""
+    `folder`; `where`: that folder, already built), in its order (top_images_job gives
+    indices into it)."""
     probe = load(spec)
-    named, images = _images_in_order("Reading the images' representations", folder, probe)
+    named, images = _images_in_order("Reading the images' representations", folder, probe, where)
     inputs = {"model": probe.identity(), "images": named}
 
     def run(progress: Reporter) -> dict:
@@ -527,12 +531,14 @@ def test_outputs_job(load: Loader, spec: str, folder: str | None = None) -> Job:
 
 
 def top_images_job(load: Loader, spec: str, indices: list[int], k: int = 9,
-                   folder: str | None = None) -> Job:
+                   folder: str | None = None, *, where: data.ImageFolder | None = None) -> Job:
     """Indices into the test set (class-major order) or the image `folder` (its files'
-    order) of the k most and least activating images of each feature: numbers only,
-    shippable without the data."""
+    order; `where`: that folder, already built, which the page shows) of the k most and
+    least activating images of each feature: numbers only, shippable without the data."""
     probe = load(spec)
-    named, _ = _images_in_order("Finding top-activating images", folder, probe)
+    # the folder is listed and hashed once, for this job and the one it needs
+    where = where or image_folder("Finding top-activating images", folder, probe)
+    named, _ = _images_in_order("Finding top-activating images", folder, probe, where)
     inputs = {"model": probe.identity(), "indices": list(indices), "k": k, "images": named}
 
     def run(progress: Reporter, outputs: dict) -> dict:
@@ -548,7 +554,7 @@ def top_images_job(load: Loader, spec: str, indices: list[int], k: int = 9,
     return _job("top_images", inputs, run, f"top-activating images for {probe.name}",
                 {"spec": spec, "indices": list(indices), "k": k,
                  **({"folder": folder} if folder else {})},
-                {"outputs": test_outputs_job(load, spec, folder)})
+                {"outputs": test_outputs_job(load, spec, folder, where=where)})
 
 
 def add_feature_job(load: Loader, spec: str, image: Any, index: int, method: str = "adam",

@@ -128,9 +128,10 @@ def top_images(index: int) -> None:
                     icon=":material/info:")
             return
     with page.guard():
-        top_job = jobs.top_images_job(backend.model, a, feats, folder=folder)
         test = backend.test_set() if folder is None else jobs.image_folder(
             "Top-activating images", folder, probe_a)
+        top_job = jobs.top_images_job(backend.model, a, feats, folder=folder,
+                                      where=test if folder else None)
     top = backend.stored(top_job)
     if test is None:
         page.need_data("Showing the top-activating test images", "mf-top")

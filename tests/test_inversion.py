@@ -327,6 +327,24 @@ def test_top_activating_images_of_an_image_folder(tmp_path):
         jobs.top_images_job(load, "in0", [3])
 
 
+def test_top_images_list_their_folder_once(tmp_path, monkeypatch):
+    """The job and the representations it needs read one listing of the folder, none
+    where the page hands over the folder it built to show the images; same keys."""
+    from conftest import image_folder, imagenet_models
+    from core import jobs
+    image_folder(tmp_path / "val", per_class=2)
+    load, folder = imagenet_models(0).__getitem__, str(tmp_path / "val")
+    listings = []
+    real = data.folder_files
+    monkeypatch.setattr(data, "folder_files", lambda root: listings.append(root) or real(root))
+    job = jobs.top_images_job(load, "in0", [3], folder=folder)
+    assert len(listings) == 1
+    shown = data.ImageFolder(folder, load("in0").preprocessing)
+    again = jobs.top_images_job(load, "in0", [3], folder=folder, where=shown)
+    assert len(listings) == 2                          # the page's own, and no other
+    assert again.key == job.key and again.needs["outputs"].key == job.needs["outputs"].key
+
+
 def test_manipulation_at_224_px_with_the_imagenet_settings():
     """Feature addition, interpolation and the misclassification view on a 224 px
     ImageNet model (random weights, a few steps): images at its size from ImageNet's
