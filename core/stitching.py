@@ -215,16 +215,20 @@ def data_identity(loader: Loader | None) -> dict | None:
 
 @contextlib.contextmanager
 def _modes(*pairs: tuple[nn.Module, bool]) -> Iterator[None]:
-    """Set train/eval modes for the block and restore them after."""
-    saved = [(m, [(sub, sub.training) for sub in m.modules()]) for m, _ in pairs]
+    """Set train/eval modes for the block (later pairs win) and restore them after,
+    writing only to modules not in the asked mode: the shared donors, in eval already,
+    are read by other sessions meanwhile."""
+    changed = []
     for m, mode in pairs:
-        m.train(mode)
+        for sub in m.modules():
+            if sub.training != mode:
+                changed.append((sub, sub.training))
+                sub.training = mode
     try:
         yield
     finally:
-        for _m, subs in saved:
-            for sub, mode in subs:
-                sub.training = mode
+        for sub, mode in reversed(changed):
+            sub.training = mode
 
 
 def _sync(device: torch.device) -> None:

@@ -164,6 +164,29 @@ def test_task_fit_can_start_from_the_least_squares_fit(a):
         assert torch.allclose(stitched(x), a(x), atol=1e-3)
 
 
+def test_stitching_writes_no_mode_of_the_shared_donors(a, monkeypatch):
+    """Other sessions read the cached donors meanwhile: fitting (both methods, BatchNorm
+    adapted or not) and scoring under attack set no train/eval flag on them."""
+    end = tiny_probe(width=8, seed=2, name="end")
+    donors = {id(m) for d in (a, end) for m in d.modules()}
+    writes = []
+    setattr_ = nn.Module.__setattr__
+
+    def recording(module, name, value):
+        if name == "training" and id(module) in donors:
+            writes.append(type(module).__name__)
+        setattr_(module, name, value)
+    monkeypatch.setattr(nn.Module, "__setattr__", recording)
+    train = colour_task(64, seed=0)
+    for method, adapt in (("direct", False), ("task", False), ("task", True)):
+        stitched, _ = stitching.fit(a, end, "layer2.0", train, method, epochs=1,
+                                    batch_size=32, adapt_bn=adapt)
+        stitching.evaluate(stitched, train, attacks.PGD(eps=8 / 255, steps=1), robust_n=8)
+        stitching.representation_error(stitched, train, n=32)
+    assert not writes, writes
+    assert not a.training and not end.training
+
+
 def test_donors_stay_frozen_and_unchanged(a):
     end = tiny_probe(width=8, seed=2, name="end")
     before = {k: v.clone() for k, v in end.state_dict().items()}
