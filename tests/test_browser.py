@@ -155,13 +155,23 @@ def sidebar_hidden_after_the_run(page) -> None:
     wait_until(lambda: not sidebar_visible(page), 30, "the sidebar hidden")
 
 
-def wait_until(predicate, timeout: float = 60, what: str = "condition") -> None:
+def wait_until(predicate, timeout: float = 60, what: str = "condition", page=None) -> None:
+    """Poll `predicate`; with a `page`, an error box ends the wait at once, and a
+    timeout says what the page showed (status, progress, alerts) beside a screenshot."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         if predicate():
             return
+        if page is not None:
+            assert_clean(page)
         time.sleep(0.3)
-    raise AssertionError(f"timed out waiting for {what}")
+    if page is None:
+        raise AssertionError(f"timed out waiting for {what}")
+    shot(page, "timeout-" + re.sub(r"\W+", "-", what))
+    shown = page.locator("[data-testid='stStatusWidget'], [data-testid='stProgress'], "
+                         "[data-testid='stExpander'] summary, [data-testid='stAlert']")
+    raise AssertionError(f"timed out waiting for {what} at {page.url}; the page showed: "
+                         f"{shown.all_inner_texts()}")
 
 
 RESULT_LINE = re.compile(r"^representation loss [\d.]+ · PSNR")   # one per model
@@ -169,7 +179,8 @@ RESULT_LINE = re.compile(r"^representation loss [\d.]+ · PSNR")   # one per mod
 
 def both_reconstructions(page, timeout: float = 300) -> None:
     """Wait until the inversion page shows both models' finished results."""
-    wait_until(lambda: page.get_by_text(RESULT_LINE).count() == 2, timeout, "both reconstructions")
+    wait_until(lambda: page.get_by_text(RESULT_LINE).count() == 2, timeout,
+               "both reconstructions", page)
     settle(page)
 
 
