@@ -64,7 +64,7 @@ def stored_or_offer(job, transposed: bool, key: str) -> CKAResult | None:
 
 
 def describe_pair(res: CKAResult, i: int, j: int, first: str, second: str) -> None:
-    with st.container(border=True):
+    with st.container(border=True, key="pair"):
         st.markdown(f"**{res.layers_a[i]}** × **{res.layers_b[j]}**")
         m1, m2 = st.columns(2)
         m1.metric("CKA", f"{res.matrix[i, j]:.3f}")

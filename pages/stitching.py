@@ -38,7 +38,7 @@ chosen_a = a != views.DEFAULT_A     # a model A the person picked
 auto = views.stitch_rows({**views.settings(PAGE, {}), "a": st.session_state["a"]}, robust,
                          standard, chosen_a)  # what each empty picker stands for
 with st.container(key="settings"), st.container(border=True):
-    c = st.columns([1, 1, 1, 1, 0.9, 1.5])
+    c = st.columns(4)
     for col, key, pool, default in ((c[0], "st_r", robust, auto[0][0]),
                                     (c[1], "st_s", standard, auto[0][1]),
                                     (c[2], "st_s2", standard, auto[2][1]),
@@ -46,11 +46,13 @@ with st.container(key="settings"), st.container(border=True):
         state.selectbox(col, PAGE, key, [""] + pool,
                         format_func=lambda s, d=default: backend.label(s) if s
                         else f"auto: {backend.label(d)}")
-    state.segmented(c[4], PAGE, "st_method")
-    state.selectbox(c[5], PAGE, "st_metric")
+    # a second row: in the first, "direct" was cut off below 1700 px of window
+    c = st.columns([1.1, 1.4, 2.5])
+    state.segmented(c[0], PAGE, "st_method")
+    state.selectbox(c[1], PAGE, "st_metric")
     # models of another data set are stitched on an image folder of their own images
     if model_a.kind != "cifar10" or state.value(PAGE, "st_folder"):
-        state.text(st, PAGE, "st_folder", placeholder="/data/imagenet/val")
+        state.text(c[2], PAGE, "st_folder", placeholder="/data/imagenet/val")
 settings = state.current(PAGE)
 state.publish(PAGE)
 method, metric = settings["st_method"], settings["st_metric"]

@@ -188,11 +188,47 @@ def no_truncation(page) -> list[str]:
     """Buttons, tabs, headings and captions whose text does not fit their box."""
     return page.evaluate("""() => {
       const sel = 'button p, [data-testid="stMarkdownContainer"] p, h1, h2, h3,'
-                + ' [data-testid="stCaptionContainer"], [role="tab"] p';
+                + ' [data-testid="stCaptionContainer"], [role="tab"] p, .stMarkdownEllipsis,'
+                + ' [data-testid="stMetricValue"] div';
       return [...document.querySelectorAll(sel)]
         .filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1)
         .map(e => e.innerText.slice(0, 60));
     }""")
+
+
+def clipped_controls(page) -> list[str]:
+    """Buttons, tabs and select boxes that the nearest box clipping its content cuts
+    (a segmented control wider than its column shows half a button)."""
+    return page.evaluate("""() => {
+      const out = [];
+      document.querySelectorAll('button, [role="tab"], [data-testid="stSelectbox"]')
+        .forEach(b => {
+          const r = b.getBoundingClientRect();
+          // plotly's mode bar shows on hover only, over the figure
+          if (b.offsetParent === null || r.width === 0 || b.closest('.modebar')) return;
+          for (let a = b.parentElement; a; a = a.parentElement) {
+            if (getComputedStyle(a).overflowX === 'visible') continue;
+            const box = a.getBoundingClientRect();
+            if (r.right > box.right + 1 || r.left < box.left - 1)
+              out.push(b.innerText.slice(0, 60) || b.getAttribute('aria-label'));
+            break;
+          }
+        });
+      return out;
+    }""")
+
+
+def text_outside_figures(page) -> list[str]:
+    """Titles and axis labels of plotly figures that reach past their figure's edge."""
+    return page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')]
+      .flatMap(p => {
+        const box = p.querySelector('.main-svg').getBoundingClientRect();
+        return [...p.querySelectorAll('.gtitle, .xtick text, .ytick text, .g-xtitle text,'
+                                      + ' .g-ytitle text')]
+          .filter(t => { const r = t.getBoundingClientRect();
+                         return r.width > 0 && (r.right > box.right + 1 || r.left < box.left - 1); })
+          .map(t => t.textContent.slice(0, 60));
+      })""")
 
 
 def in_viewport(page, locator, size) -> None:
@@ -227,6 +263,12 @@ def test_every_page_opens_offline(browser, offline_server, name):
     assert_clean(page, offline=True)
     assert page.get_by_role("button", name=re.compile("^Compute")).count() == 0
     shot(page, f"page-{name}")
+    for width, height in (WIDE, PROJECTOR):       # a speaker's laptop, outside presentation
+        page.set_viewport_size({"width": width, "height": height})
+        page.wait_for_timeout(500)
+        assert not no_truncation(page), (width, no_truncation(page))
+        assert not clipped_controls(page), (width, clipped_controls(page))
+        assert not text_outside_figures(page), (width, text_outside_figures(page))
     page.context.close()
 
 
