@@ -61,6 +61,12 @@ def click_layer(xs: Sequence, ys: Sequence, customdata: np.ndarray, hovertemplat
                       unselected=dict(marker=dict(opacity=0.01)))
 
 
+def _centred(title: str) -> dict:
+    """A figure title centred over the figure: Streamlit's theme anchors titles at their
+    left end, so x=0.5 alone starts them mid-figure and runs long ones past its edge."""
+    return dict(text=title, x=0.5, xanchor="center")
+
+
 def cka_heatmap(matrix: np.ndarray, layers_a: Sequence[str], layers_b: Sequence[str],
                 title: str = "", name_a: str = "model A", name_b: str = "model B",
                 spread: np.ndarray | None = None, selected: tuple[int, int] | None = None,
@@ -125,7 +131,7 @@ def _style_cka(fig, layers_a, layers_b, name_a, name_b, title, big, row=None, co
     for b in yb:
         fig.add_shape(type="line", y0=b, y1=b, x0=-0.5, x1=len(layers_b) - 0.5, line=line, **ref)
     size = 20 if big else 13
-    fig.update_layout(title=dict(text=title, x=0.5, xanchor="center"), font=dict(family=FONT, size=size),
+    fig.update_layout(title=_centred(title), font=dict(family=FONT, size=size),
                       margin=dict(l=10, r=10, t=50 if title else 20, b=10),
                       height=720 if big else 520)
 
@@ -187,7 +193,7 @@ def matrix_heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str],
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=list(rows),
                      range=[len(rows) - 0.5, -0.5])
     fig.update_layout(plot_bgcolor="#f3f4f6")
-    fig.update_layout(title=dict(text=title, x=0.5, xanchor="center"), height=height or max(260, 70 * len(rows) + 140),
+    fig.update_layout(title=_centred(title), height=height or max(260, 70 * len(rows) + 140),
                       font=dict(family=FONT, size=18 if big else 12),
                       margin=dict(l=10, r=10, t=50 if title else 20, b=10))
     if selected is not None:
