@@ -47,3 +47,16 @@ def test_sidebar_has_device_and_model_pickers():
     at = run_app()
     labels = [s.label for s in at.sidebar.selectbox]
     assert "Device" in labels
+
+
+@pytest.mark.parametrize("page, key", [("pages/cka.py", "cka_folder"),
+                                       ("pages/stitching.py", "st_folder"),
+                                       ("pages/manipulation.py", "mf_folder")])
+def test_a_link_with_an_image_folder_shows_its_field_at_once(page, key, tmp_path):
+    """A shared link naming an image folder shows the folder's field on its first run,
+    where the person can read and change it (it was hidden until the next click, while
+    the page already read the folder)."""
+    missing = str(tmp_path / "no-such-folder")
+    at = run_app(page, {key: missing})
+    fields = [t for t in at.text_input if t.key == key]
+    assert fields and fields[0].value == missing, [t.key for t in at.text_input]

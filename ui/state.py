@@ -45,8 +45,9 @@ def seed(page: str, key: str, options: Sequence | None = None, default: Any = No
 
 
 def value(page: str, key: str) -> Any:
-    """The current value of a setting (its default if no widget holds it)."""
-    return st.session_state.get(key, setting(page, key).default)
+    """The current value of a setting: its widget's, else (seeded now) the URL's or its
+    default, so that a deep link's first run shows the widgets its value asks for."""
+    return st.session_state[key] if key in st.session_state else seed(page, key)
 
 
 def current(page: str) -> dict:
