@@ -178,9 +178,19 @@ RESULT_LINE = re.compile(r"^representation loss [\d.]+ · PSNR")   # one per mod
 
 
 def both_reconstructions(page, timeout: float = 300) -> None:
-    """Wait until the inversion page shows both models' finished results."""
-    wait_until(lambda: page.get_by_text(RESULT_LINE).count() == 2, timeout,
-               "both reconstructions", page)
+    """Wait until the inversion page shows both models' finished results. A run the
+    page estimates over 20 s waits for a click (ui.page.LONG_RUN_S): on a loaded
+    machine an upload's 150 steps do, so the wait clicks as a person would."""
+    start = page.get_by_role("button", name=re.compile(r"^Reconstruct \(about"))
+
+    def done() -> bool:
+        if start.count():
+            try:
+                start.first.click(timeout=5_000)
+            except playwright.Error:        # gone in a rerun meanwhile: look again
+                pass
+        return page.get_by_text(RESULT_LINE).count() == 2
+    wait_until(done, timeout, "both reconstructions", page)
     settle(page)
 
 
