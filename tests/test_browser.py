@@ -180,13 +180,17 @@ RESULT_LINE = re.compile(r"^representation loss [\d.]+ · PSNR")   # one per mod
 def both_reconstructions(page, timeout: float = 300) -> None:
     """Wait until the inversion page shows both models' finished results. A run the
     page estimates over 20 s waits for a click (ui.page.LONG_RUN_S): on a loaded
-    machine an upload's 150 steps do, so the wait clicks as a person would."""
+    machine an upload's 150 steps do, so the wait clicks as a person would: once, since
+    the button stays on the page while the run it started computes, and a second click
+    would start that run again."""
     start = page.get_by_role("button", name=re.compile(r"^Reconstruct \(about"))
+    clicked = []
 
     def done() -> bool:
-        if start.count():
+        if not clicked and start.count():
             try:
                 start.first.click(timeout=5_000)
+                clicked.append(True)
             except playwright.Error:        # gone in a rerun meanwhile: look again
                 pass
         return page.get_by_text(RESULT_LINE).count() == 2
@@ -636,10 +640,7 @@ def test_an_imagenet_resnet50_added_by_path_opens_every_page(browser, offline_se
                 timeout=120_000)
             assert_clean(page)
             shot(page, "imagenet-inversion-asks")
-    button = page.get_by_role("button", name=re.compile(r"^Reconstruct \(about"))
-    if button.count():
-        button.click()
-    both_reconstructions(page)
+    both_reconstructions(page)                 # clicks "Reconstruct (about …)" if asked
     assert_clean(page)
     shot(page, "imagenet-inversion")
     for title in ("Feature manipulation", "CKA explorer", "Stitching matrix", "Home"):
