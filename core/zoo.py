@@ -210,6 +210,9 @@ def load_file(path: Path, *, trust: bool = False, arch: str | None = None,
             side = json.loads(sidecar.read_text())
         except (OSError, ValueError):
             side = {}
+    weights = side.get("weights")
+    if isinstance(weights, dict) and weights.get("sha256") != weights_sha256(path):
+        del side["weights"]  # a card copied beside other weights must not lend them its identity
     sd = archs.strip_unused(sd)
     found = archs.identify(sd)
     arch = arch or meta.get("arch") or side.get("arch") or (None if found else fallback_arch)
@@ -314,7 +317,7 @@ def read_checkpoint(path: Path, trust: bool = False) -> tuple[Any, dict]:
         obj = torch.load(path, map_location="cpu", weights_only=not trust)
     except pickle.UnpicklingError as e:
         msg = str(e)
-        if "Unsupported global" in msg:
+        if re.search(r"unsupported global", msg, re.IGNORECASE):  # torch words it two ways
             what = re.search(r"GLOBAL ([\w.]+)", msg)
             raise CheckpointError(
                 f"{path.name} was refused: loading it would execute code stored in the file "

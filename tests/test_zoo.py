@@ -184,6 +184,40 @@ def test_pickle_with_code_is_refused_unless_trusted(tmp_path):
     assert marker.exists()
 
 
+class ShellPayload:
+    """A pickled object whose unpickling would run a shell command."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_pickle_calling_the_shell_is_refused_as_code(tmp_path):
+    # torch words this refusal "unsupported GLOBAL posix.system whose module posix is
+    # blocked", in lower case: it must still read as code, not as an unreadable file
+    marker = tmp_path / "pwned.txt"
+    torch.save({"state_dict": ShellPayload(str(marker))}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match=r"would execute code.*(posix|os)\.system"):
+        zoo.load(tmp_path / "evil.pt")
+    assert not marker.exists()
+
+
+def test_a_card_beside_other_weights_does_not_lend_its_identity(tmp_path, probe):
+    zoo.export(probe, "shipped", directory=tmp_path)
+    other = tiny_probe(seed=7)
+    save_file({k: v.contiguous() for k, v in other.model.state_dict().items()},
+              str(tmp_path / "mine.safetensors"))
+    (tmp_path / "mine.json").write_bytes((tmp_path / "shipped.json").read_bytes())
+    mine = zoo.load(tmp_path / "mine.safetensors", device="cpu")
+    same = zoo.load(tmp_path / "shipped.safetensors", device="cpu")   # the card's own file
+    shipped = zoo.load("shipped", directory=tmp_path, device="cpu")
+    assert same.fingerprint() == shipped.fingerprint()
+    assert mine.fingerprint() != shipped.fingerprint() and "weights" not in mine.card
+    assert same_logits(mine, other) and not same_logits(mine, shipped, atol=1e-2)
+
+
 def test_pickled_plain_object_refused(tmp_path):
     with open(tmp_path / "obj.pt", "wb") as f:
         pickle.dump({"weights": Payload("/nonexistent/x")}, f)
