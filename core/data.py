@@ -367,8 +367,7 @@ def folder_files(root: Path) -> FolderListing:
     return listing
 
 
-def _decode_folder(split_dir: Path) -> tuple[torch.Tensor, torch.Tensor]:
-    listing = folder_files(split_dir)
+def _decode_folder(listing: FolderListing) -> tuple[torch.Tensor, torch.Tensor]:
     images = []
     for f in listing.files:
         with Image.open(f) as im:
@@ -460,13 +459,17 @@ def cifar10(split: str = "test", root: str | os.PathLike | None = None) -> Image
     if root is None and split in _PROVIDED:
         return _PROVIDED[split]
     kind, path = locate_cifar10(split, root)
-    stat = path.stat()
-    key = hashlib.sha1(f"{kind}|{path.resolve()}|{split}|{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    # the decoded copy is named by every file's name, size and time: a file changed
+    # inside a class folder leaves the split folder's own time as it was
+    listing = folder_files(path) if kind == "folder" else None
+    stats = listing.stats if listing else sorted(
+        (e.name, e.stat().st_size, e.stat().st_mtime_ns) for e in os.scandir(path) if e.is_file())
+    key = hashlib.sha1(json.dumps([kind, str(path.resolve()), split, stats]).encode()).hexdigest()[:16]
     cached = cache_dir() / "tensors" / f"cifar10-{split}-{key}.pt"
     if cached.exists():
         blob = torch.load(cached, weights_only=True)
         return ImageTensorDataset(blob["images"], blob["labels"], f"{kind}:{path}")
-    images, labels = _decode_batches(path, split) if kind == "batches" else _decode_folder(path)
+    images, labels = _decode_batches(path, split) if kind == "batches" else _decode_folder(listing)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     torch.save({"images": images, "labels": labels}, tmp)

@@ -38,6 +38,20 @@ def test_imagefolder_tree_is_decoded_once_and_cached(tmp_path):
     assert torch.equal(again.images, ds.images)
 
 
+def test_a_changed_image_folder_is_decoded_again(tmp_path):
+    # a file written in place, or added, inside a class folder leaves the split
+    # folder's own time as it was: the decoded copy must still not be served
+    _write_folder(tmp_path / "tree")
+    before = data.cifar10("test", tmp_path / "tree")
+    cat = tmp_path / "tree" / "test" / "cat"
+    Image.fromarray(np.full((32, 32, 3), 250, dtype=np.uint8)).save(cat / "0000.png")
+    Image.fromarray(np.full((32, 32, 3), 7, dtype=np.uint8)).save(cat / "0009.png")
+    after = data.cifar10("test", tmp_path / "tree")
+    first_cat = before.labels.tolist().index(3)
+    assert len(before) == 30 and len(after) == 31
+    assert int(after.images[first_cat].max()) == 250 != int(before.images[first_cat].max())
+
+
 def test_official_batches_through_torchvision(tmp_path, monkeypatch):
     """Batches in the official pickle layout, where torchvision.datasets.CIFAR10 looks."""
     import torchvision
