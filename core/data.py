@@ -58,9 +58,19 @@ class ImageTensorDataset(torch.utils.data.Dataset):
         if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
             raise ValueError("images must be a uint8 tensor of shape (N, 3, H, W)")
         self.images, self.labels, self.source = images, labels.long(), source
+        self._digest: str | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def identity(self) -> dict:
+        """What results call it: its source, size and a hash of its images and labels
+        (two subsets of one size from one source are different data)."""
+        if self._digest is None:
+            h = hashlib.sha256(self.images.contiguous().numpy().data)
+            h.update(self.labels.contiguous().numpy().data)
+            self._digest = h.hexdigest()[:16]
+        return {"source": self.source, "n": len(self), "sha256": self._digest}
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.images[i].float() / 255, int(self.labels[i])

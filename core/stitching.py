@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import attacks
-from .data import ImageTensorDataset, batch_sizes, batches
+from .data import ImageFolder, ImageTensorDataset, batch_sizes, batches
 from .errors import RobustLensError, UnknownLayerError
 from .probe import Probe
 from .progress import Event, Reporter, report, span
@@ -204,11 +204,12 @@ def _limit(max_batches: int | None, batch_size: int) -> int | None:
 
 
 def data_identity(loader: Loader | None) -> dict | None:
-    """How results name a data set: its source and size (None when unknown)."""
+    """How results name a data set: by its content where it has an identity (an
+    ImageTensorDataset, an ImageFolder), else its type and size (None when unknown)."""
     if loader is None:
         return None
-    if isinstance(loader, ImageTensorDataset):
-        return {"source": loader.source, "n": len(loader)}
+    if isinstance(loader, (ImageTensorDataset, ImageFolder)):
+        return loader.identity()
     n = len(loader) if hasattr(loader, "__len__") else None  # type: ignore[arg-type]
     return {"source": type(loader).__name__, "n": n}
 

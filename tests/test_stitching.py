@@ -284,7 +284,7 @@ def test_matrix_cells_and_round_trip(a, wide):
     assert seen[-1][0] == seen[-1][1] == 2 * 2 + 2
     assert all(d1 <= d2 for (d1, _), (d2, _) in zip(seen, seen[1:]))
     assert res.pairs[0]["end"] == wide.identity() and res.settings["attack"] == atk.describe()
-    assert res.settings["test"] == {"source": "colours", "n": 16}
+    assert res.settings["test"] == {"source": "colours", "n": 16, "sha256": test.identity()["sha256"]}
 
     meta, blob = results.encode(res.to_dict())
     back = stitching.StitchResult.from_dict(results.decode(meta, blob))
@@ -309,6 +309,11 @@ def test_matrix_cells_and_round_trip(a, wide):
     assert key != results.make_key("stitch-cell", stitching.cell_inputs(
         a, a, "avgpool", "direct", train_loader=train, test_loader=test, attack=atk,
         robust_n=9))
+    # two subsets of one size from one source are different training data
+    other = colour_task(len(train), seed=3)
+    assert key != results.make_key("stitch-cell", stitching.cell_inputs(
+        a, a, "avgpool", "direct", train_loader=other, test_loader=test, attack=atk,
+        robust_n=8))
 
 
 def test_stitching_jobs_on_an_image_folder_of_imagenet_models(tmp_path):
