@@ -358,9 +358,9 @@ def seconds_per_step(model: Probe, layer: str | None = None) -> float:
     x = torch.rand(1, 3, model.input_size, model.input_size,
                    generator=torch.Generator().manual_seed(0))
     settings = Settings(steps=1, frame_every=1)
-    invert(model, x, layer, settings=settings)
+    invert(model, x, layer=layer, settings=settings)
     start = time.perf_counter()
-    invert(model, x, layer, settings=dataclasses.replace(settings, steps=3))
+    invert(model, x, layer=layer, settings=dataclasses.replace(settings, steps=3))
     return (time.perf_counter() - start) / 3.5   # 3 steps, a last forward and the target's
 
 
@@ -417,14 +417,13 @@ def _seed_label(seed: str | torch.Tensor) -> str:
 
 # ------------------------------------------------------------------ public API
 
-def invert(model: Probe, target_images: torch.Tensor, layer: str | None = None,
-           seed: str | torch.Tensor = "noise", steps: int | None = None,
-           method: str | None = None, progress: Reporter | None = None, *,
-           generator_seed: int = 0, settings: Settings | None = None,
-           **options: Any) -> InversionResult:
-    """Find images whose features at `layer` match those of target_images.
+def invert(model: Probe, target: torch.Tensor, seed: str | torch.Tensor = "noise",
+           steps: int | None = None, progress: Reporter | None = None, *,
+           layer: str | None = None, method: str | None = None, generator_seed: int = 0,
+           settings: Settings | None = None, **options: Any) -> InversionResult:
+    """Find images whose features at `layer` match those of the target images.
 
-    target_images: (N, 3, H, W) or (3, H, W) in [0, 1]; each is inverted from
+    target: (N, 3, H, W) or (3, H, W) in [0, 1]; each is inverted from
     its own seed ("noise", "gray", or images). layer: any tap name (default
     the penultimate representation). method "adam" (fast, default steps 150)
     or "normgrad" (the paper's L2-normalised step 0.1, default 1000 steps).
@@ -432,7 +431,7 @@ def invert(model: Probe, target_images: torch.Tensor, layer: str | None = None,
     change its fields (step_size, eps, fake_relu, threads, frame_every). The
     result's loss is ||R(x') - R(x)||_2 / ||R(x)||_2 per image.
     """
-    targets = _as_batch(target_images, "target_images")
+    targets = _as_batch(target, "target")
     s = _settings("invert", settings, method, steps, options, model)
     layer = layer or model.representation_layer
     with _run(model, s, layer) as features:
@@ -491,16 +490,16 @@ def add_feature(model: Probe, images: torch.Tensor, index: int | Sequence[int],
 
 
 def interpolate(model: Probe, a: torch.Tensor, b: torch.Tensor, frames: int = 10,
-                layer: str | None = None, seed: str | torch.Tensor = "mix",
-                steps: int | None = None, method: str | None = None,
-                progress: Reporter | None = None, *, generator_seed: int = 0,
+                seed: str | torch.Tensor = "mix", steps: int | None = None,
+                method: str | None = None, progress: Reporter | None = None, *,
+                layer: str | None = None, generator_seed: int = 0,
                 settings: Settings | None = None, **options: Any) -> InversionResult:
     """Invert (1 - t) R(a) + t R(b) for `frames` values of t from 0 to 1.
 
     seed "mix" starts frame t from (1 - t) a + t b in pixel space (the paper's
     choice); "noise", "gray" or images start every frame from that. Frame 0
     reconstructs R(a) and the last R(b). settings["t"] lists the t values.
-    settings and options as for `invert`.
+    settings and options as for `invert` (defaults: Settings.for_task("interpolate", method)).
     """
     if frames < 2:
         raise ValueError("interpolation needs at least 2 frames")
@@ -508,7 +507,7 @@ def interpolate(model: Probe, a: torch.Tensor, b: torch.Tensor, frames: int = 10
     if xa.shape[0] != 1 or xb.shape != xa.shape:
         raise ValueError(f"a and b must be one image each of the same shape, not "
                          f"{tuple(xa.shape)} and {tuple(xb.shape)}")
-    s = _settings("invert", settings, method, steps, options, model)
+    s = _settings("interpolate", settings, method, steps, options, model)
     layer = layer or model.representation_layer
     t = torch.linspace(0, 1, frames)
     with _run(model, s, layer) as features:
@@ -587,12 +586,13 @@ def explain_misclassification(model: Probe, image: torch.Tensor, label: int,
     Returns a dict: label, predicted, misclassified, probabilities (C,),
     contributions (D,), component, contribution, top_components (the `top`
     largest), image (3, H, W) after adding the component, and result (the
-    InversionResult of that addition). settings and options as for `add_feature`.
+    InversionResult of that addition). settings and options as for `add_feature` (defaults:
+    Settings.for_task("explain", method)).
     """
     x = _as_batch(image)
     if x.shape[0] != 1:
         raise ValueError("explain_misclassification takes one image")
-    s = _settings("add", settings, method, steps, options, model)
+    s = _settings("explain", settings, method, steps, options, model)
     classifier = model.head
     with cpu_threads(s.threads, model.device), torch.no_grad():
         rep = model.representation(x.to(model.device)).float()[0]

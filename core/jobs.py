@@ -429,7 +429,7 @@ def inversion_job(load: Loader, spec: str, image: Any, layer: str | None = None,
 
     def run(progress: Reporter) -> dict:
         x = images.to_tensor(image)[None]
-        res = inversion.invert(probe, x, layer, seed, progress=progress,
+        res = inversion.invert(probe, x, seed, progress=progress, layer=layer,
                                generator_seed=generator_seed, settings=settings)
         out = res.to_dict()
         out.update(psnr=float(inversion.psnr(res.images, x)[0]),

@@ -24,7 +24,7 @@ ENTRY_POINTS = [
     (stitching, "fit", ["front", "end", "layer", "loader", "method"]),
     (stitching, "evaluate", ["stitched", "loader", "attack"]),
     (stitching, "matrix", ["end", "layers"]),
-    (inversion, "invert", ["model", "seed", "steps", "progress"]),
+    (inversion, "invert", ["model", "target", "seed", "steps", "progress"]),
     (inversion, "visualize_feature", []),
     (inversion, "add_feature", []),
     (inversion, "interpolate", []),
@@ -40,6 +40,27 @@ def test_each_design_entry_point_keeps_its_keywords(module, name, keywords):
     assert callable(function)
     missing = set(keywords) - set(inspect.signature(function).parameters)
     assert not missing, f"{module.__name__}.{name} lost {sorted(missing)}"
+
+
+# where the design writes arguments in an order, a call may pass them by position
+POSITIONAL = [
+    (attacks, "pgd", ["model", "x", "y", "norm", "eps", "step_size", "steps", "random_start"]),
+    (attacks, "accuracy", ["model", "loader", "attack"]),
+    (cka, "linear_cka", ["X", "Y", "unbiased"]),
+    (cka, "cka_matrix", ["model_a", "model_b", "loader", "layers_a", "layers_b", "kernel"]),
+    (stitching, "fit", ["front", "end", "layer", "loader", "method"]),
+    (stitching, "evaluate", ["stitched", "loader", "attack"]),
+    (inversion, "invert", ["model", "target", "seed", "steps", "progress"]),
+]
+
+
+@pytest.mark.parametrize("module, name, order", POSITIONAL,
+                         ids=[f"{m.__name__}.{n}" for m, n, _ in POSITIONAL])
+def test_each_design_entry_point_takes_its_arguments_in_the_documented_order(module, name,
+                                                                             order):
+    parameters = list(inspect.signature(getattr(module, name)).parameters.values())
+    assert [p.name for p in parameters[:len(order)]] == order
+    assert all(p.kind is p.POSITIONAL_OR_KEYWORD for p in parameters[:len(order)])
 
 
 def test_the_probe_keeps_its_documented_members():

@@ -383,3 +383,22 @@ def test_the_shipped_deck_keeps_its_keys_except_the_versioned_kinds():
             assert job.key not in keys, job.label     # the new version has its own key
             compared += 1
     assert compared >= 100, compared
+
+
+def test_each_public_optimisation_defaults_to_its_tasks_settings(probe):
+    # a notebook's call and the app's job (which passes Settings.for_task(task)) run
+    # the same optimisation: same steps, step size and radius
+    from core import inversion
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    runs = {
+        "invert": lambda: inversion.invert(probe, x[:1], steps=1),
+        "visualize": lambda: inversion.visualize_feature(probe, 0, steps=1),
+        "add": lambda: inversion.add_feature(probe, x[:1], 0, steps=1),
+        "interpolate": lambda: inversion.interpolate(probe, x[:1], x[1:], frames=2, steps=1),
+        "explain": lambda: inversion.explain_misclassification(probe, x[0], 3, steps=1)["result"],
+    }
+    for task, run in runs.items():
+        expected = inversion.Settings.for_task(task, steps=1)
+        recorded = run().settings
+        assert (recorded["steps"], recorded["step_size"], recorded["eps"]) == (
+            expected.steps, expected.step_size, expected.eps), task
