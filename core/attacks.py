@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import batch_sizes, batches
+from .data import batch_sizes, batches, require_labels
 from .images import norms
 from .progress import Reporter, report
 
@@ -73,6 +73,7 @@ def pgd(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch
     x = x.detach()
     if eps == 0 or steps == 0:
         return x.clone()
+    require_labels(y, "an attack")
     loss_fn = loss_fn or (lambda logits, t: F.cross_entropy(logits, t, reduction="none"))
     sign = -1.0 if targeted else 1.0
     delta = _random_start(x, norm, eps, generator) if random_start else torch.zeros_like(x)
@@ -127,6 +128,8 @@ class PGD:
     def __post_init__(self) -> None:
         if self.norm not in NORMS:
             raise ValueError(f"norm must be one of {NORMS}, not {self.norm!r}")
+        if self.eps < 0 or self.steps < 0 or self.step_size < 0:
+            raise ValueError("eps, step_size and steps must be non-negative")
 
     def __call__(self, model: Callable, x: torch.Tensor, y: torch.Tensor,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -209,6 +212,7 @@ def accuracy(model: nn.Module, loader: Any, attack: Callable | None = None,
     total = sum(sizes) if sizes is not None else None
     correct, n = 0, 0
     for x, y in batches(loader, batch_size, device, shuffle_seed, limit):
+        require_labels(y, "accuracy")
         with torch.no_grad():
             ok = model(x).argmax(1) == y
         if attack is not None and ok.any():

@@ -55,6 +55,10 @@ def _as_features(X: Array) -> tuple[torch.Tensor, float]:
     t = X.detach() if torch.is_tensor(X) else torch.from_numpy(np.asarray(X))
     eps = torch.finfo(t.dtype).eps if t.is_floating_point() else _F64_EPS
     t = t.to(torch.float64)
+    if t.ndim == 0 or t.shape[0] < 2:
+        raise ValueError(f"CKA compares examples: it needs at least 2, not {len(t) if t.ndim else 0}")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError("a representation holds NaN or infinite values: CKA is undefined")
     return (t.reshape(t.shape[0], -1) if t.ndim != 1 else t[:, None]), eps
 
 
@@ -388,8 +392,8 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
         raise ValueError(f"adv_against must be one of {ADV_AGAINST}, not {adv_against!r}")
     if kernel == "rbf" and sigma_frac <= 0:
         raise ValueError(f"sigma_frac must be positive, not {sigma_frac}")
-    layers_a = model_a.check_layers(list(layers_a) if layers_a is not None else model_a.layers)
-    layers_b = model_b.check_layers(list(layers_b) if layers_b is not None else model_b.layers)
+    layers_a = model_a.check_layers(layers_a if layers_a is not None else model_a.layers)
+    layers_b = model_b.check_layers(layers_b if layers_b is not None else model_b.layers)
     if not layers_a or not layers_b:
         raise ValueError("cka_matrix needs at least one layer on each side")
     min_n = _min_n(unbiased)

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import DataNotFoundError
+from .errors import BadImageError, DataNotFoundError, UnlabelledDataError
 from .images import Preprocessing, to_model_size, to_tensor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -147,8 +147,7 @@ def batches(source: Any, batch_size: int, device: torch.device | str = "cpu",
     batches is read as it comes, cut after `limit` images. Unlabelled images
     have the label -1.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, not {batch_size}")
+    _check_batch_size(batch_size)
     indexed = _indexed(source)
     if indexed is None:
         yield from _as_they_come(source, device, limit)
@@ -178,9 +177,23 @@ def _as_they_come(source: Iterable, device: torch.device | str,
             return
 
 
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, not {batch_size}")
+
+
+def require_labels(y: torch.Tensor, what: str) -> None:
+    """Refuse unlabelled images (label -1, as `batches` gives them) where `what`
+    needs each image's label."""
+    if bool((y < 0).any()):
+        raise UnlabelledDataError(f"{what} needs each image's label, and these images have "
+                                  "none: pass (image, label) pairs or a labelled data set")
+
+
 def batch_sizes(source: Any, batch_size: int, limit: int | None = None) -> list[int] | None:
     """The sizes of the batches `batches` yields for these arguments; None when
     they cannot be known before reading (a one-shot iterator)."""
+    _check_batch_size(batch_size)
     indexed = _indexed(source)
     if indexed is not None:
         count = indexed[0] if limit is None else min(indexed[0], limit)
@@ -377,13 +390,26 @@ def folder_files(root: Path) -> FolderListing:
     return listing
 
 
-def _decode_folder(listing: FolderListing) -> tuple[torch.Tensor, torch.Tensor]:
+def _decode_folder(listing: FolderListing, root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    if not listing.files:
+        raise DataNotFoundError(f"{root} holds no images in class folders (CLASS/IMAGE.png)")
     images = []
     for f in listing.files:
-        with Image.open(f) as im:
+        with _open_image(f) as im:
             images.append(np.asarray(im.convert("RGB").resize((32, 32))))
     arr = np.stack(images).transpose(0, 3, 1, 2)
     return torch.from_numpy(np.ascontiguousarray(arr)), torch.tensor(listing.labels)
+
+
+def _open_image(path: str) -> Image.Image:
+    """An image file of a data set, or BadImageError naming the file to mend."""
+    try:
+        im = Image.open(path)
+        im.load()
+        return im
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise BadImageError(f"{path} is not a readable image ({type(e).__name__}): remove or "
+                            "replace it") from e
 
 
 class ImageFolder(torch.utils.data.Dataset):
@@ -410,7 +436,7 @@ class ImageFolder(torch.utils.data.Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
-        with Image.open(self.files[i]) as im:
+        with _open_image(self.files[i]) as im:
             return to_tensor(self.preprocessing.apply(im)), int(self.labels[i])
 
     def identity(self) -> dict:
@@ -479,7 +505,7 @@ def cifar10(split: str = "test", root: str | os.PathLike | None = None) -> Image
     if cached.exists():
         blob = torch.load(cached, weights_only=True)
         return ImageTensorDataset(blob["images"], blob["labels"], f"{kind}:{path}")
-    images, labels = _decode_batches(path, split) if kind == "batches" else _decode_folder(listing)
+    images, labels = _decode_batches(path, split) if kind == "batches" else _decode_folder(listing, path)
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = cached.with_suffix(".tmp")
     torch.save({"images": images, "labels": labels}, tmp)

@@ -35,5 +35,14 @@ class IncompatibleModelError(RobustLensError, ValueError):
     """A model does not fit the data or the other model an analysis needs."""
 
 
+class UnlabelledDataError(RobustLensError, ValueError):
+    """An analysis that needs each image's label (accuracy, an attack, task-loss
+    stitching) was given images without labels."""
+
+
+class DeviceError(RobustLensError, RuntimeError):
+    """A device that this machine does not have, or no device at all by that name."""
+
+
 class ComponentError(RobustLensError, IndexError):
     """A feature index that a representation does not have."""

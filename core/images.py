@@ -33,6 +33,8 @@ def to_uint8(img: Any) -> np.ndarray:
     if a.ndim == 3 and a.shape[0] in (1, 3) and a.shape[-1] not in (1, 3):
         a = a.transpose(1, 2, 0)  # CHW -> HWC
     if np.issubdtype(a.dtype, np.integer):
+        if a.size and (a.min() < 0 or a.max() > 255):   # a cast would wrap 300 to 44
+            raise BadImageError(f"pixel values must be 0..255, not {a.min()}..{a.max()}")
         return a.astype(np.uint8, copy=False)
     return (np.clip(a, 0, 1) * 255 + 0.5).astype(np.uint8)
 

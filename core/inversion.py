@@ -280,6 +280,9 @@ class Settings:
             raise ValueError(f"method must be one of {METHODS}, not {self.method!r}")
         if self.steps < 0:
             raise ValueError("steps must be non-negative")
+        if not (self.eps > 0 and self.step_size > 0):   # a negative one reverses the step
+            raise ValueError(f"eps and step_size must be positive, not {self.eps} and "
+                             f"{self.step_size}")
 
     @classmethod
     def for_task(cls, task: str, method: str = "adam", steps: int | None = None,
@@ -568,7 +571,10 @@ def top_activating(source: torch.Tensor | tuple[Probe, Any], index: int, k: int 
     if reps.ndim != 2:
         raise ValueError(f"representations must be (N, D), not {tuple(reps.shape)}")
     if not 0 <= index < reps.shape[1]:
-        raise IndexError(f"component {index} is out of range: the representation has {reps.shape[1]}")
+        raise ComponentError(f"component {index} is out of range: the representation has "
+                             f"{reps.shape[1]}")
+    if k < 1:
+        raise ValueError(f"k must be positive, not {k}")
     column = reps[:, index]
     order = torch.sort(column, descending=not bottom, stable=True).indices[:k]
     return TopActivations(order, column[order])
@@ -661,6 +667,8 @@ def _pair(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
 # --------------------------------------------------------------------- helpers
 
 def _check_index(model: Probe, layer: str, indices: list[int]) -> None:
+    if not indices:
+        raise ComponentError("name at least one component")
     shape = model.layer_shapes().get(layer)
     size = shape[0] if shape else None
     bad = [i for i in indices if i < 0 or (size is not None and i >= size)]

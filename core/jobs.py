@@ -92,7 +92,7 @@ def layer_list(probe: Probe, layers: str | Sequence[str]) -> list[str]:
         return probe.layers
     if layers == "all":
         return probe.all_layers
-    return probe.check_layers(list(layers))
+    return probe.check_layers(layers)
 
 
 def _attack(choice: str) -> attacks.PGD | None:

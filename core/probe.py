@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from . import data
 from .archs import ReLU, Swish
-from .errors import UnknownLayerError
+from .errors import BadImageError, DeviceError, UnknownLayerError
 from .images import Preprocessing
 
 # the modules "every layer" taps (the pooled representation is among the default taps)
@@ -54,9 +54,16 @@ def _tensor_output(name: str, out: Any) -> torch.Tensor:
 def pick_device(preference: str | None = None) -> torch.device:
     """The one place that decides the device: CUDA, then Apple MPS, then CPU."""
     if preference and preference != "auto":
-        dev = torch.device(preference)
+        try:
+            dev = torch.device(preference)
+        except RuntimeError as e:
+            raise DeviceError(f"there is no device {preference!r}: name cpu, cuda, cuda:N, "
+                              "mps or auto") from e
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise RuntimeError("CUDA was asked for but is not available")
+            raise DeviceError(f"{preference} was asked for, but this machine has no CUDA GPU")
+        if dev.type == "mps" and not (getattr(torch.backends, "mps", None)
+                                      and torch.backends.mps.is_available()):
+            raise DeviceError("mps was asked for, but this machine has no Apple GPU")
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -210,15 +217,17 @@ class Probe(nn.Module):
         except _StopForward:
             pass
 
-    def check_layers(self, layers: Sequence[str]) -> list[str]:
-        """Validate tap names; UnknownLayerError names close matches."""
+    def check_layers(self, layers: str | Sequence[str]) -> list[str]:
+        """Validate tap names (one name or several) as a list; UnknownLayerError names
+        close matches."""
+        layers = [layers] if isinstance(layers, str) else list(layers)
         for layer in layers:
             if layer not in self._modules_by_name or layer == "":
                 near = difflib.get_close_matches(layer, list(self._modules_by_name), n=3)
                 hint = f"; did you mean {', '.join(near)}?" if near else ""
                 raise UnknownLayerError(
                     f"model {self.name or type(self.model).__name__} has no layer {layer!r}{hint}")
-        return list(layers)
+        return layers
 
     def describe(self, layer: str) -> str:
         """One line about a tap: module type, parameters and output shape."""
@@ -277,12 +286,15 @@ class Probe(nn.Module):
 
     # ----------------------------------------------------------------- forward
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():   # uint8 pixels would pass through as 0..255
+            raise BadImageError(f"a model takes float images in [0, 1], not {x.dtype} "
+                                "(divide 0..255 pixels by 255)")
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(self.normalize(x))
 
-    def features(self, x: torch.Tensor, layers: Sequence[str] | None = None,
+    def features(self, x: torch.Tensor, layers: str | Sequence[str] | None = None,
                  grad: bool = False,
                  reduce: Callable[[str, torch.Tensor], Any] | None = None) -> dict[str, Any]:
         """{layer: output} for the taps asked (default: `layers`).
@@ -292,7 +304,7 @@ class Probe(nn.Module):
         reduce(name, output), if given, runs inside the hook and its result is kept
         instead of a clone (e.g. a Gram matrix: the activation itself is never held).
         """
-        layers = self.check_layers(list(layers) if layers is not None else self._layers)
+        layers = self.check_layers(layers if layers is not None else self._layers)
         wanted = set(layers)
         out: dict[str, torch.Tensor] = {}
 

@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
@@ -210,7 +211,10 @@ class ResultStore:
         key = make_key(kind, inputs)
         rows = self._query("SELECT meta, arrays FROM results WHERE key=?", (key,))
         if rows:
-            return decode(rows[0][0], rows[0][1])
+            try:
+                return decode(rows[0][0], rows[0][1])
+            except (ValueError, KeyError, TypeError, SafetensorError):
+                pass   # a damaged row (a disk fault) is computed again and replaced by put
         return self._get_asset(key)
 
     def has(self, kind: str, inputs: dict) -> bool:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import inspect
 import math
 import re
 import time
@@ -29,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import attacks
-from .data import ImageFolder, ImageTensorDataset, batch_sizes, batches
+from .data import ImageFolder, ImageTensorDataset, batch_sizes, batches, require_labels
 from .errors import RobustLensError, UnknownLayerError
 from .probe import Probe
 from .progress import Event, Reporter, report, span
@@ -503,6 +504,8 @@ def _train_task(stitched: StitchedModel, loader: Loader, epochs: int, steps_per_
             t0 = time.perf_counter()
             for x, y in batches(loader, batch_size, dev, seed, _limit(max_batches, batch_size),
                                 epoch):
+                if step == 0:   # once: a check per step would wait for the GPU each time
+                    require_labels(y, "task-loss stitching")
                 factor = _lr_factor(step, total)
                 for g in opt.param_groups:
                     g["lr"] = lr * factor
@@ -858,6 +861,10 @@ def matrix(pairs_or_front: Probe | Sequence[tuple[Probe, Probe]], end: Probe | N
         raise ValueError(f"method must be one of {METHODS}, not {method!r}")
     if train_loader is None or test_loader is None:
         raise StitchingError("matrix() needs train_loader and test_loader")
+    unknown = sorted(set(fit_options) - set(inspect.signature(fit).parameters))
+    if unknown:   # before the donors' scores, which take minutes
+        raise TypeError(f"matrix() passes {', '.join(unknown)} to fit(), which takes no such "
+                        "option")
     grid = Grid.of(_pairs(pairs_or_front, end), layers)
     settings = {"epochs": epochs if method == "task" else None, "seed": seed,
                 "train": data_identity(train_loader), "test": data_identity(test_loader),
