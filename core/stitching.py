@@ -40,20 +40,6 @@ Loader = ImageTensorDataset | Iterable[tuple[torch.Tensor, torch.Tensor]]  # wha
 METHODS = ("task", "direct")
 INITS = ("random", "identity", "direct")
 
-# Recipes: fit options plus data and attack budgets. The papers' trains from a
-# random init on the full data (scored here with the app's standard Linf 8/255
-# attack). The CPU one fits a 4 pairs x 10 layers matrix per method into about
-# half an hour to 40 minutes on 2 busy CPU cores (bench/stitching.py): from a
-# random init, 40-160 Adam steps leave early-layer stitches at chance, so task
-# matching starts from the least-squares fit on 1,024 images and then trains
-# one epoch over 5,000 images.
-PAPER_RECIPE = {"epochs": 30, "init": "random", "init_batches": None, "train_images": None,
-                "test_images": None, "robust_images": None,
-                "attack": attacks.PGD.paper("linf")}
-CPU_RECIPE = {"epochs": 1, "init": "direct", "init_batches": 8, "train_images": 5000,
-              "test_images": 1000, "robust_images": 200,
-              "attack": attacks.PGD("linf", 8 / 255, 2 / 255, 10)}
-
 
 class StitchingError(RobustLensError, ValueError):
     """Two networks cannot be stitched as asked (shapes, widths, devices, data)."""

@@ -29,7 +29,7 @@ def _card_summary(where, spec: str) -> None:
             bits.append(f"PGD-20 {own:.1%}")
         strong = measured.get("strong")
         if strong:
-            bits.append(f"AutoAttack-style {strong['worst_case']:.1%}")
+            bits.append(f"worst of PGD/APGD {strong['worst_case']:.1%}")
     check = c.get("check") or {}
     if not measured:
         kind = c.get("dataset", "other")
