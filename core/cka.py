@@ -415,6 +415,8 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
     sizes = batch_sizes(loader, batch_size, limit)
     total = sum(sizes) if sizes is not None else None
     small = [s for s in sizes or [] if s < min_n]
+    if batch_size < min_n:
+        raise ValueError(f"CKA needs at least {min_n} images per batch, not {batch_size}")
     if small:  # before any attack runs, not at the last batch
         raise ValueError(f"{total} images in batches of {batch_size} leave a batch of "
                          f"{small[0]}; CKA needs at least {min_n} per batch")

@@ -387,6 +387,8 @@ def test_bad_arguments_raise(models, images):
         cka.cka_matrix(a, b, images, adv_against="both")
     with pytest.raises(ValueError, match="leave a batch of 2"):
         cka.cka_matrix(a, b, images.subset(range(BATCH + 2)), batch_size=BATCH)
+    with pytest.raises(ValueError, match="at least 4 images per batch, not 3"):
+        cka.cka_matrix(a, b, images, batch_size=3)
 
 
 def test_result_round_trips_and_exports(models, images):
