@@ -119,6 +119,7 @@ def _style_cka(fig, layers_a, layers_b, name_a, name_b, title, big, row=None, co
     yv, yt, yb = _ticks(layers_a)
     fig.update_xaxes(title_text=name_b, tickmode="array", tickvals=xv, ticktext=xt,
                      tickangle=-60 if len(layers_b) <= 16 else 0, constrain="domain",
+                     constraintoward="right" if row is None else "center",
                      range=[-0.5, len(layers_b) - 0.5], showgrid=False, zeroline=False, **kw)
     fig.update_yaxes(title_text=name_a, tickmode="array", tickvals=yv, ticktext=yt,
                      scaleanchor="x" if row is None else None, constrain="domain",
