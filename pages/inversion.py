@@ -113,7 +113,7 @@ with _bottom if big else _top:
         st.caption("Your images appear here; nobody else sees them.")
 
 with _settings, st.container(key="settings"), st.expander("Settings", icon=":material/settings:"):
-    c = st.columns(4)
+    c = st.columns([1, 1.7, 0.9, 0.9])     # the method's name is the longest value
     layer_options = [probe_a.representation_layer] + [x for x in probe_a.layers
                                                      if x != probe_a.representation_layer]
     state.selectbox(c[0], PAGE, "inv_layer", layer_options)

@@ -199,14 +199,15 @@ def both_reconstructions(page, timeout: float = 300) -> None:
 
 
 def no_truncation(page) -> list[str]:
-    """Buttons, tabs, headings and captions whose text does not fit their box."""
+    """Buttons, tabs, headings, captions and pickers' values whose text does not fit
+    their box."""
     return page.evaluate("""() => {
       const sel = 'button p, [data-testid="stMarkdownContainer"] p, h1, h2, h3,'
                 + ' [data-testid="stCaptionContainer"], [role="tab"] p, .stMarkdownEllipsis,'
-                + ' [data-testid="stMetricValue"] div';
+                + ' [data-testid="stMetricValue"] div, [data-testid="stSelectbox"] input';
       return [...document.querySelectorAll(sel)]
         .filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1)
-        .map(e => e.innerText.slice(0, 60));
+        .map(e => (e.value || e.innerText).slice(0, 60));
     }""")
 
 
