@@ -15,7 +15,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from . import data, jobs
+from . import data, jobs, zoo
 from .jobs import Job, Loader
 
 # url path -> page script, in menu order
@@ -271,10 +271,21 @@ def image_for(key: str, uploads: Mapping[str, np.ndarray] | None = None, size: i
 
 # --------------------------------------------------------------------- jobs
 
-def cka_pairs(s: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The (first, second) model pairs a CKA view shows."""
+def paper_roles(load: Loader, s: Mapping[str, Any]) -> tuple[str, str]:
+    """(robust, standard) of models A and B for the paper view, by their cards: B is
+    the robust one when only B is; otherwise A (both or neither robust: no roles)."""
+    a, b = s["a"], s["b"]
+    if zoo.is_robust(load(b).card) and not zoo.is_robust(load(a).card):
+        return b, a
+    return a, b
+
+
+def cka_pairs(load: Loader, s: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (first, second) model pairs a CKA view shows: the paper view's standard
+    with itself, robust with itself, standard with robust."""
     if s["cka_view"] == "Paper view":
-        return [(s["b"], s["b"]), (s["a"], s["a"]), (s["b"], s["a"])]
+        robust, standard = paper_roles(load, s)
+        return [(standard, standard), (robust, robust), (standard, robust)]
     first, second = s["cka_pair"].split(" vs ")
     spec = {"A": s["a"], "B": s["b"]}
     return [(spec[first], spec[second])]
@@ -312,8 +323,8 @@ def cka_requests(load: Loader, s: Mapping[str, Any]) -> list[tuple[Job, bool]]:
     folder = s.get("cka_folder", "")
     if s["cka_view"] == "Paper view":
         return [cka_request(load, x, y, layers, s["cka_in_a"], s["cka_in_a"], "self", kernel, n,
-                            folder) for x, y in cka_pairs(s)]
-    (x, y), = cka_pairs(s)
+                            folder) for x, y in cka_pairs(load, s)]
+    (x, y), = cka_pairs(load, s)
     return [cka_request(load, x, y, layers, s["cka_in_a"], s["cka_in_b"], s["cka_against"],
                         kernel, n, folder)]
 

@@ -90,7 +90,7 @@ def heatmap_exports(res: CKAResult, job, title: str, stem: str, row: str, col: s
 with page.guard():
     requests = views.cka_requests(backend.model, settings)
     cka_jobs = [job for job, _ in requests]
-    pairs = views.cka_pairs(settings)
+    pairs = views.cka_pairs(backend.model, settings)
     inputs_label = views.INPUTS
     if view == "Explore":
         (first, second), (job, transposed) = pairs[0], requests[0]
@@ -117,12 +117,24 @@ with page.guard():
             with left:
                 page.caption(PAGE, title)
     else:
-        st.markdown(f"**Robust:** {name['A']} · **Standard:** {name['B']} · inputs: "
-                    f"{inputs_label[settings['cka_in_a']]} (each model attacked on its own)")
-        titles = ["Standard – standard", "Robust – robust", "Standard – robust"]
+        robust, standard = views.paper_roles(backend.model, settings)
+        roles = {backend.model_kind(robust), backend.model_kind(standard)} == {"robust",
+                                                                                "standard"}
+        inputs_text = inputs_label[settings["cka_in_a"]] + (
+            "" if settings["cka_in_a"] == "benign" else " (each model attacked on its own)")
+        if roles:
+            role_r, role_s = "robust", "standard"
+            titles = ["Standard – standard", "Robust – robust", "Standard – robust"]
+            st.markdown(f"**Robust:** {backend.label(robust)} · **Standard:** "
+                        f"{backend.label(standard)} · inputs: {inputs_text}")
+        else:   # the paper's roles do not fit: the models' own names instead
+            role_r, role_s = backend.label(robust), backend.label(standard)
+            titles = [f"{role_s} – itself", f"{role_r} – itself", f"{role_s} – {role_r}"]
+            st.markdown(f"The paper compares a robust model with a standard one; {name['A']} and "
+                        f"{name['B']} are both {backend.model_kind(robust)}. Inputs: {inputs_text}")
         results = []
-        for title, (job, transposed) in zip(titles, requests):
-            res = stored_or_offer(job, transposed, f"cka_paper_{title}")
+        for k, (job, transposed) in enumerate(requests):
+            res = stored_or_offer(job, transposed, f"cka_paper_{k}")
             if res is None:
                 st.stop()
             results.append(res)
@@ -131,21 +143,22 @@ with page.guard():
                    "name_a": backend.label(x), "name_b": backend.label(y), "spread": r.spread}
                   for t, (x, y), r in zip(titles, pairs, results)]
         st.plotly_chart(figures.cka_panels(panels, big=big, height=HEIGHT - 40), key="cka_panels")
-        page.caption(PAGE, f"Robust: {name['A']} · standard: {name['B']} · "
+        page.caption(PAGE, (f"Robust: {backend.label(robust)} · standard: "
+                            f"{backend.label(standard)} · " if roles else "") +
                            f"{inputs_label[settings['cka_in_a']]} inputs · "
                            f"{settings['cka_n']:,} test images")
         cross = results[2]
         k = min(len(cross.layers_a), len(cross.layers_b))
         off = lambda m: float(np.mean(m[~np.eye(len(m), dtype=bool)]))  # noqa: E731
         c1, c2, c3 = st.columns(3)
-        c1.metric("Mean off-diagonal CKA, standard", f"{off(results[0].matrix):.2f}")
-        c2.metric("Mean off-diagonal CKA, robust", f"{off(results[1].matrix):.2f}",
+        c1.metric(f"Mean off-diagonal CKA, {role_s}", f"{off(results[0].matrix):.2f}")
+        c2.metric(f"Mean off-diagonal CKA, {role_r}", f"{off(results[1].matrix):.2f}",
                   help="Cianfarani et al.: robust networks lose the block structure; distant "
                        "layers stay similar.")
-        c3.metric("Mean CKA, standard vs robust (same layer)",
+        c3.metric(f"Mean CKA, {role_s} vs {role_r} (same layer)",
                   f"{float(np.mean(np.diag(cross.matrix)[:k])):.2f}")
         st.plotly_chart(figures.diagonal_profile(
-            [("standard vs robust, same layer", cross.layers_a[:k], np.diag(cross.matrix)[:k])],
+            [(f"{role_s} vs {role_r}, same layer", cross.layers_a[:k], np.diag(cross.matrix)[:k])],
             big=big), key="cka_diag")
         items = [{"matrix": p["matrix"], "rows": p["layers_a"], "cols": p["layers_b"],
                   "title": t, "row_title": p["name_a"], "col_title": p["name_b"]}

@@ -54,6 +54,19 @@ def test_cka_paper_view_and_bad_url_values(world):
     assert "Mean off-diagonal CKA, robust" in [m.label for m in at.metric]
 
 
+def test_cka_paper_view_takes_its_roles_from_the_models(world):
+    # model A standard, B robust: the robust panel is B's, whatever the order
+    swapped = run_app("pages/cka.py", {"cka_view": "Paper view", "cka_n": "1000",
+                                       "a": "resnet18-standard-s0", "b": "resnet18-linf-8"})
+    assert not swapped.exception
+    assert "**Robust:** Linf 8/255 · **Standard:** standard (seed 0)" in texts(swapped)
+    # two standard models have no roles: the page says so and names the models
+    same = run_app("pages/cka.py", {"cka_view": "Paper view", "cka_n": "1000",
+                                    "a": "resnet18-standard-s0", "b": "resnet18-standard-s1"})
+    assert not same.exception
+    assert "are both standard" in texts(same) and "**Robust:**" not in texts(same)
+
+
 def test_stitching_cell_on_demand(world):
     at = run_app("pages/stitching.py", {"st_method": "direct"})
     assert not at.exception
