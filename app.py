@@ -7,7 +7,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import streamlit as st  # noqa: E402
 
 from core import backend  # noqa: E402
-from ui import presentation, sidebar  # noqa: E402
+from ui import presentation, sidebar, state  # noqa: E402
 from ui.handover import app_run, present_in_url  # noqa: E402
 
 # URL paths are the file names in pages/: a cold server resolves a first deep
@@ -30,6 +30,7 @@ PAGES = [
 # the sidebar draws the menu itself (client.showSidebarNavigation hides Streamlit's)
 pages = st.navigation(PAGES, position="hidden")
 presentation.start(pages.url_path)   # keys, slide moves, presentation CSS: before any widget
+state.keep()
 sidebar.draw(PAGES)
 presentation.bar()
 backend.notices()

@@ -411,6 +411,32 @@ def test_gallery_and_cells_show_what_was_clicked(browser, offline_server):
     page.context.close()
 
 
+def test_a_page_keeps_its_settings_across_a_visit_elsewhere_and_links_them(
+        browser, offline_server):
+    page = open_page(browser, offline_server, "cka?cka_folder=/tmp/a%26b%23c%20d")
+    page.locator("[data-testid='stButtonGroup'] button", has_text="Paper view").click()
+    page.wait_for_url("**cka_view=Paper**", timeout=60_000)
+    settle(page)
+    # the link names this run's settings, the folder whole ('&', '#' and space encoded)
+    page.get_by_role("button", name="Link").click()
+    link = page.locator("[data-testid='stCode'] code").inner_text()
+    assert "cka_folder=/tmp/a%26b%23c%20d" in link and "cka_view=Paper%20view" in link, link
+    page.context.close()
+    page = open_page(browser, offline_server, "cka")
+    page.locator("[data-testid='stButtonGroup'] button", has_text="Paper view").click()
+    page.get_by_text("Mean off-diagonal CKA, robust").wait_for(timeout=60_000)
+    page.locator("[data-testid='stSidebar'] a", has_text="Stitching matrix").click()
+    page.wait_for_url("**/stitching**", timeout=60_000)
+    settle(page)
+    page.locator("[data-testid='stSidebar'] a", has_text="CKA explorer").click()
+    page.wait_for_url("**/cka**", timeout=60_000)
+    settle(page)
+    assert "cka_view=Paper" in page.url, page.url
+    page.get_by_text("Mean off-diagonal CKA, robust").wait_for(timeout=60_000)
+    assert_clean(page)
+    page.context.close()
+
+
 def _png() -> bytes:
     from PIL import Image
     buf = io.BytesIO()

@@ -13,6 +13,7 @@ widget is drawn in a run (here, or in a callback), never after.
 from __future__ import annotations
 
 from typing import Any, Callable, Sequence
+from urllib.parse import quote
 
 import streamlit as st
 
@@ -102,6 +103,15 @@ def number(where, page: str, key: str, default: int | None = None, **kw: Any) ->
                                   **kw))
 
 
+def keep() -> None:
+    """Every page's settings outlive a visit to another page: Streamlit forgets a widget's
+    value in a run that does not draw it, unless the run writes the value first."""
+    for page in views.PAGES:
+        for key in views.page_settings(page):
+            if key in st.session_state:
+                st.session_state[key] = st.session_state[key]
+
+
 def publish(page: str, implicit: dict[str, Any] | None = None) -> None:
     """Write the page's settings into the URL: non-default values only, so links stay
     short and a default changed later reaches old links. `implicit` gives the value a
@@ -118,15 +128,21 @@ def publish(page: str, implicit: dict[str, Any] | None = None) -> None:
             text = s.format(v)
             if st.query_params.get(key) != text:
                 st.query_params[key] = text
+    slot = st.session_state.pop("_link_slot", None)
+    if slot is not None:   # the header's link, now that the URL names this run's settings
+        base = (st.context.url or "").split("?")[0]
+        # encoded, so that a space, '&' or '#' in a folder or a file name survives a paste
+        params = "&".join(f"{quote(k)}={quote(v, safe='/,:')}"
+                          for k, v in st.query_params.items())
+        slot.code(f"{base}?{params}" if params else base, language=None, wrap_lines=True)
 
 
 def share_link() -> None:
-    """A 'copy link' control: the full URL of this exact view (st.code has a copy button)."""
-    base = (st.context.url or "").split("?")[0]
-    params = "&".join(f"{k}={v}" for k, v in st.query_params.items())
+    """A 'copy link' control: the full URL of this exact view (st.code has a copy button),
+    written by `publish` (drawn in the header, before the settings' widgets)."""
     with st.popover("Link", icon=":material/link:", help="Link to this view"):
         st.caption("Opens exactly this view; results come from the store.")
-        st.code(f"{base}?{params}" if params else base, language=None, wrap_lines=True)
+        st.session_state["_link_slot"] = st.empty()
 
 
 def pick_cell(chart_key: str, state_key: str) -> Callable[[], None]:
