@@ -60,4 +60,3 @@ def test_a_link_with_an_image_folder_shows_its_field_at_once(page, key, tmp_path
     at = run_app(page, {key: missing})
     fields = [t for t in at.text_input if t.key == key]
     assert fields and fields[0].value == missing, [t.key for t in at.text_input]
-
