@@ -307,7 +307,8 @@ def read_checkpoint(path: Path, trust: bool = False) -> tuple[Any, dict]:
                 meta = dict(f.metadata() or {})
                 sd = {k: f.get_tensor(k) for k in f.keys()}
         except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-            raise CheckpointError(f"{path.name} is not a readable safetensors file: {e}") from e
+            raise CheckpointError(f"{path.name} is not a readable safetensors file: not one "
+                                  "that safetensors wrote, or a damaged one") from e
         for k in ("mean", "std"):
             if k in meta:
                 meta[k] = json.loads(meta[k])
@@ -324,13 +325,13 @@ def read_checkpoint(path: Path, trust: bool = False) -> tuple[Any, dict]:
                 f"(it pickles {what.group(1) if what else 'Python objects'}, not just tensors). "
                 "Load it only if you trust its source: zoo.load(path, trust=True), or tick "
                 "'trust this file' in the app.") from e
-        detail = msg.split("WeightsUnpickler error:")[-1].strip().split("\n")[0][:120]
-        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint (the safe "
-                              f"loader stopped: {detail}). A legacy pickle from a source you "
-                              "trust can be loaded with trust=True.") from e
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint: the safe "
+                              "loader found more than tensors in it. A legacy pickle from a "
+                              "source you trust can be loaded with trust=True.") from e
     except Exception as e:  # noqa: BLE001 - any parser failure on an untrusted file is "unreadable"
-        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint "
-                              f"({type(e).__name__}: {str(e)[:200]})") from e
+        # the parser's own words (KeyError: 105) tell a person nothing; the cause is chained
+        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint: not a file "
+                              "that torch.save or safetensors wrote, or a damaged one") from e
     return unwrap_checkpoint(obj, path.name, trust)
 
 
@@ -435,10 +436,9 @@ def adopt(model: nn.Module, reference: Callable[[torch.Tensor], torch.Tensor],
                  card={**card, "arch": type(model).__name__})
 
 
-def _offline(what: str, how: str, error: BaseException) -> CheckpointError:
-    return CheckpointError(f"{what} is not on this machine and could not be downloaded "
-                           f"({type(error).__name__}; offline?). On a machine with internet: "
-                           f"{how}")
+def _offline(what: str, how: str) -> CheckpointError:
+    return CheckpointError(f"Could not find {what} on this machine or download it (offline?). "
+                           f"On a machine with internet: {how}")
 
 
 def _load_robustbench(name: str, dataset: str, threat_model: str,
@@ -470,7 +470,7 @@ def _load_robustbench(name: str, dataset: str, threat_model: str,
             raise _offline(f"RobustBench model {name} ({file})",
                            f"python -c \"from robustbench.utils import load_model; load_model("
                            f"'{name}', model_dir='{model_dir}', dataset='{dataset}', "
-                           f"threat_model='{threat_model}')\", then copy {file} here.", e) from e
+                           f"threat_model='{threat_model}')\", then copy {file} here.") from e
         raise CheckpointError(f"RobustBench model {name!r} could not be loaded from {file}: "
                               f"{type(e).__name__}: {str(e)[:200]}") from e
     inner, mean, std = _robustbench_normaliser(model)
@@ -540,8 +540,7 @@ def _load_torchvision(name: str) -> Probe:
     except (OSError, RuntimeError) as e:
         raise _offline(f"torchvision's weights for {name}",
                        f"python -c \"import torchvision; torchvision.models.get_model('{name}', "
-                       f"weights='DEFAULT')\" (it fills {torch.hub.get_dir()}/checkpoints).",
-                       e) from e
+                       f"weights='DEFAULT')\" (it fills {torch.hub.get_dir()}/checkpoints).") from e
     given = weights.transforms()
     size = given.crop_size[0]
     transform = images.Preprocessing(size, given.resize_size[0], given.interpolation.value)
@@ -567,13 +566,12 @@ def _load_madrylab(name: str, trust: bool) -> Probe:
     except LocalEntryNotFoundError as e:
         raise _offline(f"{MADRYLAB_REPO}/{filename}",
                        f"hf download {MADRYLAB_REPO} {filename} (then it is in the Hugging "
-                       "Face cache, where this app looks).", e) from e
+                       "Face cache, where this app looks).") from e
     except EntryNotFoundError as e:
         raise UnknownModelError(f"{MADRYLAB_REPO} has no file {filename}; see "
                                 f"https://huggingface.co/{MADRYLAB_REPO}/tree/main") from e
     except OSError as e:
-        raise _offline(f"{MADRYLAB_REPO}/{filename}", f"hf download {MADRYLAB_REPO} {filename}",
-                       e) from e
+        raise _offline(f"{MADRYLAB_REPO}/{filename}", f"hf download {MADRYLAB_REPO} {filename}") from e
     stem = filename[:-len(".ckpt")]
     named = re.match(r"(.+?)_(l2|linf)_eps", stem)
     arch = named.group(1) if named else None
@@ -600,7 +598,7 @@ def _load_timm(name: str) -> Probe:
     except OSError as e:       # the hub's download errors (and requests') are OSErrors
         raise _offline(f"timm's weights for {name}",
                        f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\" "
-                       "(it fills the Hugging Face cache, where this app looks).", e) from e
+                       "(it fills the Hugging Face cache, where this app looks).") from e
     except Exception as e:  # noqa: BLE001 - anything else timm raises while building it
         raise CheckpointError(f"timm could not create {name} ({type(e).__name__}: "
                               f"{str(e)[:200]})") from e

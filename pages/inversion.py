@@ -94,7 +94,8 @@ with _bottom if big else _top:
                          f"{images.MAX_UPLOAD_BYTES // 2**20} MB; centre-cropped to each model's "
                          f"input size, {SIDE}x{SIDE} for A). It "
                          "stays in this browser session.", type=uploads.IMAGE_TYPES,
-                         key="inv_upload", on_change=uploaded)
+                         key="inv_upload", on_change=uploaded,
+                         max_upload_size=images.MAX_UPLOAD_BYTES // 2**20)   # says one limit
         error = st.session_state.pop("_upload_error", None)
         if error:
             st.warning(error, icon=":material/broken_image:")
