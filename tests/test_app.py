@@ -60,3 +60,13 @@ def test_a_link_with_an_image_folder_shows_its_field_at_once(page, key, tmp_path
     at = run_app(page, {key: missing})
     fields = [t for t in at.text_input if t.key == key]
     assert fields and fields[0].value == missing, [t.key for t in at.text_input]
+
+
+def test_a_link_to_a_model_this_server_lacks_says_so():
+    at = run_app(params={"a": "/elsewhere/my model#1.safetensors"})
+    assert not at.exception, [e.value for e in at.exception]
+    notes = [i.value for i in at.info]
+    assert any("names model A as '/elsewhere/my model#1.safetensors'" in n
+               and "showing L2 1.0 (robust) instead" in n for n in notes), notes
+    at.run()   # said once, not on every click
+    assert not any("names model A" in i.value for i in at.info)

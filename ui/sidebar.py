@@ -113,6 +113,9 @@ def _add_model(where) -> None:
 def draw(pages: list) -> None:
     """The pages, models, device and talk controls (keys 'a', 'b', 'device', 'present')."""
     specs = backend.model_specs()
+    # a link's model this server does not offer (one added in another session): said once
+    unknown = {w: st.query_params[w] for w in ("a", "b") if w not in st.session_state
+               and st.query_params.get(w) not in (None, *specs)}
     with st.sidebar:
         for p in pages:
             st.page_link(p)
@@ -137,6 +140,11 @@ def draw(pages: list) -> None:
                           "device and are shared through the results store.")
         st.markdown("### Talk")
         presentation.controls(st)
+    for which, spec in unknown.items():
+        st.info(f"The link names model {which.upper()} as {spec!r}, which this server does not "
+                f"offer (a model added by path or upload belongs to the session that added "
+                f"it); showing {_choice(st.session_state[which]) if specs else 'none'} instead.",
+                icon=":material/link_off:")
 
 
 def chosen(which: str) -> str:
