@@ -299,7 +299,10 @@ def misclassification() -> None:
     cols[2].image(figures.upscale(ex["image"], 6), width=SIZE)
     contrib = np.asarray(ex["contributions"])
     top = np.argsort(contrib)[::-1][:10]
-    cols[3].bar_chart({"contribution": {str(i): float(contrib[i]) for i in top}}, horizontal=True)
+    cols[3].bar_chart({"feature": [str(i) for i in top],
+                       "contribution": [float(contrib[i]) for i in top]},
+                      x="feature", y="contribution", horizontal=True, sort="-contribution",
+                      x_label="feature", y_label="contribution to the predicted logit")
     page.caption(PAGE, f"{backend.label(a)} predicts {CLASSES[ex['predicted']]} "
                        f"for a {CLASSES[ex['label']]}")
 
