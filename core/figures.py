@@ -132,9 +132,9 @@ def _style_cka(fig, layers_a, layers_b, name_a, name_b, title, big, row=None, co
     for b in yb:
         fig.add_shape(type="line", y0=b, y1=b, x0=-0.5, x1=len(layers_b) - 0.5, line=line, **ref)
     size = 20 if big else 13
+    top = (50 + size * 1.4 * title.count("<br>")) if title else 20   # a line per <br>
     fig.update_layout(title=_centred(title), font=dict(family=FONT, size=size),
-                      margin=dict(l=10, r=10, t=50 if title else 20, b=10),
-                      height=720 if big else 520)
+                      margin=dict(l=10, r=10, t=top, b=10), height=720 if big else 520)
 
 
 def cka_panels(panels: list[dict], big: bool = False, height: int | None = None) -> go.Figure:

@@ -291,6 +291,18 @@ def cka_pairs(load: Loader, s: Mapping[str, Any]) -> list[tuple[str, str]]:
     return [(spec[first], spec[second])]
 
 
+def cka_title(first: str, second: str, s: Mapping[str, Any]) -> tuple[str, str]:
+    """The explore view's title: (the two models, their inputs: once when shared and, when
+    adversarial, whose gradients made them)."""
+    in_a, in_b = s["cka_in_a"], s["cka_in_b"]
+    inputs = (f"{INPUTS[in_a]} inputs" if in_a == in_b
+              else f"{INPUTS[in_a]} inputs to {first}, {INPUTS[in_b]} to {second}")
+    if in_a != "benign" or in_b != "benign":
+        inputs += {"self": ", each model's own", "a": f", made against {first}",
+                   "b": f", made against {second}"}[s["cka_against"]]
+    return f"{first} vs {second}", inputs
+
+
 def cka_request(load: Loader, x: str, y: str, layers: str, in_x: str = "benign",
                 in_y: str = "benign", against: str = "self", kernel: str = "linear",
                 n: int = 10_000, folder: str = "") -> tuple[Job, bool]:

@@ -98,10 +98,11 @@ with page.guard():
         if res is not None:
             cell = settings["cka_cell"]
             i, j = min(int(cell[0]), len(res.layers_a) - 1), min(int(cell[1]), len(res.layers_b) - 1)
-            title = (f"{backend.label(first)} ({inputs_label[settings['cka_in_a']]}) vs "
-                     f"{backend.label(second)} ({inputs_label[settings['cka_in_b']]})")
+            models, inputs = views.cka_title(backend.label(first), backend.label(second), settings)
+            title = f"{models}: {inputs}"
             left, right = st.columns([2.3, 1])
-            fig = figures.cka_heatmap(res.matrix, res.layers_a, res.layers_b, title,
+            fig = figures.cka_heatmap(res.matrix, res.layers_a, res.layers_b,
+                                      f"{models}<br><sup>{inputs}</sup>",
                                       backend.label(first), backend.label(second), res.spread,
                                       selected=(i, j), big=big, height=HEIGHT)
             left.plotly_chart(fig, key="cka_heatmap", selection_mode="points",
