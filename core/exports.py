@@ -43,6 +43,16 @@ def _save(fig, fmt: str, inputs: dict, dpi: int = 300) -> bytes:
     return data
 
 
+def _caption(fig, caption: str) -> None:
+    """The caption under everything drawn: tick labels and axis titles reach below the
+    axes by an amount known only once the figure is laid out."""
+    if not caption:
+        return
+    fig.canvas.draw()
+    bottom = fig.get_tightbbox(fig.canvas.get_renderer()).y0 / fig.get_figheight()
+    fig.text(0.01, bottom - 0.02, caption, fontsize=6, ha="left", va="top", wrap=True)
+
+
 def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str,
             inputs: dict, fmt: str = "png", row_title: str = "", col_title: str = "",
             annotate: bool = False, vmin: float = 0.0, vmax: float = 1.0,
@@ -70,8 +80,7 @@ def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title:
                 if not np.isnan(m[i, j]):
                     ax.text(j, i, f"{m[i, j]:.0%}", ha="center", va="center", fontsize=7,
                             color="black")
-    if caption:
-        fig.text(0.01, -0.02, caption, fontsize=6, ha="left", va="top", wrap=True)
+    _caption(fig, caption)
     return _save(fig, fmt, inputs)
 
 
@@ -81,7 +90,8 @@ def panels(items: Sequence[dict], inputs: dict, fmt: str = "png", caption: str =
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 4.4))
+    # constrained: each panel's row title keeps clear of its left neighbour
+    fig, axes = plt.subplots(1, len(items), figsize=(4.2 * len(items), 4.4), layout="constrained")
     for ax, it in zip(np.atleast_1d(axes), items):
         im = ax.imshow(np.asarray(it["matrix"], float), origin="lower", vmin=0, vmax=1,
                        cmap="viridis")
@@ -94,8 +104,7 @@ def panels(items: Sequence[dict], inputs: dict, fmt: str = "png", caption: str =
         ax.set_xlabel(it.get("col_title", ""), fontsize=8)
         ax.set_ylabel(it.get("row_title", ""), fontsize=8)
     fig.colorbar(im, ax=list(np.atleast_1d(axes)), fraction=0.02, pad=0.02, label="CKA")
-    if caption:
-        fig.text(0.01, -0.02, caption, fontsize=6, ha="left", va="top", wrap=True)
+    _caption(fig, caption)
     return _save(fig, fmt, inputs)
 
 

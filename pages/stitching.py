@@ -95,7 +95,7 @@ with left:
     inputs = {"kind": "stitching matrix", "metric": metric, "method": method,
               "pairs": [{"front": f, "end": e} for f, e in pairs], "layers": layers,
               "recipe": cell_jobs[0][0].inputs["recipe"]}
-    plain_rows = [f"{n}: {backend.label(f)} -> {backend.label(e)}"
+    plain_rows = [f"{n}: {backend.label(f)} → {backend.label(e)}"
                   for n, (f, e) in zip(jobs.STITCH_PAIRS, pairs)]
 
     def csv_text() -> str:
@@ -105,8 +105,8 @@ with left:
         return exports.csv_with_inputs("\n".join(lines) + "\n", inputs)
     cap = f"{title}; {views.PAPERS[PAGE]}"
     page.export_menu(f"stitching-{method}-{metric}", [
-        ("Figure, PNG (300 dpi)", lambda: exports.heatmap(values, plain_rows, layers, title, inputs, "png", annotate=True, vmax=1.2 if rel else 1.0, cmap="RdYlGn", caption=cap), ".png", "image/png"),
-        ("Figure, SVG", lambda: exports.heatmap(values, plain_rows, layers, title, inputs, "svg", annotate=True, vmax=1.2 if rel else 1.0, cmap="RdYlGn", caption=cap), ".svg", "image/svg+xml"),
+        ("Figure, PNG (300 dpi)", lambda: exports.heatmap(values, plain_rows, layers, title, inputs, "png", col_title="stitching layer", annotate=True, vmax=1.2 if rel else 1.0, cmap="RdYlGn", caption=cap), ".png", "image/png"),
+        ("Figure, SVG", lambda: exports.heatmap(values, plain_rows, layers, title, inputs, "svg", col_title="stitching layer", annotate=True, vmax=1.2 if rel else 1.0, cmap="RdYlGn", caption=cap), ".svg", "image/svg+xml"),
         ("Data, CSV", csv_text, ".csv", "text/csv"),
         ("Cells, JSON", lambda: exports.to_json({"cells": cells, "references": refs}, inputs), ".json", "application/json"),
     ])

@@ -51,3 +51,19 @@ def test_image_strip_of_images_of_different_sizes():
     png = exports.image_strip([np.zeros((224, 224, 3), np.uint8), np.ones((32, 32, 3), np.uint8)],
                               {"kind": "test"}, 8)
     assert Image.open(io.BytesIO(png)).size == (2 * 448 + 2, 448)
+
+
+def test_a_caption_sits_under_the_axis_titles_and_tick_labels():
+    # at a fixed place it covered the x-axis title and the long tick labels
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.imshow(np.zeros((11, 11)))
+    ax.set_xticks(range(11), ["avgpool-with-a-long-name"] * 11, rotation=60, ha="right")
+    ax.set_xlabel("standard (seed 0)")
+    exports._caption(fig, "a caption long enough to wrap onto a second line " * 3)
+    renderer = fig.canvas.get_renderer()
+    caption = fig.texts[-1].get_window_extent(renderer)
+    assert caption.y1 < ax.get_tightbbox(renderer).y0
+    plt.close(fig)
