@@ -496,7 +496,8 @@ def feature_grid_job(load: Loader, spec: str, indices: list[int], method: str = 
                                           settings=settings)
         return {"indices": list(indices), "images": res.images, "activation": -res.loss}
     return _job("feature_grid", inputs, run,
-                f"visualising {len(indices)} features of {probe.name}", args)
+                f"visualising {len(indices)} feature{'s' * (len(indices) != 1)} of {probe.name}",
+                args)
 
 
 def _images_in_order(analysis: str, folder: str | None, probe: Probe,

@@ -101,7 +101,9 @@ def browser() -> None:
     vis = [backend.stored(j) for j in vis_jobs]
     if any(v is None for v in vis) and c[0].button(page.with_time("Visualise in both models", vis_jobs),
                                                    key="mf_vis"):
-        vis = [backend.run_job(j) for j in vis_jobs]
+        for j in vis_jobs:
+            backend.run_job(j)
+        st.rerun()   # drawn again from the store: no spent button, status boxes or offset
     for k, s in enumerate(specs):
         c[k].markdown(f"**{backend.label(s)}**")
         if s not in shown:

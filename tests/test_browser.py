@@ -375,6 +375,18 @@ def test_every_tab_and_its_main_button(browser, offline_server):
     settle(page)
     assert_clean(page)
     page.context.close()
+    # a feature the ship list does not visualise: once computed, the page shows the two
+    # images alone (the spent button and the finished status boxes stayed before)
+    page = open_page(browser, offline_server,
+                     "manipulation?a=resnet18-l2-0.5&b=resnet18-standard-s1&mf_feat=f146")
+    visualise = page.get_by_role("button", name=re.compile("^Visualise in both models"))
+    visualise.click()
+    wait_until(lambda: not visualise.count(), 300, "the visualisations", page)
+    settle(page)
+    assert not page.locator("[data-testid='stStatusWidget'], [data-testid='stExpander'] summary",
+                            has_text="done in").count()
+    assert_clean(page)
+    page.context.close()
 
 
 def test_gallery_and_cells_show_what_was_clicked(browser, offline_server):
