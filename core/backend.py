@@ -172,7 +172,12 @@ def notices() -> None:
         st.warning(note, icon=":material/memory:")
 
 
-@st.cache_resource(show_spinner="Timing one step of each model...")
+# timed again every 10 minutes: a timing taken while the machine was busy (another
+# session's job, other work) would otherwise overstate every estimate until a restart
+TIMING_TTL_S = 600
+
+
+@st.cache_resource(show_spinner="Timing one step of each model...", ttl=TIMING_TTL_S)
 def _step_seconds(spec: str, device: str, trust: bool, zoo_dir: str, layer: str | None) -> float:
     # not behind compute_lock: a button's label must not wait for another session's job
     return inversion.seconds_per_step(_model(spec, device, trust, zoo_dir), layer)
@@ -180,18 +185,19 @@ def _step_seconds(spec: str, device: str, trust: bool, zoo_dir: str, layer: str 
 
 def step_seconds(spec: str, layer: str | None = None) -> float:
     """Seconds of one inversion step of a model on this session's device (measured
-    once per model and device)."""
+    per model and device, again after TIMING_TTL_S)."""
     return _step_seconds(*_loading(spec), layer)
 
 
-@st.cache_resource(show_spinner="Timing a pass of each model...")
+@st.cache_resource(show_spinner="Timing a pass of each model...", ttl=TIMING_TTL_S)
 def _pass_seconds(spec: str, device: str, trust: bool, zoo_dir: str) -> tuple[float, float]:
     return probe.pass_seconds(_model(spec, device, trust, zoo_dir))
 
 
 def pass_seconds(spec: str) -> tuple[float, float]:
     """Seconds of one image's forward pass, and of its forward and backward pass,
-    through a model on this session's device (measured once per model and device)."""
+    through a model on this session's device (measured per model and device, again
+    after TIMING_TTL_S)."""
     return _pass_seconds(*_loading(spec))
 
 
