@@ -20,6 +20,7 @@ from .errors import BadImageError
 
 MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_UPLOAD_PIXELS = 50_000_000     # refuse decompression bombs before decoding
+MIN_UPLOAD_SIDE = 16               # px: below it an image is a few blurred blocks to any model
 UPLOAD_PREFIX = "upload-"
 UPLOAD_SIDE = 1024  # px: uploads are kept as their centre square, at most this large
 
@@ -169,8 +170,9 @@ def load_upload(data: bytes) -> np.ndarray:
             if w * h > MAX_UPLOAD_PIXELS:
                 raise BadImageError(f"the image is {w}x{h} pixels; the limit is "
                                     f"{MAX_UPLOAD_PIXELS // 1_000_000} megapixels")
-            if w < 1 or h < 1:
-                raise BadImageError("the image has no pixels")
+            if min(w, h) < MIN_UPLOAD_SIDE:
+                raise BadImageError(f"the image is {w}x{h} pixels; a model needs at least "
+                                    f"{MIN_UPLOAD_SIDE} pixels a side")
             im.load()
             return to_model_size(im, min(w, h, UPLOAD_SIDE))
     except BadImageError:

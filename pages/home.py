@@ -14,7 +14,9 @@ with st.container(horizontal=True, vertical_alignment="bottom"):
         presentation.exit_button()
 st.markdown(
     "An interactive lab for seeing how **adversarially robust** and **standard** neural "
-    "networks represent images. Pick two models in the sidebar; every page compares them.")
+    "networks represent images. " + ("Every page compares two models." if
+                                     presentation.presenting() else
+                                     "Pick two models in the sidebar; every page compares them."))
 
 cols = st.columns(2)
 PAGES = [

@@ -49,8 +49,7 @@ def items_of(source: str) -> list[dict]:
                  "title": f"test image {i}: {data.CLASSES[int(test.labels[i])]}",
                  "caption": data.CLASSES[int(test.labels[i])]}
                 for i in order[page_no * 24:(page_no + 1) * 24].tolist()]
-    return [{"key": k, "image": v, "title": "your image", "caption": "yours"}
-            for k, v in uploads.images().items()]
+    return uploads.gallery_items()
 
 
 def source_name(source: str) -> str:

@@ -38,9 +38,8 @@ def feature_class(index: int) -> str:
 def sample_items() -> list[dict]:
     pool = (backend.samples(probe_a.kind) or backend.samples()) + backend.photos(probe_a.input_size)
     return [{"key": s.key, "image": s.image, "title": s.title,
-             "caption": s.title.split(" #")[0].split(" (")[0]} for s in pool] + [
-        {"key": k, "image": v, "title": "your image", "caption": "yours"}
-        for k, v in uploads.images().items()]
+             "caption": s.title.split(" #")[0].split(" (")[0]} for s in pool] + \
+        uploads.gallery_items()
 
 
 def run_pair(job_list: list, cols: list) -> list:

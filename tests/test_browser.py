@@ -485,6 +485,7 @@ def test_uploads_good_and_bad_stay_in_their_session(browser, offline_server):
     assert_clean(mine)
     shot(mine, "upload-mine")
     key = mine.url.split("inv_img=")[1].split("&")[0]
+    assert "mine" in mine.locator(f"button.rl-tile[data-key='{key}']").inner_text()  # its name
     # another session sees neither the tile nor, through the link, the image
     other.reload()
     settle(other)

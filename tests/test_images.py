@@ -67,7 +67,9 @@ def test_upload_formats_and_sizes():
     img = Image.fromarray(RNG.integers(0, 255, (1000, 400, 3), dtype=np.uint8))
     for fmt in ("JPEG", "WEBP", "BMP", "GIF"):
         assert images.load_upload(_png(img, fmt)).shape == (400, 400, 3)
-    assert images.load_upload(_png(Image.new("RGB", (1, 1)))).shape == (1, 1, 3)
+    assert images.load_upload(_png(Image.new("RGB", (16, 40)))).shape == (16, 16, 3)
+    with pytest.raises(BadImageError, match="1x1 pixels; a model needs at least 16"):
+        images.load_upload(_png(Image.new("RGB", (1, 1))))
     big = Image.fromarray(RNG.integers(0, 255, (1500, 2000, 3), dtype=np.uint8))
     assert images.load_upload(_png(big)).shape == (images.UPLOAD_SIDE, images.UPLOAD_SIDE, 3)
 

@@ -27,6 +27,21 @@ def images() -> dict[str, np.ndarray]:
     return st.session_state.setdefault("uploads", {})
 
 
+def _names() -> dict[str, str]:
+    return st.session_state.setdefault("upload_names", {})
+
+
+def gallery_items() -> list[dict]:
+    """This session's uploads as gallery tiles, each captioned with its file's name."""
+    return [{"key": k, "image": v, "title": f"your image {_names().get(k, '')}".strip(),
+             "caption": _short(Path(_names().get(k, "yours")).stem)}
+            for k, v in images().items()]
+
+
+def _short(name: str, most: int = 10) -> str:
+    return name if len(name) <= most else name[:most - 1] + "…"
+
+
 def add_image(name: str, blob: bytes) -> tuple[str | None, str | None]:
     """Decode and keep an uploaded image: (its key, None), or (None, why not)."""
     try:
@@ -35,11 +50,13 @@ def add_image(name: str, blob: bytes) -> tuple[str | None, str | None]:
         return None, f"{name}: {e}."
     key = UPLOAD_PREFIX + image_id(arr)
     images()[key] = arr
+    _names()[key] = name
     return key, None
 
 
 def remove_image(key: str) -> None:
     images().pop(key, None)
+    _names().pop(key, None)
 
 
 def _private_folder() -> Path:
