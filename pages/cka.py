@@ -8,6 +8,7 @@ import streamlit as st  # noqa: E402
 
 from core import backend, exports, figures, views  # noqa: E402
 from core.cka import CKAResult  # noqa: E402
+from core.probe import short_names  # noqa: E402
 from ui import page, presentation, sidebar, state  # noqa: E402
 
 PAGE = "cka"
@@ -65,7 +66,10 @@ def stored_or_offer(job, transposed: bool, key: str) -> CKAResult | None:
 
 def describe_pair(res: CKAResult, i: int, j: int, first: str, second: str) -> None:
     with st.container(border=True, key="pair"):
-        st.markdown(f"**{res.layers_a[i]}** × **{res.layers_b[j]}**")
+        # the stem's ReLU by the name the figure's axes give it
+        a_name, b_name = (("stem" if short_names(ls)[k] == "stem" else ls[k])
+                          for ls, k in ((res.layers_a, i), (res.layers_b, j)))
+        st.markdown(f"**{a_name}** × **{b_name}**")
         m1, m2 = st.columns(2)
         m1.metric("CKA", f"{res.matrix[i, j]:.3f}")
         spread = res.spread[i, j]
