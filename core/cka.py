@@ -56,7 +56,8 @@ def _as_features(X: Array) -> tuple[torch.Tensor, float]:
     eps = torch.finfo(t.dtype).eps if t.is_floating_point() else _F64_EPS
     t = t.to(torch.float64)
     if t.ndim == 0 or t.shape[0] < 2:
-        raise ValueError(f"CKA compares examples: it needs at least 2, not {len(t) if t.ndim else 0}")
+        raise ValueError("CKA compares examples: it needs at least 2, not "
+                         f"{len(t) if t.ndim else 0}")
     if not bool(torch.isfinite(t).all()):
         raise ValueError("a representation holds NaN or infinite values: CKA is undefined")
     return (t.reshape(t.shape[0], -1) if t.ndim != 1 else t[:, None]), eps

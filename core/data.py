@@ -408,8 +408,8 @@ def _open_image(path: str) -> Image.Image:
         im.load()
         return im
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise BadImageError(f"{path} is not a readable image ({type(e).__name__}): remove or "
-                            "replace it") from e
+        raise BadImageError(f"{path} is not a readable image (damaged, or not an image): "
+                            "remove or replace it") from e
 
 
 class ImageFolder(torch.utils.data.Dataset):
