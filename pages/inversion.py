@@ -66,14 +66,21 @@ def source_changed() -> None:
         st.session_state["inv_img"] = items[0]["key"] if items else ""
 
 
+def uploader_key() -> str:
+    """A new key after each upload: the uploader comes back empty, not still naming the
+    file just taken (or refused)."""
+    return f"inv_upload_{st.session_state.get('_uploads_taken', 0)}"
+
+
 def uploaded() -> None:
-    file = st.session_state.get("inv_upload")
+    file = st.session_state.get(uploader_key())
     if file is not None:
         key, error = uploads.add_image(file.name, file.getvalue())
         if key is None:
             st.session_state["_upload_error"] = error
         else:
             st.session_state["inv_img"] = key
+        st.session_state["_uploads_taken"] = st.session_state.get("_uploads_taken", 0) + 1
 
 
 # The reconstructions come first on a projector (the gallery would push them below the
@@ -93,7 +100,7 @@ with _bottom if big else _top:
                          f"{images.MAX_UPLOAD_BYTES // 2**20} MB; centre-cropped to each model's "
                          f"input size, {SIDE}x{SIDE} for A). It "
                          "stays in this browser session.", type=uploads.IMAGE_TYPES,
-                         key="inv_upload", on_change=uploaded,
+                         key=uploader_key(), on_change=uploaded,
                          max_upload_size=images.MAX_UPLOAD_BYTES // 2**20)   # says one limit
         error = st.session_state.pop("_upload_error", None)
         if error:

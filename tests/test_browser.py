@@ -477,6 +477,7 @@ def test_uploads_good_and_bad_stay_in_their_session(browser, offline_server):
     message = mine.get_by_text("not an image Pillow can read").first
     message.wait_for(timeout=60_000)
     assert "0x" not in message.inner_text() and "<_io" not in message.inner_text()
+    assert not mine.get_by_text("notes.png", exact=True).count()   # the uploader is empty again
     assert_clean(mine)
     uploader.set_input_files(files=[{"name": "mine.png", "mimeType": "image/png",
                                      "buffer": _png()}])
