@@ -167,7 +167,9 @@ def diagonal_profile(series: list[tuple[str, Sequence[str], np.ndarray]], big: b
     fig.update_layout(yaxis=dict(range=[0, 1.02], title="CKA"), xaxis_title="layer",
                       height=height or (360 if not big else 480),
                       font=dict(family=FONT, size=18 if big else 12),
-                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h"))
+                      margin=dict(l=10, r=10, t=30, b=10),
+                      # above the plot: below it, in a narrow column, it covers the x axis
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
     return fig
 
 
@@ -212,7 +214,9 @@ def curve(xs: Sequence[float], ys: dict[str, Sequence[float]], x_title: str, y_t
     fig.update_layout(xaxis_title=x_title, yaxis_title=y_title,
                       height=height or (300 if not big else 420),
                       yaxis_type="log" if log_y else None, font=dict(family=FONT, size=18 if big else 12),
-                      margin=dict(l=10, r=10, t=30, b=10), legend=dict(orientation="h"))
+                      margin=dict(l=10, r=10, t=30, b=10),
+                      # above the plot: below it, in a narrow column, it covers the x axis
+                      legend=dict(orientation="h", yanchor="bottom", y=1.02, x=0))
     return fig
 
 

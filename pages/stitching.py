@@ -148,16 +148,17 @@ with right:
         m[0].metric("Stitched, clean", f"{cell['clean_accuracy']:.1%}")
         rob = cell.get("robust_accuracy")
         m[1].metric("Stitched, robust", "—" if rob is None else f"{rob:.1%}")
+        share = lambda v: "—" if v is None else f"{v:.1%}"  # noqa: E731
         rows = []
         for role, s in (("front", front), ("end", end)):
-            r = refs.get(s)
+            r = refs.get(s) or {}
             rows.append({"model": f"{role}: {backend.label(s)}",
-                         "clean": None if r is None else r["clean_accuracy"],
-                         "robust": None if r is None else r["robust_accuracy"]})
-        rows.append({"model": "stitched", "clean": cell["clean_accuracy"], "robust": rob})
-        st.dataframe(rows, hide_index=True, column_config={
-            "clean": st.column_config.NumberColumn(format="percent"),
-            "robust": st.column_config.NumberColumn(format="percent")})
+                         "clean": share(r.get("clean_accuracy")),
+                         "robust": share(r.get("robust_accuracy"))})
+        rows.append({"model": "stitched", "clean": share(cell["clean_accuracy"]),
+                     "robust": share(rob)})
+        # a table wraps its names in a narrow column, where a data frame would scroll
+        st.table(rows, hide_index=True, border="horizontal")
         if cell.get("dm_error") is not None:
             st.metric("Direct-matching error ‖AW−B‖/‖B‖", f"{cell['dm_error']:.3f}",
                       help="Relative least-squares error of the fit on the training data.")
@@ -168,7 +169,7 @@ with right:
         if curve.get("step"):
             st.plotly_chart(figures.curve(curve["epoch"], {"loss": curve["loss"],
                                                            "accuracy": curve["accuracy"]},
-                                          "epoch", "training loss / accuracy", height=240),
+                                          "epoch", "loss, accuracy", height=240),
                             key="st_curve")
         # the CKA of this layer pair, when the CKA explorer has it stored
         cka_job, transposed = views.cka_request(backend.model, front, end, "blocks",
