@@ -218,10 +218,9 @@ class ResultStore:
         return self._get_asset(key)
 
     def has(self, kind: str, inputs: dict) -> bool:
-        key = make_key(kind, inputs)
-        if self._query("SELECT 1 FROM results WHERE key=?", (key,)):
-            return True
-        return self.assets is not None and (self.assets / f"{key}.json").exists()
+        """Whether `get` finds a value: a damaged row does not count, so that a sweep
+        computes it again rather than skip it."""
+        return self.get(kind, inputs) is not None
 
     def put(self, kind: str, inputs: dict, value: Any, compute_s: float | None = None,
             computed: bool = False) -> str:

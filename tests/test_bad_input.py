@@ -119,5 +119,6 @@ def test_a_damaged_stored_row_is_computed_again(tmp_path):
     with sqlite3.connect(tmp_path / "results.sqlite") as conn:
         conn.execute("UPDATE results SET arrays = ?", (b"\x00damaged",))
     assert store.get("k", {"a": 1}) is None     # read as missing, not a traceback
+    assert not store.has("k", {"a": 1})         # so a sweep computes it again
     store.put("k", {"a": 1}, {"x": torch.arange(2)})
     assert store.get("k", {"a": 1})["x"].tolist() == [0, 1]
