@@ -271,20 +271,20 @@ def image_for(key: str, uploads: Mapping[str, np.ndarray] | None = None, size: i
 
 # --------------------------------------------------------------------- jobs
 
-def paper_roles(load: Loader, s: Mapping[str, Any]) -> tuple[str, str]:
-    """(robust, standard) of models A and B for the paper view, by their cards: B is
-    the robust one when only B is; otherwise A (both or neither robust: no roles)."""
+def paper_roles(load: Loader, s: Mapping[str, Any]) -> tuple[str, str, bool]:
+    """(robust, standard, whether the roles fit) of models A and B for the paper view, by
+    their cards: B is the robust one when only B is; otherwise A (both or neither robust:
+    the roles do not fit)."""
     a, b = s["a"], s["b"]
-    if zoo.is_robust(load(b).card) and not zoo.is_robust(load(a).card):
-        return b, a
-    return a, b
+    robust_a, robust_b = zoo.is_robust(load(a).card), zoo.is_robust(load(b).card)
+    return (b, a, True) if robust_b and not robust_a else (a, b, robust_a != robust_b)
 
 
 def cka_pairs(load: Loader, s: Mapping[str, Any]) -> list[tuple[str, str]]:
     """The (first, second) model pairs a CKA view shows: the paper view's standard
     with itself, robust with itself, standard with robust."""
     if s["cka_view"] == "Paper view":
-        robust, standard = paper_roles(load, s)
+        robust, standard, _ = paper_roles(load, s)
         return [(standard, standard), (robust, robust), (standard, robust)]
     first, second = s["cka_pair"].split(" vs ")
     spec = {"A": s["a"], "B": s["b"]}

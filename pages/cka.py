@@ -122,9 +122,7 @@ with page.guard():
             with left:
                 page.caption(PAGE, title)
     else:
-        robust, standard = views.paper_roles(backend.model, settings)
-        roles = {backend.model_kind(robust), backend.model_kind(standard)} == {"robust",
-                                                                                "standard"}
+        robust, standard, roles = views.paper_roles(backend.model, settings)
         inputs_text = inputs_label[settings["cka_in_a"]] + (
             "" if settings["cka_in_a"] == "benign" else " (each model attacked on its own)")
         if roles:

@@ -144,11 +144,11 @@ with right:
                 ref_jobs[s] for s in dict.fromkeys(pairs[i]) if got[ref_jobs[s].key] is None],
                 type="primary")
     else:
-        m = st.columns(2)
-        m[0].metric("Stitched, clean", f"{cell['clean_accuracy']:.1%}")
-        rob = cell.get("robust_accuracy")
-        m[1].metric("Stitched, robust", "—" if rob is None else f"{rob:.1%}")
         share = lambda v: "—" if v is None else f"{v:.1%}"  # noqa: E731
+        m = st.columns(2)
+        m[0].metric("Stitched, clean", share(cell["clean_accuracy"]))
+        rob = cell.get("robust_accuracy")
+        m[1].metric("Stitched, robust", share(rob))
         rows = []
         for role, s in (("front", front), ("end", end)):
             r = refs.get(s) or {}

@@ -33,8 +33,9 @@ def _names() -> dict[str, str]:
 
 def gallery_items() -> list[dict]:
     """This session's uploads as gallery tiles, each captioned with its file's name."""
-    return [{"key": k, "image": v, "title": f"your image {_names().get(k, '')}".strip(),
-             "caption": _short(Path(_names().get(k, "yours")).stem)}
+    names = _names()
+    return [{"key": k, "image": v, "title": f"your image {names.get(k, '')}".strip(),
+             "caption": _short(Path(names.get(k, "yours")).stem)}
             for k, v in images().items()]
 
 
