@@ -2,6 +2,9 @@
 the same computation on the CPU: the same results on every device."""
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
 import torch
 
 from conftest import tiny_probe
@@ -53,3 +56,55 @@ def test_direct_stitching_agrees_across_devices(device):
     wa = [p.detach().cpu() for p in a.stitch.parameters()]
     wb = [p.detach().cpu() for p in b.stitch.parameters()]
     assert all(torch.allclose(x, y, atol=1e-3, rtol=1e-3) for x, y in zip(wa, wb))
+
+
+def _cuda(device):
+    if device.type != "cuda":
+        pytest.skip("CUDA graphs need a CUDA GPU")
+    return tiny_probe(width=8, seed=3).to(device)
+
+
+def test_graphed_optimisation_steps_agree_with_eager_ones(device):
+    model = _cuda(device)
+    runs = {"inversion": lambda **o: inversion.invert(model, X[:2], steps=20, **o),
+            # a tap inside a block: reached through a hook that ends the pass
+            "hooked tap": lambda **o: inversion.invert(model, X[:2], steps=20,
+                                                       layer="layer2.0.conv1", **o),
+            "visualisation": lambda **o: inversion.visualize_feature(model, [1, 2], steps=20, **o),
+            "addition": lambda **o: inversion.add_feature(model, X[:2], 3, steps=20, **o)}
+    for name, run in runs.items():
+        graphed, eager = run(), run(cuda_graph=False)
+        assert (graphed.images - eager.images).abs().max() < 2e-2, name
+        assert torch.allclose(graphed.loss_curve, eager.loss_curve, rtol=1e-3, atol=1e-4), name
+        assert len(graphed.frames) == len(eager.frames), name
+
+
+def test_a_model_that_cannot_be_captured_runs_eagerly(device):
+    model = _cuda(device)
+    eager = inversion.invert(model, X[:2], steps=10, cuda_graph=False)
+    # reading a value on the CPU inside the forward pass cannot be captured in a graph
+    hook = model.model.conv1.register_forward_pre_hook(lambda m, i: float(i[0].sum()) and None)
+    try:
+        syncing = inversion.invert(model, X[:2], steps=10)
+    finally:
+        hook.remove()
+    assert (syncing.images - eager.images).abs().max() < 2e-2
+    after = inversion.invert(model, X[:2], steps=10)    # and the GPU is fit for graphs again
+    assert (after.images - eager.images).abs().max() < 2e-2
+
+
+def test_sessions_side_by_side_on_one_gpu_get_their_own_results(device):
+    model, other = _cuda(device), tiny_probe(width=8, seed=4).to(device)
+    ds = data.ImageTensorDataset((X * 255).to(torch.uint8), Y)
+    eager = [inversion.invert(m, X[:2], steps=30, cuda_graph=False) for m in (model, other)]
+    alone = cka.cka_matrix(model, other, ds, batch_size=12).matrix
+    # two inversions capture their graphs while a third session's CKA reads its results back
+    work = [lambda: inversion.invert(model, X[:2], steps=30),
+            lambda: inversion.invert(other, X[:2], steps=30),
+            lambda: [cka.cka_matrix(model, other, ds, batch_size=12).matrix for _ in range(5)]]
+    for _ in range(3):
+        with ThreadPoolExecutor(3) as pool:
+            first, second, matrices = [f.result() for f in [pool.submit(w) for w in work]]
+        for graphed, then in zip((first, second), eager):
+            assert (graphed.images - then.images).abs().max() < 2e-2
+        assert all(abs(m - alone).max() < 1e-5 for m in matrices)
