@@ -100,9 +100,10 @@ def portable(value, names: dict[str, str]):
 
 
 def close(a, b) -> bool:
+    # 1e-5: another machine's CPU (16 threads, torch 2.11) moved one CKA statistic by 1.4e-6
     if isinstance(a, float) or isinstance(b, float):
         return isinstance(a, (int, float)) and isinstance(b, (int, float)) and \
-            abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
+            abs(a - b) <= 1e-5 * max(1.0, abs(a), abs(b))
     return a == b
 
 
