@@ -10,7 +10,9 @@ where there is one, the GPU:
    own ResNet-50 to its pooled features (the floor any library pays), and the
    page's estimate (inversion.seconds_per_step);
 3. the whole run: --steps steps of both models (default 200, the issue's target of
-   5 s on a GPU); on the CPU measured over --cpu-steps steps and extrapolated.
+   5 s on a GPU); on the CPU measured over --cpu-steps steps and extrapolated;
+4. on a GPU, the same run without CUDA graphs (Settings.cuda_graph=False): seconds
+   per step, and how far its result ends from the graphed one's (and from itself).
 
     python bench/imagenet_inversion.py --out bench/results/imagenet-inversion-cpu.json
 """
@@ -63,14 +65,15 @@ def first_frame(model: Probe, x: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def per_step(model: Probe, x: torch.Tensor, steps: int, device: str) -> float:
-    settings = inversion.Settings(steps=steps, frame_every=steps)
+def per_step(model: Probe, x: torch.Tensor, steps: int, device: str,
+             cuda_graph: bool = True) -> tuple[float, inversion.InversionResult]:
+    settings = inversion.Settings(steps=steps, frame_every=steps, cuda_graph=cuda_graph)
     inversion.invert(model, x, settings=inversion.Settings(steps=1))     # warm-up
     sync(device)
     start = time.perf_counter()
-    inversion.invert(model, x, settings=settings)
+    result = inversion.invert(model, x, settings=settings)
     sync(device)
-    return (time.perf_counter() - start) / steps
+    return (time.perf_counter() - start) / steps, result
 
 
 def bare_loop(x: torch.Tensor, steps: int, device: str) -> float:
@@ -97,12 +100,24 @@ def measure(args: argparse.Namespace, device: str) -> dict:
     steps = args.steps if device == "cuda" else args.cpu_steps
     out = {"device": device, "threads": torch.get_num_threads(),
            "first_frame_s": round(first_frame(a, x), 3),
-           "step_s": [round(per_step(m, x, steps, device), 4) for m in (a, b)],
+           "step_s": [round(per_step(m, x, steps, device)[0], 4) for m in (a, b)],
            "bare_step_s": round(bare_loop(x.to(device), steps, device), 4),
            "page_estimate_step_s": round(inversion.seconds_per_step(a), 4)}
     out["overhead_pct"] = round(100 * (out["step_s"][0] / out["bare_step_s"] - 1), 1)
     out[f"both_models_{args.steps}_steps_s"] = round(sum(out["step_s"]) * args.steps, 1)
     out["measured_over_steps"] = steps
+    if device == "cuda":    # the same run launched kernel by kernel, and how far apart they end
+        graphed = per_step(a, x, steps, device)[1]
+        seconds, eager = per_step(a, x, steps, device, False)
+        again = per_step(a, x, steps, device, False)[1]
+        out["eager_step_s"] = round(seconds, 4)
+        # cuDNN's backward is not bitwise repeatable: two eager runs show how far chance
+        # moves a run
+        out["final_loss_graph_eager_eager"] = [round(float(r.loss[0]), 5)
+                                               for r in (graphed, eager, again)]
+        out["max_pixel_difference"] = {
+            "graph_vs_eager": round(float((graphed.images - eager.images).abs().max()), 4),
+            "eager_vs_eager": round(float((again.images - eager.images).abs().max()), 4)}
     return out
 
 
