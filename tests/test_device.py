@@ -64,8 +64,20 @@ def _cuda(device):
     return tiny_probe(width=8, seed=3).to(device)
 
 
-def test_graphed_optimisation_steps_agree_with_eager_ones(device):
+def _count_replays(monkeypatch) -> list[int]:
+    replays = [0]
+    replay = torch.cuda.CUDAGraph.replay
+
+    def counted(graph):
+        replays[0] += 1
+        return replay(graph)
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "replay", counted)
+    return replays
+
+
+def test_graphed_optimisation_steps_agree_with_eager_ones(device, monkeypatch):
     model = _cuda(device)
+    replays = _count_replays(monkeypatch)
     runs = {"inversion": lambda **o: inversion.invert(model, X[:2], steps=20, **o),
             # a tap inside a block: reached through a hook that ends the pass
             "hooked tap": lambda **o: inversion.invert(model, X[:2], steps=20,
@@ -73,24 +85,30 @@ def test_graphed_optimisation_steps_agree_with_eager_ones(device):
             "visualisation": lambda **o: inversion.visualize_feature(model, [1, 2], steps=20, **o),
             "addition": lambda **o: inversion.add_feature(model, X[:2], 3, steps=20, **o)}
     for name, run in runs.items():
-        graphed, eager = run(), run(cuda_graph=False)
+        before = replays[0]
+        graphed = run()
+        assert replays[0] == before + 20, name     # one replay a step
+        eager = run(cuda_graph=False)
+        assert replays[0] == before + 20, name
         assert (graphed.images - eager.images).abs().max() < 2e-2, name
         assert torch.allclose(graphed.loss_curve, eager.loss_curve, rtol=1e-3, atol=1e-4), name
         assert len(graphed.frames) == len(eager.frames), name
 
 
-def test_a_model_that_cannot_be_captured_runs_eagerly(device):
+def test_a_model_that_cannot_be_captured_runs_eagerly(device, monkeypatch):
     model = _cuda(device)
+    replays = _count_replays(monkeypatch)
     eager = inversion.invert(model, X[:2], steps=10, cuda_graph=False)
-    # reading a value on the CPU inside the forward pass cannot be captured in a graph
-    hook = model.model.conv1.register_forward_pre_hook(lambda m, i: float(i[0].sum()) and None)
+    def read_on_the_cpu(module, inputs) -> None:   # no capture can hold this
+        float(inputs[0].detach().sum())
+    hook = model.model.conv1.register_forward_pre_hook(read_on_the_cpu)
     try:
         syncing = inversion.invert(model, X[:2], steps=10)
     finally:
         hook.remove()
-    assert (syncing.images - eager.images).abs().max() < 2e-2
+    assert replays[0] == 0 and (syncing.images - eager.images).abs().max() < 2e-2
     after = inversion.invert(model, X[:2], steps=10)    # and the GPU is fit for graphs again
-    assert (after.images - eager.images).abs().max() < 2e-2
+    assert replays[0] == 10 and (after.images - eager.images).abs().max() < 2e-2
 
 
 def test_sessions_side_by_side_on_one_gpu_get_their_own_results(device):
