@@ -481,19 +481,50 @@ def _decode_batches(batch_dir: Path, split: str) -> tuple[torch.Tensor, torch.Te
     return torch.from_numpy(arr)[order].contiguous(), labels[order]
 
 
-_PROVIDED: dict[str, ImageTensorDataset] = {}
+_PROVIDED: dict[str, tuple[ImageTensorDataset, str | None]] = {}
 
 
-def provide(split: str, dataset: ImageTensorDataset) -> None:
-    """Serve cifar10(split) from `dataset` in this process: a sweep's Ray worker gets
-    the driver's copy from the object store instead of a disk that may not have it."""
-    _PROVIDED[split] = dataset
+def provide(split: str, dataset: ImageTensorDataset, source: str | None = None) -> None:
+    """Serve cifar10(split) from `dataset` in this process, cifar10_source(split) being
+    `source`: a sweep's Ray worker gets the driver's copy from the object store instead
+    of a disk that may not have it."""
+    _PROVIDED[split] = (dataset, source)
+
+
+# The files (names and sizes) of the JPEG copy of CIFAR-10 in the project's shared data,
+# on which the shipped results were computed: with the official batches, CIFAR-10 itself
+REFERENCE_SOURCES = {"test": "b96286d530f5b042", "train": "b1ffa057baf7aa87"}
+_source_digests: dict[tuple, str] = {}
+
+
+def cifar10_source(split: str = "test") -> str | None:
+    """How job keys tell this machine's CIFAR-10 `split` apart: None for CIFAR-10
+    itself (the official batches, or the JPEG copy whose results ship; also where there
+    is no data set, so nothing can be computed), else "folder:" and a digest of the
+    folder's file names and sizes (another copy: a corrupted CIFAR-10-C, an edited
+    folder). Listing 50,000 files takes a second, so a digest is kept while the
+    folders' times stay as they were."""
+    if split in _PROVIDED:
+        return _PROVIDED[split][1]
+    try:
+        kind, path = locate_cifar10(split)
+    except DataNotFoundError:
+        return None
+    if kind == "batches":
+        return None
+    folders = [path] + [Path(e.path) for e in os.scandir(path) if _is_dir(e)]
+    seen = (str(path), tuple(f.stat().st_mtime_ns for f in folders))
+    if seen not in _source_digests:
+        files = [(name, size) for name, size, _ in folder_files(path).stats]
+        _source_digests[seen] = hashlib.sha1(json.dumps(files).encode()).hexdigest()[:16]
+    digest = _source_digests[seen]
+    return None if digest == REFERENCE_SOURCES[split] else f"folder:{digest}"
 
 
 def cifar10(split: str = "test", root: str | os.PathLike | None = None) -> ImageTensorDataset:
     """CIFAR-10 as an ImageTensorDataset, decoded once and cached as uint8."""
     if root is None and split in _PROVIDED:
-        return _PROVIDED[split]
+        return _PROVIDED[split][0]
     kind, path = locate_cifar10(split, root)
     # the decoded copy is named by every file's name, size and time: a file changed
     # inside a class folder leaves the split folder's own time as it was

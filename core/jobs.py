@@ -82,9 +82,17 @@ def _job(kind: str, inputs: dict, run: Callable[..., Any], label: str, args: dic
     return Job(kind, keyed, run, label, spec, dict(needs or {}))
 
 
+def cifar10_images(split: str, n: int) -> dict:
+    """How a job names CIFAR-10 images: the first n of the fixed shuffle of a split,
+    and the split's source where it is another copy (data.cifar10_source)."""
+    source = data.cifar10_source(split)
+    return {"dataset": f"cifar10-{split}", "order": "fixed-shuffle-0", "n": n,
+            **({"source": source} if source else {})}
+
+
 def test_images(n: int | None) -> dict:
     """How a job names its images: the first n of the fixed shuffle of the test set."""
-    return {"dataset": "cifar10-test", "order": "fixed-shuffle-0", "n": n or 10_000}
+    return cifar10_images("test", n or 10_000)
 
 
 def layer_list(probe: Probe, layers: str | Sequence[str]) -> list[str]:
@@ -282,8 +290,7 @@ def stitch_data(analysis: str, recipe: dict, folder: str | None, *probes: Probe)
     (read at the models' one input size)."""
     source = image_folder(analysis, folder, *probes)
     if source is None:
-        return StitchData({"dataset": "cifar10-train", "order": "fixed-shuffle-0",
-                           "n": recipe["train_images"]}, test_images(None),
+        return StitchData(cifar10_images("train", recipe["train_images"]), test_images(None),
                           lambda: data.fixed_subset(data.cifar10("train"),
                                                     recipe["train_images"]),
                           _shuffled_test)

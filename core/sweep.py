@@ -242,8 +242,8 @@ def _compute_task(spec: dict, key: str, names: list[str], splits: dict, need_nam
     models, needs = refs[:len(names)], refs[len(names):]
     device = pick_device()
     probes = {n: m.to(device) for n, m in zip(names, models)}
-    for split, ds in splits.items():
-        data.provide(split, ds)
+    for split, (ds, source) in splits.items():
+        data.provide(split, ds, source)
     job = jobs.rebuild(spec, probes.__getitem__)
     if job.key != key:
         raise RuntimeError(f"{job.label}: rebuilt with another key on this worker")
@@ -279,7 +279,8 @@ def _run_on_ray(todo: list[Job], out: Outcome, store: ResultStore, load: Loader,
     gpus = ray.cluster_resources().get("GPU", 0)
     models = {s: ray.put(load(s).to("cpu")) for s in {s for j in todo for s in j.models}}
     splits = sorted({s for j in todo for s in j.splits})
-    data_ref = ray.put({s: data.cifar10(s) for s in splits})   # once, for every task
+    # once, for every task: each split with how job keys name its source
+    data_ref = ray.put({s: (data.cifar10(s), data.cifar10_source(s)) for s in splits})
     task = ray.remote(max_retries=RETRIES, retry_exceptions=True)(_compute_task)
     refs: dict[str, Any] = {}
     pending: dict[Any, tuple[Job, Any]] = {}     # result ref -> (job, its seconds' ref)

@@ -52,6 +52,34 @@ def test_a_changed_image_folder_is_decoded_again(tmp_path):
     assert int(after.images[first_cat].max()) == 250 != int(before.images[first_cat].max())
 
 
+def test_job_keys_tell_cifar10_from_other_copies_of_it(tmp_path, monkeypatch):
+    from core import jobs
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))      # no data set of this machine's
+    monkeypatch.setenv("ROBUSTLENS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ROBUSTLENS_DATA", str(tmp_path / "none"))
+    assert data.cifar10_source("test") is None and "source" not in jobs.test_images(10)
+    _write_folder(tmp_path / "export")
+    monkeypatch.setenv("ROBUSTLENS_DATA", str(tmp_path / "export"))
+    export = data.cifar10_source("test")
+    assert export.startswith("folder:") and jobs.test_images(10)["source"] == export
+    # the copy the shipped results were computed on keeps the keys they ship under
+    monkeypatch.setitem(data.REFERENCE_SOURCES, "test", export.split(":")[1])
+    assert data.cifar10_source("test") is None and "source" not in jobs.test_images(10)
+    Image.fromarray(np.zeros((32, 32, 3), dtype=np.uint8)).save(
+        tmp_path / "export" / "test" / "cat" / "0009.png")
+    grown = data.cifar10_source("test")
+    assert grown not in (None, export)
+    batches = tmp_path / "official" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    (batches / "test_batch").write_bytes(b"official")
+    monkeypatch.setenv("ROBUSTLENS_DATA", str(tmp_path / "official"))
+    assert data.cifar10_source("test") is None     # the official batches: CIFAR-10 itself
+    # a sweep's Ray worker names the driver's source, whatever its own disk holds
+    monkeypatch.setattr(data, "_PROVIDED", {})
+    data.provide("test", data.cifar10("test", tmp_path / "export"), grown)
+    assert data.cifar10_source("test") == grown
+
+
 def test_official_batches_through_torchvision(tmp_path, monkeypatch):
     """Batches in the official pickle layout, where torchvision.datasets.CIFAR10 looks."""
     import torchvision

@@ -113,6 +113,10 @@ def computed(tiny_world, tmp_path_factory):
     mp.setattr(zoo, "PRETRAINED", tiny_world["zoo"])
     mp.setenv("ROBUSTLENS_DATA", str(tiny_world["data"]))
     mp.setenv("ROBUSTLENS_CACHE", str(tmp_path_factory.mktemp("job-values-cache")))
+    # the record was made before keys named a data source: the tiny world's data stands
+    # in for the JPEG copy of CIFAR-10 whose results ship
+    mp.setattr(data, "REFERENCE_SOURCES", {
+        split: data.cifar10_source(split).split(":")[1] for split in ("test", "train")})
     probes: dict = {}
 
     def load(spec: str):
