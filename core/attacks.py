@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from .data import batch_sizes, batches, require_labels
 from .images import norms
+from .probe import check_input_size
 from .progress import Reporter, report
 
 NORMS = ("linf", "l2")
@@ -188,6 +189,7 @@ def examples(model: nn.Module, source: Any, attack: Attack, batch_size: int,
     total = sum(sizes) if sizes is not None else None
     out, done = [], 0
     for x, y in batches(source, batch_size, device, shuffle_seed, limit):
+        check_input_size(x, model)
         out.append(perturb(attack, model, x, y).cpu())
         done += len(y)
         report(progress, done, total or done, f"adversarial examples: {done} images")
@@ -213,6 +215,7 @@ def accuracy(model: nn.Module, loader: Any, attack: Callable | None = None,
     correct, n = 0, 0
     for x, y in batches(loader, batch_size, device, shuffle_seed, limit):
         require_labels(y, "accuracy")
+        check_input_size(x, model)
         with torch.no_grad():
             ok = model(x).argmax(1) == y
         if attack is not None and ok.any():

@@ -37,7 +37,7 @@ import torch
 
 from .attacks import Attack, perturb
 from .data import batch_sizes, batches
-from .probe import Probe
+from .probe import Probe, check_input_size
 from .progress import Reporter, report
 
 Array = torch.Tensor | np.ndarray
@@ -442,6 +442,7 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
     per_batch: list[torch.Tensor] = []
     done, largest = 0, 0
     for x, y in batches(loader, batch_size, device, shuffle_seed, limit):
+        check_input_size(x, model_a, model_b)
         if len(x) < min_n:
             raise ValueError(f"a batch of {len(x)} images is too small: "
                              f"{'unbiased' if unbiased else 'biased'} HSIC needs {min_n}")

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from .data import batch_sizes, batches
 from .errors import ComponentError
 from .images import norms
-from .probe import Probe
+from .probe import Probe, check_input_size
 from .progress import Reporter, report
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
@@ -619,6 +619,7 @@ def representations(model: Probe, data: Any, batch_size: int = 256,
     with model.tap(layer) as features, torch.no_grad():
         # the order of the data is the answer's order (top-activating indices)
         for x, _ in batches(data, batch_size, model.device, shuffle_seed=None):
+            check_input_size(x, model)
             out.append(features(x).flatten(1).float().cpu())
             done += x.shape[0]
             report(progress, done, total or done, f"representations: {done} images")

@@ -56,6 +56,19 @@ def _tensor_output(name: str, out: Any) -> torch.Tensor:
     return out
 
 
+def check_input_size(x: torch.Tensor, *models: Any) -> None:
+    """Refuse a batch of data read for `models` (core.Probe; others are not checked) whose
+    images are not each model's input size: a ResNet pools any size away, so it would
+    answer, for images it was never meant to see."""
+    for model in models:
+        size = getattr(model, "input_size", None)
+        if isinstance(model, Probe) and tuple(x.shape[-2:]) != (size, size):
+            raise BadImageError(
+                f"{model.name or 'this model'} takes {size}x{size} images, not "
+                f"{x.shape[-2]}x{x.shape[-1]}: read them at its size (an image folder: "
+                f"data.ImageFolder(root, {size}))")
+
+
 def pick_device(preference: str | None = None) -> torch.device:
     """The one place that decides the device: CUDA, then Apple MPS, then CPU."""
     if preference and preference != "auto":

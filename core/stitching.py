@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from . import attacks
 from .data import ImageFolder, ImageTensorDataset, batch_sizes, batches, require_labels
 from .errors import RobustLensError, UnknownLayerError
-from .probe import Probe
+from .probe import Probe, check_input_size
 from .progress import Event, Reporter, report, span
 
 Loader = ImageTensorDataset | Iterable[tuple[torch.Tensor, torch.Tensor]]  # what data.batches reads
@@ -321,6 +321,7 @@ def representation_error(stitched: StitchedModel, loader: Loader, n: int | None 
     diff_sq, ref_sq = 0.0, 0.0
     with torch.no_grad(), _modes((stitched, False)), _halves(stitched) as (front, end):
         for x, _y in batches(loader, batch_size, dev, limit=n):
+            check_input_size(x, stitched.front, stitched.end)
             a = front(x)
             b = a if _same_stage(stitched) else end(x)
             diff_sq += float((stitched.transfer(a) - b).double().pow(2).sum())
@@ -350,6 +351,7 @@ def direct_match(stitched: StitchedModel, loader: Loader, batch_size: int = 128,
     with torch.no_grad(), _modes((stitched.front, False), (stitched.end, False)), \
             _halves(stitched) as (front, end):
         for i, (x, _y) in enumerate(batches(loader, batch_size, dev, seed, limit)):
+            check_input_size(x, stitched.front, stitched.end)
             t0 = time.perf_counter()
             a = front(x)
             if profile:
@@ -492,6 +494,7 @@ def _train_task(stitched: StitchedModel, loader: Loader, epochs: int, steps_per_
                                 epoch):
                 if step == 0:   # once: a check per step would wait for the GPU each time
                     require_labels(y, "task-loss stitching")
+                check_input_size(x, front, end)
                 factor = _lr_factor(step, total)
                 for g in opt.param_groups:
                     g["lr"] = lr * factor

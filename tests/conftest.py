@@ -60,13 +60,14 @@ def pytest_unconfigure(config):
         shutil.rmtree(d, ignore_errors=True)
 
 
-def tiny_probe(width: int = 8, seed: int = 0, name: str = "tiny", arch: str = "resnet18"):
+def tiny_probe(width: int = 8, seed: int = 0, name: str = "tiny", arch: str = "resnet18",
+               input_size: int = 32):
     from core import archs, data
     from core.probe import Probe
     torch.manual_seed(seed)
     model = archs.build(arch, width=width)
     probe = Probe(model, data.MEAN, data.STD, name=name,
-                  card={"arch": arch, "width": width, "num_classes": 10})
+                  card={"arch": arch, "width": width, "num_classes": 10}, input_size=input_size)
     return probe.eval()
 
 

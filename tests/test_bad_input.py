@@ -41,6 +41,25 @@ def test_unlabelled_images_are_refused_where_labels_are_needed(model):
         == pytest.approx(1.0)   # benign CKA needs no labels
 
 
+def test_images_of_another_size_than_the_models_are_refused(model):
+    # a ResNet pools any size away: ImageNet-sized images gave a CIFAR model's
+    # accuracy, CKA and stitching as if they were its own
+    large = data.ImageTensorDataset(torch.zeros(8, 3, 64, 64, dtype=torch.uint8),
+                                    torch.arange(8) % 10, "64 px")
+    pgd = attacks.PGD("linf", 8 / 255, 2 / 255, 1)
+    for name, call in {
+            "accuracy": lambda: attacks.accuracy(model, large),
+            "examples": lambda: attacks.examples(model, large, pgd, 8),
+            "cka": lambda: cka.cka_matrix(model, model, large, ["relu"], ["relu"], batch_size=8),
+            "representations": lambda: inversion.representations(model, large),
+            "direct stitching": lambda: stitching.fit(model, model, "layer1.0", large, "direct"),
+            "task stitching": lambda: stitching.fit(model, model, "layer1.0", large, "task"),
+    }.items():
+        with pytest.raises(BadImageError, match="takes 32x32 images, not 64x64"):
+            call()
+            pytest.fail(name)
+
+
 def test_impossible_settings_are_refused_when_made(model):
     with pytest.raises(ValueError, match="non-negative"):
         attacks.PGD("linf", -1.0)

@@ -78,7 +78,8 @@ def ref_minibatch(batches: list[tuple[dict, dict]], la: list[str], lb: list[str]
 
 @pytest.fixture(scope="module")
 def models():
-    return tiny_probe(seed=0, name="a"), tiny_probe(seed=1, name="b")
+    return (tiny_probe(seed=0, name="a", input_size=16),
+            tiny_probe(seed=1, name="b", input_size=16))
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +346,7 @@ def test_taps_before_an_in_place_relu_see_their_own_output(images):
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8),
                               torch.nn.ReLU(inplace=True), torch.nn.Flatten(),
                               torch.nn.Linear(8 * 16 * 16, 10))
-    probe = Probe(net, data.MEAN, data.STD, name="inplace").eval()
+    probe = Probe(net, data.MEAN, data.STD, name="inplace", input_size=16).eval()
     res = cka.cka_matrix(probe, probe, images, layers_a=["1"], layers_b=["2"], batch_size=BATCH)
     ref = ref_minibatch([(features(probe, x, ["1", "2"]),) * 2 for x, _ in data.batches(images, BATCH)],
                         ["1"], ["2"], True)[0]
@@ -354,7 +355,7 @@ def test_taps_before_an_in_place_relu_see_their_own_output(images):
 
 
 def test_constant_layer_rows_are_zero(models, images):
-    dead = tiny_probe(seed=2, name="dead")
+    dead = tiny_probe(seed=2, name="dead", input_size=16)
     with torch.no_grad():
         dead.model.conv1.weight.zero_()
         dead.model.bn1.bias.fill_(0.5)  # every image now maps to the same nonzero output

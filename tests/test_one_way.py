@@ -155,7 +155,8 @@ class ClassesSeen:
 
 
 def test_no_estimate_reads_class_sorted_batches():
-    a, b = tiny_probe(width=4, seed=0, name="a"), tiny_probe(width=4, seed=1, name="b")
+    a = tiny_probe(width=4, seed=0, name="a", input_size=8)
+    b = tiny_probe(width=4, seed=1, name="b", input_size=8)
     ds = _class_coded()
     pgd = attacks.PGD("linf", 8 / 255, 2 / 255, 2)
     # accuracies run clean: under attack, only the correctly classified images of a

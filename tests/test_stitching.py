@@ -44,17 +44,18 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def a() -> Probe:
-    return tiny_probe(width=8, seed=0, name="a")
+    return tiny_probe(width=8, seed=0, name="a", input_size=16)
 
 
 @pytest.fixture(scope="module")
 def wide() -> Probe:
-    return tiny_probe(width=16, seed=1, name="wide")
+    return tiny_probe(width=16, seed=1, name="wide", input_size=16)
 
 
 def test_stitch_points_are_stem_blocks_and_pool(a):
     assert stitching.stitch_points(a) == POINTS
-    assert stitching.common_stitch_points(a, tiny_probe(width=16, seed=2)) == POINTS
+    assert stitching.common_stitch_points(a, tiny_probe(width=16, seed=2, input_size=16)) \
+        == POINTS
 
 
 @pytest.mark.parametrize("layer", POINTS)
@@ -100,7 +101,7 @@ def test_direct_matching_finds_the_conv_that_separates_two_models(a):
     known = nn.Conv2d(16, 16, 1)
     model = copy.deepcopy(a.model)
     model.layer2[1] = nn.Sequential(model.layer2[1], known)
-    end = Probe(model, data.MEAN, data.STD, name="a+conv")
+    end = Probe(model, data.MEAN, data.STD, name="a+conv", input_size=16)
     train = data.ImageTensorDataset((random_images(48, seed=2) * 255).to(torch.uint8),
                                     torch.zeros(48, dtype=torch.long))
     stitched, hist = stitching.fit(a, end, "layer2.1", train, "direct", batch_size=16)
@@ -111,14 +112,16 @@ def test_direct_matching_finds_the_conv_that_separates_two_models(a):
     with torch.no_grad():
         assert torch.allclose(stitched(x), end(x), atol=1e-3)
     # and between two unrelated models it is far from exact
-    _, other = stitching.fit(a, tiny_probe(width=8, seed=7), "layer2.1", train, "direct")
+    _, other = stitching.fit(a, tiny_probe(width=8, seed=7, input_size=16), "layer2.1", train,
+                             "direct")
     assert other["dm_error"] > 0.1
 
 
-def test_task_loss_fit_learns_the_task_from_a_random_stitch(a):
+def test_task_loss_fit_learns_the_task_from_a_random_stitch():
     # a colour-coded task read through a model stitched to itself at its last
     # block: the random stitching layer scrambles the features, training must
     # find a map under which the (random) head separates the colours
+    a = tiny_probe(width=8, seed=0, name="a", input_size=8)
     train, test = colour_task(320, seed=0, size=8), colour_task(200, seed=1, size=8)
     before = stitching.StitchedModel(a, a, "layer4.1")
     with torch.random.fork_rng():
@@ -167,7 +170,7 @@ def test_task_fit_can_start_from_the_least_squares_fit(a):
 def test_stitching_writes_no_mode_of_the_shared_donors(a, monkeypatch):
     """Other sessions read the cached donors meanwhile: fitting (both methods, BatchNorm
     adapted or not) and scoring under attack set no train/eval flag on them."""
-    end = tiny_probe(width=8, seed=2, name="end")
+    end = tiny_probe(width=8, seed=2, name="end", input_size=16)
     donors = {id(m) for d in (a, end) for m in d.modules()}
     writes = []
     setattr_ = nn.Module.__setattr__
@@ -188,7 +191,7 @@ def test_stitching_writes_no_mode_of_the_shared_donors(a, monkeypatch):
 
 
 def test_donors_stay_frozen_and_unchanged(a):
-    end = tiny_probe(width=8, seed=2, name="end")
+    end = tiny_probe(width=8, seed=2, name="end", input_size=16)
     before = {k: v.clone() for k, v in end.state_dict().items()}
     train = colour_task(64, seed=0)
     stitched, _ = stitching.fit(a, end, "layer2.0", train, "task", epochs=1, batch_size=32,
@@ -225,7 +228,7 @@ def test_bad_requests_raise_clear_errors(a):
     for not_a_point in ("conv1", "linear", "layer1.0.conv1"):
         with pytest.raises(UnknownLayerError):
             stitching.StitchedModel(a, a, not_a_point)
-    deep = tiny_probe(width=8, seed=0, name="deep", arch="resnet34")
+    deep = tiny_probe(width=8, seed=0, name="deep", arch="resnet34", input_size=16)
     with pytest.raises(UnknownLayerError, match="end model a"):
         stitching.StitchedModel(deep, a, "layer2.3")  # only the front has it
     with pytest.raises(stitching.StitchingError, match="spatial size"):
@@ -407,7 +410,7 @@ def test_stitching_jobs_of_a_resnet18_and_a_resnet50(tmp_path):
 def test_models_of_different_depths_stitch_at_their_stage_boundaries(a):
     """ResNet-18 and ResNet-50 (or WRN-28 and WRN-70) have no block names in common
     that mean the same place: a matrix of both lines up their stage boundaries."""
-    deep = tiny_probe(width=4, seed=3, name="deep", arch="resnet50")
+    deep = tiny_probe(width=4, seed=3, name="deep", arch="resnet50", input_size=16)
     ends_18 = ["relu", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
     ends_50 = ["relu", "layer1.2", "layer2.3", "layer3.5", "layer4.2"]
     grid = stitching.Grid.of([(a, deep), (deep, a), (a, a), (deep, deep)])
@@ -430,7 +433,7 @@ def test_models_of_different_depths_stitch_at_their_stage_boundaries(a):
     with pytest.raises(stitching.StitchingError, match="different numbers of stages"):
         stitching.Grid.of([(a, wrn)])
     big = Probe(archs.build("imagenet_resnet18", num_classes=10), data.MEAN, data.STD,
-                name="big", input_size=64)
+                name="big", input_size=32)
     with pytest.raises(stitching.StitchingError, match="no stitch point of one spatial size"):
         stitching.Grid.of([(a, big)])
 
