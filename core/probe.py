@@ -27,7 +27,7 @@ from .errors import BadImageError, DeviceError, UnknownLayerError
 from .images import Preprocessing
 
 # Full float32 on every device: cuDNN's default TF32 convolutions round to 10 bits, which
-# moved CKA by 2e-4 and a fifth of PGD's pixels from the CPU's results (bf16 training is unaffected)
+# moved CKA by 2e-4 and a fifth of PGD's pixels from the CPU's results (bf16 training aside)
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
 
@@ -57,12 +57,12 @@ def _tensor_output(name: str, out: Any) -> torch.Tensor:
 
 
 def check_input_size(x: torch.Tensor, *models: Any) -> None:
-    """Refuse a batch of data read for `models` (core.Probe; others are not checked) whose
-    images are not each model's input size: a ResNet pools any size away, so it would
-    answer, for images it was never meant to see."""
+    """Refuse a batch of data read for `models` (each Probe; other modules are not checked)
+    whose images are not the model's input size: a ResNet pools any size away, so it
+    would answer for images it was never made for."""
     for model in models:
-        size = getattr(model, "input_size", None)
-        if isinstance(model, Probe) and tuple(x.shape[-2:]) != (size, size):
+        size = model.input_size if isinstance(model, Probe) else None
+        if size is not None and tuple(x.shape[-2:]) != (size, size):
             raise BadImageError(
                 f"{model.name or 'this model'} takes {size}x{size} images, not "
                 f"{x.shape[-2]}x{x.shape[-1]}: read them at its size (an image folder: "
