@@ -7,7 +7,7 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 from core import backend, data, exports, figures, jobs, views  # noqa: E402
 from ui import page, presentation, sidebar, state, uploads  # noqa: E402
-from ui.gallery import gallery  # noqa: E402
+from ui.gallery import gallery, tile_label  # noqa: E402
 
 PAGE = "manipulation"
 page.header(PAGE, "Feature manipulation",
@@ -88,7 +88,7 @@ def browser() -> None:
             return
         grid = backend.run_job(grid_job)
     items = [{"key": f"f{i}", "image": img, "title": f"feature {i} (→ {feature_class(i)})",
-              "caption": f"{i} · {feature_class(i)[:5]}"}
+              "caption": f"{i} · {tile_label(feature_class(i))}"}
              for i, img in zip(grid["indices"], grid["images"])]
     state.seed(PAGE, "mf_feat", [it["key"] for it in items], default=items[0]["key"])
     gallery(items, "mf_feat", size=56, label="features")
@@ -251,7 +251,7 @@ def misclassified() -> list[dict]:
     test = backend.test_set() if probe_a.kind == "cifar10" else None
     if test is None:
         out = [{"key": s.key, "image": s.image, "label": s.label,
-                "title": f"{s.title} → {CLASSES[pred]}", "caption": f"→ {CLASSES[pred][:6]}"}
+                "title": f"{s.title} → {CLASSES[pred]}", "caption": f"→ {tile_label(CLASSES[pred])}"}
                for s, pred in views.misclassified_samples(probe_a)]
         st.caption(f"{backend.label(a)} misclassifies {len(out)} of the 20 shipped samples; the "
                    "full test set gives many more.")
@@ -270,7 +270,8 @@ def misclassified() -> list[dict]:
              "label": int(test.labels[i]),
              "title": f"test {i}: {CLASSES[int(test.labels[i])]} → "
                       f"{CLASSES[int(outs['predicted'][i])]}",
-             "caption": f"→ {CLASSES[int(outs['predicted'][i])][:6]}"} for i in order]
+             "caption": f"→ {tile_label(CLASSES[int(outs['predicted'][i])])}"}
+            for i in order]
 
 
 def misclassification() -> None:

@@ -404,6 +404,16 @@ def test_gallery_and_cells_show_what_was_clicked(browser, offline_server):
     both_reconstructions(page)
     assert_clean(page)
     page.context.close()
+    # the feature browser's tiles name their classes whole, none cut short
+    page = open_page(browser, offline_server, "manipulation")
+    captions = page.locator("button.rl-tile span")
+    captions.first.wait_for(timeout=60_000)
+    words = {t.split(" · ")[-1] for t in captions.all_inner_texts()}
+    assert words <= {"plane", "car", "bird", "cat", "deer", "dog", "frog", "horse", "ship",
+                     "truck"} and len(words) == 10, words
+    assert captions.evaluate_all("spans => spans.filter(s => s.scrollWidth > s.clientWidth)"
+                                 ".length") == 0
+    page.context.close()
     page = open_page(browser, offline_server, "cka")
     box = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
     page.mouse.click(box["x"] + box["width"] * 0.97, box["y"] + box["height"] * 0.03)

@@ -21,6 +21,16 @@ def _component():
                                 js=(STATIC / "gallery.js").read_text())
 
 
+# CIFAR-10's classes as the PyTorch tutorial shortens them: whole words under a 48 px tile
+_TILE_NAMES = {"airplane": "plane", "automobile": "car"}
+
+
+def tile_label(class_name: str) -> str:
+    """A class name for a tile's caption: CIFAR-10's in their short forms, any other
+    whole (a tile ends a long one with "…" and shows it in full on hover)."""
+    return _TILE_NAMES.get(class_name, class_name)
+
+
 def png_data_url(img: Any) -> str:
     """A small image as a data: URL."""
     buf = io.BytesIO()
