@@ -4,21 +4,7 @@
 # the tests that need neither the app nor a package the GPU machine lacks, on CUDA,
 # until DEADLINE seconds. Needs wheels in .whl/ for what the machine lacks (plotly,
 # foolbox and its needs, torchattacks).
-set -u
-START=$(date +%s)
-OUT=${OUT:-/tmp/rl-out}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/check.log") 2>&1
-export PYTHONUNBUFFERED=1 ROBUSTLENS_CACHE=/tmp/rl-cache
-left() { echo $(( ${DEADLINE:-420} - ($(date +%s) - START) )); }
-at() { echo "$1 at $(( $(date +%s) - START )) s"; }
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__,
-torch.cuda.get_device_name())"
+source "$(dirname "$0")/gpu_env.sh" check.log 420
 timeout 240 python3 bench/imagenet_inversion.py --out "$OUT/imagenet-inversion-gpu.json"
 at "inversion bench rc=$?"
 # left out: the files that need streamlit (the app's), RobustBench, dill or Ray, which

@@ -4,20 +4,8 @@
 # CUDA running niced beside the training, then GPU benchmarks in the time left before
 # DEADLINE seconds. Needs .data/cifar10-jpeg.tar.gz and, where the machine lacks them,
 # wheels in .whl/ (torchattacks, plotly, foolbox and its needs).
-set -u
-START=$(date +%s)
-OUT=${OUT:-/tmp/rl-out}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/session.log") 2>&1
-export PYTHONUNBUFFERED=1 ROBUSTLENS_CACHE=/tmp/rl-cache OMP_NUM_THREADS=2
-left() { echo $(( ${DEADLINE:-570} - ($(date +%s) - START) )); }
-at() { echo "$1 at $(( $(date +%s) - START )) s"; }
-if [ -d .whl ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-python3 -c "import torch, sys; print(sys.version.split()[0], torch.__version__, torch.cuda.get_device_name())"
+source "$(dirname "$0")/gpu_env.sh" session.log 570
+export OMP_NUM_THREADS=2
 python3 -m core data --from .data/cifar10-jpeg.tar.gz > "$OUT/data.json" || exit 1
 at "data ready"
 # the suite on CUDA, beside the training (its models are tiny; the zoo tests wait for the export)

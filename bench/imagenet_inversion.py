@@ -98,16 +98,18 @@ def measure(args: argparse.Namespace, device: str) -> dict:
     a, b = models(args, device)
     x = torch.rand(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     steps = args.steps if device == "cuda" else args.cpu_steps
+    first = first_frame(a, x)    # before anything else: a cold start, as a page's first run
+    timed = [per_step(m, x, steps, device) for m in (a, b)]
     out = {"device": device, "threads": torch.get_num_threads(),
-           "first_frame_s": round(first_frame(a, x), 3),
-           "step_s": [round(per_step(m, x, steps, device)[0], 4) for m in (a, b)],
+           "first_frame_s": round(first, 3),
+           "step_s": [round(seconds, 4) for seconds, _ in timed],
            "bare_step_s": round(bare_loop(x.to(device), steps, device), 4),
            "page_estimate_step_s": round(inversion.seconds_per_step(a), 4)}
     out["overhead_pct"] = round(100 * (out["step_s"][0] / out["bare_step_s"] - 1), 1)
     out[f"both_models_{args.steps}_steps_s"] = round(sum(out["step_s"]) * args.steps, 1)
     out["measured_over_steps"] = steps
     if device == "cuda":    # the same run launched kernel by kernel, and how far apart they end
-        graphed = per_step(a, x, steps, device)[1]
+        graphed = timed[0][1]
         seconds, eager = per_step(a, x, steps, device, False)
         again = per_step(a, x, steps, device, False)[1]
         out["eager_step_s"] = round(seconds, 4)

@@ -386,9 +386,9 @@ _CAPTURE_LOCK = threading.Lock()
 
 @contextlib.contextmanager
 def _own_stream(device: torch.device, graph: bool) -> Iterator[None]:
-    """On CUDA with graphs, run on a stream of this run's own (a capture needs one, and
+    """With graphs (on CUDA), run on a stream of this run's own (a capture needs one, and
     another thread's work on the default stream is then no part of it)."""
-    if not graph or device.type != "cuda":
+    if not graph:
         yield
         return
     with torch.cuda.device(device):
@@ -402,7 +402,7 @@ def _own_stream(device: torch.device, graph: bool) -> Iterator[None]:
 def _loss_and_grad(objective: Objective, features: Features, like: torch.Tensor,
                    graph: bool) -> LossAndGrad:
     """x -> (per-image loss, its gradient with respect to x), for images shaped like
-    `like`. With `graph` on CUDA (inside _own_stream), one captured graph replayed per
+    `like`. With `graph` (on CUDA, inside _own_stream), one captured graph replayed per
     step: a step of a few images is bound by kernel launches (a 224 px ResNet-50: 2-3x
     faster). A model that cannot be captured (it reads values on the CPU) runs eagerly."""
     def eager(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -412,7 +412,7 @@ def _loss_and_grad(objective: Objective, features: Features, like: torch.Tensor,
             grad, = torch.autograd.grad(loss.sum(), xi)
         return loss.detach(), grad
 
-    if not graph or like.device.type != "cuda":
+    if not graph:
         return eager
     static = like.detach().clone().requires_grad_()
     for _ in range(2):     # cuDNN's and the objective's first-call set-up, not captured
@@ -458,7 +458,7 @@ def optimize(model: Probe, objective: Objective, start: torch.Tensor, settings: 
     every = settings.frame_every or max(1, steps // 10)
     frames: list[tuple[int, torch.Tensor]] = []
     curve: list[torch.Tensor] = []
-    graph = settings.cuda_graph and steps > 0
+    graph = settings.cuda_graph and steps > 0 and device.type == "cuda"
     with model.fake_relu(settings.fake_relu), _own_stream(device, graph):
         loss_and_grad = _loss_and_grad(objective, features, x, graph)
         for step in range(steps + 1):
