@@ -140,7 +140,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
                    "shuffle (default: the whole test set)")
     p.add_argument("--write", action="store_true", help="store the numbers in the cards")
     p.add_argument("--strong", action="store_true", help="also APGD-CE and APGD-DLR "
-                   "(torchattacks) at the model's own eps on 1,000 images, and PGD-20 at 4x eps")
+                   "(AutoAttack's code) at the model's own eps on 1,000 images, and PGD-20 "
+                   "at 4x eps")
     p.add_argument("--data", help="CIFAR-10 root")
     p.add_argument("--device")
 

@@ -87,12 +87,13 @@ def _robust_mask(probe, images: ImageTensorDataset, attack: Callable,
 def strong_robustness(probe, test: ImageTensorDataset, card: dict, n: int = STRONG_N,
                       log: Callable[[str], None] = print) -> dict | None:
     """Robust accuracy at the model's own threat model under PGD-20 and under two of
-    AutoAttack's four attacks, its untargeted white-box ones, from torchattacks (APGD-CE,
-    APGD-DLR; 100 steps each; not APGD-T or FAB-T): an image counts as robust only if
-    no attack fools it. Also PGD-20 at 4x eps, which must reach
+    AutoAttack's four attacks, its untargeted white-box ones, in AutoAttack's own code
+    (pyautoattack: APGD-CE, APGD-DLR; 100 steps each; not APGD-T or FAB-T): an image
+    counts as robust only if no attack fools it. Also PGD-20 at 4x eps, which must reach
     ~0; a gap above 5 points or a non-zero 4x number triggers a black-box Square attack
     on the survivors (gradient masking check). None for a standard model."""
-    import torchattacks
+    from pyautoattack.autopgd_base import APGDAttack
+    from pyautoattack.square import SquareAttack
     own = own_attack(card)
     if own is None:
         return None
@@ -106,9 +107,9 @@ def strong_robustness(probe, test: ImageTensorDataset, card: dict, n: int = STRO
     masks = {"clean": _robust_mask(probe, sub, lambda a, b: a, batch),
              "pgd20": _robust_mask(probe, sub, lambda a, b: pgd(probe, a, b), batch)}
     for loss in ("ce", "dlr"):
-        atk = torchattacks.APGD(probe, norm=norm, eps=own.eps, steps=APGD_STEPS, n_restarts=1,
-                                seed=0, loss=loss)
-        masks[f"apgd_{loss}"] = _robust_mask(probe, sub, atk, batch)
+        apgd = APGDAttack(probe, n_iter=APGD_STEPS, norm=norm, eps=own.eps, n_restarts=1,
+                          seed=0, loss=loss, device=dev)
+        masks[f"apgd_{loss}"] = _robust_mask(probe, sub, apgd.perturb, batch)
     worst = masks["pgd20"] & masks["apgd_ce"] & masks["apgd_dlr"]
     big = attacks.PGD(own.norm, 4 * own.eps, own.eps, 20).for_accuracy()
     at4x = _robust_mask(probe, sub, lambda a, b: big(probe, a, b), batch)
@@ -118,7 +119,8 @@ def strong_robustness(probe, test: ImageTensorDataset, card: dict, n: int = STRO
            "pgd20_at_4x_eps": float(at4x.float().mean())}
     res["gap_pgd20_to_worst_case"] = res["pgd20"] - res["worst_case"]
     if res["gap_pgd20_to_worst_case"] > MASKING_GAP or res["pgd20_at_4x_eps"] > 0:
-        square = torchattacks.Square(probe, norm=norm, eps=own.eps, n_queries=1000, seed=0)
+        square = SquareAttack(probe, norm=norm, eps=own.eps, n_queries=1000, seed=0,
+                              device=dev).perturb
         survivors = worst.nonzero().flatten()
         for s in range(0, len(survivors), batch):
             idx = survivors[s:s + batch]
@@ -133,9 +135,9 @@ def strong_robustness(probe, test: ImageTensorDataset, card: dict, n: int = STRO
         res["masking_check"] = ("not needed: PGD-20 is within 5 points of the worst case and "
                                 "PGD-20 at 4x eps leaves no image robust")
     res.update({"seconds": round(time.time() - t0, 1),
-                "method": f"per image, robust only if PGD-20 (best iterate), torchattacks "
-                          f"APGD-CE and APGD-DLR ({APGD_STEPS} steps, 1 restart, seed 0) all "
-                          f"fail, and Square where the masking check runs it; first {len(y)} "
+                "method": f"per image, robust only if PGD-20 (best iterate), AutoAttack's "
+                          f"(pyautoattack) APGD-CE and APGD-DLR ({APGD_STEPS} steps, 1 restart, "
+                          f"seed 0) all fail, and Square where the masking check runs it; first {len(y)} "
                           "test images of the fixed shuffle"})
     log(f"{card.get('name', '?')}: worst case {res['worst_case']:.4f} (PGD-20 {res['pgd20']:.4f},"
         f" APGD-CE {res['apgd_ce']:.4f}, APGD-DLR {res['apgd_dlr']:.4f}), 4x eps "

@@ -31,6 +31,14 @@ def isolated_cache(tmp_path_factory):
         os.environ["ROBUSTLENS_CACHE"] = old
 
 
+@pytest.fixture
+def offline(monkeypatch):
+    """This test runs as on a machine without the network (loopback still works)."""
+    import offline as network
+    for (owner, name), replacement in network.blocked_functions().items():
+        monkeypatch.setattr(owner, name, replacement)
+
+
 SHARED_TARBALL = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
 
 

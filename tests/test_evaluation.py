@@ -1,6 +1,6 @@
 """Measuring robustness honestly: the worst case of PGD-20 and AutoAttack's untargeted
-white-box attacks (torchattacks), the gradient-masking check, and the cards' target
-verdicts."""
+white-box attacks (AutoAttack's own code, pyautoattack), the gradient-masking check, and
+the cards' target verdicts."""
 from __future__ import annotations
 
 import re
@@ -12,8 +12,6 @@ from conftest import tiny_probe
 from core import evaluation
 from core.data import ImageTensorDataset
 from core.probe import Probe
-
-torchattacks = pytest.importorskip("torchattacks")
 
 
 def _test_set(n: int = 40) -> ImageTensorDataset:

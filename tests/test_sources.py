@@ -19,6 +19,7 @@ import torchvision
 
 from core import archs, zoo
 from core.errors import CheckpointError, UnknownModelError
+from offline import offline_env
 
 ROOT = Path(__file__).resolve().parent.parent
 X = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
@@ -71,8 +72,8 @@ def place_in_hub_cache(cache: Path, repo: str, filename: str, write) -> Path:
 
 
 def load_offline(spec: str, cache: Path, out: Path) -> dict:
-    """zoo.load(spec) in a fresh process whose hub cache is `cache`, offline: its
-    logits on X (saved to `out`) and card, or the error it raised."""
+    """zoo.load(spec) in a fresh process whose hub cache is `cache`, offline (the hub's
+    own setting, and no network): its logits on X (saved to `out`) and card, or the error it raised."""
     torch.save(X, out.with_suffix(".x"))
     code = (
         "import json, sys, torch\n"
@@ -85,8 +86,8 @@ def load_offline(spec: str, cache: Path, out: Path) -> dict:
         f"x = torch.load({str(out.with_suffix('.x'))!r})\n"
         f"torch.save(p(x), {str(out)!r})\n"
         "print(json.dumps({'card': p.card, 'layers': p.layers, 'size': p.input_size}))\n")
-    env = {**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
-           "HF_HOME": str(cache.parent / "hf-home"), "PYTHONPATH": str(ROOT)}
+    env = offline_env({**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
+                       "HF_HOME": str(cache.parent / "hf-home"), "PYTHONPATH": str(ROOT)})
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=240, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -281,13 +282,8 @@ def test_robustbench_cifar_wideresnet_with_unused_sub_block(tmp_path):
         probe.features(x)       # every default tap runs
 
 
-def test_robustbench_offline_without_the_file(tmp_path, monkeypatch):
-    model_dicts, Dataset, Threat = _robustbench()
-    import robustbench.utils
-
-    def no_network(*args, **kwargs):
-        raise ConnectionError("no route to host")
-    monkeypatch.setattr(robustbench.utils, "download_gdrive_new", no_network)
+def test_robustbench_offline_without_the_file(tmp_path, offline):
+    _robustbench()
     with pytest.raises(CheckpointError) as e:
         zoo.load("robustbench:Carmon2019Unlabeled", model_dir=tmp_path, device="cpu")
     msg = str(e.value)
@@ -298,12 +294,8 @@ def test_robustbench_offline_without_the_file(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------ torchvision
 
-def test_torchvision_offline_without_weights(tmp_path, monkeypatch):
+def test_torchvision_offline_without_weights(tmp_path, monkeypatch, offline):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-
-    def no_network(*args, **kwargs):
-        raise OSError("no route to host")
-    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
     with pytest.raises(CheckpointError, match="torchvision.models.get_model"):
         zoo.load("torchvision:resnet18", device="cpu")
 
