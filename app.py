@@ -13,6 +13,7 @@ from ui.handover import app_run, present_in_url  # noqa: E402
 # URL paths are the file names in pages/: a cold server resolves a first deep
 # link against that folder, and each page's ui.handover.setup() then hands the
 # visit over to this script (see there).
+backend.claim_operator()   # before anything reads the URL: the operator key leaves it
 presenting = st.session_state.get("present", present_in_url())
 # a presentation opens with the sidebar collapsed, before its CSS arrives (no flash)
 st.set_page_config(page_title="RobustLens", page_icon=":material/visibility:", layout="wide",

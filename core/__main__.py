@@ -1,4 +1,5 @@
-"""Command line: python -m core {train,export,eval,data,cka,stitch,invert,precompute,sweep,store} ..."""
+"""Command line: python -m core {train,export,eval,data,cka,stitch,invert,precompute,sweep,store,
+operator-link} ..."""
 from __future__ import annotations
 
 import argparse

@@ -1,23 +1,26 @@
 """The Streamlit side of the cached backend: the only core module that imports
 streamlit (the widgets live in ui/).
 
-- models: st.cache_resource keyed by (spec, device, trust), never by tensors;
+- models: st.cache_resource keyed by (spec, device, trust, downloads), never by tensors;
 - results: the SQLite store, one computation per key (locks), progress in the page;
-- heavy compute runs under one lock per process so memory stays bounded;
+- heavy compute waits for its lane of the server's compute queue (core.compute_queue),
+  so memory stays bounded and no visitor's job delays the operator;
+- each session's rights (core.access): what the operator allows it;
 - a CUDA out-of-memory error moves the session to the CPU, with a message.
 """
 from __future__ import annotations
 
 import contextlib
 import os
-import threading
+import secrets
 import time
 from typing import Any, Callable, Iterator
 
 import streamlit as st
 import torch
 
-from . import data, inversion, probe, runner, zoo
+from . import access, data, inversion, probe, runner, views, zoo
+from .compute_queue import ComputeQueue
 from .errors import RobustLensError
 from .jobs import Job
 from .probe import Probe, pick_device
@@ -36,14 +39,51 @@ def store() -> ResultStore:
 
 
 @st.cache_resource(show_spinner=False)
-def compute_lock() -> threading.Lock:
-    """One heavy computation at a time per server: bounded memory, fair queue."""
-    return threading.Lock()
+def _server(address: str | None, settings: tuple[tuple[str, str], ...]) -> access.Server:
+    return access.Server.started(address, dict(settings))
+
+
+def server() -> access.Server:
+    """How this server was started (its address) and what its operator allows (the
+    ROBUSTLENS_ settings of its environment)."""
+    return _server(st.get_option("server.address"),
+                   tuple(sorted((k, v) for k, v in os.environ.items()
+                                if k.startswith("ROBUSTLENS_"))))
+
+
+@st.cache_resource(show_spinner=False)
+def _queue(visitor_jobs: int, visitor_queue: int) -> ComputeQueue:
+    return ComputeQueue(visitor_jobs, visitor_queue)
+
+
+def compute_queue() -> ComputeQueue:
+    return _queue(server().visitor_jobs, server().visitor_queue)
+
+
+def claim_operator() -> None:
+    """A session opened with the operator link (?operator=KEY) is the operator's; the
+    key leaves the URL at once, so no shared link or screenshot carries it."""
+    given = st.query_params.get(access.OPERATOR_PARAM)
+    if given is not None:
+        del st.query_params[access.OPERATOR_PARAM]
+        if server().shared and access.is_operator_key(given):
+            st.session_state["_operator"] = True
+
+
+def rights() -> access.Rights:
+    """What this session may do: everything on a local server or in the operator's
+    session, what the operator allows visitors on a shared one."""
+    return server().rights(operator=st.session_state.get("_operator", False))
+
+
+@st.cache_resource(show_spinner=False)
+def download_ledger() -> access.DownloadLedger:
+    return access.DownloadLedger()
 
 
 @st.cache_resource(show_spinner="Loading model...", max_entries=16)
-def _model(spec: str, device: str, trust: bool, zoo_dir: str) -> Probe:
-    return zoo.load(spec, device=device, trust=trust)
+def _model(spec: str, device: str, trust: bool, zoo_dir: str, download: bool) -> Probe:
+    return zoo.load(spec, device=device, trust=trust, download=download)
 
 
 def device() -> str:
@@ -54,15 +94,26 @@ def resolved_device() -> torch.device:
     return pick_device(device())
 
 
-def _loading(spec: str) -> tuple[str, str, bool, str]:
-    """What names a loaded model in the caches: spec, device, trust, zoo folder."""
-    trusted = spec in st.session_state.get("trusted_specs", set())
-    return spec, str(resolved_device()), trusted, str(zoo.PRETRAINED)
+def _loading(spec: str) -> tuple[str, str, bool, str, bool]:
+    """What names a loaded model in the caches: spec, device, trust, zoo folder, and
+    whether a hub name may download."""
+    session = rights()
+    trusted = session.pickles and spec in st.session_state.get("trusted_specs", set())
+    return spec, str(resolved_device()), trusted, str(zoo.PRETRAINED), session.downloads
 
 
 def model(spec: str) -> Probe:
-    """The Probe for a model spec (shipped name, file path, robustbench:/torchvision:)."""
-    return _model(*_loading(spec))
+    """The Probe for a model spec (shipped name, file path, robustbench:/torchvision:);
+    a visitor's download counts against the server's download budget."""
+    session = rights()
+    fresh = session.visitor and spec.partition(":")[0] in zoo.HUBS and \
+        zoo.cached_weights(spec) is None
+    if fresh:
+        download_ledger().check_room(session)
+    loaded = _model(*_loading(spec))
+    if fresh and (file := zoo.cached_weights(spec)) is not None:
+        download_ledger().record(spec, file.stat().st_size)
+    return loaded
 
 
 @st.cache_resource(show_spinner=False)
@@ -178,9 +229,10 @@ TIMING_TTL_S = 600
 
 
 @st.cache_resource(show_spinner="Timing one step of each model...", ttl=TIMING_TTL_S)
-def _step_seconds(spec: str, device: str, trust: bool, zoo_dir: str, layer: str | None) -> float:
-    # not behind compute_lock: a button's label must not wait for another session's job
-    return inversion.seconds_per_step(_model(spec, device, trust, zoo_dir), layer)
+def _step_seconds(spec: str, device: str, trust: bool, zoo_dir: str, download: bool,
+                  layer: str | None) -> float:
+    # not in the compute queue: a button's label must not wait for another session's job
+    return inversion.seconds_per_step(_model(spec, device, trust, zoo_dir, download), layer)
 
 
 def step_seconds(spec: str, layer: str | None = None) -> float:
@@ -190,8 +242,9 @@ def step_seconds(spec: str, layer: str | None = None) -> float:
 
 
 @st.cache_resource(show_spinner="Timing a pass of each model...", ttl=TIMING_TTL_S)
-def _pass_seconds(spec: str, device: str, trust: bool, zoo_dir: str) -> tuple[float, float]:
-    return probe.pass_seconds(_model(spec, device, trust, zoo_dir))
+def _pass_seconds(spec: str, device: str, trust: bool, zoo_dir: str,
+                  download: bool) -> tuple[float, float]:
+    return probe.pass_seconds(_model(spec, device, trust, zoo_dir, download))
 
 
 def pass_seconds(spec: str) -> tuple[float, float]:
@@ -199,6 +252,58 @@ def pass_seconds(spec: str) -> tuple[float, float]:
     through a model on this session's device (measured per model and device, again
     after TIMING_TTL_S)."""
     return _pass_seconds(*_loading(spec))
+
+
+def run_seconds(job_list: list[Job]) -> float:
+    """How long jobs take here, with the needs not stored yet: an optimisation job's
+    steps x images x the measured seconds of one step of its model, any other job's
+    forward (and forward-backward) passes through each model x the measured seconds
+    of one."""
+    total = 0.0
+    for job in job_list:
+        steps = views.image_steps(job)
+        if steps:
+            total += step_seconds(job.models[0]) * steps
+        for spec, (forward, gradient) in views.model_passes(job).items():
+            forward_s, gradient_s = pass_seconds(spec)
+            total += forward * forward_s + gradient * gradient_s
+        total += run_seconds([need for need in job.needs.values() if stored(need) is None])
+    return total
+
+
+def over_limit(seconds: float) -> str | None:
+    """Why this session may not start a run of `seconds` (a visitor's run above the
+    operator's limit), or None."""
+    limit = rights().run_limit_s
+    if seconds <= limit:
+        return None
+    return (f"This run would take about {duration(seconds)} here, more than the "
+            f"{duration(limit)} this shared server allows a visitor's run; whoever started "
+            "it can raise ROBUSTLENS_VISITOR_RUN_S.")
+
+
+def duration(seconds: float) -> str:
+    """'40 s', '3 min', '1.5 h': a time estimate as a person says it."""
+    if seconds < 90:
+        return f"{max(1, round(seconds))} s"
+    if seconds < 5400:
+        return f"{round(seconds / 60)} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+@contextlib.contextmanager
+def _computing(job_list: list[Job], waiting: Callable[[int], None] | None = None
+               ) -> Iterator[None]:
+    """A place in this session's lane of the compute queue (a visitor's run over the
+    operator's time limit is refused first), and the out-of-memory fallback."""
+    session = rights()
+    if session.visitor:
+        why = over_limit(run_seconds(job_list))
+        if why:
+            raise access.AccessError(why)
+    name = st.session_state.setdefault("_session_id", secrets.token_hex(8))
+    with compute_queue().slot(name, session.visitor, waiting), _oom_to_cpu():
+        yield
 
 
 def stored(job: Job) -> Any | None:
@@ -220,7 +325,11 @@ def run_job(job: Job) -> Any:
             text = e.text or (f"loss {e.loss:.4f}" if e.loss is not None else "")
             bar.progress(e.fraction, text=f"{text} ({time.time() - t0:.0f} s)".strip())
 
-        with compute_lock(), _oom_to_cpu():
+        def waiting(ahead: int) -> None:
+            bar.progress(0.0, text=f"waiting for {ahead} other run{'s' * (ahead > 1)} "
+                                   "on this server...")
+
+        with _computing([job], waiting):
             value, _ = runner.run(job, progress, store())
         status.update(label=f"{job.label}: done in {time.time() - t0:.1f} s", state="complete",
                       expanded=False)
@@ -232,5 +341,5 @@ def run_live(job_list: list[Job], show: Callable[[int, Event], None]) -> list:
     their frames in the page as they arrive; stored results come back at once."""
     if all(stored(j) is not None for j in job_list):
         return [stored(j) for j in job_list]
-    with compute_lock(), _oom_to_cpu():
+    with _computing(job_list):
         return runner.run_side_by_side(job_list, show, store())

@@ -475,6 +475,19 @@ def _store(args: argparse.Namespace) -> dict:
                     "job kind, or rows whose key does not match their inputs"}
 
 
+def _operator_link_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", default="http://localhost:8501",
+                   help="the server's address as you open it (default: %(default)s)")
+
+
+def _operator_link(args: argparse.Namespace) -> dict:
+    """The operator's link to a shared server: open it to have every right of a local
+    server and a compute lane of your own (the key is in the cache folder)."""
+    from . import access
+    return {"link": access.operator_link(args.url),
+            "note": "keep it to yourself: whoever opens it has the operator's rights"}
+
+
 COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
                           Callable[[argparse.Namespace], object]]] = {
     "train": (_train_args, _train),
@@ -487,4 +500,5 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "invert": (_invert_args, _invert),
     "sweep": (_sweep_args, _sweep),
     "store": (_store_args, _store),
+    "operator-link": (_operator_link_args, _operator_link),
 }

@@ -9,6 +9,10 @@ class CheckpointError(RobustLensError):
     """A checkpoint is missing, corrupt, untrusted or does not fit the architecture."""
 
 
+class UntrustedPickleError(CheckpointError):
+    """A checkpoint that only loads by running code stored in it (trust=True)."""
+
+
 class UnknownModelError(RobustLensError, KeyError):
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""

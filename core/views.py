@@ -49,7 +49,8 @@ class Setting:
     """One setting of a page: its URL key, default, options and what a person reads.
 
     options None means a free value of the default's type (a model name, an image
-    key, a number within `bounds`); `labels` maps an option to the words shown."""
+    key, a number within `bounds`); `labels` maps an option to the words shown;
+    server_path: a folder on the server, read only where the session may (core.access)."""
     key: str
     default: Any
     label: str
@@ -57,6 +58,7 @@ class Setting:
     labels: Mapping[Any, str] = field(default_factory=dict)
     help: str = ""
     bounds: tuple[int, int] | None = None
+    server_path: bool = False
 
     def show(self, value: Any) -> str:
         return self.labels.get(value, str(value))
@@ -135,7 +137,7 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
         Setting("cka_kernel", "linear", "Kernel", ("linear", "rbf"),
                 {"linear": "linear", "rbf": "RBF (0.8 x median)"}),
         Setting("cka_cell", [0, 0], "Layer pair"),
-        Setting("cka_folder", "", "Image folder", help=FOLDER_HELP),
+        Setting("cka_folder", "", "Image folder", help=FOLDER_HELP, server_path=True),
     ),
     "stitching": (
         Setting("st_r", "", "Robust model", help="Empty: model A when you chose a robust "
@@ -155,7 +157,8 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
                  "robust_rel": "robust, relative to the end model"}),
         Setting("st_cell", [0, 0], "Cell"),
         Setting("st_folder", "", "Image folder", help=FOLDER_HELP + " Its fixed shuffle "
-                "gives the stitching layer's training images and, after them, the test images."),
+                "gives the stitching layer's training images and, after them, the test images.",
+                server_path=True),
     ),
     "inversion": (
         Setting("inv_source", "samples", "Images", ("test", "samples", "photos", "upload"),
@@ -187,7 +190,7 @@ SETTINGS: dict[str, tuple[Setting, ...]] = {
         Setting("mf_t", 0, "Frame", bounds=(0, 100)),
         Setting("mf_mis", "", "Misclassified image"),
         Setting("mf_folder", "", "Image folder", help=FOLDER_HELP + " The top-activating "
-                "images are found among its images."),
+                "images are found among its images.", server_path=True),
     ),
 }
 

@@ -39,8 +39,9 @@ import torch
 import torch.nn as nn
 
 from . import archs, data, images
+from .access import check_hub_name
 from .data import MEAN, STD
-from .errors import CheckpointError, UnknownModelError
+from .errors import CheckpointError, UnknownModelError, UntrustedPickleError
 from .probe import Probe, pick_device
 
 PRETRAINED = Path(os.environ.get("ROBUSTLENS_PRETRAINED")
@@ -92,20 +93,25 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None =
          num_classes: int | None = None, mean: tuple | None = None, std: tuple | None = None,
          dataset: str = "cifar10", threat_model: str = "Linf",
          model_dir: str | os.PathLike = "models", directory: Path | None = None,
-         check: bool = True) -> Probe:
+         check: bool = True, download: bool = True) -> Probe:
     """Load a model as a Probe in eval mode on `device` (default: best available);
-    with check=True its card gets `check`, top-1 accuracy on the shipped samples."""
+    with check=True its card gets `check`, top-1 accuracy on the shipped samples;
+    with download=False a hub name loads only from this machine's caches."""
     dev = device if isinstance(device, torch.device) else pick_device(device)
     key = str(name_or_path)
     source, _, rest = key.partition(":")
+    if source in HUBS and rest:
+        check_hub_name(source, rest)
+        if not download and cached_weights(key, model_dir, dataset, threat_model) is None:
+            raise CheckpointError(f"{key} is not on this machine, and downloading it is off")
     if source == "robustbench" and rest:
         probe = _load_robustbench(rest, dataset, threat_model, model_dir)
     elif source == "torchvision" and rest:
         probe = _load_torchvision(rest)
     elif source == "madrylab" and rest:
-        probe = _load_madrylab(rest, trust)
+        probe = _load_madrylab(rest, trust, download)
     elif source == "timm" and rest:
-        probe = _load_timm(rest)
+        probe = _load_timm(rest, download)
     elif key in names(directory):
         probe = _load_shipped(key, directory)
     else:
@@ -129,6 +135,57 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None =
     if check and "check" not in probe.card:
         probe.card["check"] = sample_check(probe)
     return probe
+
+
+HUBS = ("robustbench", "torchvision", "madrylab", "timm")
+
+
+def cached_weights(spec: str, model_dir: str | os.PathLike = "models", dataset: str = "cifar10",
+                   threat_model: str = "Linf") -> Path | None:
+    """Where this machine holds a hub model's weights (the file its library reads), or
+    None: not there yet (loading it downloads it), or `spec` names no hub model."""
+    source, _, name = str(spec).partition(":")
+    if source not in HUBS or not name:
+        return None
+    check_hub_name(source, name)
+    if source == "robustbench":
+        parts = name.split("/")
+        if len(parts) == 3:
+            dataset, threat_model, name = parts
+        else:
+            dataset, threat_model = _robustbench_entry(name, dataset, threat_model)[:2]
+        found = Path(model_dir) / dataset / threat_model / f"{name}.pt"
+    elif source == "torchvision":
+        import torchvision
+        try:
+            url = torchvision.models.get_model_weights(name).DEFAULT.url
+        except (ValueError, KeyError):
+            return None
+        found = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+    else:
+        repo, files = ((MADRYLAB_REPO, [name if name.endswith(".ckpt") else f"{name}.ckpt"])
+                       if source == "madrylab" else _timm_hub_files(name))
+        return _hub_cache_file(repo, files)
+    return found if found.is_file() else None
+
+
+def _hub_cache_file(repo: str | None, files: list[str]) -> Path | None:
+    if repo is None:
+        return None
+    from huggingface_hub import try_to_load_from_cache
+    for filename in files:
+        found = try_to_load_from_cache(repo, filename)
+        if isinstance(found, str):
+            return Path(found)
+    return None
+
+
+def _timm_hub_files(name: str) -> tuple[str | None, list[str]]:
+    """The Hugging Face repository of a timm model's weights and the files timm reads."""
+    import timm.models
+    cfg = timm.models.get_pretrained_cfg(name)
+    return (getattr(cfg, "hf_hub_id", None) or None,
+            ["model.safetensors", "pytorch_model.bin"])
 
 
 def _record(probe: Probe) -> None:
@@ -320,13 +377,13 @@ def read_checkpoint(path: Path, trust: bool = False) -> tuple[Any, dict]:
         msg = str(e)
         if re.search(r"unsupported global", msg, re.IGNORECASE):  # torch words it two ways
             what = re.search(r"GLOBAL ([\w.]+)", msg)
-            raise CheckpointError(
+            raise UntrustedPickleError(
                 f"{path.name} was refused: loading it would execute code stored in the file "
                 f"(it pickles {what.group(1) if what else 'Python objects'}, not just tensors). "
                 "Load it only if you trust its source: zoo.load(path, trust=True), or tick "
                 "'trust this file' in the app.") from e
-        raise CheckpointError(f"{path.name} is not a readable PyTorch checkpoint: the safe "
-                              "loader found more than tensors in it. A legacy pickle from a "
+        raise UntrustedPickleError(f"{path.name} is not a readable PyTorch checkpoint: the "
+                                   "safe loader found more than tensors in it. A legacy pickle from a "
                               "source you trust can be loaded with trust=True.") from e
     except Exception as e:  # noqa: BLE001 - any parser failure on an untrusted file is "unreadable"
         # the parser's own words (KeyError: 105) tell a person nothing; the cause is chained
@@ -445,7 +502,6 @@ def _load_robustbench(name: str, dataset: str, threat_model: str,
                       model_dir: str | os.PathLike) -> Probe:
     try:
         _alias_autoattack()
-        from robustbench.model_zoo import model_dicts
         from robustbench.utils import load_model
     except ImportError as e:
         extra = (" (robustbench imports pkg_resources: pip install 'setuptools<81')"
@@ -454,13 +510,7 @@ def _load_robustbench(name: str, dataset: str, threat_model: str,
                               f"robustbench beautifulsoup4{extra}") from e
     if name.count("/") == 2:                         # robustbench:imagenet/Linf/NAME
         dataset, threat_model, name = name.split("/")
-    entries = {(d.value, t.value): models[name] for d, threats in model_dicts.items()
-               for t, models in threats.items() if name in models}
-    if (dataset, threat_model) not in entries:
-        if not entries:
-            raise UnknownModelError(f"RobustBench has no model {name!r}")
-        dataset, threat_model = next(iter(entries))  # the name is found elsewhere: use that
-    entry = entries[(dataset, threat_model)]
+    dataset, threat_model, entry = _robustbench_entry(name, dataset, threat_model)
     file = Path(model_dir) / dataset / threat_model / f"{name}.pt"
     try:
         model = load_model(model_name=name, model_dir=str(model_dir), dataset=dataset,
@@ -484,6 +534,20 @@ def _load_robustbench(name: str, dataset: str, threat_model: str,
     return adopt(inner, model, mean, std, name=f"robustbench:{name}", card=card,
                  input_size=size, activation=_activation(inner),
                  fallback=(model, *NO_NORMALISATION))
+
+
+def _robustbench_entry(name: str, dataset: str, threat_model: str) -> tuple[str, str, dict]:
+    """RobustBench's data set, threat model and model entry for a name (the name's own
+    data set and threat model where it is listed under other ones)."""
+    _alias_autoattack()
+    from robustbench.model_zoo import model_dicts
+    entries = {(d.value, t.value): models[name] for d, threats in model_dicts.items()
+               for t, models in threats.items() if name in models}
+    if (dataset, threat_model) not in entries:
+        if not entries:
+            raise UnknownModelError(f"RobustBench has no model {name!r}")
+        dataset, threat_model = next(iter(entries))  # the name is found elsewhere: use that
+    return dataset, threat_model, entries[(dataset, threat_model)]
 
 
 # RobustBench's ImageNet preprocessings by name (robustbench.data.PREPROCESSINGS)
@@ -551,7 +615,7 @@ def _load_torchvision(name: str) -> Probe:
                        "normalisation": "ImageNet's (torchvision's weights)"})
 
 
-def _load_madrylab(name: str, trust: bool) -> Probe:
+def _load_madrylab(name: str, trust: bool, download: bool = True) -> Probe:
     """A robustness-library checkpoint of madrylab/robust-imagenet-models, e.g.
     resnet50_l2_eps3 (file resnet50_l2_eps3.ckpt)."""
     try:
@@ -562,7 +626,7 @@ def _load_madrylab(name: str, trust: bool) -> Probe:
                               "huggingface_hub") from e
     filename = name if name.endswith(".ckpt") else f"{name}.ckpt"
     try:
-        path = Path(hf_hub_download(MADRYLAB_REPO, filename))
+        path = Path(hf_hub_download(MADRYLAB_REPO, filename, local_files_only=not download))
     except LocalEntryNotFoundError as e:
         raise _offline(f"{MADRYLAB_REPO}/{filename}",
                        f"hf download {MADRYLAB_REPO} {filename} (then it is in the Hugging "
@@ -586,7 +650,7 @@ def _load_madrylab(name: str, trust: bool) -> Probe:
     return probe
 
 
-def _load_timm(name: str) -> Probe:
+def _load_timm(name: str, download: bool = True) -> Probe:
     try:
         import timm
     except ImportError as e:
@@ -594,7 +658,10 @@ def _load_timm(name: str) -> Probe:
     if not timm.is_model(name.split(".")[0]):
         raise UnknownModelError(f"timm has no model {name!r} (timm.list_models() lists them)")
     try:
-        model = timm.create_model(name, pretrained=True).eval()
+        # without downloads, the weights come from the file in the hub's cache
+        local = {} if download else {"pretrained_cfg_overlay": {"file": str(
+            _hub_cache_file(*_timm_hub_files(name)))}}
+        model = timm.create_model(name, pretrained=True, **local).eval()
     except OSError as e:       # the hub's download errors (and requests') are OSErrors
         raise _offline(f"timm's weights for {name}",
                        f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\" "

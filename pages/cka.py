@@ -56,8 +56,8 @@ def stored_or_offer(job, transposed: bool, key: str) -> CKAResult | None:
         if job.inputs["images"].get("dataset") == "cifar10-test" and backend.test_set() is None:
             page.need_data("This view", key)
             return None
-        if not st.button(page.with_time(f"Compute: {job.label}", [job]), key=key,
-                         type="primary", icon=":material/play_arrow:"):
+        if not page.button(f"Compute: {job.label}", [job], key=key, type="primary",
+                           icon=":material/play_arrow:"):
             st.caption("Not computed yet. Results are stored: each view is computed once.")
             return None
         value = backend.run_job(job)

@@ -151,13 +151,14 @@ with _results:
     with page.guard():
         job_list = views.inversion_jobs(backend.model, settings, uploads.images())
         if any(backend.stored(j) is None for j in job_list):
-            eta = page.run_seconds(job_list)
+            eta = backend.run_seconds(job_list)
             if eta > page.LONG_RUN_S:
                 st.caption(f"{settings['inv_steps']} steps of both models take about "
-                           f"{page.duration(eta)} on this {backend.resolved_device().type.upper()}"
-                           " (fewer steps in Settings take less); frames appear as they come.")
-                if not st.button(f"Reconstruct (about {page.duration(eta)})", type="primary",
-                                 key="inv_go", icon=":material/play_arrow:"):
+                           f"{backend.duration(eta)} on this "
+                           f"{backend.resolved_device().type.upper()} (fewer steps in Settings "
+                           "take less); frames appear as they come.")
+                if not page.button("Reconstruct", job_list, type="primary", key="inv_go",
+                                   icon=":material/play_arrow:"):
                     st.stop()
         cols = st.columns(3)
         cols[0].markdown(f"**Original**  \n{title}")
@@ -217,8 +218,8 @@ with st.container(key="page-notes"):
         q_jobs = views.quality_jobs(backend.model, settings)
         q = [backend.stored(j) for j in q_jobs]
         todo = [j for j, v in zip(q_jobs, q) if v is None]
-        if todo and st.button(page.with_time("Measure reconstruction quality", todo),
-                              icon=":material/straighten:"):
+        if todo and page.button("Measure reconstruction quality", todo,
+                                icon=":material/straighten:"):
             q = [backend.run_job(j) for j in q_jobs]
         if all(v is not None for v in q):
             st.dataframe([{"model": backend.label(s), "mean PSNR (dB)": round(v["mean_psnr"], 2),

@@ -69,7 +69,7 @@ def offer(job_list: list, label: str, key: str, icon: str) -> list | None:
     """Stored results, or a button that computes them (nothing runs unasked)."""
     if all(backend.stored(j) is not None for j in job_list):
         return [backend.stored(j) for j in job_list]
-    if not st.button(page.with_time(label, job_list), type="primary", key=key, icon=icon):
+    if not page.button(label, job_list, type="primary", key=key, icon=icon):
         return None
     return job_list
 
@@ -83,8 +83,8 @@ def browser() -> None:
     grid_job = jobs.feature_grid_job(backend.model, a, feats)
     grid = backend.stored(grid_job)
     if grid is None:
-        if not st.button(page.with_time(f"Visualise {len(feats)} features", [grid_job]),
-                         type="primary", key="mf_grid", icon=":material/play_arrow:"):
+        if not page.button(f"Visualise {len(feats)} features", [grid_job], type="primary",
+                           key="mf_grid", icon=":material/play_arrow:"):
             return
         grid = backend.run_job(grid_job)
     items = [{"key": f"f{i}", "image": img, "title": f"feature {i} (→ {feature_class(i)})",
@@ -98,7 +98,7 @@ def browser() -> None:
     shown = views.with_component(backend.model, {"a": a, "b": b}, index)
     vis_jobs = [jobs.feature_grid_job(backend.model, s, [index]) for s in shown]
     vis = [backend.stored(j) for j in vis_jobs]
-    if any(v is None for v in vis) and c[0].button(page.with_time("Visualise in both models", vis_jobs),
+    if any(v is None for v in vis) and page.button("Visualise in both models", vis_jobs, c[0],
                                                    key="mf_vis"):
         for j in vis_jobs:
             backend.run_job(j)
@@ -287,7 +287,7 @@ def misclassification() -> None:
     ejob = jobs.explain_job(backend.model, a, cand["image"], cand["label"])
     ex = backend.stored(ejob)
     if ex is None:
-        if not st.button(page.with_time("Explain", [ejob]), type="primary", key="mf_explain"):
+        if not page.button("Explain", [ejob], type="primary", key="mf_explain"):
             return
         ex = backend.run_job(ejob)
     cols = st.columns(4)

@@ -47,8 +47,10 @@ class Server:
     """A Streamlit server of this checkout on 127.0.0.1, with an isolated cache; with
     offline=True it also sees no CIFAR-10 (a fresh machine's home folder)."""
 
-    def __init__(self, cache: Path, offline: bool = False) -> None:
+    def __init__(self, cache: Path, offline: bool = False, address: str = "127.0.0.1",
+                 env: dict[str, str] | None = None) -> None:
         self.cache, self.port, self.proc, self.offline = cache, free_port(), None, offline
+        self.address, self.env = address, env or {}
         self.log = cache / "server.log"
 
     @property
@@ -56,13 +58,13 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> "Server":
-        env = {**os.environ, "ROBUSTLENS_CACHE": str(self.cache)}
+        env = {**os.environ, "ROBUSTLENS_CACHE": str(self.cache), **self.env}
         if self.offline:
             env.pop("ROBUSTLENS_DATA", None)
             env["HOME"] = str(self.cache / "home")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
+             "--server.address", self.address, "--server.headless", "true"],
             cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
             start_new_session=True)
         deadline = time.time() + 120

@@ -71,16 +71,17 @@ def place_in_hub_cache(cache: Path, repo: str, filename: str, write) -> Path:
     return path
 
 
-def load_offline(spec: str, cache: Path, out: Path) -> dict:
-    """zoo.load(spec) in a fresh process whose hub cache is `cache`, offline (the hub's
-    own setting, and no network): its logits on X (saved to `out`) and card, or the error it raised."""
+def load_offline(spec: str, cache: Path, out: Path, download: bool = True) -> dict:
+    """zoo.load(spec, download=download) in a fresh process whose hub cache is `cache`,
+    without the network (and, where downloads are allowed, in the hub's own offline
+    mode): its logits on X (saved to `out`) and card, or the error it raised."""
     torch.save(X, out.with_suffix(".x"))
     code = (
         "import json, sys, torch\n"
         "from core import zoo\n"
         "from core.errors import RobustLensError\n"
         "try:\n"
-        f"    p = zoo.load({spec!r}, device='cpu')\n"
+        f"    p = zoo.load({spec!r}, device='cpu', download={download})\n"
         "except RobustLensError as e:\n"
         "    print(json.dumps({'error': str(e), 'type': type(e).__name__})); sys.exit(0)\n"
         f"x = torch.load({str(out.with_suffix('.x'))!r})\n"
@@ -88,6 +89,8 @@ def load_offline(spec: str, cache: Path, out: Path) -> dict:
         "print(json.dumps({'card': p.card, 'layers': p.layers, 'size': p.input_size}))\n")
     env = offline_env({**os.environ, "HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1",
                        "HF_HOME": str(cache.parent / "hf-home"), "PYTHONPATH": str(ROOT)})
+    if not download:
+        del env["HF_HUB_OFFLINE"]
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                           text=True, timeout=240, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -157,6 +160,13 @@ def test_madrylab_from_the_hub_cache_and_offline_without_it(tmp_path):
         want = normalised(mobile, zoo.IMAGENET_MEAN, zoo.IMAGENET_STD)(X)
     assert torch.allclose(torch.load(tmp_path / "mobile.pt"), want, atol=1e-4)
 
+    # a shared server's visitor without downloads: the cached file, and nothing else
+    kept = load_offline("madrylab:resnet18_l2_eps3", cache, tmp_path / "kept.pt", download=False)
+    assert kept["card"]["eps"] == 3.0
+    assert torch.equal(torch.load(tmp_path / "kept.pt"), torch.load(tmp_path / "logits.pt"))
+    refused = load_offline("madrylab:resnet50_linf_eps4.0", cache, tmp_path / "n.pt", download=False)
+    assert "not on this machine, and downloading it is off" in refused["error"]
+
     missing = load_offline("madrylab:resnet50_linf_eps4.0", cache, tmp_path / "none.pt")
     assert missing["type"] == "CheckpointError"
     assert "hf download madrylab/robust-imagenet-models resnet50_linf_eps4.0.ckpt" in missing["error"]
@@ -180,6 +190,12 @@ def test_timm_from_the_hub_cache_and_offline_without_it(tmp_path):
     with torch.no_grad():
         want = normalised(ref, c["mean"], c["std"])(X)
     assert torch.allclose(torch.load(tmp_path / "logits.pt"), want, atol=1e-4)
+
+    kept = load_offline("timm:resnet18.a1_in1k", cache, tmp_path / "kept.pt", download=False)
+    assert kept["card"]["source"] == "timm"
+    assert torch.equal(torch.load(tmp_path / "kept.pt"), torch.load(tmp_path / "logits.pt"))
+    refused = load_offline("timm:resnet50.a1_in1k", cache, tmp_path / "n.pt", download=False)
+    assert "not on this machine, and downloading it is off" in refused["error"]
 
     missing = load_offline("timm:resnet50.a1_in1k", cache, tmp_path / "none.pt")
     assert missing["type"] == "CheckpointError" and "timm.create_model" in missing["error"]

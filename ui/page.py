@@ -63,48 +63,27 @@ def guard() -> Iterator[None]:
 LONG_RUN_S = 20   # a run estimated longer than this says so and waits for a click
 
 
-def run_seconds(job_list: list) -> float:
-    """How long jobs take here, with the needs not stored yet: an optimisation job's
-    steps x images x the measured seconds of one step of its model, any other job's
-    forward (and forward-backward) passes through each model x the measured seconds
-    of one."""
-    total = 0.0
-    for job in job_list:
-        steps = views.image_steps(job)
-        if steps:
-            total += backend.step_seconds(job.models[0]) * steps
-        for spec, (forward, gradient) in views.model_passes(job).items():
-            forward_s, gradient_s = backend.pass_seconds(spec)
-            total += forward * forward_s + gradient * gradient_s
-        total += run_seconds([need for need in job.needs.values() if backend.stored(need) is None])
-    return total
+def button(label: str, job_list: list, where=st, **kw: Any) -> bool:
+    """A button that names how long `job_list` takes here; on a shared server, a run
+    longer than the operator allows visitors is offered disabled, with one sentence."""
+    with guard():
+        eta = backend.run_seconds(job_list)
+    why = backend.over_limit(eta)
+    label = f"{label} (about {backend.duration(eta)})" if eta > LONG_RUN_S else label
+    clicked = where.button(label, disabled=why is not None, **kw)
+    if why:
+        where.caption(why)
+    return clicked
 
 
-def with_time(label: str, job_list: list) -> str:
-    """A button's label, with how long its run takes where that is more than a moment."""
-    eta = run_seconds(job_list)
-    return f"{label} (about {duration(eta)})" if eta > LONG_RUN_S else label
-
-
-def compute_button(label: str, todo: list, **button: Any) -> None:
+def compute_button(label: str, todo: list, **kw: Any) -> None:
     """A button that says how long `todo` takes here, computes it when clicked (with
     progress) and shows the page again with the results."""
-    with guard():
-        label = with_time(label, todo)
-    if st.button(label, icon=":material/play_arrow:", **button):
+    if button(label, todo, icon=":material/play_arrow:", **kw):
         with guard():
             for job in todo:
                 backend.run_job(job)
         st.rerun()
-
-
-def duration(seconds: float) -> str:
-    """'40 s', '3 min', '1.5 h': a time estimate as a person says it."""
-    if seconds < 90:
-        return f"{max(1, round(seconds))} s"
-    if seconds < 5400:
-        return f"{round(seconds / 60)} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 @st.cache_data(ttl=300, show_spinner=False)
@@ -129,8 +108,14 @@ def _fetch() -> None:
 
 
 def need_data(what: str, key: str) -> None:
-    """The one action where the test set is missing: fetch it (online) or say how."""
-    if _online():
+    """The one action where the test set is missing: fetch it (online, where this
+    session may download) or say how."""
+    if not backend.rights().downloads:
+        st.info(f"{what} needs the CIFAR-10 test set, which is not on this server; "
+                "downloads are off on this shared server (whoever started it can turn them "
+                "on, or add a copy with `python -m core data --from PATH`).",
+                icon=":material/cloud_off:")
+    elif _online():
         st.info(f"{what} needs the CIFAR-10 test set, which is not on this machine yet.",
                 icon=":material/download:")
         if st.button("Fetch CIFAR-10 (163 MB)", key=f"fetch-{key}", icon=":material/download:"):

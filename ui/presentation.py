@@ -18,7 +18,8 @@ from ui import handover
 STATIC = Path(__file__).resolve().parent / "static"
 DECKS = Path(__file__).resolve().parent.parent / "assets" / "decks"
 # session keys that outlive a slide change (the rest is the slide's own state)
-_KEEP = ("device", "trusted_specs", "custom_specs", "uploads", "present")
+_KEEP = ("device", "trusted_specs", "custom_specs", "uploads", "present", "_operator",
+         "_session_id")
 
 
 def presenting() -> bool:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from core import backend, data
-from core.errors import RobustLensError
+from core import access, backend, data, zoo
+from core.errors import RobustLensError, UntrustedPickleError
 from core.evaluation import own_pgd20
 
 from . import presentation, state, uploads
@@ -72,15 +72,22 @@ def _add() -> None:
     """The Add button's callback (it runs before the widgets are drawn, so the new
     model can become model A at once): load, remember for this session, report."""
     upload = st.session_state.get("ckpt_upload")
-    spec = uploads.save_checkpoint(upload) if upload is not None else \
-        (st.session_state.get("ckpt_spec") or "").strip()
-    if not spec:
+    typed = (st.session_state.get("ckpt_spec") or "").strip()
+    if upload is None and not typed:
         st.session_state["_add_report"] = ("warning", "Choose a file or type a path or name first.")
         return
-    if st.session_state.get("ckpt_trust"):
-        st.session_state.setdefault("trusted_specs", set()).add(spec)
+    rights = backend.rights()
     try:
+        spec = uploads.save_checkpoint(upload) if upload is not None else model_spec(typed, rights)
+        if st.session_state.get("ckpt_trust") and rights.pickles:
+            st.session_state.setdefault("trusted_specs", set()).add(spec)
         probe = backend.model(spec)
+    except UntrustedPickleError as e:
+        st.session_state["_add_report"] = ("warning", str(e) if rights.pickles else (
+            "This file is a pickle that runs code stored in it when loaded, and this shared "
+            "server loads none for visitors; whoever started it can allow them "
+            "(ROBUSTLENS_ALLOW_PICKLES=1). A safetensors file or a plain state dict loads."))
+        return
     except RobustLensError as e:
         st.session_state["_add_report"] = ("warning", str(e))
         return
@@ -92,16 +99,40 @@ def _add() -> None:
                                                   f"{len(probe.layers)} taps.")
 
 
+def model_spec(typed: str, rights: access.Rights) -> str:
+    """What a person typed as a model: a shipped or hub name, or a path this session may
+    read (one sentence if not)."""
+    source, _, name = typed.partition(":")
+    if typed in zoo.names():
+        return typed
+    if source in zoo.HUBS and name:
+        access.check_hub_name(source, name)
+        return typed
+    return str(access.readable_path(typed, rights))
+
+
 def _add_model(where) -> None:
+    rights = backend.rights()
     with where.expander("Add a model", icon=":material/add:"):
+        paths = "a path on this server, " if rights.folders is None else \
+            "a path in the folders this server's operator allows, " if rights.folders else ""
         st.caption(f"A checkpoint file up to {uploads.MAX_CHECKPOINT_MB} MB (safetensors, a "
-                   "state dict, a `robustness` library checkpoint), or a path on this server, "
-                   "or a name: `madrylab:resnet50_l2_eps3`, `robustbench:NAME`, `timm:NAME`, "
+                   f"state dict, a `robustness` library checkpoint), or {paths}or a name: "
+                   "`madrylab:resnet50_l2_eps3`, `robustbench:NAME`, `timm:NAME`, "
                    "`torchvision:resnet50`. Your files are visible to your session only.")
         st.file_uploader("Checkpoint", type=uploads.CHECKPOINT_TYPES, key="ckpt_upload")
-        st.text_input("...or a path / name", key="ckpt_spec")
-        st.checkbox("Trust this file (allows code execution while loading)",
-                    key="ckpt_trust", help="Only for pickles from a source you trust.")
+        st.text_input("...or a path / name" if rights.folders != () else "...or a name",
+                      key="ckpt_spec")
+        if rights.pickles:
+            st.checkbox("Trust this file (allows code execution while loading)",
+                        key="ckpt_trust", help="Only for pickles from a source you trust.")
+        off = [what for what, on in (("loading pickles that can run code", rights.pickles),
+                                     ("reading files by path", rights.folders != ()),
+                                     ("downloads", rights.downloads)) if not on]
+        if off:
+            st.caption(f"This is a shared server: {', '.join(off)} "
+                       f"{'is' if len(off) == 1 else 'are'} off for visitors; whoever started "
+                       "it can turn them on (see the README).")
         st.button("Add", key="ckpt_add", on_click=_add)
         report = st.session_state.pop("_add_report", None)
         if report:

@@ -17,7 +17,7 @@ from urllib.parse import quote
 
 import streamlit as st
 
-from core import views
+from core import access, backend, views
 
 
 def setting(page: str, key: str) -> views.Setting:
@@ -52,11 +52,24 @@ def value(page: str, key: str) -> Any:
 
 
 def current(page: str) -> dict:
-    """The page's settings as core.views reads them (seeding any not yet in the session)."""
+    """The page's settings as core.views reads them (seeding any not yet in the session);
+    a server path this session may not read reads as empty."""
     for key in views.page_settings(page):
         if key not in st.session_state:
             seed(page, key)
-    return {k: st.session_state[k] for k in views.page_settings(page)}
+    return {k: _readable(st.session_state[k])[0] if s.server_path else st.session_state[k]
+            for k, s in views.page_settings(page).items()}
+
+
+def _readable(value: str) -> tuple[str, str | None]:
+    """A server path setting's value if this session may read it, else ("", why not)."""
+    if not value:
+        return value, None
+    try:
+        access.readable_path(value, backend.rights())
+    except access.AccessError as e:
+        return "", str(e)
+    return value, None
 
 
 def selectbox(where, page: str, key: str, options: Sequence | None = None,
@@ -85,9 +98,17 @@ def select_slider(where, page: str, key: str, **kw: Any) -> Any:
 
 
 def text(where, page: str, key: str, **kw: Any) -> str:
+    """A text setting; a server path this session may not read is refused in a sentence
+    under it (and reads as empty)."""
     s = setting(page, key)
     seed(page, key)
-    return where.text_input(s.label, key=key, help=kw.pop("help", s.help or None), **kw).strip()
+    typed = where.text_input(s.label, key=key, help=kw.pop("help", s.help or None), **kw).strip()
+    if not s.server_path:
+        return typed
+    value, why = _readable(typed)
+    if why:
+        where.warning(why, icon=":material/block:")
+    return value
 
 
 def number(where, page: str, key: str, default: int | None = None, **kw: Any) -> int:
