@@ -137,8 +137,8 @@ def strong_robustness(probe, test: ImageTensorDataset, card: dict, n: int = STRO
     res.update({"seconds": round(time.time() - t0, 1),
                 "method": f"per image, robust only if PGD-20 (best iterate), AutoAttack's "
                           f"(pyautoattack) APGD-CE and APGD-DLR ({APGD_STEPS} steps, 1 restart, "
-                          f"seed 0) all fail, and Square where the masking check runs it; first {len(y)} "
-                          "test images of the fixed shuffle"})
+                          f"seed 0) all fail, and Square where the masking check runs it; "
+                          f"first {len(y)} test images of the fixed shuffle"})
     log(f"{card.get('name', '?')}: worst case {res['worst_case']:.4f} (PGD-20 {res['pgd20']:.4f},"
         f" APGD-CE {res['apgd_ce']:.4f}, APGD-DLR {res['apgd_dlr']:.4f}), 4x eps "
         f"{res['pgd20_at_4x_eps']:.4f}; {res['masking_check']}")
