@@ -189,3 +189,36 @@ def test_three_visitors_at_once_stay_within_the_budgets_and_the_operator_waits_f
     finally:
         srv.kill()
     srv.assert_no_traceback()
+
+
+def _pickled_model(path) -> str:
+    """A whole pickled model (loading it runs pickle's code path, not just tensors)."""
+    import torch
+    torch.save(torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1),
+                                   torch.nn.Flatten(), torch.nn.Linear(4, 10)), path)
+    return str(path)
+
+
+def _add_trusted(at, typed: str):
+    at.sidebar.text_input(key="ckpt_spec").input(typed)
+    next(c for c in at.sidebar.checkbox if c.key == "ckpt_trust").check()
+    next(b for b in at.sidebar.button if b.label == "Add").click().run()
+    return at
+
+
+def test_on_a_local_server_a_trusted_pickle_loads_after_its_confirmation(world, tmp_path):
+    at = run_app()
+    assert config.get_option("server.address") in ("localhost", "127.0.0.1")
+    path = _pickled_model(tmp_path / "whole.pt")
+    add_model(at, path)                                  # not ticked: refused, no code run
+    assert "execute code" in at.sidebar.warning[0].value
+    _add_trusted(at, path)
+    assert not at.exception
+    assert any(s.value.startswith("Added whole") for s in at.sidebar.success)
+
+
+def test_the_operators_setting_lets_visitors_load_trusted_pickles(shared, tmp_path):
+    shared.setenv("ROBUSTLENS_ALLOW_PICKLES", "1")
+    shared.setenv("ROBUSTLENS_SERVER_FOLDERS", str(tmp_path))
+    _add_trusted(at := run_app(), _pickled_model(tmp_path / "whole.pt"))
+    assert any(s.value.startswith("Added whole") for s in at.sidebar.success)
