@@ -6,8 +6,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st  # noqa: E402
 
-from core import backend  # noqa: E402
-from ui import presentation, sidebar, state  # noqa: E402
+
+from ui import backend, presentation, sidebar, state  # noqa: E402
 from ui.handover import app_run, present_in_url  # noqa: E402
 
 # URL paths are the file names in pages/: a cold server resolves a first deep

@@ -6,7 +6,7 @@
 - `run_side_by_side`: several optimisation jobs at once, one thread each, their
   progress events (with preview frames) handed to the caller's thread as they come.
 
-Streamlit-free: core.backend adds the app's parts (status widgets, one compute
+Streamlit-free: ui.backend adds the app's parts (status widgets, one compute
 queue per server, the out-of-memory fallback) around these.
 """
 from __future__ import annotations

@@ -6,10 +6,10 @@ setup()   # before the heavy imports: a cold server's deep link hands over at on
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core import backend, exports, figures, views  # noqa: E402
+from core import exports, figures, views  # noqa: E402
 from core.cka import CKAResult  # noqa: E402
 from core.probe import short_names  # noqa: E402
-from ui import page, presentation, sidebar, state  # noqa: E402
+from ui import backend, page, presentation, sidebar, state  # noqa: E402
 
 PAGE = "cka"
 page.header(PAGE, "CKA explorer",

@@ -5,8 +5,8 @@ setup()   # before the heavy imports: a cold server's deep link hands over at on
 
 import streamlit as st  # noqa: E402
 
-from core import backend, zoo  # noqa: E402
-from ui import presentation  # noqa: E402
+from core import zoo  # noqa: E402
+from ui import backend, presentation  # noqa: E402
 
 with st.container(horizontal=True, vertical_alignment="bottom"):
     st.title("RobustLens", width="stretch")

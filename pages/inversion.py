@@ -6,8 +6,8 @@ setup()   # before the heavy imports: a cold server's deep link hands over at on
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core import backend, data, exports, figures, images, views  # noqa: E402
-from ui import page, presentation, sidebar, state, uploads  # noqa: E402
+from core import data, exports, figures, images, views  # noqa: E402
+from ui import backend, page, presentation, sidebar, state, uploads  # noqa: E402
 from ui.gallery import gallery  # noqa: E402
 
 PAGE = "inversion"

@@ -8,8 +8,8 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core import backend, data, exports, figures, jobs, views  # noqa: E402
-from ui import page, presentation, sidebar, state  # noqa: E402
+from core import data, exports, figures, jobs, views  # noqa: E402
+from ui import backend, page, presentation, sidebar, state  # noqa: E402
 
 PAGE = "stitching"
 page.header(PAGE, "Stitching matrix",

@@ -66,7 +66,7 @@ GONE = {"_image_batches", "_batches", "_take", "_steps_per_epoch", "_n_images", 
         "_features", "_call", "_span"}
 
 
-# core/backend.py (Streamlit) is to become a thin wrapper of core.runner: not edited here
+# ui/backend.py (Streamlit) is to become a thin wrapper of core.runner: not edited here
 WRAPPED_LATER = {("stored", "backend.py")}
 
 

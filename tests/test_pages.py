@@ -85,7 +85,7 @@ def test_inversion_reconstructs_with_both_models(world):
     assert not at.exception, [e.value for e in at.exception]
     assert texts(at).count("PSNR") >= 2
     # second visit: the same reconstructions come from the store
-    from core import backend
+    from ui import backend
     assert backend.store().entries("inversion")
 
 

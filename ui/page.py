@@ -7,10 +7,10 @@ from typing import Any, Callable, Iterator
 
 import streamlit as st
 
-from core import backend, data, views
+from core import data, views
 from core.errors import RobustLensError
 
-from . import presentation, state
+from . import backend, presentation, state
 
 
 def header(page: str, title: str, summary: str, details: str) -> None:

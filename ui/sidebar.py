@@ -5,11 +5,11 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from core import access, backend, data, zoo
+from core import access, data, zoo
 from core.errors import RobustLensError, UntrustedPickleError
 from core.evaluation import own_pgd20
 
-from . import presentation, state, uploads
+from . import backend, presentation, state, uploads
 
 
 def _choice(spec: str) -> str:

@@ -17,7 +17,9 @@ from urllib.parse import quote
 
 import streamlit as st
 
-from core import access, backend, views
+from core import access, views
+
+from . import backend
 
 
 def setting(page: str, key: str) -> views.Setting:

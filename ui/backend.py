@@ -1,5 +1,5 @@
-"""The Streamlit side of the cached backend: the only core module that imports
-streamlit (the widgets live in ui/).
+"""The Streamlit side of the cached backend (the widgets live in the other ui/ modules;
+core/ imports no Streamlit).
 
 - models: st.cache_resource keyed by (spec, device, trust, downloads), never by tensors;
 - results: the SQLite store, one computation per key (locks), progress in the page;
@@ -19,13 +19,13 @@ from typing import Any, Callable, Iterator
 import streamlit as st
 import torch
 
-from . import access, data, inversion, probe, runner, views, zoo
-from .compute_queue import ComputeQueue
-from .errors import RobustLensError
-from .jobs import Job
-from .probe import Probe, pick_device
-from .progress import Event
-from .results import ResultStore
+from core import access, data, inversion, probe, runner, views, zoo
+from core.compute_queue import ComputeQueue
+from core.errors import RobustLensError
+from core.jobs import Job
+from core.probe import Probe, pick_device
+from core.progress import Event
+from core.results import ResultStore
 
 # ----------------------------------------------------------------- resources
 
