@@ -6,7 +6,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import streamlit as st  # noqa: E402
 
-
+from core import analyses  # noqa: E402
 from ui import backend, presentation, sidebar, state  # noqa: E402
 from ui.handover import app_run, present_in_url  # noqa: E402
 
@@ -18,16 +18,9 @@ presenting = st.session_state.get("present", present_in_url())
 # a presentation opens with the sidebar collapsed, before its CSS arrives (no flash)
 st.set_page_config(page_title="RobustLens", page_icon=":material/visibility:", layout="wide",
                    initial_sidebar_state="collapsed" if presenting else "auto")
-PAGES = [
-    st.Page("pages/home.py", title="Home", icon=":material/home:", default=True),
-    st.Page("pages/cka.py", title="CKA explorer", icon=":material/grid_on:", url_path="cka"),
-    st.Page("pages/stitching.py", title="Stitching matrix", icon=":material/join_inner:",
-            url_path="stitching"),
-    st.Page("pages/inversion.py", title="Representation inversion", icon=":material/flip:",
-            url_path="inversion"),
-    st.Page("pages/manipulation.py", title="Feature manipulation", icon=":material/tune:",
-            url_path="manipulation"),
-]
+# the analyses' pages (core.analyses registers each with its script, title and icon)
+PAGES = [st.Page("pages/home.py", title="Home", icon=":material/home:", default=True)] + [
+    st.Page(p.script, title=p.title, icon=p.icon, url_path=p.key) for p in analyses.pages()]
 # the sidebar draws the menu itself (client.showSidebarNavigation hides Streamlit's)
 pages = st.navigation(PAGES, position="hidden")
 presentation.start(pages.url_path)   # keys, slide moves, presentation CSS: before any widget

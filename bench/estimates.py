@@ -1,8 +1,8 @@
 """How close the pages' time estimates come to the real run (CPU by default).
 
 A stitching or accuracy button says "up to X" before it starts: the job's forward
-and forward-backward passes per model (core.views.model_passes) times each model's
-measured seconds of each (core.probe.pass_seconds). This runs such jobs on the shipped
+and forward-backward passes per model (its kind's cost, core.jobs.seconds) times each
+model's measured seconds of each (core.probe.pass_seconds). This runs such jobs on the shipped
 CIFAR-10 zoo and compares: the estimate should be above the run (an accuracy attack
 stops early on images it has already broken) and within a small factor of it.
 
@@ -23,7 +23,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from core import jobs, runner, views, zoo  # noqa: E402
+from core import jobs, runner, stitching, zoo  # noqa: E402
 from core.probe import pass_seconds, pick_device  # noqa: E402
 
 
@@ -41,20 +41,19 @@ def main() -> None:
         if spec not in models:
             models[spec] = zoo.load(spec, device=device)
         return models[spec]
-    recipe = {**jobs.STITCH_RECIPE, "train_images": args.train_images,
+    recipe = {**stitching.STITCH_RECIPE, "train_images": args.train_images,
               "robust_images": args.robust_images}
     r, s = "resnet18-linf-8", "resnet18-standard-s0"
-    cases = {"accuracy, robust model": jobs.accuracy_job(load, r, recipe),
-             "accuracy, standard model": jobs.accuracy_job(load, s, recipe),
-             "stitch cell, direct, layer3.0": jobs.stitch_cell_job(load, r, s, "layer3.0",
-                                                                   "direct", recipe),
-             "stitch cell, task, layer3.0": jobs.stitch_cell_job(load, r, s, "layer3.0",
-                                                                 "task", recipe)}
+    cases = {"accuracy, robust model": stitching.accuracy_job(load, r, recipe),
+             "accuracy, standard model": stitching.accuracy_job(load, s, recipe),
+             "stitch cell, direct, layer3.0": stitching.stitch_cell_job(
+                 load, r, s, "layer3.0", "direct", recipe),
+             "stitch cell, task, layer3.0": stitching.stitch_cell_job(
+                 load, r, s, "layer3.0", "task", recipe)}
     seconds = {m: pass_seconds(load(m)) for m in (r, s)}
     rows = []
     for name, job in cases.items():
-        estimate = sum(f * seconds[m][0] + g * seconds[m][1]
-                       for m, (f, g) in views.model_passes(job).items())
+        estimate = jobs.seconds([job], seconds.__getitem__, lambda m: 0.0, lambda j: None)
         start = time.perf_counter()
         runner.compute(job)
         measured = time.perf_counter() - start

@@ -10,8 +10,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import json  # noqa: E402
 import sys  # noqa: E402
 
-from . import cli  # noqa: E402
-from .results import plain  # noqa: E402
+from core import cli  # noqa: E402
+from core.jobs.results import plain  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,4 +1,5 @@
-"""The subcommands of `python -m core`: each a (register arguments, run) pair."""
+"""The subcommands of `python -m core`: each a (register arguments, run) pair; the
+analyses' own (cka, stitch, invert, ...) come from their modules (core.analyses)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,10 @@ import sys
 import time
 from typing import Callable
 
-from .errors import RobustLensError
+from core import analyses
+from core.errors import RobustLensError
+from core.jobs.runner import run_printed
+from core.models import zoo
 
 __all__ = ["COMMANDS", "RobustLensError"]
 
@@ -40,7 +44,7 @@ def _train(args: argparse.Namespace) -> dict:
     import dataclasses
     from pathlib import Path
 
-    from . import train
+    from core.training import train
     names = list(train.ZOO) if args.all or not args.names else args.names
     cfgs = []
     for name in names:
@@ -57,7 +61,7 @@ def _train(args: argparse.Namespace) -> dict:
         print(json.dumps(train.seconds_per_step(cfgs[0], args.time_steps, args.time_steps // 3,
                                                 barrier)), flush=True)
         return None
-    from .probe import pick_device
+    from core.models.probe import pick_device
     parallel = args.parallel or (len(cfgs) if pick_device(args.device).type == "cuda" else 1)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
     t0 = time.time()
@@ -89,7 +93,8 @@ def _train(args: argparse.Namespace) -> dict:
 def _measure_parallel(names: list[str], args: argparse.Namespace, parallel: int, log) -> dict:
     """Clean, PGD-20 and strong-attack accuracy of exported models, written to their
     cards; several at once, one process each."""
-    from . import train, zoo
+    from core.training import train
+    from core.models import zoo
     extra = (["-n", str(args.measure_n)] if args.measure_n else []) + (
         ["--data", args.data] if args.data else []) + (
         ["--device", args.device] if args.device else [])
@@ -103,7 +108,7 @@ def _archive(names: list[str], path: str) -> str:
     """One .tar of the models' weights and cards (what a GPU run hands back)."""
     import tarfile
 
-    from . import zoo
+    from core.models import zoo
     with tarfile.open(path, "w") as tar:
         for n in names:
             for suffix in (".safetensors", ".json"):
@@ -112,7 +117,8 @@ def _archive(names: list[str], path: str) -> str:
 
 
 def _export_run(cfg, training_extra: dict | None = None) -> str:
-    from . import train, zoo
+    from core.training import train
+    from core.models import zoo
     probe = train.load_run(cfg)
     probe.card["training"].update(training_extra or {})
     return str(zoo.export(probe, cfg.name, fresh=True))
@@ -124,7 +130,7 @@ def _export_args(p: argparse.ArgumentParser) -> None:
 
 def _export(args: argparse.Namespace) -> dict:
     """Write finished training runs to pretrained/ (fp16 safetensors + card)."""
-    from . import train
+    from core.training import train
     out = {}
     for name in args.names or list(train.ZOO):
         if name not in train.ZOO:
@@ -148,7 +154,8 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
 
 def _eval(args: argparse.Namespace) -> dict:
     """Measure clean and PGD-20 accuracy of shipped models (optionally into their cards)."""
-    from . import evaluation, zoo
+    from core.training import evaluation
+    from core.models import zoo
     out = {}
     for name in args.names or zoo.names():
         out[name] = evaluation.measure(name, n=args.n, root=args.data, device=args.device,
@@ -170,7 +177,7 @@ def _data(args: argparse.Namespace) -> dict:
     import shutil
     from pathlib import Path
 
-    from . import data
+    from core import data
     if args.download:
         data.download_cifar10()
     elif args.source:
@@ -192,145 +199,6 @@ def _data(args: argparse.Namespace) -> dict:
         except data.DataNotFoundError as e:
             found[split] = str(e)
     return found
-
-
-def _loader(device: str | None):
-    from functools import lru_cache
-
-    from . import zoo
-
-    @lru_cache(maxsize=None)
-    def load(spec: str):
-        return zoo.load(spec, device=device)
-    return load
-
-
-def run_job(job, force: bool = False):
-    """Run a core.jobs.Job through the results store, printing progress."""
-    from . import progress, runner
-    value, fresh = runner.run(job, progress.printer(job.label), force=force)
-    print(("\n" if fresh else "") + f"{job.label}: {'computed' if fresh else 'from the store'}",
-          file=sys.stderr)
-    return value
-
-
-def _write_out(value, out: str | None):
-    from .results import plain
-    if out is None:
-        return value
-    with open(out, "w") as f:
-        json.dump(plain(value), f, indent=1)
-    return {"written": out}
-
-
-def _cka_args(p: argparse.ArgumentParser) -> None:
-    from .jobs import INPUT_CHOICES
-    p.add_argument("--a", required=True, help="model A (shipped name or checkpoint path)")
-    p.add_argument("--b", help="model B (default: A)")
-    p.add_argument("--adv-a", default="benign", choices=list(INPUT_CHOICES),
-                   help="inputs of A: benign, or PGD linf (8/255) / l2 (1.0) examples")
-    p.add_argument("--adv-b", default="benign", choices=list(INPUT_CHOICES))
-    p.add_argument("--against", default="self", choices=["self", "a", "b"],
-                   help="which model the adversarial examples are made against")
-    p.add_argument("--layers", default="blocks", help="blocks, all, or a comma list of taps")
-    p.add_argument("--kernel", default="linear", choices=["linear", "rbf"])
-    p.add_argument("-n", type=int, default=10_000, help="test images")
-    p.add_argument("--batch-size", type=int, help="default: 1024 (fewer for small -n)")
-    p.add_argument("--device")
-    p.add_argument("--force", action="store_true", help="recompute even if stored")
-    p.add_argument("--out", help="write the result as JSON here")
-
-
-def _cka(args: argparse.Namespace):
-    """Layer x layer CKA of two models (stored; --out writes JSON)."""
-    from . import jobs
-    layers = args.layers if args.layers in jobs.LAYER_SETS else args.layers.split(",")
-    job = jobs.cka_job(_loader(args.device), args.a, args.b or args.a, layers, layers,
-                       args.adv_a, args.adv_b, args.against, args.kernel, args.n, args.batch_size)
-    value = run_job(job, args.force)
-    if args.out is None:
-        return {"layers_a": value["layers_a"], "layers_b": value["layers_b"],
-                "matrix": [[round(float(v), 4) for v in row] for row in value["matrix"]]}
-    return _write_out(value, args.out)
-
-
-def _stitch_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--front", action="append", help="front model(s); with --end, one pair each")
-    p.add_argument("--end", action="append", help="end model(s), in the order of --front")
-    p.add_argument("--layers", default="all", help="'all' stitch points or a comma list")
-    p.add_argument("--method", default="both", choices=["task", "direct", "both"])
-    p.add_argument("--device")
-    p.add_argument("--force", action="store_true", help="recompute even if stored")
-    p.add_argument("--out", help="write the cells as JSON here")
-
-
-def _stitch(args: argparse.Namespace):
-    """Stitching cells for model pairs (default: the four pairs of the shipped zoo)."""
-    from . import jobs
-    load = _loader(args.device)
-    if args.front or args.end:
-        if not args.front or not args.end or len(args.front) != len(args.end):
-            raise RobustLensError("give one --end for every --front")
-        pairs = list(zip(args.front, args.end))
-    else:
-        pairs = jobs.default_stitch_pairs()
-    methods = ["task", "direct"] if args.method == "both" else [args.method]
-    layers = None if args.layers == "all" else args.layers.split(",")
-    matrices = [jobs.stitch_matrix(load, pairs, method, layers) for method in methods]
-    out: dict = {"pairs": [{"front": f, "end": e, "cells": {}} for f, e in pairs],
-                 "accuracy": {s: run_job(job, args.force)
-                              for s, job in sorted(matrices[0].donors.items())}}
-    for m in matrices:
-        for row, cell_jobs in zip(out["pairs"], m.cells):
-            for layer, job in zip(m.grid.layers, cell_jobs):
-                cell = run_job(job, args.force)
-                row["cells"][f"{m.method}/{layer}"] = {
-                    k: cell[k] for k in ("clean_accuracy", "robust_accuracy", "dm_error")}
-    return _write_out(out, args.out) if args.out else out
-
-
-def _invert_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", action="append", required=True,
-                   help="model(s) to invert with (repeat for several)")
-    p.add_argument("--image", action="append", required=True,
-                   help="an image file, or a gallery key: foolbox-03, photo-astronaut, test-17")
-    p.add_argument("--layer", help="tap to match (default: the penultimate representation)")
-    p.add_argument("--method", default="adam", choices=["adam", "normgrad"])
-    p.add_argument("--steps", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device")
-    p.add_argument("--out", help="folder for PNG strips (original + reconstructions)")
-
-
-def _invert(args: argparse.Namespace) -> dict:
-    """Reconstruct images from their representations (stored; PNGs with --out)."""
-    from pathlib import Path
-
-    from . import exports, images, jobs, views
-    load = _loader(args.device)
-    out: dict = {}
-    for ref in args.image:
-        path = Path(ref).expanduser()
-        if path.is_file():
-            image, title = images.load_upload(path.read_bytes()), path.name
-        else:
-            found = views.image_for(ref)
-            if found is None:
-                raise RobustLensError(f"{ref!r} is neither an image file nor a gallery key")
-            image, title = found[0], found[1]
-        results = [run_job(jobs.inversion_job(load, m, image, args.layer, args.method,
-                                              args.steps, "noise", args.seed))
-                   for m in args.model]
-        out[title] = {m: {k: r[k] for k in ("psnr", "ssim", "l2")} | {"loss": float(r["loss"][0])}
-                      for m, r in zip(args.model, results)}
-        if args.out:
-            folder = Path(args.out)
-            folder.mkdir(parents=True, exist_ok=True)
-            name = folder / f"{Path(title).stem.replace(' ', '_')}.png"
-            name.write_bytes(exports.image_strip([image] + [r["images"][0] for r in results],
-                                                 {"models": args.model, "image": title}, 8))
-            out[title]["png"] = str(name)
-    return out
 
 
 def _precompute_args(p: argparse.ArgumentParser) -> None:
@@ -366,8 +234,10 @@ def _model_made_only(value):
 
 def _precompute(args: argparse.Namespace) -> dict:
     """Compute and store everything the views of a talk deck (or the ship list) show."""
-    from . import jobs, shiplist, sweep, views
-    from .results import default_store
+    from core import jobs, views
+    from core.views import shiplist
+    from core.jobs import sweep
+    from core.jobs.results import default_store
     if args.ship_list:
         wanted = [{"page": p, "params": q, "title": f"{p or 'home'} {q}"}
                   for p, q in shiplist.ship_list()]
@@ -382,7 +252,7 @@ def _precompute(args: argparse.Namespace) -> dict:
         wanted, title = deck["views"], deck.get("title")
     else:
         raise RobustLensError("name a deck, or give --ship-list")
-    load = _loader(args.device)
+    load = zoo.loader(args.device)
     summary, failed, planned = [], [], {}
     for i, view in enumerate(wanted, 1):
         try:
@@ -399,11 +269,11 @@ def _precompute(args: argparse.Namespace) -> dict:
         if on_ray and not default_store().has(job.kind, job.inputs):
             continue            # it failed on Ray (reported above): not run again here
         try:
-            run_job(job)        # from the store after a Ray run, computed here otherwise
+            run_printed(job)    # from the store after a Ray run, computed here otherwise
         except RobustLensError as e:
             failed.append(f"view {i} ({view['title']}): {e}")
             continue
-        if args.to_assets and jobs.KINDS[job.kind].shipped:
+        if args.to_assets and jobs.kinds()[job.kind].shipped:
             default_store().export_asset(job.kind, job.inputs, scrub=_model_made_only)
     if failed:
         raise RobustLensError("some views could not be computed:\n" + "\n".join(failed))
@@ -416,8 +286,9 @@ def _precompute(args: argparse.Namespace) -> dict:
 def _prune_assets(load: Callable, wanted: list[tuple[str, dict]]) -> int:
     """Delete assets/results entries that no wanted view, no shipped deck, no ship-list
     view and no page default shows (stale keys of older recipes or versions)."""
-    from . import shiplist, views
-    from .results import default_store
+    from core.views import shiplist
+    from core import views
+    from core.jobs.results import default_store
     wanted = wanted + shiplist.ship_list() + [(page, {}) for page in views.PAGES]
     keep = set()
     for page, params in wanted:
@@ -446,9 +317,9 @@ def _sweep_args(p: argparse.ArgumentParser) -> None:
 
 def _sweep(args: argparse.Namespace) -> dict:
     """Expand a sweep spec into the app's jobs and compute those not yet stored."""
-    from . import sweep
+    from core.jobs import sweep
     spec = sweep.load_spec(args.spec)
-    load = _loader(args.device if not args.ray else "cpu")
+    load = zoo.loader(args.device if not args.ray else "cpu")
     planned = sweep.expand(spec, load)
     sweep.check_size(planned, spec, args.yes)
     out = sweep.execute(planned, load, args.ray)
@@ -466,8 +337,8 @@ def _store_args(p: argparse.ArgumentParser) -> None:
 
 def _store(args: argparse.Namespace) -> dict:
     """Merge another results store into this one (the app's)."""
-    from . import jobs
-    from .results import default_store
+    from core import jobs
+    from core.jobs.results import default_store
     store = default_store()
     counts = store.merge(args.other, jobs.is_current)
     return {"store": str(store.path), **counts,
@@ -483,7 +354,7 @@ def _operator_link_args(p: argparse.ArgumentParser) -> None:
 def _operator_link(args: argparse.Namespace) -> dict:
     """The operator's link to a shared server: open it to have every right of a local
     server and a compute lane of your own (the key is in the cache folder)."""
-    from . import access
+    from core.server import access
     return {"link": access.operator_link(args.url),
             "note": "keep it to yourself: whoever opens it has the operator's rights"}
 
@@ -494,11 +365,10 @@ COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None],
     "export": (_export_args, _export),
     "eval": (_eval_args, _eval),
     "data": (_data_args, _data),
-    "cka": (_cka_args, _cka),
-    "stitch": (_stitch_args, _stitch),
     "precompute": (_precompute_args, _precompute),
-    "invert": (_invert_args, _invert),
     "sweep": (_sweep_args, _sweep),
     "store": (_store_args, _store),
     "operator-link": (_operator_link_args, _operator_link),
+    # each analysis's own (core.analyses): cka, stitch, invert, ...
+    **{c.name: (c.arguments, c.run) for c in analyses.commands()},
 }

@@ -6,7 +6,7 @@ setup()   # before the heavy imports: a cold server's deep link hands over at on
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core import exports, figures, views  # noqa: E402
+from core import cka, exports, figures, views  # noqa: E402
 from core.cka import CKAResult  # noqa: E402
 from core.probe import short_names  # noqa: E402
 from ui import backend, page, presentation, sidebar, state  # noqa: E402
@@ -61,7 +61,7 @@ def stored_or_offer(job, transposed: bool, key: str) -> CKAResult | None:
             st.caption("Not computed yet. Results are stored: each view is computed once.")
             return None
         value = backend.run_job(job)
-    return CKAResult.from_dict(views.transposed_cka(value) if transposed else value)
+    return CKAResult.from_dict(cka.transposed_cka(value) if transposed else value)
 
 
 def describe_pair(res: CKAResult, i: int, j: int, first: str, second: str) -> None:
@@ -82,7 +82,7 @@ def describe_pair(res: CKAResult, i: int, j: int, first: str, second: str) -> No
 
 def heatmap_exports(res: CKAResult, job, title: str, stem: str, row: str, col: str) -> None:
     inputs = {"kind": job.kind, **job.inputs}
-    cap = f"{title}; {res.n} images; {views.PAPERS[PAGE]}"
+    cap = f"{title}; {res.n} images; {views.paper(PAGE)}"
     page.export_menu(stem, [
         ("Figure, PNG (300 dpi)", lambda: exports.heatmap(res.matrix, res.layers_a, res.layers_b, title, inputs, "png", row, col, caption=cap), ".png", "image/png"),
         ("Figure, SVG", lambda: exports.heatmap(res.matrix, res.layers_a, res.layers_b, title, inputs, "svg", row, col, caption=cap), ".svg", "image/svg+xml"),
@@ -92,17 +92,17 @@ def heatmap_exports(res: CKAResult, job, title: str, stem: str, row: str, col: s
 
 
 with page.guard():
-    requests = views.cka_requests(backend.model, settings)
+    requests = cka.cka_requests(backend.model, settings)
     cka_jobs = [job for job, _ in requests]
-    pairs = views.cka_pairs(backend.model, settings)
-    inputs_label = views.INPUTS
+    pairs = cka.cka_pairs(backend.model, settings)
+    inputs_label = cka.INPUT_LABELS
     if view == "Explore":
         (first, second), (job, transposed) = pairs[0], requests[0]
         res = stored_or_offer(job, transposed, "cka_compute")
         if res is not None:
             cell = settings["cka_cell"]
             i, j = min(int(cell[0]), len(res.layers_a) - 1), min(int(cell[1]), len(res.layers_b) - 1)
-            models, inputs = views.cka_title(backend.label(first), backend.label(second), settings)
+            models, inputs = cka.cka_title(backend.label(first), backend.label(second), settings)
             title = f"{models}: {inputs}"
             left, right = st.columns([2.3, 1])
             fig = figures.cka_heatmap(res.matrix, res.layers_a, res.layers_b,
@@ -122,7 +122,7 @@ with page.guard():
             with left:
                 page.caption(PAGE, title)
     else:
-        robust, standard, roles = views.paper_roles(backend.model, settings)
+        robust, standard, roles = cka.paper_roles(backend.model, settings)
         inputs_text = inputs_label[settings["cka_in_a"]] + (
             "" if settings["cka_in_a"] == "benign" else " (each model attacked on its own)")
         if roles:
@@ -167,7 +167,7 @@ with page.guard():
                   "title": t, "row_title": p["name_a"], "col_title": p["name_b"]}
                  for p, t in zip(panels, titles)]
         inputs = {"kind": "cka paper view", "panels": [j.inputs for j in cka_jobs]}
-        cap = f"{views.PAPERS[PAGE]}; {inputs_label[settings['cka_in_a']]} inputs"
+        cap = f"{views.paper(PAGE)}; {inputs_label[settings['cka_in_a']]} inputs"
         page.export_menu(f"cka-paper-{settings['cka_in_a']}", [
             ("Figure, PNG (300 dpi)", lambda: exports.panels(items, inputs, "png", cap), ".png", "image/png"),
             ("Figure, SVG", lambda: exports.panels(items, inputs, "svg", cap), ".svg", "image/svg+xml"),

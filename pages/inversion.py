@@ -6,7 +6,7 @@ setup()   # before the heavy imports: a cold server's deep link hands over at on
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core import data, exports, figures, images, views  # noqa: E402
+from core import data, exports, figures, images, inversion, views  # noqa: E402
 from ui import backend, page, presentation, sidebar, state, uploads  # noqa: E402
 from ui.gallery import gallery  # noqa: E402
 
@@ -126,7 +126,7 @@ with _settings, st.container(key="settings"), st.expander("Settings", icon=":mat
     state.selectbox(c[0], PAGE, "inv_layer", layer_options)
     method = state.selectbox(c[1], PAGE, "inv_method")
     # steps follow the optimiser's own default until the person sets them
-    auto_steps = views.inversion_steps({"inv_steps": None, "inv_method": method})
+    auto_steps = inversion.inversion_steps({"inv_steps": None, "inv_method": method})
     if "inv_steps" not in st.session_state:
         state.seed(PAGE, "inv_steps")
         st.session_state["_steps_auto"] = st.session_state["inv_steps"] is None
@@ -139,7 +139,7 @@ settings = state.current(PAGE)
 state.publish(PAGE, implicit={"inv_steps": auto_steps})
 
 with _results:
-    chosen = views.image_for(settings["inv_img"], uploads.images(), SIDE)
+    chosen = data.image_for(settings["inv_img"], uploads.images(), SIDE)
     if chosen is None:
         if settings["inv_img"].startswith("upload-"):
             st.info("That image was uploaded in another browser session, and uploads stay "
@@ -149,7 +149,7 @@ with _results:
         st.stop()
     image, title, _ = chosen
     with page.guard():
-        job_list = views.inversion_jobs(backend.model, settings, uploads.images())
+        job_list = inversion.inversion_jobs(backend.model, settings, uploads.images())
         if any(backend.stored(j) is None for j in job_list):
             eta = backend.run_seconds(job_list)
             if eta > page.LONG_RUN_S:
@@ -215,7 +215,7 @@ with st.container(key="page-notes"):
                "structure; PSNR "
                "punishes the high contrast of robust reconstructions more than grey noise.")
     with page.guard():
-        q_jobs = views.quality_jobs(backend.model, settings)
+        q_jobs = inversion.quality_jobs(backend.model, settings)
         q = [backend.stored(j) for j in q_jobs]
         todo = [j for j, v in zip(q_jobs, q) if v is None]
         if todo and page.button("Measure reconstruction quality", todo,

@@ -5,7 +5,7 @@ setup()   # before the heavy imports: a cold server's deep link hands over at on
 
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
-from core import data, exports, figures, jobs, views  # noqa: E402
+from core import data, exports, figures, inversion, jobs, views  # noqa: E402
 from ui import backend, page, presentation, sidebar, state, uploads  # noqa: E402
 from ui.gallery import gallery, tile_label  # noqa: E402
 
@@ -20,7 +20,7 @@ a, b = sidebar.chosen("a"), sidebar.chosen("b")
 specs = [a, b]
 with page.guard():          # a model that does not load, or has no linear head: a sentence
     probe_a = backend.model(a)
-    feats = jobs.browser_features(probe_a)
+    feats = inversion.browser_features(probe_a)
     backend.model(b)
 CLASSES = probe_a.classes
 big = presentation.presenting()
@@ -80,7 +80,7 @@ def browser() -> None:
     st.markdown(f"Features of **{backend.label(a)}**: for each class, the four components of "
                 "the representation with the largest weight towards it, each maximised from "
                 "noise. Click one.")
-    grid_job = jobs.feature_grid_job(backend.model, a, feats)
+    grid_job = inversion.feature_grid_job(backend.model, a, feats)
     grid = backend.stored(grid_job)
     if grid is None:
         if not page.button(f"Visualise {len(feats)} features", [grid_job], type="primary",
@@ -95,8 +95,8 @@ def browser() -> None:
     index = int(st.session_state["mf_feat"][1:])
     st.subheader(f"Feature {index} (strongest towards {feature_class(index)})")
     c = st.columns([1, 1, 2.2])
-    shown = views.with_component(backend.model, {"a": a, "b": b}, index)
-    vis_jobs = [jobs.feature_grid_job(backend.model, s, [index]) for s in shown]
+    shown = inversion.with_component(backend.model, {"a": a, "b": b}, index)
+    vis_jobs = [inversion.feature_grid_job(backend.model, s, [index]) for s in shown]
     vis = [backend.stored(j) for j in vis_jobs]
     if any(v is None for v in vis) and page.button("Visualise in both models", vis_jobs, c[0],
                                                    key="mf_vis"):
@@ -131,7 +131,7 @@ def top_images(index: int) -> None:
     with page.guard():
         test = backend.test_set() if folder is None else jobs.image_folder(
             "Top-activating images", folder, probe_a)
-        top_job = jobs.top_images_job(backend.model, a, feats, folder=folder,
+        top_job = inversion.top_images_job(backend.model, a, feats, folder=folder,
                                       where=test if folder else None)
     top = backend.stored(top_job)
     if test is None:
@@ -162,16 +162,16 @@ def addition() -> None:
         state.seed(PAGE, "mf_add_img", [it["key"] for it in items])
         gallery(items, "mf_add_img", size=48, label="images")
     index = state.number(c[1], PAGE, "mf_add_index", default=ADD_INDEX)
-    found = views.image_for(st.session_state["mf_add_img"], uploads.images(), probe_a.input_size)
+    found = data.image_for(st.session_state["mf_add_img"], uploads.images(), probe_a.input_size)
     if found is None:
         return
-    shown = views.with_component(backend.model, {"a": a, "b": b}, int(index))
+    shown = inversion.with_component(backend.model, {"a": a, "b": b}, int(index))
     for s in specs:
         if s not in shown:
             st.caption(narrower(s))
     if not shown:
         return
-    add_jobs = [jobs.add_feature_job(backend.model, s, found[0], int(index)) for s in shown]
+    add_jobs = [inversion.add_feature_job(backend.model, s, found[0], int(index)) for s in shown]
     todo = offer(add_jobs, f"Add feature {index}", "mf_add_go", ":material/add:")
     if todo is None:
         return
@@ -208,8 +208,8 @@ def interpolation() -> None:
         ia = state.selectbox(c[0], PAGE, "mf_ia", keys, format_func=names.get)
         ib = state.selectbox(c[1], PAGE, "mf_ib", keys, format_func=names.get)
     images = uploads.images()
-    ijobs = [jobs.interpolation_job(backend.model, s, views.image_for(ia, images, size)[0],
-                                    views.image_for(ib, images, size)[0])
+    ijobs = [inversion.interpolation_job(backend.model, s, data.image_for(ia, images, size)[0],
+                                    data.image_for(ib, images, size)[0])
              for s, size in ((s, backend.model(s).input_size) for s in specs)]
     todo = offer(ijobs, "Interpolate", "mf_interp", ":material/linear_scale:")
     if todo is None:
@@ -252,11 +252,11 @@ def misclassified() -> list[dict]:
     if test is None:
         out = [{"key": s.key, "image": s.image, "label": s.label,
                 "title": f"{s.title} → {CLASSES[pred]}", "caption": f"→ {tile_label(CLASSES[pred])}"}
-               for s, pred in views.misclassified_samples(probe_a)]
+               for s, pred in inversion.misclassified_samples(probe_a)]
         st.caption(f"{backend.label(a)} misclassifies {len(out)} of the 20 shipped samples; the "
                    "full test set gives many more.")
         return out
-    out_job = jobs.test_outputs_job(backend.model, a)
+    out_job = inversion.test_outputs_job(backend.model, a)
     outs = backend.stored(out_job)
     if outs is None:
         if not st.button("Find the misclassified test images", key="mf_mis_find"):
@@ -284,7 +284,7 @@ def misclassification() -> None:
     state.seed(PAGE, "mf_mis", [x["key"] for x in candidates], default=candidates[0]["key"])
     gallery(candidates, "mf_mis", size=48, label="misclassified images")
     cand = next(x for x in candidates if x["key"] == st.session_state["mf_mis"])
-    ejob = jobs.explain_job(backend.model, a, cand["image"], cand["label"])
+    ejob = inversion.explain_job(backend.model, a, cand["image"], cand["label"])
     ex = backend.stored(ejob)
     if ex is None:
         if not page.button("Explain", [ejob], type="primary", key="mf_explain"):

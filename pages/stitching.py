@@ -8,7 +8,8 @@ import json  # noqa: E402
 import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core import data, exports, figures, jobs, views  # noqa: E402
+from core import data, exports, figures, stitching, views  # noqa: E402
+from core.analyses.cka import cka_request, transposed_cka  # noqa: E402
 from ui import backend, page, presentation, sidebar, state  # noqa: E402
 
 PAGE = "stitching"
@@ -35,7 +36,7 @@ if not robust or not standard:
 big = presentation.presenting()
 
 chosen_a = a != views.DEFAULT_A     # a model A the person picked
-auto = views.stitch_rows({**views.settings(PAGE, {}), "a": st.session_state["a"]}, robust,
+auto = stitching.stitch_rows({**views.settings(PAGE, {}), "a": st.session_state["a"]}, robust,
                          standard, chosen_a)  # what each empty picker stands for
 with st.container(key="settings"), st.container(border=True):
     c = st.columns(4)
@@ -57,12 +58,12 @@ settings = state.current(PAGE)
 state.publish(PAGE)
 method, metric = settings["st_method"], settings["st_metric"]
 setting = views.page_settings(PAGE)
-pairs = views.stitch_rows(settings, robust, standard, chosen_a)
+pairs = stitching.stitch_rows(settings, robust, standard, chosen_a)
 row_labels = [f"{kind}<br><sup>{backend.label(f)} → {backend.label(e)}</sup>"
-              for kind, (f, e) in zip(jobs.STITCH_PAIRS, pairs)]
+              for kind, (f, e) in zip(stitching.STITCH_PAIRS, pairs)]
 
 with page.guard():
-    plan = views.stitch_plan(backend.model, settings, pairs)  # the grid stitching.matrix uses
+    plan = stitching.stitch_plan(backend.model, settings, pairs)  # the grid matrix() uses
     layers, cell_jobs, ref_jobs = plan.grid.layers, plan.cells, plan.donors
     columns = plan.grid.column_labels()
     got = {j.key: backend.stored(j) for j in plan.jobs()}
@@ -96,14 +97,14 @@ with left:
               "pairs": [{"front": f, "end": e} for f, e in pairs], "layers": layers,
               "recipe": cell_jobs[0][0].inputs["recipe"]}
     plain_rows = [f"{n}: {backend.label(f)} → {backend.label(e)}"
-                  for n, (f, e) in zip(jobs.STITCH_PAIRS, pairs)]
+                  for n, (f, e) in zip(stitching.STITCH_PAIRS, pairs)]
 
     def csv_text() -> str:
         lines = ["pair,front,end," + ",".join(layers)]
-        for (n, (f, e)), row in zip(zip(jobs.STITCH_PAIRS, pairs), values):
+        for (n, (f, e)), row in zip(zip(stitching.STITCH_PAIRS, pairs), values):
             lines.append(",".join([n, f, e] + ["" if np.isnan(v) else f"{v:.4f}" for v in row]))
         return exports.csv_with_inputs("\n".join(lines) + "\n", inputs)
-    cap = f"{title}; {views.PAPERS[PAGE]}"
+    cap = f"{title}; {views.paper(PAGE)}"
     page.export_menu(f"stitching-{method}-{metric}", [
         ("Figure, PNG (300 dpi)", lambda: exports.heatmap(values, plain_rows, layers, title, inputs, "png", col_title="stitching layer", annotate=True, vmax=1.2 if rel else 1.0, cmap="RdYlGn", caption=cap), ".png", "image/png"),
         ("Figure, SVG", lambda: exports.heatmap(values, plain_rows, layers, title, inputs, "svg", col_title="stitching layer", annotate=True, vmax=1.2 if rel else 1.0, cmap="RdYlGn", caption=cap), ".svg", "image/svg+xml"),
@@ -131,7 +132,7 @@ with left:
 with right:
     front, end = pairs[i]
     layer, end_layer = plan.grid.points[i][j]
-    st.markdown(f"**{jobs.STITCH_PAIRS[i]}** at **{columns[j]}**")
+    st.markdown(f"**{stitching.STITCH_PAIRS[i]}** at **{columns[j]}**")
     st.caption(f"{backend.label(front)} [..{layer}] → 1x1 conv → {backend.label(end)} "
                f"[{end_layer}..]")
     cell = cells[i][j]
@@ -172,17 +173,17 @@ with right:
                                           "epoch", "loss, accuracy", height=240),
                             key="st_curve")
         # the CKA of this layer pair, when the CKA explorer has it stored
-        cka_job, transposed = views.cka_request(backend.model, front, end, "blocks",
+        cka_job, transposed = cka_request(backend.model, front, end, "blocks",
                                                 folder=settings["st_folder"])
         cka = backend.stored(cka_job)
-        cka = views.transposed_cka(cka) if cka is not None and transposed else cka
+        cka = transposed_cka(cka) if cka is not None and transposed else cka
         if cka is not None and layer in cka["layers_a"] and end_layer in cka["layers_b"]:
             v = np.asarray(cka["matrix"])[cka["layers_a"].index(layer),
                                           cka["layers_b"].index(end_layer)]
             st.metric("CKA of this layer pair (benign)", f"{float(v):.3f}",
                       help=f"From the CKA explorer: linear CKA, "
                            f"{cka_job.inputs['images']['n']:,} images.")
-        payload = {"pair": jobs.STITCH_PAIRS[i], "front": front, "end": end, "layer": layer,
+        payload = {"pair": stitching.STITCH_PAIRS[i], "front": front, "end": end, "layer": layer,
                    "end_layer": end_layer,
                    "method": method, "recipe": cell_jobs[i][j].inputs["recipe"],
                    **{k: v for k, v in cell.items() if k != "history"}}

@@ -17,7 +17,7 @@ import torchvision
 from core import access, zoo
 from core.access import AccessError, Rights, Server
 from core.compute_queue import ComputeQueue, ServerBusyError
-from core.errors import CheckpointError
+from core.errors import CheckpointError, UnknownModelError
 
 
 def test_a_server_is_local_only_when_bound_to_loopback():
@@ -109,7 +109,7 @@ def test_without_folders_a_visitor_reads_no_path(folders):
     "robustbench:cifar10/Linf/..", "robustbench:cifar10/../Carmon2019Unlabeled",
     "madrylab:" + "x" * 300, "timm:resnet50 ", "timm:~root"])
 def test_hub_names_are_names_never_paths(spec, tmp_path, offline):
-    with pytest.raises(AccessError, match="is not a model name"):
+    with pytest.raises(UnknownModelError, match="is not a model name"):
         zoo.load(spec, model_dir=tmp_path, device="cpu")
 
 
@@ -118,7 +118,7 @@ def test_names_the_hubs_use_pass():
                          ("timm", "inception_v3.tf_adv_in1k"), ("torchvision", "resnet50"),
                          ("robustbench", "Carmon2019Unlabeled"),
                          ("robustbench", "imagenet/Linf/Salman2020Do_R50")]:
-        access.check_hub_name(source, name)
+        zoo.check_hub_name(source, name)
 
 
 def test_without_downloads_a_hub_name_loads_only_from_this_machines_cache(tmp_path, monkeypatch,

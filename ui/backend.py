@@ -19,13 +19,16 @@ from typing import Any, Callable, Iterator
 import streamlit as st
 import torch
 
-from core import access, data, inversion, probe, runner, views, zoo
-from core.compute_queue import ComputeQueue
+from core import data, jobs
+from core.analyses import inversion
 from core.errors import RobustLensError
-from core.jobs import Job
-from core.probe import Probe, pick_device
+from core.jobs import Job, runner
+from core.jobs.results import ResultStore
+from core.models import probe, zoo
+from core.models.probe import Probe, pick_device
 from core.progress import Event
-from core.results import ResultStore
+from core.server import access
+from core.server.compute_queue import ComputeQueue
 
 # ----------------------------------------------------------------- resources
 
@@ -255,20 +258,9 @@ def pass_seconds(spec: str) -> tuple[float, float]:
 
 
 def run_seconds(job_list: list[Job]) -> float:
-    """How long jobs take here, with the needs not stored yet: an optimisation job's
-    steps x images x the measured seconds of one step of its model, any other job's
-    forward (and forward-backward) passes through each model x the measured seconds
-    of one."""
-    total = 0.0
-    for job in job_list:
-        steps = views.image_steps(job)
-        if steps:
-            total += step_seconds(job.models[0]) * steps
-        for spec, (forward, gradient) in views.model_passes(job).items():
-            forward_s, gradient_s = pass_seconds(spec)
-            total += forward * forward_s + gradient * gradient_s
-        total += run_seconds([need for need in job.needs.values() if stored(need) is None])
-    return total
+    """How long jobs take on this session's device (core.jobs.seconds: each kind's cost
+    x the measured speed of its models here), with the needs not stored yet."""
+    return jobs.seconds(job_list, pass_seconds, step_seconds, stored)
 
 
 def over_limit(seconds: float) -> str | None:

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import streamlit as st
 from PIL import Image
 
-from core.images import to_uint8
+from core.data.images import to_uint8
 
 STATIC = Path(__file__).resolve().parent / "static"
 

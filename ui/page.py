@@ -24,21 +24,21 @@ def header(page: str, title: str, summary: str, details: str) -> None:
             presentation.exit_button()
     note = presentation.slide_note()
     if presentation.presenting():
-        st.caption(note or views.CITES[page])
+        st.caption(note or views.cite(page))
         return
     with st.container(horizontal=True, vertical_alignment="center"):
-        st.caption(f"{summary} · {views.CITES[page]}", width="stretch")
+        st.caption(f"{summary} · {views.cite(page)}", width="stretch")
         with st.container(width="content"):
             with st.popover("About", icon=":material/info:"):
                 st.markdown(details)
-                st.caption(f"After {views.PAPERS[page]}.")
+                st.caption(f"After {views.paper(page)}.")
     if note:
         st.caption(f"Slide note: {note}")
 
 
 def caption(page: str, text: str) -> None:
     """The line under a figure: what it shows, and the paper (short)."""
-    st.caption(f"{text} · {views.CITES[page]}")
+    st.caption(f"{text} · {views.cite(page)}")
 
 
 def export_menu(stem: str, files: list[tuple[str, Callable[[], Any], str, str]]) -> None:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import streamlit as st
 import torch
 
-from core import access, data, zoo
+from core import data
 from core.errors import RobustLensError, UntrustedPickleError
-from core.evaluation import own_pgd20
+from core.models import zoo
+from core.server import access
+from core.training.evaluation import own_pgd20
 
 from . import backend, presentation, state, uploads
 
@@ -106,7 +108,7 @@ def model_spec(typed: str, rights: access.Rights) -> str:
     if typed in zoo.names():
         return typed
     if source in zoo.HUBS and name:
-        access.check_hub_name(source, name)
+        zoo.check_hub_name(source, name)
         return typed
     return str(access.readable_path(typed, rights))
 

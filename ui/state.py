@@ -17,7 +17,8 @@ from urllib.parse import quote
 
 import streamlit as st
 
-from core import access, views
+from core import views
+from core.server import access
 
 from . import backend
 

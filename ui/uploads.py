@@ -14,7 +14,7 @@ import numpy as np
 import streamlit as st
 
 from core import data
-from core.images import UPLOAD_PREFIX, image_id, load_upload
+from core.data.images import UPLOAD_PREFIX, image_id, load_upload
 from core.errors import BadImageError
 
 IMAGE_TYPES = ["png", "jpg", "jpeg", "gif", "bmp", "tif", "tiff", "webp"]

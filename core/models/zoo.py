@@ -38,14 +38,18 @@ from typing import Any, Callable
 import torch
 import torch.nn as nn
 
-from . import archs, data, images
-from .access import check_hub_name
-from .data import MEAN, STD
-from .errors import CheckpointError, UnknownModelError, UntrustedPickleError
-from .probe import Probe, pick_device
+from core import PROJECT
+from core.models import archs
+
+from core import data
+
+from core.data import images
+from core.data import MEAN, STD
+from core.errors import CheckpointError, UnknownModelError, UntrustedPickleError
+from core.models.probe import Probe, pick_device
 
 PRETRAINED = Path(os.environ.get("ROBUSTLENS_PRETRAINED")
-                  or Path(__file__).resolve().parent.parent / "pretrained")
+                  or PROJECT / "pretrained")
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 DM_CIFAR10_MEAN, DM_CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2471, 0.2435, 0.2616)
 NO_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
@@ -138,6 +142,16 @@ def load(name_or_path: str | os.PathLike, *, device: str | torch.device | None =
 
 
 HUBS = ("robustbench", "torchvision", "madrylab", "timm")
+_NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+
+
+def check_hub_name(source: str, name: str) -> None:
+    """A hub name is a name, never a path: letters, digits and _.+- (robustbench's
+    DATASET/THREAT/NAME aside), no '..'."""
+    parts = name.split("/") if source == "robustbench" and name.count("/") == 2 else [name]
+    if len(name) > 200 or any(not _NAME_PART.fullmatch(p) or ".." in p for p in parts):
+        raise UnknownModelError(f"{source}:{name[:80]!r} is not a model name of {source} "
+                                "(letters, digits and _.+- only)")
 
 
 def cached_weights(spec: str, model_dir: str | os.PathLike = "models", dataset: str = "cifar10",
@@ -186,6 +200,16 @@ def _timm_hub_files(name: str) -> tuple[str | None, list[str]]:
     cfg = timm.models.get_pretrained_cfg(name)
     return (getattr(cfg, "hf_hub_id", None) or None,
             ["model.safetensors", "pytorch_model.bin"])
+
+
+def loader(device: str | None = None) -> Callable[[str], Probe]:
+    """A load(spec) that loads each model once (the command line's and sweeps' loader)."""
+    from functools import lru_cache
+
+    @lru_cache(maxsize=None)
+    def load(spec: str) -> Probe:
+        return globals()["load"](spec, device=device)
+    return load
 
 
 def _record(probe: Probe) -> None:

@@ -11,9 +11,9 @@ import numpy as np
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
-from .images import to_uint8
-from .probe import short_names
-from .results import plain
+from core.data.images import to_uint8
+from core.models.probe import short_names
+from core.jobs.results import plain
 
 KEY = "robustlens:inputs"
 

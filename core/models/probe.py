@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterator, Sequence
 import torch
 import torch.nn as nn
 
-from . import data
-from .archs import ReLU, Swish
-from .errors import BadImageError, DeviceError, UnknownLayerError
-from .images import Preprocessing
+from core import data
+from core.models.archs import ReLU, Swish
+from core.errors import BadImageError, DeviceError, UnknownLayerError
+from core.data.images import Preprocessing
 
 # Full float32 on every device: cuDNN's default TF32 convolutions round to 10 bits, which
 # moved CKA by 2e-4 and a fifth of PGD's pixels from the CPU's results (bf16 training aside)
@@ -94,8 +94,8 @@ def pass_seconds(model: "Probe") -> tuple[float, float]:
     """Measured seconds of one image's forward pass, and of its forward and backward
     pass (a gradient to the pixels, as an attack or a fit takes), through a model on
     its device, in batches (64 on a GPU; on a CPU 32 small images or 4 large ones)
-    after a warm-up: what a page multiplies by a job's passes (views.model_passes) to
-    say how long it takes."""
+    after a warm-up: what a time estimate multiplies by a job's passes (its kind's cost,
+    core.jobs.seconds) to say how long it takes."""
     batch = 64 if model.device.type != "cpu" else 32 if model.input_size <= 64 else 4
     x = torch.rand(batch, 3, model.input_size, model.input_size,
                    generator=torch.Generator().manual_seed(0)).to(model.device)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from .errors import BadImageError
+from core.errors import BadImageError
 
 MAX_UPLOAD_BYTES = 20 * 2**20
 MAX_UPLOAD_PIXELS = 50_000_000     # refuse decompression bombs before decoding

@@ -20,12 +20,15 @@ from itertools import combinations_with_replacement
 from pathlib import Path
 from typing import Any
 
-from . import data, views, zoo
+from core import PROJECT, data, views
+from core.analyses.inversion import MANIPULATION_TABS
+from core.analyses.stitching import STITCH_ROBUST
+from core.models import zoo
 
 ASSETS_BUDGET_MB = 30
 COMPUTE_BUDGET_CPU_HOURS = 6
 ADVERSARIAL_IMAGES = 2000
-DECKS = Path(__file__).resolve().parent.parent / "assets" / "decks"
+DECKS = PROJECT / "assets" / "decks"
 
 View = tuple[str, dict[str, Any]]
 
@@ -40,7 +43,7 @@ def _papers_pairs() -> list[tuple[str, str]]:
     """The papers' pairs: the Linf 8/255 and L2 1.0 models against standard seed 0."""
     robust, standard = _robust_and_standard()
     std = views.DEFAULT_B if views.DEFAULT_B in standard else standard[0]
-    return [(r, std) for r in (views.STITCH_ROBUST, views.DEFAULT_A) if r in robust]
+    return [(r, std) for r in (STITCH_ROBUST, views.DEFAULT_A) if r in robust]
 
 
 def deck_views() -> list[View]:
@@ -58,7 +61,7 @@ def defaults() -> list[View]:
     out += [("inversion", {"inv_img": s.key}) for s in data.cifar_samples()]
     out += [("inversion", {"inv_source": "photos", "inv_img": s.key}) for s in data.ood_photos()]
     out += [("manipulation", {"mf_tab": tab})
-            for tab in views.page_settings("manipulation")["mf_tab"].options]
+            for tab in MANIPULATION_TABS]
     return out
 
 
@@ -72,7 +75,7 @@ def model_choices() -> list[View]:
     for x, y in combinations_with_replacement(zoo.names(), 2):
         out.append(("cka", {"a": x, "b": y, "cka_pair": "A vs A" if x == y else "A vs B"}))
     out += [("manipulation", {"a": r, "mf_tab": tab}) for r in robust
-            for tab in views.page_settings("manipulation")["mf_tab"].options]
+            for tab in MANIPULATION_TABS]
     return out
 
 

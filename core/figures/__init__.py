@@ -9,8 +9,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .images import to_uint8
-from .probe import short_names
+from core.data.images import to_uint8
+from core.models.probe import short_names
 
 CKA_SCALE = "Viridis"
 FONT = "Inter, Helvetica, Arial, sans-serif"

@@ -1,4 +1,6 @@
-"""Centered kernel alignment (CKA): HSIC estimators, kernels, minibatch CKA matrices.
+"""Centered kernel alignment (CKA): HSIC estimators, kernels, minibatch CKA matrices;
+and the CKA explorer's analysis (its jobs, their cost, its command line, sweep grid
+and page settings).
 
 CKA(K, L) = HSIC(K, L) / sqrt(HSIC(K, K) * HSIC(L, L)) for kernel (Gram) matrices
 of two representations of the same n inputs (Kornblith et al. 2019). Two HSIC
@@ -26,19 +28,27 @@ Conventions:
 """
 from __future__ import annotations
 
+import argparse
 import csv
 import io
+import itertools
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 
-from .attacks import Attack, perturb
-from .data import batch_sizes, batches
-from .probe import Probe, check_input_size
-from .progress import Reporter, report
+from core import data, jobs
+from core.analyses import Analysis, Command, Page, Sweep, register
+from core.analyses.attacks import PGD, Attack, examples, perturb
+from core.data import batch_sizes, batches
+from core.jobs.results import write_json
+from core.jobs.runner import run_printed
+from core.models import zoo
+from core.models.probe import Probe, check_input_size
+from core.progress import Reporter, report
+from core.views import FOLDER_HELP, Setting
 
 Array = torch.Tensor | np.ndarray
 
@@ -478,3 +488,296 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
         sigma_frac=sigma_frac if kernel == "rbf" else None,
         attack_a=_describe(attack_a), attack_b=_describe(attack_b),
         adv_against=adv_against, seconds=time.perf_counter() - start)
+
+
+# ======================================================================= jobs
+
+# Inputs a side of a comparison can see: benign images, or PGD examples (the
+# attacks of Cianfarani et al. 2022).
+INPUT_CHOICES: dict[str, PGD | None] = {
+    "benign": None,
+    "linf": PGD.paper("linf"),
+    "l2": PGD.paper("l2"),
+}
+INPUT_LABELS = {"benign": "benign", "linf": "PGD Linf 8/255", "l2": "PGD L2 1.0"}
+
+
+def input_attack(choice: str) -> PGD | None:
+    if choice not in INPUT_CHOICES:
+        raise ValueError(f"inputs must be one of {list(INPUT_CHOICES)}, not {choice!r}")
+    return INPUT_CHOICES[choice]
+
+
+def cka_batch_size(n: int) -> int:
+    """The paper's 1024, smaller for small n so that a cell has a spread over at
+    least four batches."""
+    return min(1024, max(250, n // 4))
+
+
+def adversarial_job(load: jobs.Loader, spec: str, inputs: str, n: int = 10_000,
+                    batch_size: int | None = None) -> jobs.Job:
+    """PGD examples against model `spec` of the first n test images of the seeded
+    order, made batch by batch as cka_job reads them: made once, shared by every
+    CKA view that attacks this model."""
+    batch_size = batch_size or cka_batch_size(n)
+    probe, attack = load(spec), input_attack(inputs)
+    jobs.on_cifar10("Adversarial CKA", probe)
+    if attack is None:
+        raise ValueError("benign inputs need no adversarial examples")
+    key_inputs = {"model": probe.identity(), "attack": attack.to_dict(),
+                  "batch_size": batch_size, "images": jobs.test_images(n)}
+
+    def run(progress: Reporter) -> dict:
+        return {"images": examples(probe, data.cifar10("test"), attack, batch_size,
+                                   limit=n, progress=progress)}
+    return jobs.make("adversarial_examples", key_inputs, run,
+                     f"{INPUT_LABELS[inputs]} examples against {probe.name}, {n} images",
+                     {"spec": spec, "inputs": inputs, "n": n, "batch_size": batch_size})
+
+
+def cka_job(load: jobs.Loader, a: str, b: str, layers_a: str | list[str] = "blocks",
+            layers_b: str | list[str] = "blocks", inputs_a: str = "benign",
+            inputs_b: str = "benign", adv_against: str = "self", kernel: str = "linear",
+            n: int = 10_000, batch_size: int | None = None, sigma_frac: float = 0.8,
+            folder: str | None = None) -> jobs.Job:
+    """Layer x layer CKA of model a against model b (see cka_matrix) on
+    the first n test images of the seeded order (of CIFAR-10, or of the image
+    `folder` at the models' input size), in seeded random batches."""
+    args = {"a": a, "b": b, "layers_a": layers_a, "layers_b": layers_b, "inputs_a": inputs_a,
+            "inputs_b": inputs_b, "adv_against": adv_against, "kernel": kernel, "n": n,
+            "batch_size": batch_size, "sigma_frac": sigma_frac,
+            **({"folder": folder} if folder else {})}
+    pa, pb = load(a), load(b)
+    source = jobs.image_folder("CKA", folder, pa, pb)
+    if source is not None:
+        n = min(n, len(source))
+    batch_size = batch_size or cka_batch_size(n)
+    la, lb = jobs.layer_list(pa, layers_a), jobs.layer_list(pb, layers_b)
+    atk_a, atk_b = input_attack(inputs_a), input_attack(inputs_b)
+    if atk_a is None and atk_b is None:
+        adv_against = "self"  # irrelevant without attacks: one key for all
+    inputs = {"a": pa.identity(), "b": pb.identity(), "layers_a": la, "layers_b": lb,
+              "inputs_a": atk_a.to_dict() if atk_a else "benign",
+              "inputs_b": atk_b.to_dict() if atk_b else "benign",
+              "adv_against": adv_against, "kernel": kernel, "unbiased": True,
+              "sigma_frac": sigma_frac if kernel == "rbf" else None,
+              "batch_size": batch_size, "images": jobs.test_images(n) if source is None else
+              {"folder": source.identity(), "order": "fixed-shuffle-0", "n": n}}
+    against = {"a": b if adv_against == "b" else a, "b": a if adv_against == "a" else b}
+    # CIFAR-10's adversarial examples are made once and shared by every view; a folder's
+    # are made batch by batch as CKA reads them (224 px examples would not fit the store)
+    needs = {f"examples_{side}": adversarial_job(load, against[side], choice, n, batch_size)
+             for side, choice in (("a", inputs_a), ("b", inputs_b))
+             if choice != "benign" and source is None}
+
+    def run(progress: Reporter, examples_a: dict | None = None,
+            examples_b: dict | None = None) -> dict:
+        images = data.cifar10("test") if source is None else source
+        res = cka_matrix(pa, pb, images, la, lb, kernel=kernel, unbiased=True,
+                         attack_a=atk_a, attack_b=atk_b, adv_against=adv_against,
+                         sigma_frac=sigma_frac, progress=progress, batch_size=batch_size,
+                         limit=n,
+                         examples_a=None if examples_a is None else examples_a["images"],
+                         examples_b=None if examples_b is None else examples_b["images"])
+        return res.to_dict()
+    label = (f"CKA {pa.name} ({INPUT_LABELS[inputs_a]}) vs {pb.name} "
+             f"({INPUT_LABELS[inputs_b]}), {n} images")
+    return jobs.make("cka", inputs, run, label, args, needs)
+
+
+# ----------------------------------------------------------- views of pairs
+
+def paper_roles(load: jobs.Loader, s: Mapping[str, Any]) -> tuple[str, str, bool]:
+    """(robust, standard, whether the roles fit) of models A and B for the paper view, by
+    their cards: B is the robust one when only B is; otherwise A (both or neither robust:
+    the roles do not fit)."""
+    a, b = s["a"], s["b"]
+    robust_a, robust_b = zoo.is_robust(load(a).card), zoo.is_robust(load(b).card)
+    return (b, a, True) if robust_b and not robust_a else (a, b, robust_a != robust_b)
+
+
+def cka_pairs(load: jobs.Loader, s: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The (first, second) model pairs a CKA view shows: the paper view's standard
+    with itself, robust with itself, standard with robust."""
+    if s["cka_view"] == "Paper view":
+        robust, standard, _ = paper_roles(load, s)
+        return [(standard, standard), (robust, robust), (standard, robust)]
+    first, second = s["cka_pair"].split(" vs ")
+    spec = {"A": s["a"], "B": s["b"]}
+    return [(spec[first], spec[second])]
+
+
+def cka_title(first: str, second: str, s: Mapping[str, Any]) -> tuple[str, str]:
+    """The explore view's title: (the two models, their inputs: once when shared and, when
+    adversarial, whose gradients made them)."""
+    in_a, in_b = s["cka_in_a"], s["cka_in_b"]
+    inputs = (f"{INPUT_LABELS[in_a]} inputs" if in_a == in_b
+              else f"{INPUT_LABELS[in_a]} inputs to {first}, {INPUT_LABELS[in_b]} to {second}")
+    if in_a != "benign" or in_b != "benign":
+        inputs += {"self": ", each model's own", "a": f", made against {first}",
+                   "b": f", made against {second}"}[s["cka_against"]]
+    return f"{first} vs {second}", inputs
+
+
+def cka_request(load: jobs.Loader, x: str, y: str, layers: str | list[str],
+                in_x: str = "benign", in_y: str = "benign", against: str = "self",
+                kernel: str = "linear", n: int = 10_000, folder: str = "",
+                batch_size: int | None = None) -> tuple[jobs.Job, bool]:
+    """The job behind CKA(x, y) and whether its matrix must be transposed: the two
+    sides are put in one canonical order (by model, then inputs), so that B vs A is
+    A vs B transposed and is computed and shipped once (by the app, the CLI and sweeps)."""
+    folder = folder or None
+    if (x, in_x) <= (y, in_y):
+        return cka_job(load, x, y, layers, layers, in_x, in_y, against, kernel, n, batch_size,
+                       folder=folder), False
+    swapped = {"a": "b", "b": "a"}.get(against, against)
+    return cka_job(load, y, x, layers, layers, in_y, in_x, swapped, kernel, n, batch_size,
+                   folder=folder), True
+
+
+def transposed_cka(value: Mapping[str, Any]) -> dict:
+    """A stored CKA result seen from the other side (rows and columns swapped)."""
+    out = dict(value)
+    for k in ("matrix", "spread"):
+        out[k] = np.asarray(value[k]).T
+    for a, b in (("layers_a", "layers_b"), ("model_a", "model_b"), ("attack_a", "attack_b")):
+        out[a], out[b] = value[b], value[a]
+    out["adv_against"] = {"a": "b", "b": "a"}.get(value["adv_against"], value["adv_against"])
+    return out
+
+
+def cka_requests(load: jobs.Loader, s: Mapping[str, Any]) -> list[tuple[jobs.Job, bool]]:
+    """The (job, transposed) behind each panel of a CKA view."""
+    n, layers, kernel = int(s["cka_n"]), s["cka_layers"], s["cka_kernel"]
+    folder = s.get("cka_folder", "")
+    if s["cka_view"] == "Paper view":
+        return [cka_request(load, x, y, layers, s["cka_in_a"], s["cka_in_a"], "self", kernel, n,
+                            folder) for x, y in cka_pairs(load, s)]
+    (x, y), = cka_pairs(load, s)
+    return [cka_request(load, x, y, layers, s["cka_in_a"], s["cka_in_b"], s["cka_against"],
+                        kernel, n, folder)]
+
+
+def cka_jobs(load: jobs.Loader, s: Mapping[str, Any]) -> list[jobs.Job]:
+    return [job for job, _ in cka_requests(load, s)]
+
+
+# --------------------------------------------------------------------- costs
+
+def cka_cost(job: jobs.Job) -> jobs.Cost:
+    """Each side's images through its model; on an image folder also the attacks, which
+    run inside the job (CIFAR-10's adversarial examples are its needs)."""
+    n, sides = job.inputs["images"]["n"], dict(zip("ab", job.models))
+    passes = {spec: [0.0, 0.0] for spec in sides.values()}
+    for spec in sides.values():
+        passes[spec][0] += n
+    if "folder" in job.inputs["images"]:
+        against = job.inputs["adv_against"]
+        for side in sides:
+            attack = job.inputs[f"inputs_{side}"]
+            if attack != "benign":
+                passes[sides[side if against == "self" else against]][1] += \
+                    n * jobs.attack_steps(attack)
+    return jobs.Cost({spec: (f, g) for spec, (f, g) in passes.items()})
+
+
+def adversarial_cost(job: jobs.Job) -> jobs.Cost:
+    n = job.inputs["images"]["n"]
+    return jobs.Cost({job.models[0]: (n, n * jobs.attack_steps(job.inputs["attack"]))})
+
+
+# -------------------------------------------------------------- command line
+
+def _cli_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--a", required=True, help="model A (shipped name or checkpoint path)")
+    p.add_argument("--b", help="model B (default: A)")
+    p.add_argument("--adv-a", default="benign", choices=list(INPUT_CHOICES),
+                   help="inputs of A: benign, or PGD linf (8/255) / l2 (1.0) examples")
+    p.add_argument("--adv-b", default="benign", choices=list(INPUT_CHOICES))
+    p.add_argument("--against", default="self", choices=list(ADV_AGAINST),
+                   help="which model the adversarial examples are made against")
+    p.add_argument("--layers", default="blocks", help="blocks, all, or a comma list of taps")
+    p.add_argument("--kernel", default="linear", choices=list(KERNELS))
+    p.add_argument("-n", type=int, default=10_000, help="test images")
+    p.add_argument("--batch-size", type=int, help="default: 1024 (fewer for small -n)")
+    p.add_argument("--folder", default="", help="an image folder (ROOT/CLASS/IMAGE) instead "
+                   "of CIFAR-10's test set")
+    p.add_argument("--device")
+    p.add_argument("--force", action="store_true", help="recompute even if stored")
+    p.add_argument("--out", help="write the result as JSON here")
+
+
+def _cli(args: argparse.Namespace) -> Any:
+    """Layer x layer CKA of two models (stored, under the key the app uses for the pair in
+    either order; --out writes JSON)."""
+    layers = args.layers if args.layers in jobs.LAYER_SETS else args.layers.split(",")
+    job, transposed = cka_request(zoo.loader(args.device), args.a, args.b or args.a, layers,
+                                  args.adv_a, args.adv_b, args.against, args.kernel, args.n,
+                                  args.folder, args.batch_size)
+    value = run_printed(job, args.force)
+    value = transposed_cka(value) if transposed else value
+    if args.out is None:
+        return {"layers_a": value["layers_a"], "layers_b": value["layers_b"],
+                "matrix": [[round(float(v), 4) for v in row] for row in value["matrix"]]}
+    return write_json(value, args.out)
+
+
+# ---------------------------------------------------------------------- sweeps
+
+def _grid(options: Mapping[str, Any], models: list[str], load: jobs.Loader) -> list[jobs.Job]:
+    """cka: {pairs: all | [[a, b], ...], layers, inputs: [benign, linf, l2], kernel, n,
+    folder}: every pair (each once: B vs A is A vs B transposed) at each input and kernel."""
+    from core.jobs import sweep
+    return [cka_request(load, x, y, options.get("layers", "blocks"), inputs, inputs, "self",
+                        kernel, int(options.get("n", 10_000)), options.get("folder", ""))[0]
+            for (x, y), inputs, kernel in itertools.product(
+                sweep.pairs(options.get("pairs"), models, False, "cka"),
+                sweep.listed(options.get("inputs", "benign"), "cka.inputs"),
+                sweep.listed(options.get("kernel", "linear"), "cka.kernel"))]
+
+
+# ----------------------------------------------------------------------- page
+
+SETTINGS = (
+    Setting("cka_view", "Explore", "View", ("Explore", "Paper view"),
+            help="Explore: one pair of models, any layers and inputs. Paper view: the "
+                 "three panels of Cianfarani et al.'s figure."),
+    Setting("cka_pair", "A vs B", "Compare", ("A vs B", "A vs A", "B vs B", "B vs A"),
+            help="A and B are the models chosen in the sidebar."),
+    Setting("cka_in_a", "benign", "Inputs, first side", tuple(INPUT_CHOICES), INPUT_LABELS,
+            help="Benign test images, or PGD adversarial examples (Linf 8/255, step "
+                 "2/255, or L2 1.0, step 0.1; 20 steps, random start)."),
+    Setting("cka_in_b", "benign", "Inputs, second side", tuple(INPUT_CHOICES), INPUT_LABELS),
+    Setting("cka_against", "self", "Adversarial against", ADV_AGAINST,
+            {"self": "own model", "a": "first model", "b": "second model"},
+            help="Whose gradients make the adversarial examples: each side's own model, "
+                 "or one model's examples shown to both (transfer)."),
+    Setting("cka_layers", "blocks", "Layers", jobs.LAYER_SETS,
+            {"blocks": "block outputs", "all": "every layer"},
+            help="Block outputs: stem, 8 residual blocks, pool, logits. Every layer: "
+                 "each conv, batch norm, ReLU, pool and linear layer."),
+    Setting("cka_n", 10_000, "Images", (1000, 2000, 5000, 10_000),
+            {n: f"{n:,}" for n in (1000, 2000, 5000, 10_000)}),
+    Setting("cka_kernel", "linear", "Kernel", KERNELS,
+            {"linear": "linear", "rbf": "RBF (0.8 x median)"}),
+    Setting("cka_cell", [0, 0], "Layer pair"),
+    Setting("cka_folder", "", "Image folder", help=FOLDER_HELP, server_path=True),
+)
+
+register(Analysis(
+    "cka",
+    kinds={
+        # 2: seeded random batches over the whole test set (class-sorted at n = 10,000 before)
+        "cka": jobs.Kind(cka_job, version=2, models=("a", "b"), reads=("test",), cost=cka_cost),
+        # made of data-set pixels and large: computed where they are used
+        "adversarial_examples": jobs.Kind(adversarial_job, shipped=False, reads=("test",),
+                                          cost=adversarial_cost),
+    },
+    commands=(Command("cka", _cli_arguments, _cli),),
+    sweeps=(Sweep("cka", _grid),),
+    pages=(Page("cka", "pages/cka.py", "CKA explorer", ":material/grid_on:", 1, SETTINGS,
+                cka_jobs,
+                paper="Cianfarani et al., Understanding Robust Learning through the Lens of "
+                      "Representation Similarities, NeurIPS 2022",
+                cite="Cianfarani et al., NeurIPS 2022"),),
+))

@@ -20,10 +20,13 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from . import archs, attacks
-from .data import MEAN, STD, cache_dir, cifar10
-from .errors import RobustLensError
-from .probe import Probe, pick_device
+from core import PROJECT
+from core.models import archs
+
+from core.analyses import attacks
+from core.data import MEAN, STD, cache_dir, cifar10
+from core.errors import RobustLensError
+from core.models.probe import Probe, pick_device
 
 
 @dataclass
@@ -280,7 +283,7 @@ def _child(args: list[str], log: Callable[[str], None], prefix: str):
     import subprocess
     import sys
     import threading
-    proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=Path(__file__).parent.parent,
+    proc = subprocess.Popen([sys.executable, "-m", "core", *args], cwd=PROJECT,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
     lines: list[str] = []
 

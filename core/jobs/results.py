@@ -29,11 +29,12 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from .data import cache_dir
-from .errors import StoreError
+from core import PROJECT
+from core.data import cache_dir
+from core.errors import StoreError
 
 SCHEMA = 1
-ASSETS = Path(__file__).resolve().parent.parent / "assets" / "results"
+ASSETS = PROJECT / "assets" / "results"
 
 _DDL = """
 CREATE TABLE IF NOT EXISTS results (
@@ -114,6 +115,13 @@ def plain(value: Any, arrays: dict[str, torch.Tensor] | None = None) -> Any:
             return str(v)  # e.g. a path, for a person to read
         return v
     return walk(value)
+
+
+def write_json(value: Any, path: str) -> dict:
+    """A result written as plain JSON (what --out gives)."""
+    with open(path, "w") as f:
+        json.dump(plain(value), f, indent=1)
+    return {"written": path}
 
 
 def encode(value: Any) -> tuple[str, bytes | None]:

@@ -21,14 +21,15 @@ import tarfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import torch
 from PIL import Image
 
-from .errors import BadImageError, DataNotFoundError, UnlabelledDataError
-from .images import Preprocessing, to_model_size, to_tensor
+from core import PROJECT
+from core.errors import BadImageError, DataNotFoundError, UnlabelledDataError
+from core.data.images import Preprocessing, to_model_size, to_tensor
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -328,7 +329,7 @@ def download_cifar10(root: Path | None = None,
     return root
 
 
-IMAGENET_SYNSETS = Path(__file__).resolve().parent.parent / "assets" / "imagenet_synsets.txt"
+IMAGENET_SYNSETS = PROJECT / "assets" / "imagenet_synsets.txt"
 
 
 @functools.cache
@@ -656,3 +657,34 @@ def ood_photos(size: int = 32) -> list[Sample]:
         out.append(Sample(f"photo-{name}", title, img, label if size == 32 else None,
                           "photo bundled with scikit-image (out of distribution)"))
     return out
+
+
+# ------------------------------------------------------------- gallery keys
+
+def image_for(key: str, uploads: Mapping[str, np.ndarray] | None = None, size: int = 32
+              ) -> tuple[np.ndarray, str, int | None] | None:
+    """An image by its gallery key: (uint8 HWC, title, label) or None. Photos are cut
+    at `size` (a model's input size); the others come at their own size, and the
+    jobs fit them to each model's.
+
+    Uploads exist only in the session that made them: pass that session's
+    {key: image} as `uploads`."""
+    pools = {"foolbox-": cifar_samples, "imagenet-": imagenet_samples,
+             "photo-": lambda: ood_photos(size)}
+    prefix = next((p for p in pools if key.startswith(p)), None)
+    if prefix is not None:
+        s = next((s for s in pools[prefix]() if s.key == key), None)
+        return (s.image, s.title, s.label) if s else None
+    if key.startswith("test-"):
+        try:
+            test = cifar10("test")
+            i = int(key.split("-", 1)[1])
+        except (DataNotFoundError, ValueError):
+            return None
+        if 0 <= i < len(test):
+            label = int(test.labels[i])
+            return (test.images[i].numpy().transpose(1, 2, 0),
+                    f"test image {i}: {CLASSES[label]}", label)
+    if key.startswith("upload-") and uploads and key in uploads:
+        return uploads[key], "your image", None
+    return None

@@ -7,7 +7,7 @@ import contextlib
 import threading
 from typing import Callable, Iterator
 
-from .access import AccessError
+from core.server.access import AccessError
 
 
 class ServerBusyError(AccessError):

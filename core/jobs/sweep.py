@@ -11,8 +11,8 @@ A spec names models and, per analysis, its grid:
     features:   {indices: [0, 1, 2], method: adam}
     max_jobs: 500        # more only with --yes
 
-The jobs and keys are core.jobs' (CKA pairs through core.views.cka_request, so B vs A
-is A vs B transposed, as in the app); a key already stored is skipped, so an
+Each entry is an analysis's grid (core.analyses: its `Grid`), whose jobs and keys are the
+app's own (CKA pairs in one order, so B vs A is A vs B transposed); a key already stored is skipped, so an
 interrupted sweep resumes. On Ray (`engine` "local" or a cluster address) each job is
 one task: the models and the data set go to the object store once, a job's needs are
 tasks whose results feed it, a task is retried when it fails, and the driver alone
@@ -26,17 +26,16 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
-from . import jobs, progress, views
-from .errors import RobustLensError
-from .jobs import Job, Loader
-from .results import ResultStore, default_store
+from core import PROJECT, jobs, progress
+from core.errors import RobustLensError
+from core.jobs import Job, Loader
+from core.jobs.results import ResultStore, default_store
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = PROJECT
 MAX_JOBS = 500              # a bigger grid runs only when asked with --yes
 RETRIES = 2                 # a task that fails (or whose worker dies) runs again this often
-ANALYSES = ("cka", "stitching", "accuracy", "inversion", "features")
 
 
 class SweepSpecError(RobustLensError, ValueError):
@@ -73,14 +72,15 @@ def load_spec(path: str | os.PathLike) -> dict:
     return spec
 
 
-def _listed(value: Any, name: str) -> list:
+def listed(value: Any, name: str) -> list:
+    """A spec value as a non-empty list (a single value is a list of one)."""
     values = value if isinstance(value, list) else [value]
     if not values:
         raise SweepSpecError(f"{name} is empty")
     return values
 
 
-def _pairs(value: Any, models: list[str], ordered: bool, name: str) -> list[tuple[str, str]]:
+def pairs(value: Any, models: list[str], ordered: bool, name: str) -> list[tuple[str, str]]:
     """'all' (every pair of the models: unordered with self-pairs for CKA, ordered
     without for stitching) or a list of [a, b]."""
     if value in (None, "all"):
@@ -88,7 +88,7 @@ def _pairs(value: Any, models: list[str], ordered: bool, name: str) -> list[tupl
             return list(itertools.permutations(models, 2))
         return list(itertools.combinations_with_replacement(models, 2))
     pairs = []
-    for p in _listed(value, f"{name}.pairs"):
+    for p in listed(value, f"{name}.pairs"):
         if not (isinstance(p, list) and len(p) == 2):
             raise SweepSpecError(f"{name}.pairs: each pair is [model, model], not {p!r}")
         pairs.append((str(p[0]), str(p[1])))
@@ -98,66 +98,39 @@ def _pairs(value: Any, models: list[str], ordered: bool, name: str) -> list[tupl
 def expand(spec: dict, load: Loader) -> list[Job]:
     """The jobs of a spec, without duplicates, in the spec's order; a bad model,
     layer, image or option is a SweepSpecError naming it, before anything runs."""
-    unknown = set(spec) - set(ANALYSES) - {"models", "max_jobs"}
+    from core import analyses
+    grids = {g.name: g for g in analyses.sweeps()}
+    unknown = set(spec) - set(grids) - {"models", "max_jobs"}
     if unknown:
         raise SweepSpecError(f"unknown entries {sorted(unknown)} in the sweep spec; known: "
-                             f"models, max_jobs, {', '.join(ANALYSES)}")
-    models = [str(m) for m in _listed(spec.get("models") or [], "models")]
+                             f"models, max_jobs, {', '.join(grids)}")
+    models = [str(m) for m in listed(spec.get("models") or [], "models")]
     for m in models:
         try:
             load(m)
         except RobustLensError as e:
             raise SweepSpecError(f"model {m!r}: {e}") from e
     built: list[Job] = []
-
-    def add(what: str, make: Callable[[], Iterable[Job]]) -> None:
+    for name, grid in grids.items():
+        if not spec.get(name):
+            continue
+        options = spec[name] if isinstance(spec[name], dict) else {}
         try:
-            built.extend(make())
+            built.extend(grid.expand(options, models, load))
         except SweepSpecError:
             raise
         except (RobustLensError, ValueError, KeyError, TypeError) as e:
-            raise SweepSpecError(f"{what}: {e}") from e
-
-    if spec.get("cka"):
-        c = spec["cka"] if isinstance(spec["cka"], dict) else {}
-        for (x, y), inputs, kernel in itertools.product(
-                _pairs(c.get("pairs"), models, False, "cka"),
-                _listed(c.get("inputs", "benign"), "cka.inputs"),
-                _listed(c.get("kernel", "linear"), "cka.kernel")):
-            add(f"cka {x} vs {y} ({inputs}, {kernel})", lambda x=x, y=y, i=inputs, k=kernel: [
-                views.cka_request(load, x, y, c.get("layers", "blocks"), i, i, "self", k,
-                                  int(c.get("n", 10_000)), c.get("folder", ""))[0]])
-    if spec.get("stitching"):
-        s = spec["stitching"] if isinstance(spec["stitching"], dict) else {}
-        layers = s.get("layers", "all")
-        for method in _listed(s.get("method", "task"), "stitching.method"):
-            add(f"stitching ({method})", lambda m=method: jobs.stitch_matrix(
-                load, _pairs(s.get("pairs"), models, True, "stitching"), m,
-                None if layers == "all" else _listed(layers, "stitching.layers"),
-                folder=s.get("folder")).jobs())
-    if spec.get("accuracy"):
-        add("accuracy", lambda: [jobs.accuracy_job(load, m) for m in models])
-    if spec.get("inversion"):
-        v = spec["inversion"] if isinstance(spec["inversion"], dict) else {}
-        for m, key in itertools.product(models, _listed(v.get("images", "foolbox-00"),
-                                                         "inversion.images")):
-            add(f"inversion of {key} by {m}", lambda m=m, key=key: [jobs.inversion_job(
-                load, m, _image(key, load(m).input_size), v.get("layer"),
-                v.get("method", "adam"), v.get("steps"))])
-    if spec.get("features"):
-        f = spec["features"] if isinstance(spec["features"], dict) else {}
-        for m in models:
-            add(f"features of {m}", lambda m=m: [jobs.feature_grid_job(
-                load, m, [int(i) for i in _listed(f.get("indices", [0]), "features.indices")],
-                f.get("method", "adam"), f.get("steps"))])
+            raise SweepSpecError(f"{name}: {e}") from e
     unique = list({j.key: j for j in built}.values())
     if not unique:
-        raise SweepSpecError(f"the sweep spec names no analysis: add one of {', '.join(ANALYSES)}")
+        raise SweepSpecError(f"the sweep spec names no analysis: add one of {', '.join(grids)}")
     return unique
 
 
-def _image(key: str, size: int) -> Any:
-    found = views.image_for(key, None, size)
+def image(key: str, size: int) -> Any:
+    """A gallery image of a spec by its key, at a model's input size."""
+    from core import data
+    found = data.image_for(key, None, size)
     if found is None:
         raise SweepSpecError(f"no image {key!r}: name a shipped sample (foolbox-00 .. "
                              "foolbox-19), a photo or a test image (test-N)")
@@ -219,7 +192,7 @@ def execute(planned: list[Job], load: Loader, engine: str | None = None,
 
 
 def _run_here(todo: list[Job], out: Outcome, store: ResultStore) -> None:
-    from . import runner
+    from core.jobs import runner
     step = _counter(len(todo))
     for job in todo:
         try:
@@ -237,8 +210,8 @@ def _compute_task(spec: dict, key: str, names: list[str], splits: dict, need_nam
     """A Ray task: rebuild the job from its plain spec, with the models and data of the
     object store (Ray hands them over resolved), and compute it with its needs'
     results; (result, seconds)."""
-    from . import data
-    from .probe import pick_device
+    from core import data
+    from core.models.probe import pick_device
     models, needs = refs[:len(names)], refs[len(names):]
     device = pick_device()
     probes = {n: m.to(device) for n, m in zip(names, models)}
@@ -274,7 +247,7 @@ def _run_on_ray(todo: list[Job], out: Outcome, store: ResultStore, load: Loader,
                 engine: str) -> None:
     import ray
 
-    from . import data
+    from core import data
     start_ray(engine)
     gpus = ray.cluster_resources().get("GPU", 0)
     models = {s: ray.put(load(s).to("cpu")) for s in {s for j in todo for s in j.models}}

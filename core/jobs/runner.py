@@ -15,14 +15,25 @@ import queue
 import threading
 from typing import Any, Callable
 
-from .jobs import Job
-from .progress import Event, Reporter, span
-from .results import ResultStore, default_store
+from core.jobs import Job
+from core.progress import Event, Reporter, span
+from core.jobs.results import ResultStore, default_store
 
 
 def stored(job: Job, store: ResultStore | None = None) -> Any | None:
     """The stored result of `job`, or None; nothing is computed."""
     return (store or default_store()).get(job.kind, job.inputs)
+
+
+def run_printed(job: Job, force: bool = False) -> Any:
+    """A job's result through the default store, its progress printed (the command line)."""
+    import sys
+
+    from core.progress import printer
+    value, fresh = run(job, printer(job.label), force=force)
+    print(("\n" if fresh else "") + f"{job.label}: {'computed' if fresh else 'from the store'}",
+          file=sys.stderr)
+    return value
 
 
 def compute(job: Job, progress: Reporter | None = None, store: ResultStore | None = None) -> Any:

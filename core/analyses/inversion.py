@@ -47,22 +47,29 @@ model is left as it was.
 """
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
+import itertools
 import math
 import threading
 import time
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Iterator, NamedTuple, Protocol, Sequence
+from typing import Any, Callable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
 import torch
 import torch.nn.functional as F
 
-from .data import batch_sizes, batches
-from .errors import ComponentError
-from .images import norms
-from .probe import Probe, check_input_size
-from .progress import Reporter, report
+from core import data, jobs
+from core.analyses import Analysis, Command, Page, Sweep, register
+from core.data import batch_sizes, batches, images
+from core.data.images import UPLOAD_PREFIX, norms
+from core.errors import BadImageError, ComponentError, RobustLensError
+from core.jobs.runner import run_printed
+from core.models import zoo
+from core.models.probe import Probe, check_input_size
+from core.progress import Reporter, report
+from core.views import FOLDER_HELP, Setting
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 Features = Callable[[torch.Tensor], torch.Tensor]   # x -> the output of a tap, in the graph
@@ -750,3 +757,447 @@ def _check_index(model: Probe, layer: str, indices: list[int]) -> None:
         raise ComponentError(f"component {bad[0]} is out of range: {layer} has {size} "
                              "components")
 
+
+# ======================================================================= jobs
+
+def _task_settings(task: str, method: str, steps: int | None, probe: Probe) -> Settings:
+    return Settings.for_task(task, method, steps, input_size=probe.input_size)
+
+
+def _with_frames_at_ends(settings: Settings) -> Settings:
+    """Only the seed and the result as frames: a batch shown as one grid."""
+    return dataclasses.replace(settings, frame_every=settings.steps)
+
+
+def picture(image: str | Any, size: int) -> tuple[Any, Any]:
+    """An image a job starts from, at a model's input size, and how the job's spec names
+    it: a gallery key (data.image_for) by the key, anything else (an upload) by its pixels."""
+    if isinstance(image, str):
+        found = data.image_for(image, None, size)
+        if found is None:
+            raise BadImageError(f"no image {image!r}: name a shipped sample (foolbox-00 .. "
+                                "foolbox-19), a photo or a test image (test-N)")
+        return images.fit(found[0], size), image
+    fitted = images.fit(image, size)
+    return fitted, images.to_uint8(fitted)
+
+
+def inversion_job(load: jobs.Loader, spec: str, image: Any, layer: str | None = None,
+                  method: str = "adam", steps: int | None = None, seed: str = "noise",
+                  generator_seed: int = 0) -> jobs.Job:
+    """Reconstruct `image` (a gallery key or pixels) from model `spec`'s representation
+    (Engstrom et al. 2019)."""
+    probe = load(spec)
+    image, named = picture(image, probe.input_size)
+    args = {"spec": spec, "image": named, "layer": layer, "method": method,
+            "steps": steps, "seed": seed, "generator_seed": generator_seed}
+    layer = layer or probe.representation_layer
+    settings = _task_settings("invert", method, steps, probe)
+    inputs = {"model": probe.identity(), "image": images.image_id(image), "layer": layer,
+              "method": method, "steps": settings.steps, "step_size": settings.step_size,
+              "seed": seed, "generator_seed": generator_seed, "eps": settings.eps}
+
+    def run(progress: Reporter) -> dict:
+        x = images.to_tensor(image)[None]
+        res = invert(probe, x, seed, progress=progress, layer=layer,
+                               generator_seed=generator_seed, settings=settings)
+        out = res.to_dict()
+        out.update(psnr=float(psnr(res.images, x)[0]),
+                   ssim=float(ssim(res.images, x)[0]),
+                   l2=float((res.images - x).flatten().norm()))
+        return out
+    return jobs.make("inversion", inputs, run, f"inversion of {inputs['image'][:6]} by {probe.name}",
+                args)
+
+
+def quality_job(load: jobs.Loader, spec: str, method: str = "adam", steps: int | None = None) -> jobs.Job:
+    """Mean reconstruction quality over the 20 shipped samples of the model's data set
+    (CIFAR-10 test or ImageNet validation images; batched)."""
+    args = {"spec": spec, "method": method, "steps": steps}
+    probe = load(spec)
+    pictures = [images.fit(s.image, probe.input_size)
+                for s in data.samples(probe.kind) or data.cifar_samples()]
+    settings = _with_frames_at_ends(_task_settings("invert", method, steps, probe))
+    inputs = {"model": probe.identity(), "images": [images.image_id(p) for p in pictures],
+              "method": method, "steps": settings.steps, "step_size": settings.step_size,
+              "seed": "noise", "generator_seed": 0, "layer": probe.representation_layer}
+
+    def run(progress: Reporter) -> dict:
+        x = torch.stack([images.to_tensor(p) for p in pictures])
+        res = invert(probe, x, progress=progress, settings=settings)
+        p, s = psnr(res.images, x), ssim(res.images, x)
+        return {"psnr": p, "ssim": s, "loss": res.loss, "images": res.images,
+                "mean_psnr": float(p.mean()), "mean_ssim": float(s.mean()),
+                "mean_loss": float(res.loss.mean())}
+    return jobs.make("inversion_quality", inputs, run,
+                f"reconstruction quality of {probe.name} on the 20 samples", args)
+
+
+def browser_features(probe: Probe, per_class: int = 4, max_classes: int = 10) -> list[int]:
+    """The features the browser shows: for each class (at most `max_classes`: with
+    more, the classes of the model's sample images), the components with the largest
+    weight in the last linear layer (a few dozen, each class's own)."""
+    w = probe.head.weight.detach().float().cpu()
+    classes = list(range(w.shape[0]))
+    if len(classes) > max_classes:
+        labels = [s.label for s in data.samples(probe.kind) if s.label is not None]
+        classes = list(dict.fromkeys(labels))[:max_classes] or classes[:max_classes]
+    chosen: list[int] = []
+    for c in classes:
+        fresh = [i for i in w[c].argsort(descending=True).tolist() if i not in chosen]
+        chosen += fresh[:per_class]
+    return chosen
+
+
+def feature_grid_job(load: jobs.Loader, spec: str, indices: list[int], method: str = "adam",
+                     steps: int | None = None) -> jobs.Job:
+    """One visualisation per feature index, maximised from noise (batched)."""
+    args = {"spec": spec, "indices": list(indices), "method": method, "steps": steps}
+    probe = load(spec)
+    settings = _with_frames_at_ends(_task_settings("visualize", method, steps, probe))
+    inputs = {"model": probe.identity(), "indices": list(indices), "method": method,
+              "steps": settings.steps, "step_size": settings.step_size, "seed": "noise",
+              "generator_seed": 0, "fake_relu": settings.fake_relu}
+
+    def run(progress: Reporter) -> dict:
+        res = visualize_feature(probe, indices, "noise", progress=progress,
+                                          settings=settings)
+        return {"indices": list(indices), "images": res.images, "activation": -res.loss}
+    return jobs.make("feature_grid", inputs, run,
+                f"visualising {len(indices)} feature{'s' * (len(indices) != 1)} of {probe.name}",
+                args)
+
+
+def _images_in_order(analysis: str, folder: str | None, probe: Probe,
+                     where: data.ImageFolder | None = None) -> tuple[dict, Any]:
+    """The test set (or an image folder at the model's input size, `where` if the
+    caller built it already) read in its own order: how results of every image name
+    it, and a maker of the data set."""
+    source = where or jobs.image_folder(analysis, folder, probe)
+    if source is None:
+        return jobs.test_images(None), lambda: data.cifar10("test")
+    return {"folder": source.identity(), "order": "files"}, lambda: source
+
+
+def test_outputs_job(load: jobs.Loader, spec: str, folder: str | None = None, *,
+                     where: data.ImageFolder | None = None) -> jobs.Job:
+    """Representation (float16), prediction and label of every test image (or image of
+    `folder`; `where`: that folder, already built), in its order (top_images_job gives
+    indices into it)."""
+    probe = load(spec)
+    named, images = _images_in_order("Reading the images' representations", folder, probe, where)
+    inputs = {"model": probe.identity(), "images": named}
+
+    def run(progress: Reporter) -> dict:
+        test = images()
+        reps = representations(probe, test, progress=progress)
+        with torch.no_grad():
+            preds = probe.head(reps.to(probe.device)).argmax(1).cpu()
+        return {"reps": reps.half(), "predicted": preds.to(torch.int16),
+                "labels": test.labels.to(torch.int16)}
+    return jobs.make("test_outputs", inputs, run, f"representations of the test set by {probe.name}",
+                {"spec": spec, **({"folder": folder} if folder else {})})
+
+
+def top_images_job(load: jobs.Loader, spec: str, indices: list[int], k: int = 9,
+                   folder: str | None = None, *, where: data.ImageFolder | None = None) -> jobs.Job:
+    """Indices into the test set (class-major order) or the image `folder` (its files'
+    order; `where`: that folder, already built, which the page shows) of the k most and
+    least activating images of each feature: numbers only, shippable without the data."""
+    probe = load(spec)
+    # the folder is listed and hashed once, for this job and the one it needs
+    where = where or jobs.image_folder("Finding top-activating images", folder, probe)
+    named, _ = _images_in_order("Finding top-activating images", folder, probe, where)
+    inputs = {"model": probe.identity(), "indices": list(indices), "k": k, "images": named}
+
+    def run(progress: Reporter, outputs: dict) -> dict:
+        r = outputs["reps"].float()
+        out = {}
+        for i in indices:
+            top = top_activating(r, i, k)
+            bottom = top_activating(r, i, k, bottom=True)
+            out[str(i)] = {"top": top.indices.to(torch.int32), "top_values": top.values,
+                           "bottom": bottom.indices.to(torch.int32),
+                           "bottom_values": bottom.values}
+        return out
+    return jobs.make("top_images", inputs, run, f"top-activating images for {probe.name}",
+                {"spec": spec, "indices": list(indices), "k": k,
+                 **({"folder": folder} if folder else {})},
+                {"outputs": test_outputs_job(load, spec, folder, where=where)})
+
+
+def add_feature_job(load: jobs.Loader, spec: str, image: Any, index: int, method: str = "adam",
+                    steps: int | None = None) -> jobs.Job:
+    probe = load(spec)
+    image, named = picture(image, probe.input_size)
+    args = {"spec": spec, "image": named, "index": int(index),
+            "method": method, "steps": steps}
+    settings = _task_settings("add", method, steps, probe)
+    inputs = {"model": probe.identity(), "image": images.image_id(image), "index": int(index),
+              "method": method, "steps": settings.steps, "step_size": settings.step_size,
+              "fake_relu": settings.fake_relu, "eps": settings.eps}
+
+    def run(progress: Reporter) -> dict:
+        x = images.to_tensor(image)[None]
+        res = add_feature(probe, x, int(index), progress=progress, settings=settings)
+        with torch.no_grad():
+            classes = probe(torch.cat([x, res.images]).to(probe.device)).argmax(1).tolist()
+        out = res.to_dict()
+        out.update(before=float(-res.loss_curve[0, 0]), after=float(-res.loss[0]),
+                   predicted_before=classes[0], predicted=classes[1])
+        return out
+    return jobs.make("add_feature", inputs, run, f"adding feature {index} with {probe.name}", args)
+
+
+def interpolation_job(load: jobs.Loader, spec: str, image_a: Any, image_b: Any,
+                      frames: int = 10, method: str = "adam", steps: int | None = None
+                      ) -> jobs.Job:
+    probe = load(spec)
+    (image_a, named_a), (image_b, named_b) = (picture(i, probe.input_size)
+                                              for i in (image_a, image_b))
+    args = {"spec": spec, "image_a": named_a, "image_b": named_b, "frames": frames,
+            "method": method, "steps": steps}
+    settings = _task_settings("interpolate", method, steps, probe)
+    inputs = {"model": probe.identity(), "a": images.image_id(image_a),
+              "b": images.image_id(image_b), "frames": frames, "method": method,
+              "steps": settings.steps, "step_size": settings.step_size, "seed": "mix",
+              "eps": settings.eps}
+
+    def run(progress: Reporter) -> dict:
+        res = interpolate(probe, images.to_tensor(image_a)[None],
+                                    images.to_tensor(image_b)[None], frames, seed="mix",
+                                    progress=progress, settings=settings)
+        return res.to_dict()
+    return jobs.make("interpolation", inputs, run, f"interpolating with {probe.name}", args)
+
+
+def explain_job(load: jobs.Loader, spec: str, image: Any, label: int, method: str = "adam",
+                steps: int | None = None) -> jobs.Job:
+    probe = load(spec)
+    image, named = picture(image, probe.input_size)
+    args = {"spec": spec, "image": named, "label": int(label),
+            "method": method, "steps": steps}
+    settings = _task_settings("explain", method, steps, probe)
+    inputs = {"model": probe.identity(), "image": images.image_id(image), "label": int(label),
+              "method": method, "steps": settings.steps, "step_size": settings.step_size}
+
+    def run(progress: Reporter) -> dict:
+        out = explain_misclassification(probe, images.to_tensor(image), int(label),
+                                                  progress=progress, settings=settings)
+        out["result"] = out["result"].to_dict()
+        return out
+    return jobs.make("explain", inputs, run, f"explaining {probe.name}'s prediction", args)
+
+# --------------------------------------------------------------- the pages' jobs
+
+def inversion_steps(s: Mapping[str, Any]) -> int:
+    """The steps of an inversion view: the chosen number, else the optimiser's default."""
+    return int(s["inv_steps"]) if s.get("inv_steps") else DEFAULTS["invert"][s["inv_method"]][0]
+
+
+def _chosen(key: str, uploads: Mapping[str, Any] | None, size: int) -> Any | None:
+    """A view's image as a job takes it: a gallery key as the key, an upload (of this
+    session) as its pixels; None where there is no such image."""
+    found = data.image_for(key, uploads, size)
+    if found is None:
+        return None
+    return found[0] if key.startswith(UPLOAD_PREFIX) else key
+
+
+def inversion_jobs(load: jobs.Loader, s: Mapping[str, Any],
+                   uploads: Mapping[str, Any] | None = None) -> list[jobs.Job]:
+    """The two reconstructions of the chosen image (none if it is not found)."""
+    out = []
+    for m in (s["a"], s["b"]):
+        image = _chosen(s["inv_img"], uploads, load(m).input_size)
+        if image is None:
+            return []
+        out.append(inversion_job(load, m, image, s["inv_layer"], s["inv_method"],
+                                 inversion_steps(s), "noise", int(s["inv_seed"])))
+    return out
+
+
+def quality_jobs(load: jobs.Loader, s: Mapping[str, Any]) -> list[jobs.Job]:
+    return [quality_job(load, m) for m in (s["a"], s["b"])]
+
+
+def inversion_view_jobs(load: jobs.Loader, s: Mapping[str, Any]) -> list[jobs.Job]:
+    return inversion_jobs(load, s) + quality_jobs(load, s)
+
+
+def with_component(load: jobs.Loader, s: Mapping[str, Any], index: int) -> list[str]:
+    """Models A and B, those whose representation has component `index` (features are
+    numbered in model A's; a narrower B has fewer)."""
+    return [m for m in (s["a"], s["b"]) if index < load(m).representation_size]
+
+
+def misclassified_samples(probe: Probe) -> list[tuple[data.Sample, int]]:
+    """The shipped samples of the model's data set it gets wrong, with its predictions."""
+    return [(s, p) for s, p in zoo.sample_predictions(probe) if p != s.label]
+
+
+def manipulation_jobs(load: jobs.Loader, s: Mapping[str, Any],
+                      uploads: Mapping[str, Any] | None = None) -> list[jobs.Job]:
+    """The jobs of the open tab (a deck slide shows one tab)."""
+    probe = load(s["a"])
+    feats = browser_features(probe)
+    tab = s["mf_tab"]
+    if tab == "Feature browser":
+        feat = int(s["mf_feat"][1:]) if s["mf_feat"].startswith("f") else feats[0]
+        out = [feature_grid_job(load, s["a"], feats)]
+        out += [feature_grid_job(load, m, [feat]) for m in with_component(load, s, feat)]
+        folder = s.get("mf_folder") or None
+        if probe.kind != "cifar10" and not folder:
+            return out                       # no images to rank: the tab asks for a folder
+        return out + [top_images_job(load, s["a"], feats, folder=folder)]
+
+    def image(key: str, m: str) -> Any | None:
+        return _chosen(key, uploads, load(m).input_size)
+    if tab == "Feature addition":
+        index = s["mf_add_index"] if s["mf_add_index"] is not None else (
+            int(s["mf_feat"][1:]) if s["mf_feat"].startswith("f") else feats[0])
+        added = [(m, image(s["mf_add_img"], m)) for m in with_component(load, s, int(index))]
+        return [] if any(a is None for _, a in added) else [
+            add_feature_job(load, m, a, int(index)) for m, a in added]
+    if tab == "Interpolation":
+        ends = [(m, image(s["mf_ia"], m), image(s["mf_ib"], m)) for m in (s["a"], s["b"])]
+        return [] if any(ia is None or ib is None for _, ia, ib in ends) else [
+            interpolation_job(load, m, ia, ib) for m, ia, ib in ends]
+    if s["mf_mis"]:
+        found = data.image_for(s["mf_mis"], uploads, probe.input_size)
+        return [] if found is None or found[2] is None else [
+            explain_job(load, s["a"], image(s["mf_mis"], s["a"]), found[2])]
+    wrong = misclassified_samples(probe)   # the tab's first image without the data set
+    return [explain_job(load, s["a"], wrong[0][0].key, wrong[0][0].label)] if wrong else []
+
+
+# -------------------------------------------------------------- command line
+
+def _cli_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", action="append", required=True,
+                   help="model(s) to invert with (repeat for several)")
+    p.add_argument("--image", action="append", required=True,
+                   help="an image file, or a gallery key: foolbox-03, photo-astronaut, test-17")
+    p.add_argument("--layer", help="tap to match (default: the penultimate representation)")
+    p.add_argument("--method", default="adam", choices=list(METHODS))
+    p.add_argument("--steps", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device")
+    p.add_argument("--out", help="folder for PNG strips (original + reconstructions)")
+
+
+def _cli(args: argparse.Namespace) -> dict:
+    """Reconstruct images from their representations (stored; PNGs with --out)."""
+    from pathlib import Path
+
+    from core.figures import exports
+    load = zoo.loader(args.device)
+    out: dict = {}
+    for ref in args.image:
+        path = Path(ref).expanduser()
+        if path.is_file():
+            image, title = images.load_upload(path.read_bytes()), path.name
+            named: Any = image
+        else:
+            found = data.image_for(ref)
+            if found is None:
+                raise RobustLensError(f"{ref!r} is neither an image file nor a gallery key")
+            image, title, named = found[0], found[1], ref
+        results = [run_printed(inversion_job(load, m, named, args.layer, args.method,
+                                             args.steps, "noise", args.seed))
+                   for m in args.model]
+        out[title] = {m: {k: r[k] for k in ("psnr", "ssim", "l2")} | {"loss": float(r["loss"][0])}
+                      for m, r in zip(args.model, results)}
+        if args.out:
+            folder = Path(args.out)
+            folder.mkdir(parents=True, exist_ok=True)
+            name = folder / f"{Path(title).stem.replace(' ', '_')}.png"
+            name.write_bytes(exports.image_strip([image] + [r["images"][0] for r in results],
+                                                 {"models": args.model, "image": title}, 8))
+            out[title]["png"] = str(name)
+    return out
+
+
+# ---------------------------------------------------------------------- sweeps
+
+def _inversion_grid(options: Mapping[str, Any], models: list[str], load: jobs.Loader
+                    ) -> list[jobs.Job]:
+    """inversion: {images: [foolbox-00, ...], layer, method, steps}: each image
+    reconstructed by each model."""
+    from core.jobs import sweep
+    keys = sweep.listed(options.get("images", "foolbox-00"), "inversion.images")
+    for key in keys:
+        sweep.image(key, 32)               # an unknown key is named before anything runs
+    return [inversion_job(load, m, key, options.get("layer"), options.get("method", "adam"),
+                          options.get("steps"))
+            for m, key in itertools.product(models, keys)]
+
+
+def _features_grid(options: Mapping[str, Any], models: list[str], load: jobs.Loader
+                   ) -> list[jobs.Job]:
+    """features: {indices: [0, 1, 2], method, steps}: the features visualised in each model."""
+    from core.jobs import sweep
+    indices = [int(i) for i in sweep.listed(options.get("indices", [0]), "features.indices")]
+    return [feature_grid_job(load, m, indices, options.get("method", "adam"),
+                             options.get("steps")) for m in models]
+
+
+# ---------------------------------------------------------------------- pages
+
+INVERSION_SETTINGS = (
+    Setting("inv_source", "samples", "Images", ("test", "samples", "photos", "upload"),
+            {"test": "CIFAR-10 test set", "samples": "CIFAR-10 samples",
+             "photos": "Photos (out of distribution)", "upload": "Your images"}),
+    Setting("inv_img", "foolbox-00", "Image"),
+    Setting("inv_layer", "avgpool", "Layer", help="The representation to match: the "
+            "penultimate layer in the paper, or any earlier tap."),
+    Setting("inv_method", "adam", "Optimiser", METHODS,
+            {"adam": "fast (Adam, cosine schedule)",
+             "normgrad": "paper (normalised gradient, step 0.1)"}),
+    Setting("inv_steps", None, "Steps", bounds=(10, 10_000),
+            help="Empty: the optimiser's own default."),
+    Setting("inv_seed", 0, "Seed", bounds=(0, 10_000),
+            help="Seed of the starting noise (0.5 + N(0,1)/20)."),
+    Setting("inv_page", 0, "Page of the shuffled test set", bounds=(0, 415),
+            help="24 images a page, in a fixed shuffle."),
+)
+MANIPULATION_TABS = ("Feature browser", "Feature addition", "Interpolation", "Misclassification")
+MANIPULATION_SETTINGS = (
+    Setting("mf_tab", "Feature browser", "Tab", MANIPULATION_TABS),
+    Setting("mf_feat", "", "Feature"),
+    Setting("mf_add_img", "foolbox-00", "Image"),
+    Setting("mf_add_index", None, "Feature to add", bounds=(0, 100_000),
+            help="A component of the representation; empty: the feature chosen in the "
+                 "browser."),
+    Setting("mf_ia", "foolbox-00", "Image a"),
+    Setting("mf_ib", "foolbox-03", "Image b"),
+    Setting("mf_t", 0, "Frame", bounds=(0, 100)),
+    Setting("mf_mis", "", "Misclassified image"),
+    Setting("mf_folder", "", "Image folder", help=FOLDER_HELP + " The top-activating "
+            "images are found among its images.", server_path=True),
+)
+PAPER = "Engstrom et al., Adversarial Robustness as a Prior for Learned Representations, 2019"
+
+register(Analysis(
+    "inversion",
+    kinds={
+        "inversion": jobs.Kind(inversion_job, cost=jobs.optimisation_cost),
+        "inversion_quality": jobs.Kind(quality_job, cost=jobs.optimisation_cost),
+        "feature_grid": jobs.Kind(feature_grid_job, cost=jobs.optimisation_cost),
+        "test_outputs": jobs.Kind(test_outputs_job, shipped=False, reads=("test",)),
+        "top_images": jobs.Kind(top_images_job, reads=("test",)),
+        # 2: within L2 3.0 of the image (unconstrained before); reports the class before and after
+        "add_feature": jobs.Kind(add_feature_job, version=2, cost=jobs.optimisation_cost),
+        # 2: within L2 4.0 of the pixel mix (unconstrained before)
+        "interpolation": jobs.Kind(interpolation_job, version=2, cost=jobs.optimisation_cost),
+        "explain": jobs.Kind(explain_job, cost=jobs.optimisation_cost),
+    },
+    commands=(Command("invert", _cli_arguments, _cli),),
+    sweeps=(Sweep("inversion", _inversion_grid), Sweep("features", _features_grid)),
+    pages=(Page("inversion", "pages/inversion.py", "Representation inversion",
+                ":material/flip:", 3, INVERSION_SETTINGS, inversion_view_jobs,
+                paper=PAPER, cite="Engstrom et al., 2019"),
+           Page("manipulation", "pages/manipulation.py", "Feature manipulation",
+                ":material/tune:", 4, MANIPULATION_SETTINGS, manipulation_jobs,
+                paper=PAPER, cite="Engstrom et al., 2019")),
+))

@@ -11,6 +11,9 @@ The stitched network is then scored on clean and adversarial test images.
 
 A stitched model is an ordinary nn.Module from [0, 1] images to logits, so
 `core.attacks.pgd` and `core.attacks.accuracy` take it as they take a Probe.
+
+Below the computation, the stitching matrix's analysis: its jobs (a cell, a donor's
+accuracy, a whole matrix), their cost, its command line, sweep grids and page settings.
 """
 from __future__ import annotations
 
@@ -18,22 +21,28 @@ import contextlib
 import copy
 import difflib
 import inspect
+import argparse
 import math
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import attacks
-from .data import ImageFolder, ImageTensorDataset, batch_sizes, batches, require_labels
-from .errors import RobustLensError, UnknownLayerError
-from .probe import Probe, check_input_size
-from .progress import Event, Reporter, report, span
+from core import data, jobs
+from core.analyses import Analysis, Command, Page, Sweep, attacks, register
+from core.data import ImageFolder, ImageTensorDataset, batch_sizes, batches, require_labels
+from core.errors import IncompatibleModelError, RobustLensError, UnknownLayerError
+from core.jobs.results import write_json
+from core.jobs.runner import run_printed
+from core.models import zoo
+from core.models.probe import Probe, check_input_size
+from core.progress import Event, Reporter, report, span
+from core.views import DEFAULT_A, FOLDER_HELP, Setting
 
 Loader = ImageTensorDataset | Iterable[tuple[torch.Tensor, torch.Tensor]]  # what data.batches reads
 
@@ -881,3 +890,372 @@ def matrix(pairs_or_front: Probe | Sequence[tuple[Probe, Probe]], end: Probe | N
                    f"{label} at {layer}: clean {cells[i, j]['clean_accuracy']:.3f}")
     return grid.assemble(method, settings, lambda i, j: cells[i, j],
                          lambda model: scores[model.fingerprint()])
+
+
+# ======================================================================= jobs
+
+# The stitching recipe of the shipped matrix. Balogh & Jelasity train 30 epochs
+# from a random start; on a 2-core CPU that is ~86 hours for a 4 x 10 matrix, and
+# one epoch from a random start stays at chance at early layers
+# (bench/stitching.py). So task matching starts from the least-squares fit (on
+# 1,024 images) and trains one epoch on 10,000 images: the gap between the two
+# methods is the drift that task training adds (their AAAI 2025 follow-up).
+# Clean accuracy on all 10,000 test images, robust accuracy (PGD-20 Linf 8/255,
+# random start, the best iterate per image counts and an image stops being attacked
+# once misclassified) on the first 1,000 of the fixed shuffle (+-1.5 points SE).
+STITCH_RECIPE = {"epochs": 1, "init": "direct", "init_batches": 8, "train_images": 10_000,
+                 "batch_size": 128, "lr": 1e-3, "weight_decay": 1e-4, "adapt_bn": False,
+                 "robust_images": 1000, "attack": attacks.PGD.paper("linf").for_accuracy()}
+STITCH_PAIRS = ("robust → standard", "standard → robust", "standard → standard",
+                "robust → robust")
+
+
+# the matrix's rows when the person names no robust model
+STITCH_ROBUST, STITCH_STANDARD = "resnet18-linf-8", "resnet18-standard-s0"
+STITCH_STANDARD_2, STITCH_ROBUST_2 = "resnet18-standard-s1", "resnet18-l2-1.0"
+
+
+def default_stitch_pairs() -> list[tuple[str, str]]:
+    """The matrix rows for the shipped zoo, in STITCH_PAIRS order."""
+    r1, r2, s1, s2 = STITCH_ROBUST, STITCH_ROBUST_2, STITCH_STANDARD, STITCH_STANDARD_2
+    return [(r1, s1), (s1, r1), (s1, s2), (r1, r2)]
+
+
+# On an image folder (models of another data set: an ImageNet validation folder) one
+# folder is split in its fixed shuffle: the first train_images (at most half of it)
+# train the stitching layer, the next test_images (at most) test it; robust accuracy
+# under RobustBench's ImageNet threat, Linf 4/255.
+FOLDER_STITCH_RECIPE = {**STITCH_RECIPE, "test_images": 10_000,
+                        "attack": attacks.PGD("linf", 4 / 255, 1 / 255, 20).for_accuracy()}
+
+
+def stitch_recipe(recipe: dict | None, folder: str | None = None) -> dict:
+    """A stitching recipe with its attack as a PGD (plain data names it by a dict);
+    None: the recipe for CIFAR-10 or for an image folder."""
+    recipe = dict(recipe or (FOLDER_STITCH_RECIPE if folder else STITCH_RECIPE))
+    if isinstance(recipe["attack"], dict):
+        recipe["attack"] = attacks.PGD(**recipe["attack"])
+    return recipe
+
+
+def _recipe_inputs(recipe: dict, method: str) -> dict:
+    keep = {k: v for k, v in recipe.items() if k != "attack"}
+    if method == "direct":  # only the data matter to a least-squares fit
+        keep = {"train_images": recipe["train_images"]}
+    return {**keep, "attack": recipe["attack"].to_dict()}
+
+
+def _shuffled_test() -> data.ImageTensorDataset:
+    """The whole test set in the fixed shuffle, the data set that stitching results
+    name (test_images): evaluate's seeded batches of it put the first robust_n of its
+    own shuffled order under attack, as these results always did."""
+    test = data.cifar10("test")
+    return data.fixed_subset(test, len(test))
+
+
+@dataclass
+class StitchData:
+    """Where a stitching job trains and tests: as result keys name them, and as data
+    sets made when the job runs (a CIFAR-10 set is read from disk only then)."""
+    train_key: dict
+    test_key: dict
+    train: Callable[[], Any]
+    test: Callable[[], Any]
+
+
+def stitch_data(analysis: str, recipe: dict, folder: str | None, *probes: Probe) -> StitchData:
+    """CIFAR-10's training images and test set, or the two parts of an image folder
+    (read at the models' one input size)."""
+    source = jobs.image_folder(analysis, folder, *probes)
+    if source is None:
+        return StitchData(jobs.cifar10_images("train", recipe["train_images"]), jobs.test_images(None),
+                          lambda: data.fixed_subset(data.cifar10("train"),
+                                                    recipe["train_images"]),
+                          _shuffled_test)
+    outputs = probes[0].num_classes
+    classes = len(data.imagenet_synsets()) if source.by_synset else len(source.classes)
+    if classes != outputs:
+        folders, advice = (("names its folders by ImageNet synset", ", not ImageNet's 1,000: give")
+                           if source.by_synset else
+                           (f"has {classes} class folders", ": name the folders by ImageNet "
+                            "synset (n01440764, ...), or give"))
+        raise IncompatibleModelError(
+            f"{analysis} scores answers against the folder's classes, and {folder} {folders} "
+            f"where {probes[0].name} has {outputs} outputs{advice} one folder per output, "
+            "in the outputs' order.")
+    order = data.shuffled_order(len(source)).tolist()
+    n_train = min(recipe["train_images"], len(source) // 2)
+    n_test = min(recipe.get("test_images", len(source)), len(source) - n_train)
+    named = {"folder": source.identity(), "order": "fixed-shuffle-0"}
+    return StitchData({**named, "n": n_train}, {**named, "from": n_train, "n": n_test},
+                      lambda: torch.utils.data.Subset(source, order[:n_train]),
+                      lambda: torch.utils.data.Subset(source, order[n_train:n_train + n_test]))
+
+
+def stitch_cell_job(load: jobs.Loader, front: str, end: str, layer: str, method: str = "task",
+                    recipe: dict | None = None, folder: str | None = None, *,
+                    end_layer: str | None = None, where: StitchData | None = None) -> jobs.Job:
+    """One cell of the stitching matrix: front[..layer] -> 1x1 conv -> end[end_layer..]
+    (default: the same layer), trained and tested on CIFAR-10, or on the two parts of
+    an image `folder` (`where`: its stitch_data, when a whole matrix made it once)."""
+    other_end = {"end_layer": end_layer} if end_layer not in (None, layer) else {}
+    args = {"front": front, "end": end, "layer": layer, "method": method, "recipe": recipe,
+            **({"folder": folder} if folder else {}), **other_end}
+    recipe = stitch_recipe(recipe, folder)
+    pf, pe = load(front), load(end)
+    where = where or stitch_data("Stitching", recipe, folder, pf, pe)
+    inputs = {"front": pf.identity(), "end": pe.identity(), "layer": layer, **other_end,
+              "method": method, "recipe": _recipe_inputs(recipe, method), "seed": 0,
+              "train": where.train_key, "test": where.test_key}
+
+    def run(progress: Reporter) -> dict:
+        opts = {k: recipe[k] for k in ("batch_size", "lr", "weight_decay", "adapt_bn", "init",
+                                       "init_batches")}
+        if method == "direct":
+            opts = {"batch_size": recipe["batch_size"]}
+        return stitch_cell(pf, pe, layer, method, where.train(), where.test(),
+                                     recipe["attack"], recipe["epochs"],
+                                     robust_n=recipe["robust_images"], progress=progress,
+                                     **other_end, **opts)
+    at = layer if not other_end else f"{layer} / {end_layer}"
+    return jobs.make("stitch_cell", inputs, run,
+                f"stitch {pf.name} -> {pe.name} at {at} ({method} matching)", args)
+
+
+def accuracy_job(load: jobs.Loader, spec: str, recipe: dict | None = None,
+                 folder: str | None = None, *, where: StitchData | None = None) -> jobs.Job:
+    """Clean (the test images) and robust (the first robust_images) accuracy of a model,
+    on CIFAR-10's test set or on the test part of an image `folder` (`where`: as for
+    stitch_cell_job)."""
+    args = {"spec": spec, "recipe": recipe, **({"folder": folder} if folder else {})}
+    recipe = stitch_recipe(recipe, folder)
+    probe = load(spec)
+    where = where or stitch_data("Measuring accuracy", recipe, folder, probe)
+    inputs = {"model": probe.identity(), "test": where.test_key,
+              "robust_images": recipe["robust_images"], "attack": recipe["attack"].to_dict()}
+
+    def run(progress: Reporter) -> dict:
+        return evaluate(probe, where.test(), recipe["attack"],
+                                  robust_n=recipe["robust_images"], progress=progress)
+    return jobs.make("accuracy", inputs, run, f"accuracy of {probe.name}", args)
+
+
+@dataclass
+class StitchMatrix:
+    """A stitching matrix as jobs: a cell job per (pair, layer) of a Grid and an
+    accuracy job per donor. `matrix` lays out and assembles the same Grid, computing
+    the cells directly."""
+    grid: Grid
+    method: str
+    recipe: dict
+    cells: list[list[jobs.Job]]             # [pair][layer]
+    donors: dict[str, jobs.Job]             # model spec -> its accuracy job
+
+    def jobs(self) -> list[jobs.Job]:
+        return [j for row in self.cells for j in row] + list(self.donors.values())
+
+    def result(self, get: Callable[[jobs.Job], Any]) -> StitchResult:
+        """The StitchResult of the jobs' results, get(job) (None: not computed)."""
+        by_fingerprint = {job.inputs["model"]["fingerprint"]: job for job in self.donors.values()}
+        return self.grid.assemble(self.method, _recipe_inputs(self.recipe, self.method),
+                                  lambda i, j: get(self.cells[i][j]),
+                                  lambda probe: get(by_fingerprint[probe.fingerprint()]))
+
+
+def stitch_matrix(load: jobs.Loader, pairs: Sequence[tuple[str, str]], method: str = "task",
+                  layers: Sequence[str] | None = None, recipe: dict | None = None,
+                  folder: str | None = None) -> StitchMatrix:
+    """The jobs of a stitching matrix of model specs (rows: (front, end) pairs;
+    default layers: Grid.of's), on CIFAR-10 or an image `folder`."""
+    probes = {s: load(s) for pair in pairs for s in pair}
+    grid = Grid.of([(probes[f], probes[e]) for f, e in pairs], layers)
+    full_recipe = stitch_recipe(recipe, folder)
+    # a folder is listed and hashed once per evaluation transform among the models, not
+    # once a cell; each job reads it through its first model's, as when built alone
+    wheres: dict[Any, StitchData] = {}
+
+    def where(spec: str) -> StitchData:
+        first = probes[spec]
+        if first.preprocessing not in wheres:
+            wheres[first.preprocessing] = stitch_data(
+                "Stitching", full_recipe, folder, first, *(p for p in probes.values() if p is not first))
+        return wheres[first.preprocessing]
+    cells = [[stitch_cell_job(load, f, e, layer, method, recipe, folder, end_layer=end_layer,
+                              where=where(f))
+              for layer, end_layer in row] for (f, e), row in zip(pairs, grid.points)]
+    donors = {s: accuracy_job(load, s, recipe, folder, where=where(s)) for s in probes}
+    return StitchMatrix(grid, method, full_recipe, cells, donors)
+
+# ----------------------------------------------------------------- the page's rows
+
+def stitch_rows(s: Mapping[str, Any], robust: list[str], standard: list[str],
+                chosen_a: bool) -> list[tuple[str, str]]:
+    """The four (front, end) rows of the stitching matrix, in STITCH_PAIRS order.
+
+    The robust model: st_r, else model A if the person chose a robust one (chosen_a),
+    else the Linf 8/255 model. The robust -> robust row is the reference pair
+    (Linf 8/255 -> L2 1.0) unless st_r2 names the second robust model."""
+    def first(*cands: str, pool: list[str], avoid: str = "") -> str:
+        return next((c for c in cands if c and c in pool and c != avoid),
+                    next((c for c in pool if c != avoid), pool[0]))
+    r = first(s.get("st_r", ""), s["a"] if chosen_a else "", STITCH_ROBUST, pool=robust)
+    st = first(s.get("st_s", ""), STITCH_STANDARD, pool=standard)
+    st2 = first(s.get("st_s2", ""), STITCH_STANDARD_2, pool=standard, avoid=st)
+    if s.get("st_r2"):
+        pair = (r, first(s["st_r2"], pool=robust, avoid=r))
+    else:
+        front = first(STITCH_ROBUST, pool=robust)
+        pair = (front, first(STITCH_ROBUST_2, pool=robust, avoid=front))
+    return [(r, st), (st, r), (st, st2), pair]
+
+
+def stitch_plan(load: jobs.Loader, s: Mapping[str, Any], rows: list[tuple[str, str]]
+                ) -> StitchMatrix:
+    """The stitching matrix's jobs, on CIFAR-10 or the view's image folder."""
+    return stitch_matrix(load, rows, s["st_method"], folder=s.get("st_folder") or None)
+
+
+def view_jobs(load: jobs.Loader, s: Mapping[str, Any]) -> list[jobs.Job]:
+    """The jobs of a view of the page, with the shipped zoo's robust and standard models."""
+    cards = {n: zoo.card(n) for n in zoo.names()}
+    robust = [n for n, c in cards.items() if zoo.is_robust(c)]
+    standard = [n for n, c in cards.items() if not zoo.is_robust(c)]
+    return stitch_plan(load, s, stitch_rows(s, robust, standard, s["a"] != DEFAULT_A)).jobs()
+
+
+# --------------------------------------------------------------------- costs
+
+def _evaluation_passes(job: jobs.Job) -> tuple[float, float, int, dict]:
+    """Forward and gradient passes of scoring on the test images (clean, then the attack
+    on the first robust_images), the test count and the recipe."""
+    recipe = stitch_recipe(job.spec["args"]["recipe"], job.spec["args"].get("folder"))
+    test = job.inputs["test"]["n"]
+    robust = min(recipe["robust_images"] or test, test)
+    return test + robust, robust * jobs.attack_steps(recipe["attack"].to_dict()), robust, recipe
+
+
+def accuracy_cost(job: jobs.Job) -> jobs.Cost:
+    """An accuracy attack is counted at full length, though it stops at an image once that
+    is misclassified (bench/estimates.py: within 10% of the run, up to 1.5x above it for
+    a standard model)."""
+    forward, gradient, _, _ = _evaluation_passes(job)
+    return jobs.Cost({job.models[0]: (forward, gradient)})
+
+
+def cell_cost(job: jobs.Job) -> jobs.Cost:
+    """Scoring as for accuracy, plus the fit: a least-squares pass over the training images
+    (direct), or the least-squares start and epochs of training through the end model
+    (task); the stitched representation against the end model's. A stitched pass runs
+    the front to the layer and the end from it: half of each; training runs the front
+    without gradients."""
+    forward, gradient, robust, recipe = _evaluation_passes(job)
+    train, trained = job.inputs["train"]["n"], 0
+    if job.inputs["method"] == "direct":
+        forward += train
+    else:
+        start = ((recipe["init_batches"] or 0) * recipe["batch_size"]
+                 if recipe["init"] == "direct" else 0)
+        forward += min(start, train)
+        trained = recipe["epochs"] * train
+    forward += robust
+    front, end = job.models
+    passes = {front: ((forward + trained) / 2, gradient / 2)}
+    f, g = passes.get(end, (0.0, 0.0))
+    passes[end] = (f + forward / 2, g + (gradient + trained) / 2)
+    return jobs.Cost(passes)
+
+
+# -------------------------------------------------------------- command line
+
+def _cli_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--front", action="append", help="front model(s); with --end, one pair each")
+    p.add_argument("--end", action="append", help="end model(s), in the order of --front")
+    p.add_argument("--layers", default="all", help="'all' stitch points or a comma list")
+    p.add_argument("--method", default="both", choices=["task", "direct", "both"])
+    p.add_argument("--device")
+    p.add_argument("--force", action="store_true", help="recompute even if stored")
+    p.add_argument("--out", help="write the cells as JSON here")
+
+
+def _cli(args: argparse.Namespace) -> Any:
+    """Stitching cells for model pairs (default: the four pairs of the shipped zoo)."""
+    load = zoo.loader(args.device)
+    if args.front or args.end:
+        if not args.front or not args.end or len(args.front) != len(args.end):
+            raise RobustLensError("give one --end for every --front")
+        pairs = list(zip(args.front, args.end))
+    else:
+        pairs = default_stitch_pairs()
+    methods = ["task", "direct"] if args.method == "both" else [args.method]
+    layers = None if args.layers == "all" else args.layers.split(",")
+    matrices = [stitch_matrix(load, pairs, method, layers) for method in methods]
+    out: dict = {"pairs": [{"front": f, "end": e, "cells": {}} for f, e in pairs],
+                 "accuracy": {s: run_printed(job, args.force)
+                              for s, job in sorted(matrices[0].donors.items())}}
+    for m in matrices:
+        for row, cell_jobs in zip(out["pairs"], m.cells):
+            for layer, job in zip(m.grid.layers, cell_jobs):
+                cell = run_printed(job, args.force)
+                row["cells"][f"{m.method}/{layer}"] = {
+                    k: cell[k] for k in ("clean_accuracy", "robust_accuracy", "dm_error")}
+    return write_json(out, args.out) if args.out else out
+
+
+# ---------------------------------------------------------------------- sweeps
+
+def _grid(options: Mapping[str, Any], models: list[str], load: jobs.Loader) -> list[jobs.Job]:
+    """stitching: {pairs: all | [[front, end], ...], layers: all | [...], method: [task,
+    direct], folder}: the whole matrix of the pairs, per method."""
+    from core.jobs import sweep
+    layers = options.get("layers", "all")
+    rows = sweep.pairs(options.get("pairs"), models, True, "stitching")
+    return [job for method in sweep.listed(options.get("method", "task"), "stitching.method")
+            for job in stitch_matrix(load, rows, method,
+                                     None if layers == "all" else
+                                     sweep.listed(layers, "stitching.layers"),
+                                     folder=options.get("folder")).jobs()]
+
+
+def _accuracy_grid(options: Mapping[str, Any], models: list[str], load: jobs.Loader
+                   ) -> list[jobs.Job]:
+    """accuracy: true: clean and robust accuracy of every model (the matrix's recipe)."""
+    return [accuracy_job(load, m) for m in models]
+
+
+# ----------------------------------------------------------------------- page
+
+SETTINGS = (
+    Setting("st_r", "", "Robust model", help="Empty: model A when you chose a robust "
+            "one in the sidebar, else the Linf 8/255 model."),
+    Setting("st_s", "", "Standard model", help="Empty: standard seed 0."),
+    Setting("st_s2", "", "Second standard model"),
+    Setting("st_r2", "", "Second robust model"),
+    Setting("st_method", "task", "Matching", METHODS,
+            {"task": "task loss", "direct": "direct"},
+            help="Task loss: the stitching layer is trained with cross-entropy through "
+                 "the frozen end model. Direct: a closed-form least-squares fit to the end "
+                 "model's own activation at that layer (every pixel a sample)."),
+    Setting("st_metric", "robust", "Cells show",
+            ("clean", "robust", "clean_rel", "robust_rel"),
+            {"clean": "clean accuracy", "robust": "robust accuracy",
+             "clean_rel": "clean, relative to the end model",
+             "robust_rel": "robust, relative to the end model"}),
+    Setting("st_cell", [0, 0], "Cell"),
+    Setting("st_folder", "", "Image folder", help=FOLDER_HELP + " Its fixed shuffle "
+            "gives the stitching layer's training images and, after them, the test images.",
+            server_path=True),
+)
+
+register(Analysis(
+    "stitching",
+    kinds={"stitch_cell": jobs.Kind(stitch_cell_job, models=("front", "end"),
+                                    reads=("train", "test"), cost=cell_cost),
+           "accuracy": jobs.Kind(accuracy_job, reads=("test",), cost=accuracy_cost)},
+    commands=(Command("stitch", _cli_arguments, _cli),),
+    sweeps=(Sweep("stitching", _grid), Sweep("accuracy", _accuracy_grid)),
+    pages=(Page("stitching", "pages/stitching.py", "Stitching matrix",
+                ":material/join_inner:", 2, SETTINGS, view_jobs,
+                paper="Balogh & Jelasity, On the Functional Similarity of Robust and "
+                      "Non-Robust Neural Representations, ICML 2023",
+                cite="Balogh & Jelasity, ICML 2023"),),
+))

@@ -8,9 +8,11 @@ from typing import Callable
 
 import torch
 
-from . import attacks, zoo
-from .data import ImageTensorDataset, batches, cifar10, fixed_subset
-from .train import hardware
+from core.analyses import attacks
+
+from core.models import zoo
+from core.data import ImageTensorDataset, batches, cifar10, fixed_subset
+from core.training.train import hardware
 
 STRONG_N = 1000          # images for the stronger attacks (the first of the fixed shuffle)
 APGD_STEPS = 100

@@ -29,14 +29,13 @@ import hmac
 import ipaddress
 import json
 import os
-import re
 import secrets
 import shutil
 import threading
 from pathlib import Path
 
-from . import data
-from .errors import RobustLensError
+from core import data
+from core.errors import RobustLensError
 
 OPERATOR_PARAM = "operator"          # the URL parameter of the operator link
 
@@ -155,18 +154,6 @@ def operator_link(base_url: str = "http://localhost:8501", env: dict | None = No
 # -------------------------------------------------------------- paths and names
 
 MAX_SPEC = 1024
-_NAME_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-
-
-def check_hub_name(source: str, name: str) -> None:
-    """A hub name is a name, never a path: letters, digits and _.+- (robustbench's
-    DATASET/THREAT/NAME aside), no '..'."""
-    parts = name.split("/") if source == "robustbench" and name.count("/") == 2 else [name]
-    if len(name) > 200 or any(not _NAME_PART.fullmatch(p) or ".." in p for p in parts):
-        raise AccessError(f"{source}:{name[:80]!r} is not a model name of {source} (letters, "
-                          "digits and _.+- only)")
-
-
 def _refused_path(rights: Rights) -> AccessError:
     if rights.folders:
         return AccessError("This shared server reads only files in the folders its operator "

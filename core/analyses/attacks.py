@@ -14,10 +14,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data import batch_sizes, batches, require_labels
-from .images import norms
-from .probe import check_input_size
-from .progress import Reporter, report
+from core.data import batch_sizes, batches, require_labels
+from core.data.images import norms
+from core.models.probe import check_input_size
+from core.progress import Reporter, report
 
 NORMS = ("linf", "l2")
 Attack = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
