@@ -12,14 +12,7 @@ from core.probe import short_names  # noqa: E402
 from ui import backend, page, presentation, sidebar, state  # noqa: E402
 
 PAGE = "cka"
-page.header(PAGE, "CKA explorer",
-            "How similar are the representations of two layers? Linear CKA over CIFAR-10 "
-            "test images or an image folder",
-            "Centered Kernel Alignment of every layer of one model with every layer of another, "
-            "on benign test images or on PGD adversarial examples. The estimate is the unbiased "
-            "minibatch HSIC of Nguyen et al. (2021), accumulated over seeded random batches of "
-            "1,024 images; a cell's spread is the standard deviation of the per-batch CKA. "
-            "Click a cell to see the layer pair.")
+page.header(PAGE)
 
 a, b = sidebar.chosen("a"), sidebar.chosen("b")
 big = presentation.presenting()
@@ -51,17 +44,9 @@ name = {"A": backend.label(a), "B": backend.label(b)}
 
 def stored_or_offer(job, transposed: bool, key: str) -> CKAResult | None:
     """The stored result, or the one action that gets it (nothing runs unasked)."""
-    value = backend.stored(job)
-    if value is None:
-        if job.inputs["images"].get("dataset") == "cifar10-test" and backend.test_set() is None:
-            page.need_data("This view", key)
-            return None
-        if not page.button(f"Compute: {job.label}", [job], key=key, type="primary",
-                           icon=":material/play_arrow:"):
-            st.caption("Not computed yet. Results are stored: each view is computed once.")
-            return None
-        value = backend.run_job(job)
-    return CKAResult.from_dict(cka.transposed_cka(value) if transposed else value)
+    value = page.result(job, f"Compute: {job.label}", key, type="primary")
+    return None if value is None else CKAResult.from_dict(
+        cka.transposed_cka(value) if transposed else value)
 
 
 def describe_pair(res: CKAResult, i: int, j: int, first: str, second: str) -> None:
@@ -82,10 +67,9 @@ def describe_pair(res: CKAResult, i: int, j: int, first: str, second: str) -> No
 
 def heatmap_exports(res: CKAResult, job, title: str, stem: str, row: str, col: str) -> None:
     inputs = {"kind": job.kind, **job.inputs}
-    cap = f"{title}; {res.n} images; {views.paper(PAGE)}"
-    page.export_menu(stem, [
-        ("Figure, PNG (300 dpi)", lambda: exports.heatmap(res.matrix, res.layers_a, res.layers_b, title, inputs, "png", row, col, caption=cap), ".png", "image/png"),
-        ("Figure, SVG", lambda: exports.heatmap(res.matrix, res.layers_a, res.layers_b, title, inputs, "svg", row, col, caption=cap), ".svg", "image/svg+xml"),
+    cap = f"{title}; {res.n} images; {views.page(PAGE).paper}"
+    page.export_menu(stem, page.figure_files(lambda fmt: exports.heatmap(
+        res.matrix, res.layers_a, res.layers_b, title, inputs, fmt, row, col, caption=cap)) + [
         ("Data, CSV", lambda: exports.csv_with_inputs(res.to_csv(), inputs), ".csv", "text/csv"),
         ("Data, JSON", lambda: exports.to_json(res.to_dict(), inputs), ".json", "application/json"),
     ])
@@ -100,8 +84,7 @@ with page.guard():
         (first, second), (job, transposed) = pairs[0], requests[0]
         res = stored_or_offer(job, transposed, "cka_compute")
         if res is not None:
-            cell = settings["cka_cell"]
-            i, j = min(int(cell[0]), len(res.layers_a) - 1), min(int(cell[1]), len(res.layers_b) - 1)
+            i, j = state.cell(settings, "cka_cell", len(res.layers_a), len(res.layers_b))
             models, inputs = cka.cka_title(backend.label(first), backend.label(second), settings)
             title = f"{models}: {inputs}"
             left, right = st.columns([2.3, 1])
@@ -150,26 +133,22 @@ with page.guard():
                             f"{backend.label(standard)} · " if roles else "") +
                            f"{inputs_label[settings['cka_in_a']]} inputs · "
                            f"{settings['cka_n']:,} test images")
-        cross = results[2]
-        k = min(len(cross.layers_a), len(cross.layers_b))
-        off = lambda m: float(np.mean(m[~np.eye(len(m), dtype=bool)]))  # noqa: E731
+        summary = cka.paper_summary(*results)
         c1, c2, c3 = st.columns(3)
-        c1.metric(f"Mean off-diagonal CKA, {role_s}", f"{off(results[0].matrix):.2f}")
-        c2.metric(f"Mean off-diagonal CKA, {role_r}", f"{off(results[1].matrix):.2f}",
+        c1.metric(f"Mean off-diagonal CKA, {role_s}", f"{summary['within_first']:.2f}")
+        c2.metric(f"Mean off-diagonal CKA, {role_r}", f"{summary['within_second']:.2f}",
                   help="Cianfarani et al.: robust networks lose the block structure; distant "
                        "layers stay similar.")
-        c3.metric(f"Mean CKA, {role_s} vs {role_r} (same layer)",
-                  f"{float(np.mean(np.diag(cross.matrix)[:k])):.2f}")
-        st.plotly_chart(figures.diagonal_profile(
-            [(f"{role_s} vs {role_r}, same layer", cross.layers_a[:k], np.diag(cross.matrix)[:k])],
-            big=big), key="cka_diag")
+        c3.metric(f"Mean CKA, {role_s} vs {role_r} (same layer)", f"{summary['same_layer']:.2f}")
+        st.plotly_chart(figures.diagonal_profile([(f"{role_s} vs {role_r}, same layer",
+                                                   summary["layers"], summary["diagonal"])],
+                                                 big=big), key="cka_diag")
         items = [{"matrix": p["matrix"], "rows": p["layers_a"], "cols": p["layers_b"],
                   "title": t, "row_title": p["name_a"], "col_title": p["name_b"]}
                  for p, t in zip(panels, titles)]
         inputs = {"kind": "cka paper view", "panels": [j.inputs for j in cka_jobs]}
-        cap = f"{views.paper(PAGE)}; {inputs_label[settings['cka_in_a']]} inputs"
-        page.export_menu(f"cka-paper-{settings['cka_in_a']}", [
-            ("Figure, PNG (300 dpi)", lambda: exports.panels(items, inputs, "png", cap), ".png", "image/png"),
-            ("Figure, SVG", lambda: exports.panels(items, inputs, "svg", cap), ".svg", "image/svg+xml"),
+        cap = f"{views.page(PAGE).paper}; {inputs_label[settings['cka_in_a']]} inputs"
+        page.export_menu(f"cka-paper-{settings['cka_in_a']}", page.figure_files(
+            lambda fmt: exports.panels(items, inputs, fmt, cap)) + [
             ("Data, JSON", lambda: exports.to_json([r.to_dict() for r in results], inputs), ".json",
              "application/json")])

@@ -5,7 +5,7 @@ setup()   # before the heavy imports: a cold server's deep link hands over at on
 
 import streamlit as st  # noqa: E402
 
-from core import zoo  # noqa: E402
+from core import analyses, zoo  # noqa: E402
 from ui import backend, presentation  # noqa: E402
 
 with st.container(horizontal=True, vertical_alignment="bottom"):
@@ -19,31 +19,11 @@ st.markdown(
                                      "Pick two models in the sidebar; every page compares them."))
 
 cols = st.columns(2)
-PAGES = [
-    ("CKA explorer", "pages/cka.py", ":material/grid_on:",
-     "Layer x layer Centered Kernel Alignment within a model and across models, on benign "
-     "or adversarial inputs.",
-     "Cianfarani et al., *Understanding Robust Learning through the Lens of Representation "
-     "Similarities*, NeurIPS 2022"),
-    ("Stitching matrix", "pages/stitching.py", ":material/join_inner:",
-     "The front of one network joined to the back of another through a trained 1x1 "
-     "stitching layer: clean and robust accuracy per layer and model pair.",
-     "Balogh & Jelasity, *On the Functional Similarity of Robust and Non-Robust Neural "
-     "Representations*, ICML 2023"),
-    ("Representation inversion", "pages/inversion.py", ":material/flip:",
-     "Click an image and see what a robust and a standard model reconstruct from its "
-     "representation alone.",
-     "Engstrom et al., *Adversarial Robustness as a Prior for Learned Representations*, 2019"),
-    ("Feature manipulation", "pages/manipulation.py", ":material/tune:",
-     "Feature visualisation, top-activating images, feature addition, interpolation and "
-     "what a model sees in its mistakes.",
-     "Engstrom et al., *Adversarial Robustness as a Prior for Learned Representations*, 2019"),
-]
-for i, (title, path, icon, what, paper) in enumerate(PAGES):
+for i, p in enumerate(analyses.pages()):
     with cols[i % 2].container(border=True):
-        st.page_link(path, label=title, icon=icon)
-        st.markdown(what)
-        st.caption(paper)
+        st.page_link(p.script, label=p.title, icon=p.icon)
+        st.markdown(p.summary)
+        st.caption(p.paper)
 
 st.subheader("The shipped models")
 rows = []

@@ -3,18 +3,13 @@ from ui.handover import setup
 
 setup()   # before the heavy imports: a cold server's deep link hands over at once
 
-import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
-from core import data, exports, figures, inversion, jobs, views  # noqa: E402
-from ui import backend, page, presentation, sidebar, state, uploads  # noqa: E402
+from core import data, figures, inversion, jobs, views  # noqa: E402
+from ui import backend, page, picker, presentation, sidebar, state, uploads  # noqa: E402
 from ui.gallery import gallery, tile_label  # noqa: E402
 
 PAGE = "manipulation"
-page.header(PAGE, "Feature manipulation",
-            "Visualise, find, add and blend the features of a representation",
-            "Gradient descent in pixel space, with no image prior: a robust model's "
-            "representation is close to human-meaningful features, a standard model's is not. "
-            "The last ReLU is an identity in the backward pass (\"fake ReLU\").")
+page.header(PAGE)
 
 a, b = sidebar.chosen("a"), sidebar.chosen("b")
 specs = [a, b]
@@ -30,48 +25,20 @@ _feat = st.session_state.get("mf_feat") or ""
 ADD_INDEX = int(_feat[1:]) if _feat[1:].isdigit() else feats[0]   # the browser's feature
 
 
-def feature_class(index: int) -> str:
-    w = probe_a.head.weight.detach().float().cpu()
-    return CLASSES[int(w[:, index].argmax())]
-
-
 def sample_items() -> list[dict]:
-    pool = (backend.samples(probe_a.kind) or backend.samples()) + backend.photos(probe_a.input_size)
-    return [{"key": s.key, "image": s.image, "title": s.title,
-             "caption": s.title.split(" #")[0].split(" (")[0]} for s in pool] + \
-        uploads.gallery_items()
+    """The shipped samples, the photos and this session's uploads, for model A."""
+    return [it for source in ("samples", "photos", "upload")
+            for it in picker.items(source, probe_a.kind, probe_a.input_size)]
 
 
-def run_pair(job_list: list, cols: list) -> list:
-    """Two optimisation jobs side by side: frames appear where the results will stand,
-    and are replaced by them (no stale previews)."""
-    slots = [c.empty() for c in cols]
-    notes = [c.empty() for c in cols]
-
-    def show(i, e):
-        if e.preview is not None:
-            slots[i].image(figures.upscale(e.preview[0], 6), width=SIZE)
-        if e.preview is not None or int(e.done) % 25 == 0:
-            notes[i].caption(f"step {int(e.done)}/{int(e.total)}")
-    results = backend.run_live(job_list, show)
-    for slot, note in zip(slots, notes):
-        slot.empty()
-        note.empty()
-    return results
+def image_arg(key: str):
+    """A picked image as a job takes it: a gallery key, an upload's pixels."""
+    return uploads.images()[key] if key in uploads.images() else key
 
 
 def narrower(spec: str) -> str:
     return (f"{backend.label(spec)}'s representation has {backend.model(spec).representation_size} "
             "components: this one is not among them.")
-
-
-def offer(job_list: list, label: str, key: str, icon: str) -> list | None:
-    """Stored results, or a button that computes them (nothing runs unasked)."""
-    if all(backend.stored(j) is not None for j in job_list):
-        return [backend.stored(j) for j in job_list]
-    if not page.button(label, job_list, type="primary", key=key, icon=icon):
-        return None
-    return job_list
 
 
 # ------------------------------------------------------------------ browser
@@ -81,41 +48,33 @@ def browser() -> None:
                 "the representation with the largest weight towards it, each maximised from "
                 "noise. Click one.")
     grid_job = inversion.feature_grid_job(backend.model, a, feats)
-    grid = backend.stored(grid_job)
+    grid = page.result(grid_job, f"Visualise {len(feats)} features", "mf_grid", type="primary")
     if grid is None:
-        if not page.button(f"Visualise {len(feats)} features", [grid_job], type="primary",
-                           key="mf_grid", icon=":material/play_arrow:"):
-            return
-        grid = backend.run_job(grid_job)
-    items = [{"key": f"f{i}", "image": img, "title": f"feature {i} (→ {feature_class(i)})",
-              "caption": f"{i} · {tile_label(feature_class(i))}"}
+        return
+    towards = {i: inversion.feature_class(probe_a, i) for i in grid["indices"]}
+    items = [{"key": f"f{i}", "image": img, "title": f"feature {i} (→ {towards[i]})",
+              "caption": f"{i} · {tile_label(towards[i])}"}
              for i, img in zip(grid["indices"], grid["images"])]
     state.seed(PAGE, "mf_feat", [it["key"] for it in items], default=items[0]["key"])
     gallery(items, "mf_feat", size=56, label="features")
     index = int(st.session_state["mf_feat"][1:])
-    st.subheader(f"Feature {index} (strongest towards {feature_class(index)})")
+    st.subheader(f"Feature {index} (strongest towards {inversion.feature_class(probe_a, index)})")
     c = st.columns([1, 1, 2.2])
     shown = inversion.with_component(backend.model, {"a": a, "b": b}, index)
     vis_jobs = [inversion.feature_grid_job(backend.model, s, [index]) for s in shown]
-    vis = [backend.stored(j) for j in vis_jobs]
-    if any(v is None for v in vis) and page.button("Visualise in both models", vis_jobs, c[0],
-                                                   key="mf_vis"):
-        for j in vis_jobs:
-            backend.run_job(j)
-        st.rerun()   # drawn again from the store: no spent button, status boxes or offset
+    vis = page.results(vis_jobs, "Visualise in both models", "mf_vis", c[0], icon=None) or []
     for k, s in enumerate(specs):
         c[k].markdown(f"**{backend.label(s)}**")
         if s not in shown:
             c[k].caption(narrower(s))
-        elif vis[shown.index(s)] is not None:
+        elif vis:
             c[k].image(figures.upscale(vis[shown.index(s)]["images"][0], 6), width=SIZE)
     with c[2]:
         top_images(index)
     page.caption(PAGE, f"feature {index} of {backend.label(a)}, maximised from noise")
-    page.export_menu(f"features-{a}", [
-        ("All features, PNG", lambda: exports.image_strip(
-            grid["images"], {"kind": grid_job.kind, **grid_job.inputs}, 4,
-            [str(i) for i in grid["indices"]]), ".png", "image/png")])
+    page.export_menu(f"features-{a}", page.optimisation_files(
+        {"kind": grid_job.kind, **grid_job.inputs},
+        {"All features, PNG": (grid["images"], 4, [str(i) for i in grid["indices"]])}))
 
 
 def top_images(index: int) -> None:
@@ -132,16 +91,12 @@ def top_images(index: int) -> None:
         test = backend.test_set() if folder is None else jobs.image_folder(
             "Top-activating images", folder, probe_a)
         top_job = inversion.top_images_job(backend.model, a, feats, folder=folder,
-                                      where=test if folder else None)
-    top = backend.stored(top_job)
-    if test is None:
+                                           where=test if folder else None)
+    if test is None:          # their indices are stored, the images are the data set's
         page.need_data("Showing the top-activating test images", "mf-top")
         return
-    if top is None:
-        if not st.button("Find the top-activating images", key="mf_top"):
-            return
-        top = backend.run_job(top_job)
-    entry = top.get(str(index))
+    top = page.result(top_job, "Find the top-activating images", "mf_top", icon=None)
+    entry = None if top is None else top.get(str(index))
     if entry is None:
         return
     for title, key in (("Most activating", "top"), ("Least activating", "bottom")):
@@ -162,7 +117,7 @@ def addition() -> None:
         state.seed(PAGE, "mf_add_img", [it["key"] for it in items])
         gallery(items, "mf_add_img", size=48, label="images")
     index = state.number(c[1], PAGE, "mf_add_index", default=ADD_INDEX)
-    found = data.image_for(st.session_state["mf_add_img"], uploads.images(), probe_a.input_size)
+    found = picker.chosen(st.session_state["mf_add_img"], probe_a.input_size)
     if found is None:
         return
     shown = inversion.with_component(backend.model, {"a": a, "b": b}, int(index))
@@ -171,16 +126,21 @@ def addition() -> None:
             st.caption(narrower(s))
     if not shown:
         return
-    add_jobs = [inversion.add_feature_job(backend.model, s, found[0], int(index)) for s in shown]
-    todo = offer(add_jobs, f"Add feature {index}", "mf_add_go", ":material/add:")
-    if todo is None:
+    image = image_arg(st.session_state["mf_add_img"])
+    add_jobs = [inversion.add_feature_job(backend.model, s, image, int(index)) for s in shown]
+
+    def columns() -> list:
+        cols = st.columns(3)
+        cols[0].markdown("**Original**")
+        cols[0].image(figures.upscale(found[0], 6), width=SIZE)
+        for k, s in enumerate(shown):
+            cols[k + 1].markdown(f"**{backend.label(s)}**")
+        return cols
+    results = page.results(add_jobs, f"Add feature {index}", "mf_add_go", type="primary",
+                           icon=":material/add:", live=lambda: (columns()[1:], 6, SIZE))
+    if results is None:
         return
-    cols = st.columns(3)
-    cols[0].markdown("**Original**")
-    cols[0].image(figures.upscale(found[0], 6), width=SIZE)
-    for k, s in enumerate(shown):
-        cols[k + 1].markdown(f"**{backend.label(s)}**")
-    results = run_pair(add_jobs, cols[1:1 + len(shown)]) if todo is add_jobs else todo
+    cols = columns()
     for k, (s, r) in enumerate(zip(shown, results)):
         cols[k + 1].image(figures.upscale(r["images"][0], 6), width=SIZE)
         cols[k + 1].caption(f"feature {index}: {r['before']:.2f} → **{r['after']:.2f}**"
@@ -188,12 +148,11 @@ def addition() -> None:
                                if "predicted" in r else ""))
     page.caption(PAGE, f"feature {index} added to {found[1]}")
     inputs = {"kind": "add_feature", "jobs": [j.inputs for j in add_jobs]}
-    page.export_menu(f"add-feature-{index}", [
-        ("Before and after, PNG", lambda: exports.image_strip(
-            [found[0]] + [r["images"][0] for r in results], inputs, 8,
-            ["original"] + [backend.label(s) for s in shown]), ".png", "image/png"),
-        (f"Optimisation of {backend.label(a)}, GIF", lambda: exports.gif(
-            [f[1][0] for f in results[0]["frames"]], inputs), ".gif", "image/gif")])
+    page.export_menu(f"add-feature-{index}", page.optimisation_files(
+        inputs, {"Before and after, PNG": ([found[0]] + [r["images"][0] for r in results], 8,
+                                           ["original"] + [backend.label(s) for s in shown])},
+        {f"Optimisation of {backend.label(s)}, GIF": [f[1][0] for f in r["frames"]]
+         for s, r in zip(shown, results)}))
 
 
 # ------------------------------------------------------------------ interpolation
@@ -207,20 +166,18 @@ def interpolation() -> None:
         c = st.columns([1, 1, 1], vertical_alignment="bottom")
         ia = state.selectbox(c[0], PAGE, "mf_ia", keys, format_func=names.get)
         ib = state.selectbox(c[1], PAGE, "mf_ib", keys, format_func=names.get)
-    images = uploads.images()
-    ijobs = [inversion.interpolation_job(backend.model, s, data.image_for(ia, images, size)[0],
-                                    data.image_for(ib, images, size)[0])
-             for s, size in ((s, backend.model(s).input_size) for s in specs)]
-    todo = offer(ijobs, "Interpolate", "mf_interp", ":material/linear_scale:")
-    if todo is None:
-        return
-    if todo is ijobs:
+    ijobs = [inversion.interpolation_job(backend.model, s, image_arg(ia), image_arg(ib))
+             for s in specs]
+
+    def columns() -> tuple[list, int, int]:
         live = st.columns(2)
         for col, s in zip(live, specs):
             col.markdown(f"**{backend.label(s)}**, computing...")
-        results = run_pair(ijobs, live)
-        st.rerun()      # draw the finished interpolation alone, from the store
-    results = todo
+        return live, 6, SIZE
+    results = page.results(ijobs, "Interpolate", "mf_interp", type="primary",
+                           icon=":material/linear_scale:", live=columns)
+    if results is None:
+        return
     n = len(results[0]["images"])
     state.seed(PAGE, "mf_t", list(range(n)))
     with st.container(key="settings_frame"):
@@ -232,13 +189,11 @@ def interpolation() -> None:
                           for k in range(n)])
     page.caption(PAGE, f"interpolation from {names[ia]} to {names[ib]}")
     inputs = {"kind": "interpolation", "jobs": [j.inputs for j in ijobs]}
-    page.export_menu(f"interpolation-{ia}-{ib}", [
-        (f"Strip, {backend.label(s)}, PNG", (lambda r=r: exports.image_strip(
-            r["images"], inputs, 6)), f"-{k}.png", "image/png")
-        for k, (s, r) in enumerate(zip(specs, results))] + [
-        (f"Animation, {backend.label(s)}, GIF", (lambda r=r: exports.gif(
-            list(r["images"]) + list(r["images"])[::-1], inputs)), f"-{k}.gif", "image/gif")
-        for k, (s, r) in enumerate(zip(specs, results))])
+    page.export_menu(f"interpolation-{ia}-{ib}", page.optimisation_files(
+        inputs, {f"Strip, {backend.label(s)}, PNG": (r["images"], 6, None)
+                 for s, r in zip(specs, results)},
+        {f"Animation, {backend.label(s)}, GIF": list(r["images"]) + list(r["images"])[::-1]
+         for s, r in zip(specs, results)}))
 
 
 # ------------------------------------------------------------------ misclassification
@@ -250,22 +205,19 @@ def misclassified() -> list[dict]:
         return []
     test = backend.test_set() if probe_a.kind == "cifar10" else None
     if test is None:
-        out = [{"key": s.key, "image": s.image, "label": s.label,
-                "title": f"{s.title} → {CLASSES[pred]}", "caption": f"→ {tile_label(CLASSES[pred])}"}
+        out = [{"key": s.key, "image": s.image, "label": s.label, "title": f"{s.title} → "
+                f"{CLASSES[pred]}", "caption": f"→ {tile_label(CLASSES[pred])}"}
                for s, pred in inversion.misclassified_samples(probe_a)]
         st.caption(f"{backend.label(a)} misclassifies {len(out)} of the 20 shipped samples; the "
                    "full test set gives many more.")
         return out
-    out_job = inversion.test_outputs_job(backend.model, a)
-    outs = backend.stored(out_job)
+    outs = page.result(inversion.test_outputs_job(backend.model, a),
+                       "Find the misclassified test images", "mf_mis_find", icon=None)
     if outs is None:
-        if not st.button("Find the misclassified test images", key="mf_mis_find"):
-            return []
-        outs = backend.run_job(out_job)
-    wrong = np.nonzero((outs["predicted"] != outs["labels"]).numpy())[0]
-    order = np.random.default_rng(0).permutation(wrong)[:40]
-    st.caption(f"{backend.label(a)} misclassifies {len(wrong):,} of {len(test):,} test images; "
-               "40 of them:")
+        return []
+    order, wrong = inversion.misclassified_test(outs)
+    st.caption(f"{backend.label(a)} misclassifies {wrong:,} of {len(test):,} test images; "
+               f"{len(order)} of them:")
     return [{"key": f"test-{i}", "image": test.images[i].numpy().transpose(1, 2, 0),
              "label": int(test.labels[i]),
              "title": f"test {i}: {CLASSES[int(test.labels[i])]} → "
@@ -284,12 +236,10 @@ def misclassification() -> None:
     state.seed(PAGE, "mf_mis", [x["key"] for x in candidates], default=candidates[0]["key"])
     gallery(candidates, "mf_mis", size=48, label="misclassified images")
     cand = next(x for x in candidates if x["key"] == st.session_state["mf_mis"])
-    ejob = inversion.explain_job(backend.model, a, cand["image"], cand["label"])
-    ex = backend.stored(ejob)
+    ejob = inversion.explain_job(backend.model, a, cand["key"], cand["label"])
+    ex = page.result(ejob, "Explain", "mf_explain", type="primary")
     if ex is None:
-        if not page.button("Explain", [ejob], type="primary", key="mf_explain"):
-            return
-        ex = backend.run_job(ejob)
+        return
     cols = st.columns(4)
     cols[0].markdown(f"**Image**: {CLASSES[ex['label']]}")
     cols[0].image(figures.upscale(cand["image"], 6), width=SIZE)
@@ -299,12 +249,9 @@ def misclassification() -> None:
                    help=f"contribution to the predicted logit: {ex['contribution']:.2f}")
     cols[2].markdown(f"**Feature {ex['component']} pushed up**")
     cols[2].image(figures.upscale(ex["image"], 6), width=SIZE)
-    contrib = np.asarray(ex["contributions"])
-    top = np.argsort(contrib)[::-1][:10]
-    cols[3].bar_chart({"feature": [str(i) for i in top],
-                       "contribution": [float(contrib[i]) for i in top]},
-                      x="feature", y="contribution", horizontal=True, sort="-contribution",
-                      x_label="feature", y_label="contribution to the predicted logit")
+    cols[3].bar_chart(inversion.top_contributions(ex), x="feature", y="contribution",
+                      horizontal=True, sort="-contribution", x_label="feature",
+                      y_label="contribution to the predicted logit")
     page.caption(PAGE, f"{backend.label(a)} predicts {CLASSES[ex['predicted']]} "
                        f"for a {CLASSES[ex['label']]}")
 

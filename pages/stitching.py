@@ -5,22 +5,13 @@ setup()   # before the heavy imports: a cold server's deep link hands over at on
 
 import json  # noqa: E402
 
-import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
-from core import data, exports, figures, stitching, views  # noqa: E402
-from core.analyses.cka import cka_request, transposed_cka  # noqa: E402
+from core import cka, data, exports, figures, stitching, views  # noqa: E402
 from ui import backend, page, presentation, sidebar, state  # noqa: E402
 
 PAGE = "stitching"
-page.header(PAGE, "Stitching matrix",
-            "The front of one network, a trained 1x1 convolution, the back of another: can the "
-            "end model use the front model's representation?",
-            "The front of one network up to a layer, a trained 1x1 convolution, and the rest of "
-            "another network. Both donors are frozen: only the stitching layer learns. Task-loss "
-            "matching trains it with cross-entropy through the end model; direct matching fits it "
-            "by least squares to the end model's own activation (Balogh & Jelasity's AAAI 2025 "
-            "follow-up). Click a cell for its details.")
+page.header(PAGE)
 
 a = sidebar.chosen("a")
 with page.guard():
@@ -71,15 +62,9 @@ with page.guard():
     refs = {s: got[j.key] for s, j in ref_jobs.items()}
     matrix = plan.result(lambda j: got[j.key])
 recipe, where = plan.recipe, cell_jobs[0][0].inputs
-no_data = "dataset" in where["test"] and backend.test_set() is None   # CIFAR-10 not here
 
-key = "robust_accuracy" if metric.startswith("robust") else "clean_accuracy"
-values = matrix.robust if metric.startswith("robust") else matrix.clean
-if metric.endswith("_rel"):
-    ends = [np.nan if not (ref and ref.get(key)) else ref[key] for ref in matrix.end_accuracy]
-    values = values / np.array(ends)[:, None]
-i, j = (min(int(settings["st_cell"][0]), len(pairs) - 1),
-        min(int(settings["st_cell"][1]), len(layers) - 1))
+values = matrix.values(metric)
+i, j = state.cell(settings, "st_cell", len(pairs), len(layers))
 missing = [job for row, jrow in zip(cells, cell_jobs) for c, job in zip(row, jrow) if c is None]
 rel = metric.endswith("_rel")
 under = f" ({plan.recipe['attack'].threat()})" if metric.startswith("robust") else ""
@@ -98,26 +83,18 @@ with left:
               "recipe": cell_jobs[0][0].inputs["recipe"]}
     plain_rows = [f"{n}: {backend.label(f)} → {backend.label(e)}"
                   for n, (f, e) in zip(stitching.STITCH_PAIRS, pairs)]
-
-    def csv_text() -> str:
-        lines = ["pair,front,end," + ",".join(layers)]
-        for (n, (f, e)), row in zip(zip(stitching.STITCH_PAIRS, pairs), values):
-            lines.append(",".join([n, f, e] + ["" if np.isnan(v) else f"{v:.4f}" for v in row]))
-        return exports.csv_with_inputs("\n".join(lines) + "\n", inputs)
-    cap = f"{title}; {views.paper(PAGE)}"
-    page.export_menu(f"stitching-{method}-{metric}", [
-        ("Figure, PNG (300 dpi)", lambda: exports.heatmap(values, plain_rows, layers, title, inputs, "png", col_title="stitching layer", annotate=True, vmax=1.2 if rel else 1.0, cmap="RdYlGn", caption=cap), ".png", "image/png"),
-        ("Figure, SVG", lambda: exports.heatmap(values, plain_rows, layers, title, inputs, "svg", col_title="stitching layer", annotate=True, vmax=1.2 if rel else 1.0, cmap="RdYlGn", caption=cap), ".svg", "image/svg+xml"),
-        ("Data, CSV", csv_text, ".csv", "text/csv"),
-        ("Cells, JSON", lambda: exports.to_json({"cells": cells, "references": refs}, inputs), ".json", "application/json"),
-    ])
+    csv = matrix.to_csv(values, [(n, f, e) for n, (f, e) in zip(stitching.STITCH_PAIRS, pairs)])
+    page.export_menu(f"stitching-{method}-{metric}", page.figure_files(lambda fmt: exports.heatmap(
+        values, plain_rows, layers, title, inputs, fmt, col_title="stitching layer", annotate=True,
+        vmax=1.2 if rel else 1.0, cmap="RdYlGn", caption=f"{title}; {views.page(PAGE).paper}")) + [
+        ("Data, CSV", lambda: exports.csv_with_inputs(csv, inputs), ".csv", "text/csv"),
+        ("Cells, JSON", lambda: exports.to_json({"cells": cells, "references": refs}, inputs),
+         ".json", "application/json")])
     if missing:
         st.caption(f"{len(missing)} of {values.size} cells are not computed yet (a dash).")
-        if no_data:
-            page.need_data("Computing a stitching cell", "st-all")
-        else:
-            page.compute_button(f"Compute all {len(missing)} missing cells", missing + [
-                job for job in ref_jobs.values() if got[job.key] is None])
+        page.results(missing + [job for job in ref_jobs.values() if got[job.key] is None],
+                     f"Compute all {len(missing)} missing cells", "st-all",
+                     what="Computing a stitching cell")
     fit = (f"least-squares start, then Adam lr {recipe['lr']:g}, weight decay "
            f"{recipe['weight_decay']:g}, batch {recipe['batch_size']}, {recipe['epochs']} epoch"
            if method == "task" else "least squares")
@@ -138,12 +115,9 @@ with right:
     cell = cells[i][j]
     if cell is None:
         st.info("This cell is not computed yet.")
-        if no_data:
-            page.need_data("Computing this cell", "st-one")
-        else:
-            page.compute_button("Compute this cell", [cell_jobs[i][j]] + [
-                ref_jobs[s] for s in dict.fromkeys(pairs[i]) if got[ref_jobs[s].key] is None],
-                type="primary")
+        page.results([cell_jobs[i][j]] + [ref_jobs[s] for s in dict.fromkeys(pairs[i])
+                                          if got[ref_jobs[s].key] is None],
+                     "Compute this cell", "st-one", what="Computing this cell", type="primary")
     else:
         share = lambda v: "—" if v is None else f"{v:.1%}"  # noqa: E731
         m = st.columns(2)
@@ -173,14 +147,11 @@ with right:
                                           "epoch", "loss, accuracy", height=240),
                             key="st_curve")
         # the CKA of this layer pair, when the CKA explorer has it stored
-        cka_job, transposed = cka_request(backend.model, front, end, "blocks",
-                                                folder=settings["st_folder"])
-        cka = backend.stored(cka_job)
-        cka = transposed_cka(cka) if cka is not None and transposed else cka
-        if cka is not None and layer in cka["layers_a"] and end_layer in cka["layers_b"]:
-            v = np.asarray(cka["matrix"])[cka["layers_a"].index(layer),
-                                          cka["layers_b"].index(end_layer)]
-            st.metric("CKA of this layer pair (benign)", f"{float(v):.3f}",
+        cka_job, transposed = cka.cka_request(backend.model, front, end, "blocks",
+                                              folder=settings["st_folder"])
+        v = cka.pair_value(backend.stored(cka_job), transposed, layer, end_layer)
+        if v is not None:
+            st.metric("CKA of this layer pair (benign)", f"{v:.3f}",
                       help=f"From the CKA explorer: linear CKA, "
                            f"{cka_job.inputs['images']['n']:,} images.")
         payload = {"pair": stitching.STITCH_PAIRS[i], "front": front, "end": end, "layer": layer,

@@ -25,6 +25,8 @@ import numpy as np
 import pytest
 from conftest import asks_for_data
 
+from core import views
+
 ROOT = Path(__file__).resolve().parent.parent
 SHOTS = ROOT / "artifacts" / "screenshots"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -255,8 +257,8 @@ def in_viewport(page, locator, size) -> None:
     assert box["x"] >= 0 and box["x"] + box["width"] <= size[0] + 1, (box, size)
 
 
-PATHS = {"home": "", "cka": "cka", "stitching": "stitching",
-         "inversion": "inversion", "manipulation": "manipulation"}
+# every page of the app (the analyses' from their registry), by URL path
+PATHS = {"home": "", **{key: key for key in views.pages() if key}}
 # each page's primary figure: (selector, how many of the first matches it spans)
 PRIMARY = {"cka": (".stPlotlyChart", 1), "stitching": (".stPlotlyChart", 1),
            "inversion": ("[data-testid='stImage']", 3),        # the original and both models

@@ -47,6 +47,25 @@ def test_cka_stitch_invert_share_the_store(world, tmp_path, capsys):
     assert "from the store" in capsys.readouterr().err
 
 
+def test_cka_of_a_pair_in_either_order_is_one_key_as_in_the_app(world, capsys):
+    """The CLI asks for CKA(B, A) under the key of CKA(A, B) and transposes it, as the
+    app does: one computation, one stored result."""
+    import numpy as np
+    from core import cka
+    a, b = "resnet18-standard-s0", "resnet18-linf-8"      # not in the canonical order
+    assert run("cka", "--a", a, "--b", b, "-n", "80", "--device", "cpu") == 0
+    ab = json.loads(capsys.readouterr().out)
+    assert run("cka", "--a", b, "--b", a, "-n", "80", "--device", "cpu") == 0
+    printed = capsys.readouterr()
+    ba = json.loads(printed.out)
+    assert "from the store" in printed.err
+    (entry,) = default_store().entries("cka")
+    job, transposed = cka.cka_request(zoo.loader("cpu"), a, b, "blocks", n=80)
+    assert transposed and entry["key"] == job.key
+    assert ab["layers_a"] == ba["layers_b"] and ab["layers_b"] == ba["layers_a"]
+    assert np.array_equal(np.array(ab["matrix"]).T, np.array(ba["matrix"]))
+
+
 def test_errors_are_messages_with_exit_code_2(world, capsys):
     assert run("cka", "--a", "no-such-model") == 2
     assert "error:" in capsys.readouterr().err

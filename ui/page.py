@@ -7,38 +7,40 @@ from typing import Any, Callable, Iterator
 
 import streamlit as st
 
-from core import data, views
+from core import data, exports, figures, views
 from core.errors import RobustLensError
 
 from . import backend, presentation, state
 
 
-def header(page: str, title: str, summary: str, details: str) -> None:
-    """Title and link on one line, a one-line summary with the paper, the rest in a popover
-    (on a projector: the title and the short citation only)."""
+def header(page: str) -> None:
+    """The page's title (its analysis declares it, core.analyses.Page) and link on one
+    line, its one-line summary with the paper, the rest in a popover (on a projector:
+    the title and the short citation only)."""
+    about = views.page(page)
     with st.container(horizontal=True, vertical_alignment="bottom"):
-        st.title(title, width="stretch")
+        st.title(about.title, width="stretch")
         with st.container(key="share", width="content"):
             state.share_link()
         with st.container(width="content"):
             presentation.exit_button()
     note = presentation.slide_note()
     if presentation.presenting():
-        st.caption(note or views.cite(page))
+        st.caption(note or about.cite)
         return
     with st.container(horizontal=True, vertical_alignment="center"):
-        st.caption(f"{summary} · {views.cite(page)}", width="stretch")
+        st.caption(f"{about.summary} · {about.cite}", width="stretch")
         with st.container(width="content"):
             with st.popover("About", icon=":material/info:"):
-                st.markdown(details)
-                st.caption(f"After {views.paper(page)}.")
+                st.markdown(about.about)
+                st.caption(f"After {about.paper}.")
     if note:
         st.caption(f"Slide note: {note}")
 
 
 def caption(page: str, text: str) -> None:
     """The line under a figure: what it shows, and the paper (short)."""
-    st.caption(f"{text} · {views.cite(page)}")
+    st.caption(f"{text} · {views.page(page).cite}")
 
 
 def export_menu(stem: str, files: list[tuple[str, Callable[[], Any], str, str]]) -> None:
@@ -48,6 +50,23 @@ def export_menu(stem: str, files: list[tuple[str, Callable[[], Any], str, str]])
         for label, make, suffix, mime in files:
             st.download_button(label, make, f"{stem}{suffix}", mime, key=f"dl-{stem}-{suffix}",
                                on_click="ignore", width="stretch")
+
+
+def figure_files(make: Callable[[str], bytes]) -> list[tuple[str, Callable[[], Any], str, str]]:
+    """A figure's two exports for export_menu: make("png") at 300 dpi, make("svg")."""
+    return [("Figure, PNG (300 dpi)", lambda: make("png"), ".png", "image/png"),
+            ("Figure, SVG", lambda: make("svg"), ".svg", "image/svg+xml")]
+
+
+def optimisation_files(inputs: dict, strips: dict[str, tuple[list, int, list | None]],
+                       gifs: dict[str, list] | None = None) -> list:
+    """Exports of optimisations for export_menu: PNG strips {label: (images, upscale,
+    their names)} and GIFs {label: frames}, each file naming `inputs` (and its label)."""
+    files = [(label, lambda s=strip: exports.image_strip(s[0], inputs, s[1], s[2]),
+              f"-{k}.png", "image/png") for k, (label, strip) in enumerate(strips.items())]
+    return files + [(label, lambda f=frames, n=label: exports.gif(f, {**inputs, "file": n}),
+                     f"-{k}.gif", "image/gif") for k, (label, frames) in enumerate(
+                         (gifs or {}).items())]
 
 
 @contextlib.contextmanager
@@ -76,14 +95,59 @@ def button(label: str, job_list: list, where=st, **kw: Any) -> bool:
     return clicked
 
 
-def compute_button(label: str, todo: list, **kw: Any) -> None:
-    """A button that says how long `todo` takes here, computes it when clicked (with
-    progress) and shows the page again with the results."""
-    if button(label, todo, icon=":material/play_arrow:", **kw):
-        with guard():
-            for job in todo:
-                backend.run_job(job)
+def results(job_list: list, label: str, key: str, where=st, *, what: str = "This view",
+            icon: str = ":material/play_arrow:",
+            live: Callable[[], tuple[list, int, int]] | None = None, **kw: Any) -> list | None:
+    """The stored results of `job_list`, or the one action that gets them: where they
+    read CIFAR-10's test set and it is not here, how to get it; else a button naming
+    their time which, clicked, computes them (with progress; optimisation jobs side by
+    side with their frames where live() gives (columns, upscale, width)) and shows the
+    page again from the store. None until every one is stored (nothing runs unasked)."""
+    with guard():
+        got = [backend.stored(j) for j in job_list]
+        if all(v is not None for v in got):
+            return got
+        todo = [j for j, v in zip(job_list, got) if v is None]
+        if backend.test_set() is None and any(
+                "test" in j.splits for job in todo for j in (job, *job.needs.values())):
+            need_data(what, key)
+            return None
+    if button(label, todo, where, key=key, icon=icon, **kw):
+        if live is not None:
+            live_frames(todo, *live())
+        else:
+            with guard():
+                for job in todo:
+                    backend.run_job(job)
         st.rerun()
+    return None
+
+
+def result(job: Any, label: str, key: str, where=st, **kw: Any) -> Any | None:
+    """One job's stored result, or the one action that gets it (see results)."""
+    got = results([job], label, key, where, **kw)
+    return None if got is None else got[0]
+
+
+def live_frames(job_list: list, columns: list, scale: int, width: int, every: int = 20) -> list:
+    """Optimisation jobs computed side by side, each one's frames drawn in its column as
+    they arrive, with its step (and loss) every `every` steps; stored results come back
+    at once. The frames are cleared at the end: the caller draws the results there."""
+    slots = [c.empty() for c in columns]
+    notes = [c.empty() for c in columns]
+
+    def show(i: int, e: Any) -> None:
+        if e.preview is not None:
+            slots[i].image(figures.upscale(e.preview[0], scale), width=width)
+        if e.preview is not None or int(e.done) % every == 0:
+            loss = f" · loss {e.loss:.3f}" if e.loss is not None else ""
+            notes[i].caption(f"step {int(e.done)}/{int(e.total)}{loss}")
+    with guard():
+        out = backend.run_live(job_list, show)
+    for slot, note in zip(slots, notes):
+        slot.empty()
+        note.empty()
+    return out
 
 
 @st.cache_data(ttl=300, show_spinner=False)

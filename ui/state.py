@@ -127,6 +127,19 @@ def number(where, page: str, key: str, default: int | None = None, **kw: Any) ->
                                   **kw))
 
 
+def following(where, page: str, key: str, auto: int, **kw: Any) -> int:
+    """A number input that follows `auto` (steps: the optimiser's own default) until the
+    person sets it; a link's value counts as set."""
+    flag = f"_{key}_auto"
+    if key not in st.session_state:
+        seed(page, key)
+        st.session_state[flag] = st.session_state[key] is None
+    if st.session_state.get(flag, True):
+        st.session_state[key] = auto
+    return number(where, page, key, on_change=lambda: st.session_state.update({flag: False}),
+                  **kw)
+
+
 def keep() -> None:
     """Every page's settings outlive a visit to another page: Streamlit forgets a widget's
     value in a run that does not draw it, unless the run writes the value first."""
@@ -167,6 +180,12 @@ def share_link() -> None:
     with st.popover("Link", icon=":material/link:", help="Link to this view"):
         st.caption("Opens exactly this view; results come from the store.")
         st.session_state["_link_slot"] = st.empty()
+
+
+def cell(settings: dict, key: str, rows: int, cols: int) -> tuple[int, int]:
+    """A figure's chosen cell (a setting [row, column]), within its rows and columns."""
+    i, j = settings[key]
+    return min(int(i), rows - 1), min(int(j), cols - 1)
 
 
 def pick_cell(chart_key: str, state_key: str) -> Callable[[], None]:

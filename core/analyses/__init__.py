@@ -37,9 +37,10 @@ class Sweep:
 
 @dataclass(frozen=True)
 class Page:
-    """A page of the app: its script in pages/, its menu entry, its settings (core.views
-    .Setting, each declared once) and the jobs a view of it shows, view_jobs(load,
-    settings) -> jobs (what precompute computes and the ship list ships)."""
+    """A page of the app: its script in pages/, its menu entry, title and texts, its
+    settings (core.views.Setting, each declared once) and the jobs a view of it
+    shows, view_jobs(load, settings) -> jobs (what precompute computes and the ship list
+    ships)."""
     key: str                          # its URL path
     script: str
     title: str
@@ -47,6 +48,8 @@ class Page:
     order: int                        # place in the menu
     settings: tuple
     view_jobs: Callable[[Loader, Mapping[str, Any]], list[Job]]
+    summary: str = ""                 # what it shows, in a line (under its title, at home)
+    about: str = ""                   # how, in its About popover
     paper: str = ""                   # the work it shows, in full and in short
     cite: str = ""
 

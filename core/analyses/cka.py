@@ -662,6 +662,32 @@ def cka_jobs(load: jobs.Loader, s: Mapping[str, Any]) -> list[jobs.Job]:
     return [job for job, _ in cka_requests(load, s)]
 
 
+def pair_value(value: Mapping[str, Any] | None, transposed: bool, layer_a: str,
+               layer_b: str) -> float | None:
+    """One layer pair's CKA from a stored result of cka_request (None if either layer is
+    not in it, or nothing is stored)."""
+    if value is None:
+        return None
+    value = transposed_cka(value) if transposed else value
+    if layer_a not in value["layers_a"] or layer_b not in value["layers_b"]:
+        return None
+    return float(np.asarray(value["matrix"])[value["layers_a"].index(layer_a),
+                                             value["layers_b"].index(layer_b)])
+
+
+def paper_summary(first: CKAResult, second: CKAResult, cross: CKAResult) -> dict:
+    """The paper view's numbers: the mean CKA between distinct layers within the first
+    model and within the second (block structure), and the same-layer CKA across them
+    (its diagonal, over the layers both have, and its mean)."""
+    def off_diagonal(m: np.ndarray) -> float:
+        return float(np.mean(m[~np.eye(len(m), dtype=bool)]))
+    k = min(len(cross.layers_a), len(cross.layers_b))
+    diagonal = np.diag(cross.matrix)[:k]
+    return {"within_first": off_diagonal(first.matrix), "within_second": off_diagonal(second.matrix),
+            "layers": list(cross.layers_a[:k]), "diagonal": diagonal,
+            "same_layer": float(np.mean(diagonal))}
+
+
 # --------------------------------------------------------------------- costs
 
 def cka_cost(job: jobs.Job) -> jobs.Cost:
@@ -777,6 +803,13 @@ register(Analysis(
     sweeps=(Sweep("cka", _grid),),
     pages=(Page("cka", "pages/cka.py", "CKA explorer", ":material/grid_on:", 1, SETTINGS,
                 cka_jobs,
+                summary="How similar are the representations of two layers? Linear CKA over "
+                        "CIFAR-10 test images or an image folder",
+                about="Centered Kernel Alignment of every layer of one model with every layer of "
+                      "another, on benign test images or on PGD adversarial examples. The estimate"
+                      " is the unbiased minibatch HSIC of Nguyen et al. (2021), accumulated over "
+                      "seeded random batches of 1,024 images; a cell's spread is the standard "
+                      "deviation of the per-batch CKA. Click a cell to see the layer pair.",
                 paper="Cianfarani et al., Understanding Robust Learning through the Lens of "
                       "Representation Similarities, NeurIPS 2022",
                 cite="Cianfarani et al., NeurIPS 2022"),),

@@ -57,6 +57,7 @@ import time
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable, Iterator, Mapping, NamedTuple, Protocol, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -69,7 +70,7 @@ from core.jobs.runner import run_printed
 from core.models import zoo
 from core.models.probe import Probe, check_input_size
 from core.progress import Reporter, report
-from core.views import FOLDER_HELP, Setting
+from core.views import FOLDER_HELP, Setting, image_settings
 
 Objective = Callable[[torch.Tensor], torch.Tensor]
 Features = Callable[[torch.Tensor], torch.Tensor]   # x -> the output of a tap, in the graph
@@ -1031,6 +1032,25 @@ def with_component(load: jobs.Loader, s: Mapping[str, Any], index: int) -> list[
     return [m for m in (s["a"], s["b"]) if index < load(m).representation_size]
 
 
+def feature_class(probe: Probe, index: int) -> str:
+    """The class a component of the representation weighs most towards (last layer)."""
+    return probe.classes[int(probe.head.weight.detach()[:, index].argmax())]
+
+
+def misclassified_test(outputs: Mapping[str, Any], n: int = 40) -> tuple[list[int], int]:
+    """n of the test images a model gets wrong (a seeded draw), from its test_outputs
+    job's result, and how many it gets wrong in all."""
+    wrong = np.nonzero((outputs["predicted"] != outputs["labels"]).numpy())[0]
+    return np.random.default_rng(0).permutation(wrong)[:n].tolist(), len(wrong)
+
+
+def top_contributions(explained: Mapping[str, Any], k: int = 10) -> dict[str, list]:
+    """The k components contributing most to an explained prediction, largest first."""
+    contrib = np.asarray(explained["contributions"])
+    top = np.argsort(contrib)[::-1][:k]
+    return {"feature": [str(i) for i in top], "contribution": [float(contrib[i]) for i in top]}
+
+
 def misclassified_samples(probe: Probe) -> list[tuple[data.Sample, int]]:
     """The shipped samples of the model's data set it gets wrong, with its predictions."""
     return [(s, p) for s, p in zoo.sample_predictions(probe) if p != s.label]
@@ -1145,10 +1165,7 @@ def _features_grid(options: Mapping[str, Any], models: list[str], load: jobs.Loa
 # ---------------------------------------------------------------------- pages
 
 INVERSION_SETTINGS = (
-    Setting("inv_source", "samples", "Images", ("test", "samples", "photos", "upload"),
-            {"test": "CIFAR-10 test set", "samples": "CIFAR-10 samples",
-             "photos": "Photos (out of distribution)", "upload": "Your images"}),
-    Setting("inv_img", "foolbox-00", "Image"),
+    *image_settings("inv"),
     Setting("inv_layer", "avgpool", "Layer", help="The representation to match: the "
             "penultimate layer in the paper, or any earlier tap."),
     Setting("inv_method", "adam", "Optimiser", METHODS,
@@ -1158,8 +1175,6 @@ INVERSION_SETTINGS = (
             help="Empty: the optimiser's own default."),
     Setting("inv_seed", 0, "Seed", bounds=(0, 10_000),
             help="Seed of the starting noise (0.5 + N(0,1)/20)."),
-    Setting("inv_page", 0, "Page of the shuffled test set", bounds=(0, 415),
-            help="24 images a page, in a fixed shuffle."),
 )
 MANIPULATION_TABS = ("Feature browser", "Feature addition", "Interpolation", "Misclassification")
 MANIPULATION_SETTINGS = (
@@ -1196,8 +1211,18 @@ register(Analysis(
     sweeps=(Sweep("inversion", _inversion_grid), Sweep("features", _features_grid)),
     pages=(Page("inversion", "pages/inversion.py", "Representation inversion",
                 ":material/flip:", 3, INVERSION_SETTINGS, inversion_view_jobs,
+                summary="Click an image: each model rebuilds it from its representation alone",
+                about="Each model gets only the image's representation R(x) (the penultimate "
+                      "layer) and searches, from gray noise, for an input x' whose representation "
+                      "matches: minimise ‖R(x') − R(x)‖ / ‖R(x)‖ by gradient descent in pixel "
+                      "space, with no image prior. A robust model's reconstruction looks like the "
+                      "image; a standard model's does not.",
                 paper=PAPER, cite="Engstrom et al., 2019"),
            Page("manipulation", "pages/manipulation.py", "Feature manipulation",
                 ":material/tune:", 4, MANIPULATION_SETTINGS, manipulation_jobs,
+                summary="Visualise, find, add and blend the features of a representation",
+                about="Gradient descent in pixel space, with no image prior: a robust model's "
+                      "representation is close to human-meaningful features, a standard model's is"
+                      " not. The last ReLU is an identity in the backward pass (\"fake ReLU\").",
                 paper=PAPER, cite="Engstrom et al., 2019")),
 ))

@@ -699,6 +699,25 @@ class StitchResult:
             (cell.get("eval_seconds") or {}).values())
         self.histories[pair][j] = cell.get("history")
 
+    def values(self, metric: str) -> np.ndarray:
+        """The cells' clean or robust accuracy ("clean", "robust"), or either relative
+        to the end model's own ("clean_rel", "robust_rel"; NaN where that is unknown)."""
+        kind = metric.removesuffix("_rel")
+        values = self.robust if kind == "robust" else self.clean
+        if metric.endswith("_rel"):
+            key = f"{kind}_accuracy"
+            ends = [np.nan if not (ref and ref.get(key)) else ref[key]
+                    for ref in self.end_accuracy]
+            values = values / np.array(ends)[:, None]
+        return values
+
+    def to_csv(self, values: np.ndarray, rows: Sequence[tuple[str, str, str]]) -> str:
+        """A (pairs x layers) array of it as CSV, a row per (name, front, end)."""
+        lines = ["pair,front,end," + ",".join(self.layers)]
+        for names, row in zip(rows, values):
+            lines.append(",".join([*names] + ["" if np.isnan(v) else f"{v:.4f}" for v in row]))
+        return "\n".join(lines) + "\n"
+
     def missing(self) -> list[tuple[int, int]]:
         """(pair, layer) indices of cells not computed yet."""
         return [(i, j) for i in range(len(self.pairs)) for j in range(len(self.layers))
@@ -1255,6 +1274,14 @@ register(Analysis(
     sweeps=(Sweep("stitching", _grid), Sweep("accuracy", _accuracy_grid)),
     pages=(Page("stitching", "pages/stitching.py", "Stitching matrix",
                 ":material/join_inner:", 2, SETTINGS, view_jobs,
+                summary="The front of one network, a trained 1x1 convolution, the back of another:"
+                        " can the end model use the front model's representation?",
+                about="The front of one network up to a layer, a trained 1x1 convolution, and the "
+                      "rest of another network. Both donors are frozen: only the stitching layer "
+                      "learns. Task-loss matching trains it with cross-entropy through the end "
+                      "model; direct matching fits it by least squares to the end model's own "
+                      "activation (Balogh & Jelasity's AAAI 2025 follow-up). Click a cell for its "
+                      "details.",
                 paper="Balogh & Jelasity, On the Functional Similarity of Robust and "
                       "Non-Robust Neural Representations, ICML 2023",
                 cite="Balogh & Jelasity, ICML 2023"),),

@@ -83,9 +83,20 @@ COMMON = (
             "enlarges figures for a projector. Esc, the exit button or ?present=0 leave it."),
 )
 
-FOLDER_HELP = ("Empty: CIFAR-10. Else a folder on this server of class folders of images "
-               "(an ImageNet validation folder), read at the models' input size; for models "
-               "of other data sets.")
+IMAGE_SOURCES = {"test": "CIFAR-10 test set", "samples": "CIFAR-10 samples",
+                 "photos": "Photos (out of distribution)", "upload": "Your images"}
+
+
+def image_settings(prefix: str, default: str = "foolbox-00") -> tuple[Setting, ...]:
+    """The settings of a page's image picker (ui.picker): where its images come from,
+    the chosen one, and the page of the test set's fixed shuffle shown."""
+    return (Setting(f"{prefix}_source", "samples", "Images", tuple(IMAGE_SOURCES),
+                    IMAGE_SOURCES),
+            Setting(f"{prefix}_img", default, "Image"),
+            Setting(f"{prefix}_page", 0, "Page of the shuffled test set", bounds=(0, 415),
+                    help="24 images a page, in a fixed shuffle."))
+
+
 FOLDER_HELP = ("Empty: CIFAR-10. Else a folder on this server of class folders of images "
                "(an ImageNet validation folder), read at the models' input size; for models "
                "of other data sets.")
@@ -107,14 +118,9 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def paper(page: str) -> str:
-    """The work a page shows, in full."""
-    return _pages()[page].paper
-
-
-def cite(page: str) -> str:
-    """The work a page shows, as a figure on a projector names it."""
-    return _pages()[page].cite
+def page(key: str) -> Any:
+    """An analysis page's declaration (core.analyses.Page): title, texts, paper, settings."""
+    return _pages()[key]
 
 
 def page_settings(page: str) -> dict[str, Setting]:

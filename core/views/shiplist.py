@@ -17,7 +17,6 @@ per model and attack (seconds on a GPU).
 from __future__ import annotations
 
 from itertools import combinations_with_replacement
-from pathlib import Path
 from typing import Any
 
 from core import PROJECT, data, views
