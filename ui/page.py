@@ -96,13 +96,14 @@ def button(label: str, job_list: list, where=st, **kw: Any) -> bool:
 
 
 def results(job_list: list, label: str, key: str, where=st, *, what: str = "This view",
-            icon: str = ":material/play_arrow:",
+            icon: str = ":material/play_arrow:", auto: bool = False,
             live: Callable[[], tuple[list, int, int]] | None = None, **kw: Any) -> list | None:
     """The stored results of `job_list`, or the one action that gets them: where they
     read CIFAR-10's test set and it is not here, how to get it; else a button naming
     their time which, clicked, computes them (with progress; optimisation jobs side by
     side with their frames where live() gives (columns, upscale, width)) and shows the
-    page again from the store. None until every one is stored (nothing runs unasked)."""
+    page again from the store. None until every one is stored: nothing runs unasked,
+    but with auto=True a run estimated under a moment (LONG_RUN_S) starts at once."""
     with guard():
         got = [backend.stored(j) for j in job_list]
         if all(v is not None for v in got):
@@ -112,7 +113,9 @@ def results(job_list: list, label: str, key: str, where=st, *, what: str = "This
                 "test" in j.splits for job in todo for j in (job, *job.needs.values())):
             need_data(what, key)
             return None
-    if button(label, todo, where, key=key, icon=icon, **kw):
+    with guard():
+        at_once = auto and backend.run_seconds(todo) <= LONG_RUN_S
+    if at_once or button(label, todo, where, key=key, icon=icon, **kw):
         if live is not None:
             live_frames(todo, *live())
         else:

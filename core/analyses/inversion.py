@@ -64,8 +64,8 @@ import torch.nn.functional as F
 from core import data, jobs
 from core.analyses import Analysis, Command, Page, Sweep, register
 from core.data import batch_sizes, batches, images
-from core.data.images import UPLOAD_PREFIX, norms
-from core.errors import BadImageError, ComponentError, RobustLensError
+from core.data.images import norms
+from core.errors import ComponentError, RobustLensError
 from core.jobs.runner import run_printed
 from core.models import zoo
 from core.models.probe import Probe, check_input_size
@@ -770,26 +770,13 @@ def _with_frames_at_ends(settings: Settings) -> Settings:
     return dataclasses.replace(settings, frame_every=settings.steps)
 
 
-def picture(image: str | Any, size: int) -> tuple[Any, Any]:
-    """An image a job starts from, at a model's input size, and how the job's spec names
-    it: a gallery key (data.image_for) by the key, anything else (an upload) by its pixels."""
-    if isinstance(image, str):
-        found = data.image_for(image, None, size)
-        if found is None:
-            raise BadImageError(f"no image {image!r}: name a shipped sample (foolbox-00 .. "
-                                "foolbox-19), a photo or a test image (test-N)")
-        return images.fit(found[0], size), image
-    fitted = images.fit(image, size)
-    return fitted, images.to_uint8(fitted)
-
-
 def inversion_job(load: jobs.Loader, spec: str, image: Any, layer: str | None = None,
                   method: str = "adam", steps: int | None = None, seed: str = "noise",
                   generator_seed: int = 0) -> jobs.Job:
     """Reconstruct `image` (a gallery key or pixels) from model `spec`'s representation
     (Engstrom et al. 2019)."""
     probe = load(spec)
-    image, named = picture(image, probe.input_size)
+    image, named = jobs.picture(image, probe.input_size)
     args = {"spec": spec, "image": named, "layer": layer, "method": method,
             "steps": steps, "seed": seed, "generator_seed": generator_seed}
     layer = layer or probe.representation_layer
@@ -930,7 +917,7 @@ def top_images_job(load: jobs.Loader, spec: str, indices: list[int], k: int = 9,
 def add_feature_job(load: jobs.Loader, spec: str, image: Any, index: int, method: str = "adam",
                     steps: int | None = None) -> jobs.Job:
     probe = load(spec)
-    image, named = picture(image, probe.input_size)
+    image, named = jobs.picture(image, probe.input_size)
     args = {"spec": spec, "image": named, "index": int(index),
             "method": method, "steps": steps}
     settings = _task_settings("add", method, steps, probe)
@@ -954,7 +941,7 @@ def interpolation_job(load: jobs.Loader, spec: str, image_a: Any, image_b: Any,
                       frames: int = 10, method: str = "adam", steps: int | None = None
                       ) -> jobs.Job:
     probe = load(spec)
-    (image_a, named_a), (image_b, named_b) = (picture(i, probe.input_size)
+    (image_a, named_a), (image_b, named_b) = (jobs.picture(i, probe.input_size)
                                               for i in (image_a, image_b))
     args = {"spec": spec, "image_a": named_a, "image_b": named_b, "frames": frames,
             "method": method, "steps": steps}
@@ -975,7 +962,7 @@ def interpolation_job(load: jobs.Loader, spec: str, image_a: Any, image_b: Any,
 def explain_job(load: jobs.Loader, spec: str, image: Any, label: int, method: str = "adam",
                 steps: int | None = None) -> jobs.Job:
     probe = load(spec)
-    image, named = picture(image, probe.input_size)
+    image, named = jobs.picture(image, probe.input_size)
     args = {"spec": spec, "image": named, "label": int(label),
             "method": method, "steps": steps}
     settings = _task_settings("explain", method, steps, probe)
@@ -996,21 +983,12 @@ def inversion_steps(s: Mapping[str, Any]) -> int:
     return int(s["inv_steps"]) if s.get("inv_steps") else DEFAULTS["invert"][s["inv_method"]][0]
 
 
-def _chosen(key: str, uploads: Mapping[str, Any] | None, size: int) -> Any | None:
-    """A view's image as a job takes it: a gallery key as the key, an upload (of this
-    session) as its pixels; None where there is no such image."""
-    found = data.image_for(key, uploads, size)
-    if found is None:
-        return None
-    return found[0] if key.startswith(UPLOAD_PREFIX) else key
-
-
 def inversion_jobs(load: jobs.Loader, s: Mapping[str, Any],
                    uploads: Mapping[str, Any] | None = None) -> list[jobs.Job]:
     """The two reconstructions of the chosen image (none if it is not found)."""
     out = []
     for m in (s["a"], s["b"]):
-        image = _chosen(s["inv_img"], uploads, load(m).input_size)
+        image = jobs.view_image(s["inv_img"], uploads, load(m).input_size)
         if image is None:
             return []
         out.append(inversion_job(load, m, image, s["inv_layer"], s["inv_method"],
@@ -1072,7 +1050,7 @@ def manipulation_jobs(load: jobs.Loader, s: Mapping[str, Any],
         return out + [top_images_job(load, s["a"], feats, folder=folder)]
 
     def image(key: str, m: str) -> Any | None:
-        return _chosen(key, uploads, load(m).input_size)
+        return jobs.view_image(key, uploads, load(m).input_size)
     if tab == "Feature addition":
         index = s["mf_add_index"] if s["mf_add_index"] is not None else (
             int(s["mf_feat"][1:]) if s["mf_feat"].startswith("f") else feats[0])

@@ -25,10 +25,11 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from core import data
-from core.errors import IncompatibleModelError
+from core.data import images
+from core.errors import BadImageError, IncompatibleModelError
 from core.jobs.results import make_key, plain
 from core.models.probe import Probe
 
@@ -117,6 +118,28 @@ def cifar10_images(split: str, n: int) -> dict:
 def test_images(n: int | None) -> dict:
     """How a job names its images: the first n of the fixed shuffle of the test set."""
     return cifar10_images("test", n or 10_000)
+
+
+def picture(image: str | Any, size: int) -> tuple[Any, Any]:
+    """An image a job starts from, at a model's input size, and how the job's spec names
+    it: a gallery key (data.image_for) by the key, anything else (an upload) by its pixels."""
+    if isinstance(image, str):
+        found = data.image_for(image, None, size)
+        if found is None:
+            raise BadImageError(f"no image {image!r}: name a shipped sample (foolbox-00 .. "
+                                "foolbox-19), a photo or a test image (test-N)")
+        return images.fit(found[0], size), image
+    fitted = images.fit(image, size)
+    return fitted, images.to_uint8(fitted)
+
+
+def view_image(key: str, uploads: Mapping[str, Any] | None, size: int) -> Any | None:
+    """A view's image as a job takes it: a gallery key as the key, an upload (of this
+    session) as its pixels; None where there is no such image."""
+    found = data.image_for(key, uploads, size)
+    if found is None:
+        return None
+    return found[0] if key.startswith(images.UPLOAD_PREFIX) else key
 
 
 LAYER_SETS = ("blocks", "all")
