@@ -343,13 +343,15 @@ class ResultStore:
         """Copy a stored result into assets/results/ (precomputed, shipped).
         `scrub` rewrites the value first (e.g. drops what is made of data-set pixels)."""
         key = make_key(kind, inputs)
+        d = directory or self.assets or ASSETS
         rows = self._query("SELECT meta, arrays FROM results WHERE key=?", (key,))
+        if not rows and (d / f"{key}.json").exists():
+            return d / f"{key}.json"          # shipped already (and served from there)
         if not rows:
             raise StoreError(f"no stored {kind} result for these inputs")
         meta, blob = rows[0]
         if scrub is not None:
             meta, blob = encode(scrub(decode(meta, blob)))
-        d = directory or self.assets or ASSETS
         d.mkdir(parents=True, exist_ok=True)
         (d / f"{key}.json").write_text(meta)
         if blob:
