@@ -230,11 +230,14 @@ def test_every_job_kind_reads_seeded_batches_unless_it_answers_in_order(world, m
 
 def test_every_kind_declares_the_models_and_splits_its_key_names(world):
     """What a sweep ships to a Ray worker (the models, the CIFAR-10 splits) comes from
-    each kind's declaration: it must be exactly what the job's key names."""
+    each kind's declaration: it must be exactly what the job's key names. The kinds'
+    jobs: the value snapshots', and those of every page's default view."""
     from test_job_values import snapshot_jobs
     load = _loader()
-    built = [part for job in snapshot_jobs(load).values() for part in (*job.needs.values(), job)]
-    assert {job.kind for job in built} == set(jobs.KINDS)
+    examples = [*snapshot_jobs(load).values(),
+                *(job for page in views.pages() for job in views.view_jobs(load, page, {}))]
+    built = [part for job in examples for part in (*job.needs.values(), job)]
+    assert {job.kind for job in built} == set(jobs.kinds())
 
     def fingerprints(value) -> set[str]:
         if isinstance(value, dict):
