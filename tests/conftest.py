@@ -1,4 +1,5 @@
-"""Shared fixtures: an isolated cache folder and tiny random-init models."""
+"""Shared fixtures: an isolated cache folder, tiny models and a tiny world, the network
+blocked, a Streamlit server and a browser (the helpers they use: helpers.py)."""
 from __future__ import annotations
 
 import os
@@ -6,15 +7,14 @@ import os
 # busy-waiting OpenMP threads make small ops 40-100x slower on a loaded 2-core box
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import shutil
-import sys
-import tempfile
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import helpers  # noqa: E402 - puts the checkout on sys.path, finds the shared data set first
+from helpers import tiny_probe
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
@@ -39,72 +39,14 @@ def offline(monkeypatch):
         monkeypatch.setattr(owner, name, replacement)
 
 
-SHARED_TARBALL = ROOT.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-
-
-_EXTRACTED: list[str] = []
-
-
-def _use_shared_data() -> None:
-    """Where the user cache holds no CIFAR-10 but the checkout sits next to the team's
-    shared/data tarball (the dev and CI machines), the data tests use it: extracted
-    once per run into a temporary folder named by ROBUSTLENS_DATA (inherited by the app
-    servers the browser tests start). Runs when this file is imported, so that the
-    `needs_data` marks below, evaluated at import, already see it."""
-    from core import data
-    if os.environ.get("ROBUSTLENS_DATA") or data.has_cifar10("test") or not SHARED_TARBALL.is_file():
-        return
-    dest = Path(tempfile.mkdtemp(prefix="rl-cifar10-"))
-    data.extract_archive(SHARED_TARBALL, dest)
-    os.environ["ROBUSTLENS_DATA"] = str(dest)
-    _EXTRACTED.append(str(dest))
-
-
-_use_shared_data()
-
-
 def pytest_unconfigure(config):
-    for d in _EXTRACTED:
+    for d in helpers.EXTRACTED:
         shutil.rmtree(d, ignore_errors=True)
-
-
-def tiny_probe(width: int = 8, seed: int = 0, name: str = "tiny", arch: str = "resnet18",
-               input_size: int = 32):
-    from core import archs, data
-    from core.probe import Probe
-    torch.manual_seed(seed)
-    model = archs.build(arch, width=width)
-    probe = Probe(model, data.MEAN, data.STD, name=name,
-                  card={"arch": arch, "width": width, "num_classes": 10}, input_size=input_size)
-    return probe.eval()
 
 
 @pytest.fixture
 def probe():
     return tiny_probe()
-
-
-def shipped(*names: str):
-    """Skip unless these shipped models are in pretrained/."""
-    from core import zoo
-    missing = [n for n in names if n not in zoo.names()]
-    return pytest.mark.skipif(bool(missing), reason=f"shipped models absent: {missing}")
-
-
-def asks_for_data(texts: list[str]) -> list[str]:
-    """The messages among `texts` that ask for the CIFAR-10 test set, except the
-    top-activating images' (data-set images: only their indices ship)."""
-    return [t for t in texts if "needs the CIFAR-10 test set" in t
-            and not t.startswith("Showing the top-activating test images")]
-
-
-def has_test_data() -> bool:
-    from core import data
-    return data.has_cifar10("test")
-
-
-needs_data = pytest.mark.skipif(not has_test_data(), reason="CIFAR-10 test set not present "
-                                "(python -m core data --from/--download)")
 
 
 @pytest.fixture(scope="session")
@@ -149,31 +91,22 @@ def device():
     return pick_device()
 
 
-def imagenet_models(*seeds: int, size: int = 64) -> dict:
-    """ImageNet-class models ("in0", "in1", ...: torchvision's ResNet-18 layout, 1,000
-    outputs, random weights, ImageNet statistics) at `size` px, small to stay quick."""
-    from core import archs
-    from core.probe import Probe
-    models = {}
-    for seed in seeds:
-        torch.manual_seed(seed)
-        models[f"in{seed}"] = Probe(archs.build("imagenet_resnet18"), (0.485, 0.456, 0.406),
-                                    (0.229, 0.224, 0.225), name=f"in{seed}", input_size=size)
-    return models
+@pytest.fixture(scope="module")
+def offline_server(tmp_path_factory):
+    """A Streamlit server of this checkout as a fresh machine has it: no data set."""
+    srv = helpers.Server(tmp_path_factory.mktemp("offline"), offline=True).start()
+    try:
+        yield srv
+    finally:
+        srv.kill()
+    srv.assert_no_traceback()
 
 
-def image_folder(root: Path, classes: tuple[str, ...] = ("n01440764", "n15075141"),
-                 per_class: int = 4,
-                 seed: int = 0) -> Path:
-    """An ImageFolder tree (ROOT/CLASS/IMAGE.png) of made-up photos: random pixels at
-    odd sizes, never data-set images."""
-    import numpy as np
-    from PIL import Image
-    rng = np.random.default_rng(seed)
-    for cls in classes:
-        (root / cls).mkdir(parents=True)
-        for i in range(per_class):
-            w, h = int(rng.integers(80, 300)), int(rng.integers(80, 300))
-            Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
-                root / cls / f"img{i}.png")
-    return root
+@pytest.fixture(scope="module")
+def browser():
+    """Debian's Chromium, driven by Playwright."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=helpers.CHROMIUM, args=helpers.ARGS)
+        yield b
+        b.close()

@@ -1,40 +1,12 @@
 """The app and every page run under Streamlit's AppTest without an exception."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-import streamlit.testing.v1.app_test as app_test_module
-from streamlit.runtime.pages_manager import PagesManager
-from streamlit.testing.v1 import AppTest
+from helpers import run_app
 
-ROOT = Path(__file__).resolve().parent.parent
-PAGES = ["pages/home.py", "pages/cka.py", "pages/stitching.py", "pages/inversion.py",
-         "pages/manipulation.py"]
+from core import views
 
-
-class _WarmServerPages(PagesManager):
-    """AppTest resets Streamlit's legacy "pages directory" flag before every run,
-    as if each run were the first on a cold server. A served app leaves that mode
-    on its first visit (backend.page_setup); these tests run the warm path."""
-
-    def __init__(self, *args, **kwargs) -> None:
-        PagesManager.uses_pages_directory = False
-        super().__init__(*args, **kwargs)
-
-
-app_test_module.PagesManager = _WarmServerPages
-
-
-def run_app(page: str | None = None, params: dict | None = None, timeout: float = 120) -> AppTest:
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=timeout)
-    for k, v in (params or {}).items():
-        at.query_params[k] = v
-    at.run()
-    if page:
-        at.switch_page(page)
-        at.run()
-    return at
+PAGES = list(views.pages().values())     # every page of the app
 
 
 @pytest.mark.parametrize("page", PAGES)

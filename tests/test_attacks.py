@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import needs_data, shipped, tiny_probe
+from helpers import needs_data, shipped, tiny_probe
 from core import attacks, data, zoo
 
 import foolbox as fb

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_probe
+from helpers import tiny_probe
 from core import attacks, cka, data, images, inversion, results, stitching
 from core.errors import (BadImageError, ComponentError, DataNotFoundError, DeviceError,
                          UnlabelledDataError)

@@ -12,266 +12,20 @@ from __future__ import annotations
 import io
 import os
 import re
-import shutil
 import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import asks_for_data
+from helpers import (CHROMIUM, DECK, PATHS, PRIMARY, PROJECTOR, ROOT, WIDE, Server,
+                     assert_clean, both_reconstructions, clipped_controls, no_truncation,
+                     open_page, primary_figure_whole, settle, shot, sidebar_hidden_after_the_run,
+                     sidebar_visible, text_outside_figures, wait_until)
 
-from core import views
-
-ROOT = Path(__file__).resolve().parent.parent
-SHOTS = ROOT / "artifacts" / "screenshots"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-playwright = pytest.importorskip("playwright.sync_api")
+pytest.importorskip("playwright.sync_api")
 pytestmark = [pytest.mark.browser,
               pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Chromium not installed")]
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-DECK = "three-papers"
-WIDE, PROJECTOR = (1600, 900), (1280, 720)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """A Streamlit server of this checkout on 127.0.0.1, with an isolated cache; with
-    offline=True it also sees no CIFAR-10 (a fresh machine's home folder)."""
-
-    def __init__(self, cache: Path, offline: bool = False, address: str = "127.0.0.1",
-                 env: dict[str, str] | None = None) -> None:
-        self.cache, self.port, self.proc, self.offline = cache, free_port(), None, offline
-        self.address, self.env = address, env or {}
-        self.log = cache / "server.log"
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> "Server":
-        env = {**os.environ, "ROBUSTLENS_CACHE": str(self.cache), **self.env}
-        if self.offline:
-            env.pop("ROBUSTLENS_DATA", None)
-            env["HOME"] = str(self.cache / "home")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(self.port),
-             "--server.address", self.address, "--server.headless", "true"],
-            cwd=ROOT, env=env, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
-            start_new_session=True)
-        deadline = time.time() + 120
-        while time.time() < deadline:
-            try:
-                if urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2).status == 200:
-                    return self
-            except OSError:
-                time.sleep(0.5)
-        self.kill()
-        raise RuntimeError(f"the app did not start; log:\n{self.log.read_text()[-3000:]}")
-
-    def kill(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc and self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(30)
-
-    def assert_no_traceback(self) -> None:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        assert "Traceback" not in text, text[-4000:]
-
-
-@pytest.fixture(scope="module")
-def offline_server(tmp_path_factory):
-    srv = Server(tmp_path_factory.mktemp("offline"), offline=True).start()
-    try:
-        yield srv
-    finally:
-        srv.kill()
-    srv.assert_no_traceback()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright.sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
-
-
-def settle(page, timeout: float = 300) -> None:
-    """Wait until the app has finished its run (no 'running' widget, no spinner)."""
-    page.wait_for_selector("[data-testid='stApp']", timeout=90_000)
-    time.sleep(1.0)
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        busy = page.locator("[data-testid='stStatusWidget']").count() + \
-            page.locator("[data-testid='stSpinner']").count()
-        if not busy:
-            time.sleep(0.8)
-            if not (page.locator("[data-testid='stStatusWidget']").count()
-                    + page.locator("[data-testid='stSpinner']").count()):
-                return
-        time.sleep(0.3)
-    raise TimeoutError("the app kept running")
-
-
-def open_page(browser, server, path: str, size: tuple[int, int] = WIDE):
-    ctx = browser.new_context(viewport={"width": size[0], "height": size[1]})
-    page = ctx.new_page()
-    page.goto(f"{server.url}/{path}")
-    settle(page)
-    page.locator("h1").first.wait_for(timeout=90_000)   # a cold server's first run has no title yet
-    settle(page)
-    return page
-
-
-def assert_clean(page, offline: bool = False) -> None:
-    """No error box, no exception, no 'encountered an error'; offline, nothing that
-    the ship list promises asks for the data set."""
-    for testid in ("stException", "stAlertContentError"):
-        boxes = page.locator(f"[data-testid='{testid}']")
-        assert boxes.count() == 0, boxes.first.inner_text()
-    assert page.get_by_text("encountered an error").count() == 0
-    if offline:
-        asks = asks_for_data(page.get_by_text("needs the CIFAR-10 test set").all_inner_texts())
-        assert not asks, asks
-
-
-def shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"{name}.png"))
-
-
-def sidebar_visible(page) -> bool:
-    return page.locator("section[data-testid='stSidebar']").is_visible()
-
-
-def sidebar_hidden_after_the_run(page) -> None:
-    wait_until(lambda: not sidebar_visible(page), 30, "the sidebar hidden")
-
-
-def wait_until(predicate, timeout: float = 60, what: str = "condition", page=None) -> None:
-    """Poll `predicate`; with a `page`, an error box ends the wait at once, and a
-    timeout says what the page showed (status, progress, alerts) beside a screenshot."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        if page is not None:
-            assert_clean(page)
-        time.sleep(0.3)
-    if page is None:
-        raise AssertionError(f"timed out waiting for {what}")
-    shot(page, "timeout-" + re.sub(r"\W+", "-", what))
-    shown = page.locator("[data-testid='stStatusWidget'], [data-testid='stProgress'], "
-                         "[data-testid='stExpander'] summary, [data-testid='stAlert']")
-    raise AssertionError(f"timed out waiting for {what} at {page.url}; the page showed: "
-                         f"{shown.all_inner_texts()}")
-
-
-RESULT_LINE = re.compile(r"^representation loss [\d.]+ · PSNR")   # one per model
-
-
-def both_reconstructions(page, timeout: float = 300) -> None:
-    """Wait until the inversion page shows both models' finished results. A run the
-    page estimates over 20 s waits for a click (ui.page.LONG_RUN_S): on a loaded
-    machine an upload's 150 steps do, so the wait clicks as a person would: once, since
-    the button stays on the page while the run it started computes, and a second click
-    would start that run again."""
-    start = page.get_by_role("button", name=re.compile(r"^Reconstruct \(about"))
-    clicked = []
-
-    def done() -> bool:
-        if not clicked and start.count():
-            try:
-                start.first.click(timeout=5_000)
-                clicked.append(True)
-            except playwright.Error:        # gone in a rerun meanwhile: look again
-                pass
-        return page.get_by_text(RESULT_LINE).count() == 2
-    wait_until(done, timeout, "both reconstructions", page)
-    settle(page)
-
-
-def no_truncation(page) -> list[str]:
-    """Buttons, tabs, headings, captions and pickers' values whose text does not fit
-    their box."""
-    return page.evaluate("""() => {
-      const sel = 'button p, [data-testid="stMarkdownContainer"] p, h1, h2, h3,'
-                + ' [data-testid="stCaptionContainer"], [role="tab"] p, .stMarkdownEllipsis,'
-                + ' [data-testid="stMetricValue"] div, [data-testid="stSelectbox"] input';
-      return [...document.querySelectorAll(sel)]
-        .filter(e => e.offsetParent !== null && e.scrollWidth > e.clientWidth + 1)
-        .map(e => (e.value || e.innerText).slice(0, 60));
-    }""")
-
-
-def clipped_controls(page) -> list[str]:
-    """Buttons, tabs and select boxes that the nearest box clipping its content cuts
-    (a segmented control wider than its column shows half a button)."""
-    return page.evaluate("""() => {
-      const out = [];
-      document.querySelectorAll('button, [role="tab"], [data-testid="stSelectbox"]')
-        .forEach(b => {
-          const r = b.getBoundingClientRect();
-          // plotly's mode bar shows on hover only, over the figure
-          if (b.offsetParent === null || r.width === 0 || b.closest('.modebar')) return;
-          for (let a = b.parentElement; a; a = a.parentElement) {
-            if (getComputedStyle(a).overflowX === 'visible') continue;
-            const box = a.getBoundingClientRect();
-            if (r.right > box.right + 1 || r.left < box.left - 1)
-              out.push(b.innerText.slice(0, 60) || b.getAttribute('aria-label'));
-            break;
-          }
-        });
-      return out;
-    }""")
-
-
-def text_outside_figures(page) -> list[str]:
-    """Titles and axis labels of plotly figures that reach past their figure's edge."""
-    return page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')]
-      .flatMap(p => {
-        const box = p.querySelector('.main-svg').getBoundingClientRect();
-        return [...p.querySelectorAll('.gtitle, .xtick text, .ytick text, .g-xtitle text,'
-                                      + ' .g-ytitle text')]
-          .filter(t => { const r = t.getBoundingClientRect();
-                         return r.width > 0 && (r.right > box.right + 1 || r.left < box.left - 1); })
-          .map(t => t.textContent.slice(0, 60));
-      })""")
-
-
-def in_viewport(page, locator, size) -> None:
-    box = locator.bounding_box()
-    assert box is not None, "the figure is not drawn"
-    assert box["y"] >= 0 and box["y"] + box["height"] <= size[1] + 1, (box, size)
-    assert box["x"] >= 0 and box["x"] + box["width"] <= size[0] + 1, (box, size)
-
-
-# every page of the app (the analyses' from their registry), by URL path
-PATHS = {"home": "", **{key: key for key in views.pages() if key}}
-# each page's primary figure: (selector, how many of the first matches it spans)
-PRIMARY = {"cka": (".stPlotlyChart", 1), "stitching": (".stPlotlyChart", 1),
-           "inversion": ("[data-testid='stImage']", 3),        # the original and both models
-           "manipulation": (".rl-gallery, [data-testid='stImage']", 1)}
-
-
-def primary_figure_whole(page, kind: str, what: str) -> None:
-    """The page's primary figure is drawn and lies inside the projector's viewport."""
-    selector, parts = PRIMARY[kind]
-    figures = page.locator(selector)
-    wait_until(lambda: figures.count() >= parts, 120, what)
-    for k in range(parts):
-        in_viewport(page, figures.nth(k), PROJECTOR)
 
 
 # ----------------------------------------------------------------- the walk
@@ -707,7 +461,7 @@ def test_an_imagenet_resnet50_added_by_path_opens_every_page(browser, offline_se
                                         "images at 224 px")).wait_for(timeout=30_000)
         shot(page, f"imagenet-{title.split()[0].lower()}")
     # CKA of A with itself on an image folder (made-up photos), read at 224 px
-    from conftest import image_folder
+    from helpers import image_folder
     image_folder(tmp_path / "val")
     page.locator("section[data-testid='stSidebar'] a").filter(has_text="CKA explorer").first.click()
     settle(page)

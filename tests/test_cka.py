@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import image_folder, imagenet_models, tiny_probe
+from helpers import image_folder, imagenet_models, tiny_probe
 from core import cka, data, results
 from core.attacks import PGD
 from core.errors import UnknownLayerError

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import image_folder, needs_data
+from helpers import image_folder, needs_data
 from core import data
 from core.errors import DataNotFoundError
 

@@ -9,7 +9,7 @@ import pytest
 
 from core import cli, views
 from core.results import default_store
-from test_app import run_app
+from helpers import run_app
 
 DECK = Path(__file__).resolve().parent.parent / "assets" / "decks" / "three-papers.yaml"
 COMPUTE_BUTTONS = ("Compute", "Visualise", "Interpolate", "Add feature", "Measure", "Explain",

@@ -69,7 +69,7 @@ def test_the_probe_keeps_its_documented_members():
 
 
 def test_cka_matrix_attack_keyword_attacks_both_sides():
-    from conftest import tiny_probe
+    from helpers import tiny_probe
     a, b = tiny_probe(width=4, seed=0), tiny_probe(width=4, seed=1)
     loader = data.ImageTensorDataset(torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8),
                                      torch.arange(16) % 10)

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import torch
 
-from conftest import tiny_probe
+from helpers import tiny_probe
 from core import attacks, cka, data, inversion, stitching
 
 GEN = torch.Generator().manual_seed(0)

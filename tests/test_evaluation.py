@@ -8,7 +8,7 @@ import re
 import pytest
 import torch
 
-from conftest import tiny_probe
+from helpers import tiny_probe
 from core import evaluation
 from core.data import ImageTensorDataset
 from core.probe import Probe

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import ROOT, shipped
+from helpers import ROOT, shipped
 from core import data, inversion, jobs, runner, zoo
 
 ROBUST, STANDARD = "resnet18-l2-1.0", "resnet18-standard-s0"

@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import tiny_probe
+from helpers import tiny_probe
 from core import zoo
 from core.images import UPLOAD_SIDE, load_upload
 from core.errors import BadImageError, CheckpointError, UnknownModelError
@@ -78,9 +78,9 @@ def test_uploads_of_random_bytes(blob):
 @settings(max_examples=20, deadline=None)
 @given(st.integers(20_000, 200_000), st.integers(20_000, 200_000))
 def test_uploads_claiming_huge_dimensions(w, h):
-    from test_images import _png_claiming
+    from helpers import png_claiming
     with pytest.raises(BadImageError):
-            load_upload(_png_claiming(w, h))
+            load_upload(png_claiming(w, h))
 
 
 # ---------------------------------------------------------------- checkpoints

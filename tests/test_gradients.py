@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import shipped, tiny_probe
+from helpers import shipped, tiny_probe
 from core import analyses, data, jobs, views, zoo
 from core.analyses import gradients
 from core.__main__ import main
 from core.results import default_store
-from test_app import run_app
+from helpers import run_app
 
 
 def test_the_gradient_is_the_cross_entropys_against_the_label_or_the_prediction():

@@ -3,13 +3,13 @@ and uploads good and bad (decoded, kept, found again by key)."""
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+from helpers import png_claiming
 
 from core import data, images
 from core.errors import BadImageError
@@ -98,16 +98,6 @@ def test_bad_uploads():
         images.load_upload(b"\0" * (images.MAX_UPLOAD_BYTES + 1))
 
 
-def _png_claiming(width: int, height: int) -> bytes:
-    """A tiny valid PNG whose header claims a gigantic image (a decompression bomb)."""
-    def chunk(tag, payload):
-        return struct.pack(">I", len(payload)) + tag + payload + struct.pack(
-            ">I", zlib.crc32(tag + payload) & 0xFFFFFFFF)
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 100)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-
-
 def test_decompression_bomb_refused_before_decoding():
     with pytest.raises(BadImageError, match="pixels"):
-        images.load_upload(_png_claiming(100_000, 100_000))
+        images.load_upload(png_claiming(100_000, 100_000))

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import shipped, tiny_probe
+from helpers import shipped, tiny_probe
 from core import data, inversion, zoo
 from core.errors import UnknownLayerError
 
@@ -308,7 +308,7 @@ def test_top_activating_images_of_an_image_folder(tmp_path):
     """An ImageNet-class model (64 px here) ranks the images of a folder read in its
     files' order: the job's indices are top_activating's on the folder's representations,
     its key names the folder by content; without a folder, one sentence."""
-    from conftest import image_folder, imagenet_models
+    from helpers import image_folder, imagenet_models
     from core import jobs, runner
     from core.errors import IncompatibleModelError
     image_folder(tmp_path / "val", per_class=5)
@@ -330,7 +330,7 @@ def test_top_activating_images_of_an_image_folder(tmp_path):
 def test_top_images_list_their_folder_once(tmp_path, monkeypatch):
     """The job and the representations it needs read one listing of the folder, none
     where the page hands over the folder it built to show the images; same keys."""
-    from conftest import image_folder, imagenet_models
+    from helpers import image_folder, imagenet_models
     from core import jobs
     image_folder(tmp_path / "val", per_class=2)
     load, folder = imagenet_models(0).__getitem__, str(tmp_path / "val")
@@ -350,7 +350,7 @@ def test_manipulation_at_224_px_with_the_imagenet_settings():
     ImageNet model (random weights, a few steps): images at its size from ImageNet's
     samples, the paper's radius 40 for addition and 4.0 scaled by the side (28) for
     interpolation."""
-    from conftest import imagenet_models
+    from helpers import imagenet_models
     from core import jobs, runner
     models = imagenet_models(0, size=224)
     load = models.__getitem__

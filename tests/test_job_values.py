@@ -15,48 +15,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import snapshot_jobs
 
 from core import data, jobs, runner, zoo
 from core.results import canonical, make_key
 
 RECORD = Path(__file__).with_name("job_values.json")
 TIMES = ("seconds", "timing")  # wall-clock measurements differ on every run
-
-
-def sample(key: str) -> np.ndarray:
-    return next(s.image for s in data.cifar_samples() if s.key == key)
-
-
-def snapshot_jobs(load) -> dict[str, jobs.Job]:
-    """One or more jobs of every kind, small enough for a CPU test."""
-    r, s, r2 = "resnet18-linf-8", "resnet18-standard-s0", "resnet18-l2-1.0"
-    return {
-        "cka-40-images": jobs.cka_job(load, r, s, n=40, batch_size=16),
-        "cka-whole-test-set": jobs.cka_job(load, r, s, n=80, batch_size=16),
-        "cka-adversarial": jobs.cka_job(load, r, s, inputs_a="linf", inputs_b="l2", n=40,
-                                        batch_size=20),
-        "cka-adversarial-against-b": jobs.cka_job(load, r, s, inputs_a="linf", adv_against="b",
-                                                  n=40, batch_size=20),
-        "cka-self-adversarial": jobs.cka_job(load, r2, r2, inputs_a="linf", inputs_b="linf",
-                                             n=40, batch_size=20),
-        "cka-rbf-all-layers": jobs.cka_job(load, r, s, layers_a="all", layers_b="blocks",
-                                           kernel="rbf", n=40, batch_size=20),
-        "stitch-task": jobs.stitch_cell_job(load, r, s, "layer2.0", "task"),
-        "stitch-direct": jobs.stitch_cell_job(load, s, r, "layer1.1", "direct"),
-        "accuracy": jobs.accuracy_job(load, r),
-        "inversion": jobs.inversion_job(load, r2, sample("foolbox-03"), steps=6),
-        "inversion-layer-normgrad": jobs.inversion_job(load, r2, sample("foolbox-00"),
-                                                       layer="layer2.0", method="normgrad",
-                                                       steps=4, generator_seed=2),
-        "inversion-quality": jobs.quality_job(load, s, steps=3),
-        "feature-grid": jobs.feature_grid_job(load, r2, [1, 5, 7], steps=4),
-        "test-outputs": jobs.test_outputs_job(load, r),
-        "top-images": jobs.top_images_job(load, r, [1, 5, 7], k=5),
-        "add-feature": jobs.add_feature_job(load, r2, sample("foolbox-00"), 3, steps=4),
-        "interpolation": jobs.interpolation_job(load, r2, sample("foolbox-00"),
-                                                sample("foolbox-03"), frames=3, steps=4),
-        "explain": jobs.explain_job(load, r2, sample("foolbox-05"), 4, steps=4),
-    }
 
 
 def numbers(value, path: str = "") -> dict:

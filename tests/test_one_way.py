@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import tiny_probe
+from helpers import tiny_probe
 from core import attacks, cka, cli, data, jobs, runner, stitching, views, zoo
 from core.results import ResultStore, canonical, default_store, make_key
 
@@ -203,7 +203,7 @@ IN_ORDER = {"test_outputs"}
 
 
 def test_every_job_kind_reads_seeded_batches_unless_it_answers_in_order(world, monkeypatch):
-    from test_job_values import snapshot_jobs
+    from helpers import snapshot_jobs
     reads: list[tuple[str, int | None]] = []
     current = {"kind": None}
     real = data.batches
@@ -232,7 +232,7 @@ def test_every_kind_declares_the_models_and_splits_its_key_names(world):
     """What a sweep ships to a Ray worker (the models, the CIFAR-10 splits) comes from
     each kind's declaration: it must be exactly what the job's key names. The kinds'
     jobs: the value snapshots', and those of every page's default view."""
-    from test_job_values import snapshot_jobs
+    from helpers import snapshot_jobs
     load = _loader()
     examples = [*snapshot_jobs(load).values(),
                 *(job for page in views.pages() for job in views.view_jobs(load, page, {}))]
@@ -302,7 +302,7 @@ def test_precompute_neither_serves_nor_ships_a_stale_version(world, tmp_path, mo
 
 def test_the_cli_and_the_app_ask_for_the_same_keys(world, monkeypatch):
     from core.__main__ import main
-    from test_app import run_app
+    from helpers import run_app
     load = _loader()
     params = {"a": "resnet18-linf-8", "b": "resnet18-standard-s0", "cka_n": 1000}
     assert main(["cka", "--a", params["a"], "--b", params["b"], "-n", "1000",
@@ -328,7 +328,7 @@ def test_the_cli_and_the_app_ask_for_the_same_keys(world, monkeypatch):
 
 
 def test_a_job_is_rebuilt_from_plain_data_in_another_process(world):
-    from test_job_values import snapshot_jobs
+    from helpers import snapshot_jobs
     built = snapshot_jobs(_loader())
     specs = {name: json.loads(json.dumps(job.spec)) for name, job in built.items()}
     load = _loader()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from test_app import run_app
+from helpers import run_app
 
 
 def texts(at) -> str:
@@ -148,8 +148,8 @@ def test_stitching_page_on_an_image_folder_of_imagenet_models(world, tmp_path):
     import torchvision
     from streamlit.testing.v1 import AppTest
 
-    from conftest import image_folder
-    from test_app import ROOT
+    from helpers import image_folder
+    from helpers import ROOT
     specs = []
     for seed, card, make in ((0, {"threat_model": "Linf", "eps": 4 / 255}, torchvision.models.resnet50),
                              (1, {}, torchvision.models.resnet18)):

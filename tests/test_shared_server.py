@@ -15,9 +15,8 @@ import pytest
 from streamlit import config
 
 from core import access
-from test_app import run_app
-from test_browser import (Server, assert_clean, both_reconstructions, browser, open_page,  # noqa: F401
-                          settle, shot, wait_until)
+from helpers import (Server, assert_clean, both_reconstructions, open_page, run_app, settle,
+                     shot)
 
 
 @pytest.fixture
@@ -122,7 +121,7 @@ def _code_running_pickle(marker) -> bytes:
 
 @pytest.mark.browser
 @pytest.mark.slow
-def test_a_pickle_uploaded_to_a_shared_server_runs_nothing(browser, tmp_path):  # noqa: F811
+def test_a_pickle_uploaded_to_a_shared_server_runs_nothing(browser, tmp_path):
     srv = Server(tmp_path, offline=True, address="0.0.0.0").start()
     marker = tmp_path / "ran"
     try:
@@ -159,7 +158,7 @@ def test_a_pickle_uploaded_to_a_shared_server_runs_nothing(browser, tmp_path):  
 @pytest.mark.browser
 @pytest.mark.slow
 def test_three_visitors_at_once_stay_within_the_budgets_and_the_operator_waits_for_none(
-        browser, tmp_path):  # noqa: F811
+        browser, tmp_path):
     """One visitor's run computes, one waits behind it, the third is told the server is
     busy; the operator's run, started last, finishes while the first still runs."""
     key = "a-key-only-the-operator-knows"

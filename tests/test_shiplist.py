@@ -6,8 +6,8 @@ import pytest
 
 from core import data, shiplist, views
 from core.results import ASSETS, ResultStore
-from conftest import asks_for_data
-from test_app import run_app
+from helpers import asks_for_data
+from helpers import run_app
 
 COMPUTE_BUTTONS = ("Compute", "Visualise", "Interpolate", "Add feature", "Measure", "Explain",
                    "Find")
@@ -26,7 +26,7 @@ def test_shipped_results_stay_within_the_size_budget():
 
 
 @pytest.fixture
-def offline(monkeypatch, tmp_path):
+def no_data_set(monkeypatch, tmp_path):
     """No data set anywhere this process looks; a fresh, empty results store."""
     monkeypatch.delenv("ROBUSTLENS_DATA", raising=False)
     monkeypatch.setenv("ROBUSTLENS_CACHE", str(tmp_path / "cache"))
@@ -38,13 +38,13 @@ def offline(monkeypatch, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("page,params", shiplist.ship_list(),
                          ids=[f"{p or 'home'}-{i}" for i, (p, _) in enumerate(shiplist.ship_list())])
-def test_every_ship_list_view_opens_offline_with_nothing_to_compute(offline, page, params):
+def test_every_ship_list_view_opens_offline_with_nothing_to_compute(no_data_set, page, params):
     at = run_app(views.PAGES[page], views.query_params({"page": page, "params": params}))
     assert not at.exception, [e.value for e in at.exception]
     texts = [i.value for i in at.info] + [e.value for e in at.error] + [w.value for w in at.warning]
     assert not asks_for_data(texts), texts
     buttons = [b.label for b in at.button if b.label.startswith(COMPUTE_BUTTONS)]
     assert not buttons, buttons
-    store = offline / "results.sqlite"
+    store = no_data_set / "results.sqlite"
     computed = ResultStore(store, assets=None).entries() if store.exists() else []
     assert not computed, [e["kind"] for e in computed]       # all of it came from assets/

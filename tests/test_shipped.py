@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import has_test_data
+from helpers import has_test_data
 from core import evaluation, zoo
 
 SHIPPED = zoo.names()

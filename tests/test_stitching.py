@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from conftest import tiny_probe
+from helpers import tiny_probe
 from core import attacks, data, results, stitching
 from core.errors import RobustLensError, UnknownLayerError
 from core.probe import Probe
@@ -324,7 +324,7 @@ def test_stitching_jobs_on_an_image_folder_of_imagenet_models(tmp_path):
     the folder's fixed shuffle gives disjoint training and test parts, named by content
     in the keys with their sizes; the cell is stitch_cell's on those parts; a CIFAR-10
     model, or no folder, is one sentence."""
-    from conftest import image_folder, imagenet_models
+    from helpers import image_folder, imagenet_models
     from core import jobs, runner
     from core.errors import IncompatibleModelError
     image_folder(tmp_path / "val", per_class=6)
@@ -366,7 +366,7 @@ def test_a_matrix_reads_a_folder_as_each_job_does_alone(tmp_path):
     """Models that prepare images differently (here one crops bicubic): each cell reads
     the folder through its front's transform, each donor through its own, so every
     job of the matrix has the key it has when rebuilt alone."""
-    from conftest import image_folder, imagenet_models
+    from helpers import image_folder, imagenet_models
     from core import images, jobs
     image_folder(tmp_path / "val", per_class=4)
     models = imagenet_models(0, 1)
@@ -385,7 +385,7 @@ def test_a_matrix_reads_a_folder_as_each_job_does_alone(tmp_path):
 def test_stitching_jobs_of_a_resnet18_and_a_resnet50(tmp_path):
     """The app's jobs of a matrix of different depths: a cell names its end layer in
     its key only where it differs from the front's, and computes the stitch there."""
-    from conftest import image_folder, imagenet_models
+    from helpers import image_folder, imagenet_models
     from core import archs, jobs, runner
     image_folder(tmp_path / "val", per_class=4)
     models = imagenet_models(0)

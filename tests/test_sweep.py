@@ -174,7 +174,7 @@ def test_stores_from_several_machines_merge(tmp_path, capsys, monkeypatch):
 def test_the_example_spec_expands_into_the_apps_jobs(world):
     """assets/sweeps/zoo.yaml, as the README shows it: every entry known, every job built,
     the stitching rows the page's matrix (same keys)."""
-    from test_app import ROOT
+    from helpers import ROOT
     from core import views
     load = loader()
     spec = sweep.load_spec(ROOT / "assets" / "sweeps" / "zoo.yaml")
@@ -194,7 +194,7 @@ def test_a_sweep_joins_a_ray_cluster_by_its_address(tmp_path):
     import signal
     import socket
 
-    from conftest import ROOT
+    from helpers import ROOT
     pytest.importorskip("ray")
     with socket.socket() as s:
         s.bind(("", 0))

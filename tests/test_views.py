@@ -84,7 +84,7 @@ def test_deck_values_are_checked(tmp_path):
 
 def test_a_feature_index_goes_only_to_models_that_have_it():
     """Features are numbered in model A's representation; a narrower B is left out."""
-    from conftest import tiny_probe
+    from helpers import tiny_probe
     models = {"wide": tiny_probe(width=16, name="wide"), "narrow": tiny_probe(width=4, name="narrow")}
     s = {"a": "wide", "b": "narrow"}
     assert models["wide"].representation_size == 128 and models["narrow"].representation_size == 32
@@ -124,7 +124,7 @@ def test_stitching_and_accuracy_passes_count_each_model(world):
 def test_cka_passes_count_both_models_and_the_attacks(world, tmp_path):
     """A CKA button's estimate: n images through each model; on CIFAR-10 the attack is
     its own (needed) job, on a folder it runs inside CKA against the chosen model."""
-    from conftest import image_folder, imagenet_models
+    from helpers import image_folder, imagenet_models
     from core import zoo
     load = lambda s: zoo.load(s, device="cpu")  # noqa: E731
     r, s = "resnet18-linf-8", "resnet18-standard-s0"

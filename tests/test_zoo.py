@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from conftest import tiny_probe
+from helpers import tiny_probe
 from core import archs, data, zoo
 from core.errors import CheckpointError, UnknownLayerError, UnknownModelError
 
