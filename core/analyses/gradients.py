@@ -115,8 +115,6 @@ def _cli_arguments(p: argparse.ArgumentParser) -> None:
 
 def _cli(args: argparse.Namespace) -> dict:
     """Input gradients of images in models (stored; PNG strips with --out)."""
-    from pathlib import Path
-
     from core.figures import exports
     load = zoo.loader(args.device)
     out: dict = {}
@@ -129,13 +127,9 @@ def _cli(args: argparse.Namespace) -> dict:
         out[key] = {m: {"low_frequency": round(r["low_frequency"], 3),
                         "predicted": r["predicted"]} for m, r in zip(args.model, results)}
         if args.out:
-            folder = Path(args.out)
-            folder.mkdir(parents=True, exist_ok=True)
             shown = [gradient_image(r["gradient"].float()[None])[0] for r in results]
-            path = folder / f"gradients-{key}.png"
-            path.write_bytes(exports.image_strip([found[0]] + shown,
-                                                 {"models": args.model, "image": key}, 8))
-            out[key]["png"] = str(path)
+            out[key]["png"] = exports.strip_file(args.out, f"gradients-{key}", [found[0]] + shown,
+                                                 {"models": args.model, "image": key})
     return out
 
 

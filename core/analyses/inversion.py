@@ -953,8 +953,8 @@ def interpolation_job(load: jobs.Loader, spec: str, image_a: Any, image_b: Any,
 
     def run(progress: Reporter) -> dict:
         res = interpolate(probe, images.to_tensor(image_a)[None],
-                                    images.to_tensor(image_b)[None], frames, seed="mix",
-                                    progress=progress, settings=settings)
+                          images.to_tensor(image_b)[None], frames, seed="mix",
+                          progress=progress, settings=settings)
         return res.to_dict()
     return jobs.make("interpolation", inputs, run, f"interpolating with {probe.name}", args)
 
@@ -1107,12 +1107,9 @@ def _cli(args: argparse.Namespace) -> dict:
         out[title] = {m: {k: r[k] for k in ("psnr", "ssim", "l2")} | {"loss": float(r["loss"][0])}
                       for m, r in zip(args.model, results)}
         if args.out:
-            folder = Path(args.out)
-            folder.mkdir(parents=True, exist_ok=True)
-            name = folder / f"{Path(title).stem.replace(' ', '_')}.png"
-            name.write_bytes(exports.image_strip([image] + [r["images"][0] for r in results],
-                                                 {"models": args.model, "image": title}, 8))
-            out[title]["png"] = str(name)
+            out[title]["png"] = exports.strip_file(
+                args.out, Path(title).stem, [image] + [r["images"][0] for r in results],
+                {"models": args.model, "image": title})
     return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -134,6 +135,15 @@ def image_strip(images: Sequence[Any], inputs: dict, scale: int = 4,
     out = io.BytesIO()
     Image.fromarray(strip).save(out, format="PNG", pnginfo=info)
     return out.getvalue()
+
+
+def strip_file(folder: str | Path, name: str, images: Sequence[Any], inputs: dict,
+               scale: int = 8) -> str:
+    """An image strip written as FOLDER/NAME.png (the folder made if need be); its path."""
+    path = Path(folder) / f"{name.replace(' ', '_')}.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(image_strip(images, inputs, scale))
+    return str(path)
 
 
 def gif(frames: Sequence[Any], inputs: dict, scale: int = 6, ms: int = 200) -> bytes:
