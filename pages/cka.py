@@ -33,10 +33,7 @@ with st.container(key="settings"):
         state.selectbox(c[4], PAGE, "cka_layers")
         state.selectbox(c[5], PAGE, "cka_kernel")
         state.select_slider(c[6], PAGE, "cka_n")
-        # models of another data set read an image folder of their own images
-        if {backend.model(a).kind, backend.model(b).kind} != {"cifar10"} or \
-                state.value(PAGE, "cka_folder"):
-            state.text(st, PAGE, "cka_folder", placeholder="/data/imagenet/val")
+        state.folder(st, PAGE, "cka_folder", a, b)
 settings = state.current(PAGE)
 state.publish(PAGE)
 name = {"A": backend.label(a), "B": backend.label(b)}

@@ -78,15 +78,12 @@ def browser() -> None:
 
 
 def top_images(index: int) -> None:
-    # models of another data set rank the images of a folder of their own images
-    folder = None
-    if probe_a.kind != "cifar10" or state.value(PAGE, "mf_folder"):
-        folder = state.text(st, PAGE, "mf_folder", placeholder="/data/imagenet/val") or None
-        if folder is None:
-            st.info(f"Top-activating images of {backend.label(a)} come from its own data set "
-                    f"({data.KIND_NAMES[probe_a.kind]} images): name an image folder above.",
-                    icon=":material/info:")
-            return
+    folder = state.folder(st, PAGE, "mf_folder", a)
+    if folder is None and probe_a.kind != "cifar10":
+        st.info(f"Top-activating images of {backend.label(a)} come from its own data set "
+                f"({data.KIND_NAMES[probe_a.kind]} images): name an image folder above.",
+                icon=":material/info:")
+        return
     with page.guard():
         test = backend.test_set() if folder is None else jobs.image_folder(
             "Top-activating images", folder, probe_a)

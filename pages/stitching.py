@@ -28,7 +28,7 @@ big = presentation.presenting()
 
 chosen_a = a != views.DEFAULT_A     # a model A the person picked
 auto = stitching.stitch_rows({**views.settings(PAGE, {}), "a": st.session_state["a"]}, robust,
-                         standard, chosen_a)  # what each empty picker stands for
+                             standard, chosen_a)  # what each empty picker stands for
 with st.container(key="settings"), st.container(border=True):
     c = st.columns(4)
     for col, key, pool, default in ((c[0], "st_r", robust, auto[0][0]),
@@ -42,9 +42,7 @@ with st.container(key="settings"), st.container(border=True):
     c = st.columns([1.1, 1.4, 2.5])
     state.segmented(c[0], PAGE, "st_method")
     state.selectbox(c[1], PAGE, "st_metric")
-    # models of another data set are stitched on an image folder of their own images
-    if model_a.kind != "cifar10" or state.value(PAGE, "st_folder"):
-        state.text(c[2], PAGE, "st_folder", placeholder="/data/imagenet/val")
+    state.folder(c[2], PAGE, "st_folder", a)
 settings = state.current(PAGE)
 state.publish(PAGE)
 method, metric = settings["st_method"], settings["st_metric"]

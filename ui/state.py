@@ -127,6 +127,15 @@ def number(where, page: str, key: str, default: int | None = None, **kw: Any) ->
                                   **kw))
 
 
+def folder(where, page: str, key: str, *specs: str) -> str | None:
+    """The image folder setting of an analysis over a data set, offered where one of the
+    models is made for other images than CIFAR-10's (or a link names a folder): the
+    folder, or None for CIFAR-10."""
+    if {backend.model(s).kind for s in specs} != {"cifar10"} or value(page, key):
+        return text(where, page, key, placeholder="/data/imagenet/val") or None
+    return None
+
+
 def following(where, page: str, key: str, auto: int, **kw: Any) -> int:
     """A number input that follows `auto` (steps: the optimiser's own default) until the
     person sets it; a link's value counts as set."""
