@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import threading
+from collections import OrderedDict
 
 import pytest
 import timm
@@ -51,8 +52,77 @@ def _dm_ref(**kw) -> nn.Module:
     return rb_dm.DMWideResNet(**kw)
 
 
+def _paper_resnet(depth: int) -> nn.Module:
+    """The stitching paper's CIFAR ResNet as torchvision builds it: its names, with a 3x3
+    stride-1 stem and no max-pool (at 32 px its 4x4 average pool is a global one)."""
+    model = getattr(torchvision.models, f"resnet{depth}")(num_classes=10)
+    model.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+class _PaperResNet20(nn.Module):
+    """The paper's ResNet-20 of width w from torchvision's BasicBlock: 16w-channel stem,
+    three stages of three blocks (16w, 32w, 64w), global average pool, fc."""
+
+    def __init__(self, w: int, num_classes: int = 10) -> None:
+        super().__init__()
+        block = torchvision.models.resnet.BasicBlock
+        self.conv1, self.bn1 = nn.Conv2d(3, 16 * w, 3, 1, 1, bias=False), nn.BatchNorm2d(16 * w)
+        layers, planes_in = [], 16 * w
+        for i, planes in enumerate((16 * w, 32 * w, 64 * w)):
+            stride = 1 if i == 0 else 2
+            down = None if stride == 1 else nn.Sequential(
+                nn.Conv2d(planes_in, planes, 1, stride, bias=False), nn.BatchNorm2d(planes))
+            layers.append(nn.Sequential(block(planes_in, planes, stride, down),
+                                        block(planes, planes), block(planes, planes)))
+            planes_in = planes
+        self.layer1, self.layer2, self.layer3 = layers
+        self.fc = nn.Linear(64 * w, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+class _PaperVGG11(nn.Module):
+    """The paper's VGG-11 as its code names it: features.conv{b}_{i}, bn{b}_{i}, then
+    classifier.fc1 (512 -> 256), fc2 (-> 128), fc3."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        feats, c, b, i = {}, 3, 1, 1
+        for v in (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"):
+            if v == "M":
+                feats[f"maxpool{b}"], b, i = nn.MaxPool2d(2), b + 1, 1
+                continue
+            feats[f"conv{b}_{i}"], feats[f"bn{b}_{i}"] = nn.Conv2d(c, v, 3, 1, 1), nn.BatchNorm2d(v)
+            feats[f"relu{b}_{i}"], c, i = nn.ReLU(), v, i + 1
+        self.features = nn.Sequential(OrderedDict(feats))
+        self.classifier = nn.Sequential(OrderedDict([
+            ("fc1", nn.Linear(512, 256)), ("r1", nn.ReLU()), ("d1", nn.Dropout()),
+            ("fc2", nn.Linear(256, 128)), ("r2", nn.ReLU()), ("d2", nn.Dropout()),
+            ("fc3", nn.Linear(128, num_classes))]))
+
+    def forward(self, x):
+        return self.classifier(self.features(x).flatten(1))
+
+
 # id: (reference factory, input size, expected identify() answer, extra build options)
 REFERENCES = {
+    "paper_resnet18": (lambda: _paper_resnet(18), 32,
+                       ("cifar_tv_resnet18", {"num_classes": 10, "width": 64}), {}),
+    "paper_resnet50": (lambda: _paper_resnet(50), 32,
+                       ("cifar_tv_resnet50", {"num_classes": 10, "width": 64}), {}),
+    "paper_resnet20_w3": (lambda: _PaperResNet20(3), 32,
+                          ("cifar_tv_resnet20", {"num_classes": 10, "width": 48}), {}),
+    "paper_vgg11": (lambda: _PaperVGG11(), 32, ("vgg11_cifar", {"num_classes": 10}), {}),
+    "rb_dm_preact_resnet18_swish": (lambda: rb_dm.DMPreActResNet(activation_fn=rb_dm.Swish), 32,
+                                    ("dm_preact_resnet", {"num_classes": 10, "depth": 18}), {}),
+    "rb_dm_preact_resnet34_relu": (lambda: rb_dm.DMPreActResNet(num_classes=100, depth=34), 32,
+                                   ("dm_preact_resnet", {"num_classes": 100, "depth": 34}),
+                                   {"activation": "relu"}),
     "tv_resnet18": (lambda: torchvision.models.resnet18(weights=None), 64,
                     ("imagenet_resnet18", {"num_classes": 1000}), {}),
     "tv_resnet50": (lambda: torchvision.models.resnet50(weights=None), 64,
@@ -95,9 +165,9 @@ def test_identify_build_load_and_logits(reference):
     ours = archs.build(arch, **kwargs, **options)
     ours.load_state_dict(sd, strict=True)
     assert isinstance(ours, archs.VERIFIED_FAMILIES) and ours.input_size in (32, 224)
-    # the DeepMind reference normalises inside; ours leaves that to the Probe
+    # the DeepMind references normalise inside; ours leave that to the Probe
     mean, std = ((ref.mean.flatten().tolist(), ref.std.flatten().tolist())
-                 if case.startswith("dm_") else NO_NORM)
+                 if case.startswith(("dm_", "rb_dm_")) else NO_NORM)
     probe = Probe(ours, mean, std, input_size=size)
     x = images(size)
     with torch.no_grad():
@@ -128,8 +198,10 @@ def test_identify_refuses_what_does_not_fit():
     assert archs.identify(no_stats) == ("imagenet_resnet18", {"num_classes": 1000})
     assert archs.identify({k: v for k, v in sd.items() if k != "layer2.0.bn1.bias"}) is None
     assert archs.identify({**sd, "layer1.0.extra.weight": torch.zeros(1)}) is None
-    # a CIFAR-style 3x3 stem on torchvision's ResNet is not ours
-    assert archs.identify({**sd, "conv1.weight": torch.zeros(64, 3, 3, 3)}) is None
+    # a CIFAR-style 3x3 stem on torchvision's ResNet is the stitching paper's layout
+    assert archs.identify({**sd, "conv1.weight": torch.zeros(64, 3, 3, 3)}) == (
+        "cifar_tv_resnet18", {"num_classes": 1000, "width": 64})
+    assert archs.identify({**sd, "conv1.weight": torch.zeros(64, 3, 5, 5)}) is None
     assert archs.identify(_meta_sd(lambda: torchvision.models.vgg11(weights=None))) is None
     wrn = _meta_sd(lambda: rb_wrn.WideResNet(depth=16, widen_factor=2))
     assert archs.identify({**wrn, "block1.layer.0.conv1.weight": torch.zeros(30, 16, 3, 3)}) is None
@@ -159,7 +231,7 @@ def test_build_registry_and_errors():
         assert model.input_size == (224 if name.startswith("imagenet_") else 32)
         stages = [n for n, _ in model.chain()]
         modules = dict(model.named_modules())
-        assert model.representation_layer == "avgpool" and model.stem_layer in stages
+        assert model.representation_layer in stages and model.stem_layer in stages
         assert set(stages) <= set(modules) and set(model.block_layers()) <= set(stages)
         assert model.chain()[-1][1].out_features == (1000 if name.startswith("imagenet_") else 10)
 
@@ -180,6 +252,11 @@ TAPPED = {
     "dm_wrn_70_2_swish": ("dm_wrn", {"depth": 70, "width": 2, "activation": "swish"}, 32),
     "dm_wrn_16_2_relu": ("dm_wrn", {"depth": 16, "width": 2}, 32),
     "dm_wrn_16_2_swish": ("dm_wrn", {"depth": 16, "width": 2, "activation": "swish"}, 32),
+    "cifar_tv_resnet20": ("cifar_tv_resnet20", {"width": 8}, 32),
+    "cifar_tv_resnet50": ("cifar_tv_resnet50", {"width": 8}, 32),
+    "vgg13_cifar": ("vgg13_cifar", {}, 32),
+    "dm_preact_resnet18": ("dm_preact_resnet", {}, 32),
+    "lenet": ("lenet", {}, 32),
 }
 
 
@@ -209,7 +286,7 @@ def test_each_tap_alone_equals_tap_among_all(tapped):
 def test_representation_and_logits_taps(tapped):
     x = images(tapped.input_size)
     head = tapped.model.chain()[-1][1]
-    assert tapped.representation_layer == "avgpool"
+    assert tapped.representation_layer == tapped.model.representation_layer in tapped.layers
     assert tapped.representation(x).shape == (2, head.in_features)
     with torch.no_grad():
         assert torch.equal(tapped.features(x)[tapped.layers[-1]], tapped(x))
@@ -251,9 +328,10 @@ def test_fake_relu_targets_the_relu_feeding_the_representation(tapped):
         return
     last = relus[-1]
     x = images(tapped.input_size)
-    # the representation is the spatial mean of that ReLU's output: nothing in between
-    out = tapped.features(x, [last, "avgpool"])
-    assert torch.equal(out[last].mean(dim=(2, 3)), out["avgpool"])
+    # the representation is that ReLU's output, or its spatial mean: nothing in between
+    rep = tapped.representation_layer
+    out = tapped.features(x, [last, rep] if last != rep else [rep])
+    assert torch.equal(out[last] if out[last].ndim == 2 else out[last].mean(dim=(2, 3)), out[rep])
     target = dict(tapped.model.named_modules())[last]
     with tapped.fake_relu():
         assert target.fake
@@ -317,3 +395,48 @@ def test_inversion_cka_and_stitching_run_on_the_default_layers(tapped):
         for layer in points:
             stitched = stitching.StitchedModel(tapped, tapped, layer).identity_init()
             assert torch.allclose(stitched(x), tapped(x), rtol=1e-4, atol=1e-4), layer
+
+
+def test_a_one_channel_lenet_sees_an_images_grey_level_normalised_by_its_file(tmp_path):
+    """The paper's MNIST LeNet: one input channel, its own mean and deviation (buffers mu
+    and sigma) in the file, applied inside; RobustLens' images are RGB, and a one-channel
+    model sees their grey level."""
+    torch.manual_seed(3)
+    ref = archs.build("lenet", in_channels=1)
+    ref.mu.fill_(0.1307)
+    ref.sigma.fill_(0.3081)
+    sd = ref.state_dict()
+    assert archs.identify(sd) == ("lenet", {"num_classes": 10, "in_channels": 1})
+    torch.save(sd, tmp_path / "lenet.pt")
+    probe = zoo.load(tmp_path / "lenet.pt", device="cpu", check=False)
+    x = images(32)
+    grey = x.mean(1, keepdim=True)
+    with torch.no_grad():
+        want = ref.fc3(torch.relu(ref.fc2(torch.relu(ref.fc1(torch.flatten(
+            torch.max_pool2d(torch.relu(ref.conv2(torch.max_pool2d(torch.relu(ref.conv1(
+                (grey - 0.1307) / 0.3081)), 2))), 2), 1))))))
+        assert_close(probe(x), want)
+    assert "grey level" in probe.card["channels"] and "inside the model" in probe.card["normalisation"]
+
+
+def test_a_paper_layout_file_loads_with_no_normalisation_and_stitches(tmp_path):
+    """A checkpoint of the stitching paper's layout (a plain state dict, torchvision's
+    names, [0, 1] inputs) loads from a file, says so on its card, and stitches."""
+    from core import stitching
+    from core.data import ImageTensorDataset
+    torch.manual_seed(4)
+    ref = randomise_bn(_paper_resnet(18))
+    torch.save(ref.state_dict(), tmp_path / "front.pt")
+    front = zoo.load(tmp_path / "front.pt", device="cpu", check=False)
+    assert front.card["arch"] == "cifar_tv_resnet18" and "[0, 1] inputs" in front.card["normalisation"]
+    x = images(32, 4)
+    with torch.no_grad():
+        assert_close(front(x), ref(x))
+    end = Probe(randomise_bn(archs.build("cifar_tv_resnet20", width=4)), *NO_NORM, name="end")
+    g = torch.Generator().manual_seed(0)
+    data = ImageTensorDataset(torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=g),
+                              torch.randint(0, 10, (16,), generator=g))
+    stitched, _ = stitching.fit(front, end, "layer2.1", data, method="direct", batch_size=8,
+                                end_layer="layer2.2")
+    with torch.no_grad():
+        assert stitched(x).shape == (4, 10)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import inspect
 import re
 import threading
+from collections import OrderedDict
 from typing import Callable, Mapping, Sequence
 
 import torch
@@ -509,6 +510,258 @@ class DMWideResNet(ChainNet):
                 ("logits", self.logits)]
 
 
+# ------------------------------------------------- the stitching paper's layouts
+# Balogh & Jelasity's code (szegedai/robust-stitching) names its CIFAR models as
+# torchvision does (downsample, fc), gives them a CIFAR stem (3x3, stride 1, no
+# max-pool) and feeds them [0, 1] pixels: nothing is normalised inside (LeNet aside).
+
+class TorchvisionCifarResNet(ChainNet):
+    """A CIFAR ResNet with torchvision's names: a 3x3 stem, stages of torchvision's
+    blocks (base width doubling per stage), a global average pool and `fc`. Four stages
+    of 64 make its ResNet-18 .. 152; three of 16w its ResNet-20 of width w."""
+
+    stem_layer = "relu"
+    head_taps = ("avgpool", "fc")
+    input_size = 32
+
+    def __init__(self, block: type, num_blocks: Sequence[int], num_classes: int = 10,
+                 width: int = 64, in_channels: int = 3) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, width, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = ReLU()
+        in_planes = width
+        for i, n in enumerate(num_blocks):
+            planes, blocks = width * 2 ** i, []
+            for s in [1 if i == 0 else 2] + [1] * (n - 1):
+                blocks.append(block(in_planes, planes, s, planes))
+                in_planes = planes * block.expansion
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.stages = len(num_blocks)
+        self.avgpool = GlobalAvgPool()
+        self.fc = nn.Linear(in_planes, num_classes)
+
+    def _stem(self) -> Stages:
+        return [("conv1", self.conv1), ("bn1", self.bn1), ("relu", self.relu)]
+
+    def _blocks(self) -> Stages:
+        return [s for i in range(1, self.stages + 1)
+                for s in _numbered(f"layer{i}", getattr(self, f"layer{i}"))]
+
+    def _head(self) -> Stages:
+        return [("avgpool", self.avgpool), ("fc", self.fc)]
+
+
+# (block, blocks per stage) of the paper's CIFAR ResNets
+_TORCHVISION_CIFAR_SPECS: dict[str, tuple[type, tuple[int, ...]]] = {
+    "cifar_tv_resnet18": (ImageNetBasicBlock, (2, 2, 2, 2)),
+    "cifar_tv_resnet34": (ImageNetBasicBlock, (3, 4, 6, 3)),
+    "cifar_tv_resnet50": (ImageNetBottleneck, (3, 4, 6, 3)),
+    "cifar_tv_resnet101": (ImageNetBottleneck, (3, 4, 23, 3)),
+    "cifar_tv_resnet152": (ImageNetBottleneck, (3, 8, 36, 3)),
+    "cifar_tv_resnet20": (ImageNetBasicBlock, (3, 3, 3)),
+}
+
+
+def _torchvision_cifar_builder(arch: str) -> Callable[..., TorchvisionCifarResNet]:
+    block, num_blocks = _TORCHVISION_CIFAR_SPECS[arch]
+    base = 16 if arch == "cifar_tv_resnet20" else 64
+
+    def make(num_classes: int = 10, width: int = base,
+             in_channels: int = 3) -> TorchvisionCifarResNet:
+        return TorchvisionCifarResNet(block, num_blocks, num_classes, width, in_channels)
+    make.__doc__ = (f"The robust-stitching paper's {arch.removeprefix('cifar_tv_')} "
+                    f"(torchvision's names, a CIFAR stem; width {base} per w).")
+    return make
+
+
+# channels of each 3x3 conv, "M" a 2x2 max-pool: the VGG configurations
+_VGG_CONFIGS = {
+    "vgg11_cifar": (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg13_cifar": (64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    "vgg16_cifar": (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
+                    512, 512, 512, "M"),
+    "vgg19_cifar": (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512,
+                    "M", 512, 512, 512, 512, "M"),
+}
+
+
+class CifarVGG(ChainNet):
+    """The stitching paper's VGG for 32x32 inputs: `features` of 3x3 conv (with bias),
+    BatchNorm and ReLU, block b's i-th named conv{b}_{i} / bn{b}_{i} / relu{b}_{i}, each
+    block closed by maxpool{b}; then `classifier` fc1 (512 -> 256), fc2 (-> 128), fc3,
+    with ReLU and dropout between. Taps: each block's pooled output, the classifier's
+    ReLUs (the second is the representation) and the logits."""
+
+    stem_layer = "features.maxpool1"
+    head_taps = ("classifier.relu1", "classifier.relu2", "classifier.fc3")
+    representation_layer = "classifier.relu2"
+    input_size = 32
+
+    def __init__(self, config: Sequence[int | str], num_classes: int = 10,
+                 in_channels: int = 3) -> None:
+        super().__init__()
+        features: dict[str, nn.Module] = {}
+        block, i, channels = 1, 1, in_channels
+        for v in config:
+            if v == "M":
+                features[f"maxpool{block}"] = nn.MaxPool2d(2, 2)
+                block, i = block + 1, 1
+                continue
+            features[f"conv{block}_{i}"] = nn.Conv2d(channels, int(v), 3, 1, 1)
+            features[f"bn{block}_{i}"] = nn.BatchNorm2d(int(v))
+            features[f"relu{block}_{i}"] = ReLU()
+            channels, i = int(v), i + 1
+        self.features = nn.Sequential(OrderedDict(features))
+        self.flatten = nn.Flatten()
+        self.classifier = nn.Sequential(OrderedDict([
+            ("fc1", nn.Linear(channels, 256)), ("relu1", ReLU()), ("drop1", nn.Dropout(0.5)),
+            ("fc2", nn.Linear(256, 128)), ("relu2", ReLU()), ("drop2", nn.Dropout(0.5)),
+            ("fc3", nn.Linear(128, num_classes))]))
+
+    def _stem(self) -> Stages:
+        upto = list(self.features._modules).index("maxpool1") + 1
+        return [(f"features.{n}", m) for n, m in list(self.features.named_children())[:upto]]
+
+    def _blocks(self) -> Stages:
+        """The conv blocks after the first, each up to its max-pool (a stage a module;
+        the block outputs are the pools)."""
+        upto = list(self.features._modules).index("maxpool1") + 1
+        return [(f"features.{n}", m) for n, m in list(self.features.named_children())[upto:]]
+
+    def _head(self) -> Stages:
+        return [("flatten", self.flatten)] + [(f"classifier.{n}", m)
+                                              for n, m in self.classifier.named_children()]
+
+    def block_layers(self) -> list[str]:
+        return [n for n, _ in self._stem() + self._blocks() if ".maxpool" in n] + list(
+            self.head_taps)
+
+
+def _vgg_builder(arch: str) -> Callable[..., CifarVGG]:
+    def make(num_classes: int = 10, in_channels: int = 3) -> CifarVGG:
+        return CifarVGG(_VGG_CONFIGS[arch], num_classes, in_channels)
+    make.__doc__ = f"The stitching paper's {arch.removesuffix('_cifar').upper()} for CIFAR."
+    return make
+
+
+class DMPreActBlock(nn.Module):
+    """DeepMind's pre-activation block: batchnorm_0, relu_0, conv_2d_1 (3x3, "SAME"
+    padding by hand), batchnorm_1, relu_1, conv_2d_2 and, where the shape changes, a 3x3
+    `shortcut` conv of the padded raw input."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int, activation: str) -> None:
+        super().__init__()
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, not {stride}")
+        self.batchnorm_0 = nn.BatchNorm2d(in_planes)
+        self.relu_0 = _activation(activation)
+        self.conv_2d_1 = nn.Conv2d(in_planes, out_planes, 3, stride, 0, bias=False)
+        self.batchnorm_1 = nn.BatchNorm2d(out_planes)
+        self.relu_1 = _activation(activation)
+        self.conv_2d_2 = nn.Conv2d(out_planes, out_planes, 3, 1, 1, bias=False)
+        self.shortcut = (nn.Conv2d(in_planes, out_planes, 3, stride, 0, bias=False)
+                         if stride != 1 or in_planes != out_planes else None)
+        self.same_pad = (1, 1, 1, 1) if stride == 1 else (0, 1, 0, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu_0(self.batchnorm_0(x))
+        shortcut = x if self.shortcut is None else self.shortcut(F.pad(x, self.same_pad))
+        out = self.conv_2d_2(self.relu_1(self.batchnorm_1(self.conv_2d_1(
+            F.pad(out, self.same_pad)))))
+        return out + shortcut
+
+
+class DMPreActResNet(ChainNet):
+    """DeepMind's pre-activation ResNet-18/34 (RobustBench's DMPreActResNet; the
+    stitching paper's PreActResNet-18) for 32x32 inputs. Unlike the reference it does
+    not normalise (the Probe does, with DeepMind's CIFAR-10 statistics)."""
+
+    stem_layer = "conv_2d"
+    head_taps = ("relu", "avgpool", "logits")
+    input_size = 32
+
+    def __init__(self, num_classes: int = 10, depth: int = 18, activation: str = "swish",
+                 in_channels: int = 3) -> None:
+        super().__init__()
+        num_blocks = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}.get(depth)
+        if num_blocks is None:
+            raise ValueError(f"a DeepMind PreActResNet is 18 or 34 deep, not {depth}")
+        self.conv_2d = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+        in_planes = 64
+        for g, (planes, n) in enumerate(zip((64, 128, 256, 512), num_blocks)):
+            self.add_module(f"layer_{g}", nn.Sequential(*(
+                DMPreActBlock(in_planes if j == 0 else planes, planes,
+                              (1 if g == 0 else 2) if j == 0 else 1, activation)
+                for j in range(n))))
+            in_planes = planes
+        self.batchnorm = nn.BatchNorm2d(512)
+        self.relu = _activation(activation)
+        self.avgpool = GlobalAvgPool()
+        self.logits = nn.Linear(512, num_classes)
+
+    def _stem(self) -> Stages:
+        return [("conv_2d", self.conv_2d)]
+
+    def _blocks(self) -> Stages:
+        return [s for g in range(4) for s in _numbered(f"layer_{g}", getattr(self, f"layer_{g}"))]
+
+    def _head(self) -> Stages:
+        return [("batchnorm", self.batchnorm), ("relu", self.relu), ("avgpool", self.avgpool),
+                ("logits", self.logits)]
+
+
+class LeNet(ChainNet):
+    """The stitching paper's LeNet-5 for 32x32 inputs: conv1 (5x5, 6), max-pool, conv2
+    (5x5, 16), max-pool, fc1 (120), fc2 (84), fc3, ReLU between. It normalises inside,
+    by the mean and standard deviation its file stores (buffers `mu` and `sigma`)."""
+
+    stem_layer = "pool1"
+    head_taps = ("relu3", "relu4", "fc3")
+    representation_layer = "relu4"
+    input_size = 32
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        self.register_buffer("mu", torch.zeros(1, in_channels, 1, 1))
+        self.register_buffer("sigma", torch.ones(1, in_channels, 1, 1))
+        self.normalise = _Normalise(self)
+        self.conv1 = nn.Conv2d(in_channels, 6, 5)
+        self.relu1, self.pool1 = ReLU(), nn.MaxPool2d(2)
+        self.conv2 = nn.Conv2d(6, 16, 5)
+        self.relu2, self.pool2 = ReLU(), nn.MaxPool2d(2)
+        self.flatten = nn.Flatten()
+        self.fc1, self.relu3 = nn.Linear(400, 120), ReLU()
+        self.fc2, self.relu4 = nn.Linear(120, 84), ReLU()
+        self.fc3 = nn.Linear(84, num_classes)
+
+    def _stem(self) -> Stages:
+        return [("normalise", self.normalise), ("conv1", self.conv1), ("relu1", self.relu1),
+                ("pool1", self.pool1)]
+
+    def _blocks(self) -> Stages:
+        return [("conv2", self.conv2), ("relu2", self.relu2), ("pool2", self.pool2)]
+
+    def _head(self) -> Stages:
+        return [("flatten", self.flatten), ("fc1", self.fc1), ("relu3", self.relu3),
+                ("fc2", self.fc2), ("relu4", self.relu4), ("fc3", self.fc3)]
+
+    def block_layers(self) -> list[str]:
+        return ["pool1", "pool2", *self.head_taps]
+
+
+class _Normalise(nn.Module):
+    """(x - mu) / sigma by the buffers of the model that owns it (LeNet's)."""
+
+    def __init__(self, owner: nn.Module) -> None:
+        super().__init__()
+        self._owner = [owner]          # a list: not a submodule (no cycle in the tree)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        owner = self._owner[0]
+        return (x - owner.mu) / owner.sigma
+
+
 # ------------------------------------------------------------- registry
 
 ARCHS: dict[str, Callable[..., nn.Module]] = {
@@ -518,11 +771,16 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
     **{name: _imagenet_builder(name) for name in _IMAGENET_SPECS},
     "wrn": WideResNet,
     "dm_wrn": DMWideResNet,
+    **{name: _torchvision_cifar_builder(name) for name in _TORCHVISION_CIFAR_SPECS},
+    **{name: _vgg_builder(name) for name in _VGG_CONFIGS},
+    "dm_preact_resnet": DMPreActResNet,
+    "lenet": LeNet,
 }
 
 # the families whose taps, chains and fake ReLU are verified against their references
 VERIFIED_FAMILIES: tuple[type[nn.Module], ...] = (CifarResNet, ImageNetResNet, WideResNet,
-                                                  DMWideResNet)
+                                                  DMWideResNet, TorchvisionCifarResNet, CifarVGG,
+                                                  DMPreActResNet, LeNet)
 
 
 def build(arch: str, num_classes: int | None = None, width: int | None = None,
@@ -555,55 +813,135 @@ def _index_count(sd: Mapping[str, torch.Tensor], pattern: str) -> int:
     return len({m.group(1) for k in sd if (m := re.match(pattern, k))})
 
 
-def _guess(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict] | None:
-    """(arch, kwargs) suggested by a few telltale keys; `identify` then checks all of them."""
-    if "linear.weight" in sd and "conv1.weight" in sd and "layer1.0.conv1.weight" in sd:
-        counts = tuple(_index_count(sd, rf"layer{i}\.(\d+)\.") for i in range(1, 5))
-        arch = {(False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34",
-                (True, (3, 4, 6, 3)): "resnet50"}.get(("layer1.0.conv3.weight" in sd, counts))
-        if arch is None:
-            return None
-        return arch, {"num_classes": int(sd["linear.weight"].shape[0]),
-                      "width": int(sd["conv1.weight"].shape[0])}
-    if "fc.weight" in sd and "layer1.0.conv1.weight" in sd:
-        bottleneck = "layer1.0.conv3.weight" in sd
-        counts = tuple(_index_count(sd, rf"layer{i}\.(\d+)\.") for i in range(1, 5))
-        width_per_group = int(sd["layer1.0.conv1.weight"].shape[0]) if bottleneck else 64
-        block = ImageNetBottleneck if bottleneck else ImageNetBasicBlock
-        for arch, spec in _IMAGENET_SPECS.items():
-            if spec == (block, counts, width_per_group):
-                return arch, {"num_classes": int(sd["fc.weight"].shape[0])}
+Guess = Callable[[Mapping[str, torch.Tensor]], "tuple[str, dict] | None"]
+
+
+def _in_channels(sd: Mapping[str, torch.Tensor], key: str) -> dict:
+    """{"in_channels": n} where a stem conv takes other than three channels."""
+    n = int(sd[key].shape[1])
+    return {} if n == 3 else {"in_channels": n}
+
+
+def _stage_counts(sd: Mapping[str, torch.Tensor], pattern: str, stages: int) -> tuple[int, ...]:
+    return tuple(_index_count(sd, pattern.format(i)) for i in range(1, stages + 1))
+
+
+def _cifar_resnet(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict] | None:
+    """The shipped zoo's and the robustness library's CIFAR ResNets (shortcut, linear)."""
+    if not {"linear.weight", "conv1.weight", "layer1.0.conv1.weight"} <= set(sd):
         return None
-    if "fc.weight" in sd and "block1.layer.0.conv1.weight" in sd:
-        return "wrn", {"depth": 6 * _index_count(sd, r"block1\.layer\.(\d+)\.") + 4,
-                       "widen_factor": int(sd["block1.layer.0.conv1.weight"].shape[0]) // 16,
-                       "num_classes": int(sd["fc.weight"].shape[0]),
-                       "bias_last": "fc.bias" in sd}
-    if "logits.weight" in sd and "layer.0.block.0.conv_0.weight" in sd:
-        return "dm_wrn", {"depth": 6 * _index_count(sd, r"layer\.0\.block\.(\d+)\.") + 4,
-                          "width": int(sd["layer.0.block.0.conv_0.weight"].shape[0]) // 16,
-                          "num_classes": int(sd["logits.weight"].shape[0])}
-    return None
+    counts = _stage_counts(sd, r"layer{}\.(\d+)\.", 4)
+    arch = {(False, (2, 2, 2, 2)): "resnet18", (False, (3, 4, 6, 3)): "resnet34",
+            (True, (3, 4, 6, 3)): "resnet50"}.get(("layer1.0.conv3.weight" in sd, counts))
+    return None if arch is None else (arch, {"num_classes": int(sd["linear.weight"].shape[0]),
+                                             "width": int(sd["conv1.weight"].shape[0])})
+
+
+def _imagenet_resnet(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict] | None:
+    """torchvision's ResNets (a 7x7 stem)."""
+    if not {"fc.weight", "conv1.weight", "layer1.0.conv1.weight"} <= set(sd) or \
+            sd["conv1.weight"].shape[-1] != 7:
+        return None
+    bottleneck = "layer1.0.conv3.weight" in sd
+    counts = _stage_counts(sd, r"layer{}\.(\d+)\.", 4)
+    width_per_group = int(sd["layer1.0.conv1.weight"].shape[0]) if bottleneck else 64
+    block = ImageNetBottleneck if bottleneck else ImageNetBasicBlock
+    return next(((arch, {"num_classes": int(sd["fc.weight"].shape[0])})
+                 for arch, spec in _IMAGENET_SPECS.items()
+                 if spec == (block, counts, width_per_group)), None)
+
+
+def _torchvision_cifar_resnet(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict] | None:
+    """The stitching paper's CIFAR ResNets (torchvision's names, a 3x3 stem)."""
+    if not {"fc.weight", "conv1.weight", "layer1.0.conv1.weight"} <= set(sd) or \
+            sd["conv1.weight"].shape[-1] != 3:
+        return None
+    stages = 4 if "layer4.0.conv1.weight" in sd else 3
+    counts = _stage_counts(sd, r"layer{}\.(\d+)\.", stages)
+    block = ImageNetBottleneck if "layer1.0.conv3.weight" in sd else ImageNetBasicBlock
+    arch = next((a for a, spec in _TORCHVISION_CIFAR_SPECS.items()
+                 if spec == (block, counts)), None)
+    return None if arch is None else (arch, {"num_classes": int(sd["fc.weight"].shape[0]),
+                                             "width": int(sd["conv1.weight"].shape[0]),
+                                             **_in_channels(sd, "conv1.weight")})
+
+
+def _vgg(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict] | None:
+    """The stitching paper's CIFAR VGGs (features.conv{b}_{i}, classifier.fc1..3)."""
+    if "classifier.fc3.weight" not in sd or "features.conv1_1.weight" not in sd:
+        return None
+    convs = sum(1 for k in sd if re.fullmatch(r"features\.conv\d+_\d+\.weight", k))
+    arch = next((a for a, c in _VGG_CONFIGS.items() if sum(v != "M" for v in c) == convs), None)
+    return None if arch is None else (arch, {
+        "num_classes": int(sd["classifier.fc3.weight"].shape[0]),
+        **_in_channels(sd, "features.conv1_1.weight")})
+
+
+def _wide_resnet(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict] | None:
+    """TRADES' / RobustBench's WideResNets (block1.layer.0)."""
+    if "fc.weight" not in sd or "block1.layer.0.conv1.weight" not in sd:
+        return None
+    return "wrn", {"depth": 6 * _index_count(sd, r"block1\.layer\.(\d+)\.") + 4,
+                   "widen_factor": int(sd["block1.layer.0.conv1.weight"].shape[0]) // 16,
+                   "num_classes": int(sd["fc.weight"].shape[0]), "bias_last": "fc.bias" in sd}
+
+
+def _dm_wide_resnet(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict] | None:
+    """DeepMind's WideResNets (layer.0.block.0)."""
+    if "logits.weight" not in sd or "layer.0.block.0.conv_0.weight" not in sd:
+        return None
+    return "dm_wrn", {"depth": 6 * _index_count(sd, r"layer\.0\.block\.(\d+)\.") + 4,
+                      "width": int(sd["layer.0.block.0.conv_0.weight"].shape[0]) // 16,
+                      "num_classes": int(sd["logits.weight"].shape[0])}
+
+
+def _dm_preact_resnet(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict] | None:
+    """DeepMind's pre-activation ResNets (layer_0.0, conv_2d_1)."""
+    if "logits.weight" not in sd or "layer_0.0.conv_2d_1.weight" not in sd:
+        return None
+    counts = tuple(_index_count(sd, rf"layer_{g}\.(\d+)\.") for g in range(4))
+    depth = {(2, 2, 2, 2): 18, (3, 4, 6, 3): 34}.get(counts)
+    return None if depth is None else ("dm_preact_resnet", {
+        "num_classes": int(sd["logits.weight"].shape[0]), "depth": depth,
+        **_in_channels(sd, "conv_2d.weight")})
+
+
+def _lenet(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict] | None:
+    """The stitching paper's LeNet (conv1, conv2, fc1..3 and its mu, sigma)."""
+    if not {"conv1.weight", "conv2.weight", "fc3.weight", "mu"} <= set(sd):
+        return None
+    return "lenet", {"num_classes": int(sd["fc3.weight"].shape[0]),
+                     **_in_channels(sd, "conv1.weight")}
+
+
+# The architectures a state dict may be, each a guess from a few telltale keys; identify
+# tries them in turn and keeps the first whose every name and shape it reproduces. A new
+# family is a guess added here (and its builder in ARCHS).
+CANDIDATES: list[Guess] = [_cifar_resnet, _imagenet_resnet, _torchvision_cifar_resnet, _vgg,
+                           _wide_resnet, _dm_wide_resnet, _dm_preact_resnet, _lenet]
 
 
 def identify(sd: Mapping[str, torch.Tensor]) -> tuple[str, dict] | None:
-    """(arch, kwargs for `build`) of the architecture here whose parameter names and
-    shapes are exactly those of `sd` (ignoring `sub_block1.*` and BatchNorm's
-    num_batches_tracked, which loading tolerates), else None. A DeepMind WRN's
-    activation is not in its weights: the kwargs leave the default, ReLU."""
+    """(arch, kwargs for `build`) of the first candidate architecture whose parameter and
+    buffer names and shapes are exactly those of `sd` (ignoring `sub_block1.*` and
+    BatchNorm's num_batches_tracked, which loading tolerates), else None. An activation
+    is not in the weights (DeepMind's networks): the kwargs leave the default."""
     sd = strip_unused(sd)
-    guess = _guess(sd)
-    if guess is None:
-        return None
-    arch, kwargs = guess
-    try:
-        # on the meta device building even a 267M-parameter model allocates nothing
-        with torch.device("meta"):
-            own = build(arch, **kwargs).state_dict()
-    except ValueError:
-        return None
 
     def shapes(d: Mapping[str, torch.Tensor]) -> dict[str, tuple[int, ...]]:
         return {k: tuple(getattr(v, "shape", ())) for k, v in d.items()
                 if not k.endswith("num_batches_tracked")}
-    return guess if shapes(own) == shapes(sd) else None
+    want = shapes(sd)
+    for guess in CANDIDATES:
+        found = guess(sd)
+        if found is None:
+            continue
+        try:
+            # on the meta device building even a 267M-parameter model allocates nothing
+            with torch.device("meta"):
+                own = build(found[0], **found[1]).state_dict()
+        except ValueError:
+            continue
+        if shapes(own) == want:
+            return found
+    return None

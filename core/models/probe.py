@@ -307,6 +307,8 @@ class Probe(nn.Module):
         if not x.is_floating_point():   # uint8 pixels would pass through as 0..255
             raise BadImageError(f"a model takes float images in [0, 1], not {x.dtype} "
                                 "(divide 0..255 pixels by 255)")
+        if self.mean.shape[1] == 1 and x.shape[1] == 3:   # a one-channel model: grey levels
+            x = x.mean(1, keepdim=True)
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

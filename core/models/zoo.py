@@ -262,14 +262,20 @@ def _load_shipped(name: str, directory: Path | None) -> Probe:
                  card={"source": "shipped", **c})
 
 
-def _default_normalisation(arch: str) -> tuple[tuple, tuple, str]:
-    """(mean, std, why) for a file that stores no normaliser, by architecture family."""
+def _default_normalisation(arch: str, channels: int = 3) -> tuple[tuple, tuple, str]:
+    """(mean, std, why) for a file that stores no normaliser, by architecture family (a
+    one-channel model's: of its one channel)."""
     if arch.startswith("imagenet_") or arch not in archs.ARCHS:
         return IMAGENET_MEAN, IMAGENET_STD, "ImageNet's (assumed: the file stores none)"
+    none = ((0.0,) * channels, (1.0,) * channels)
     if arch == "wrn":
-        return (*NO_NORMALISATION, "none: inputs in [0, 1] (assumed, as RobustBench's "
-                                   "WideResNets; the file stores none)")
-    if arch == "dm_wrn":
+        return (*none, "none: inputs in [0, 1] (assumed, as RobustBench's WideResNets; the "
+                       "file stores none)")
+    if arch.startswith(("cifar_tv_", "vgg")):
+        return (*none, "none: [0, 1] inputs, no normalisation (the stitching paper's layout)")
+    if arch == "lenet":
+        return (*none, "inside the model, by the mean and deviation the file stores")
+    if arch in ("dm_wrn", "dm_preact_resnet"):
         return DM_CIFAR10_MEAN, DM_CIFAR10_STD, "DeepMind's CIFAR-10 (assumed: the file stores none)"
     return MEAN, STD, "the robustness library's CIFAR-10 (assumed: the file stores none)"
 
@@ -314,7 +320,7 @@ def load_file(path: Path, *, trust: bool = False, arch: str | None = None,
         options["activation"] = side["activation"]
     model = _build(arch, options, path.name)
     _load_into(model, sd, f"{arch} ({', '.join(f'{k} {v}' for k, v in options.items())})")
-    d_mean, d_std, why = _default_normalisation(arch)
+    d_mean, d_std, why = _default_normalisation(arch, int(options.get("in_channels", 3)))
     how = ("given" if mean is not None else "stored in the file" if meta.get("mean")
            else "from the sidecar card" if side.get("mean") else why)
     mean = mean or meta.get("mean") or side.get("mean") or d_mean
@@ -322,10 +328,14 @@ def load_file(path: Path, *, trust: bool = False, arch: str | None = None,
     c = {"name": path.stem, "source": str(path), "arch": arch, **options,
          "format": meta.get("format"), "normalisation": how,
          **{k: v for k, v in side.items() if k not in ("mean", "std")}}
-    if arch == "dm_wrn" and "activation" not in options:
-        c["notice"] = ("activation assumed ReLU: a DeepMind WideResNet's weights do not say; "
-                       f"for one trained with Swish (SiLU) put {{\"activation\": \"swish\"}} "
-                       f"in {sidecar.name} beside the file (the top-1 check shows which fits)")
+    if arch in ("dm_wrn", "dm_preact_resnet") and "activation" not in options:
+        assumed, other = ("ReLU", "swish") if arch == "dm_wrn" else ("Swish", "relu")
+        c["notice"] = (f"activation assumed {assumed}: a DeepMind network's weights do not "
+                       f"say; for one trained with the other put {{\"activation\": "
+                       f"\"{other}\"}} in {sidecar.name} beside the file (the top-1 check "
+                       "shows which fits)")
+    if int(options.get("in_channels", 3)) == 1:
+        c["channels"] = "one: the model sees an image's grey level (the mean of its three)"
     # core.archs models know their input size, torchvision's are ImageNet models; a
     # sidecar card may say otherwise (a model trained on 64 px ImageNet)
     return Probe(model, mean, std, name=side.get("name", path.stem), card=c,
