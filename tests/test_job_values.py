@@ -105,6 +105,9 @@ FIXED = {"cka-whole-test-set"}
 # computations changed on purpose since the record (issue 13), each a new version:
 # feature addition and interpolation now stay within an L2 radius of their start
 CHANGED = {"add_feature": ("eps",), "interpolation": ("eps",)}
+# values added to a result on purpose since the record, the recorded ones unchanged
+# (issue 30: a stitch cell's similarity of the stitched and the end representation)
+ADDED = {"stitch_cell": ("/test_cka", "/cka_images", "/effective_rank", "/singular_values/")}
 
 
 def test_job_values_agree_with_the_record(computed):
@@ -118,9 +121,11 @@ def test_job_values_agree_with_the_record(computed):
         assert now["kind"] == then["kind"]
         if now["kind"] in CHANGED:
             continue
-        assert set(now["values"]) == set(then["values"]), name
+        added = {k for k in now["values"]
+                 if k.startswith(ADDED.get(now["kind"], ())) and k not in then["values"]}
+        assert set(now["values"]) - added == set(then["values"]), name
         bad = {k: (then["values"][k], v) for k, v in now["values"].items()
-               if not close(v, then["values"][k])}
+               if k not in added and not close(v, then["values"][k])}
         if name in FIXED:
             assert any(k.startswith("/matrix") for k in bad), name
         else:

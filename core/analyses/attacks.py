@@ -114,6 +114,29 @@ def pgd(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, y: torch
     return best_x
 
 
+def trades_examples(model: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor,
+                    eps: float = 8 / 255, step_size: float = 2 / 255, steps: int = 10,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """TRADES's inner maximisation (Zhang et al. 2019), Linf: from x + 0.001 N(0, 1),
+    `steps` signed-gradient steps that raise KL(model(x) || model(x')), projected onto
+    the eps ball and [0, 1]. Needs no labels: it moves away from the model's own answer."""
+    x = x.detach()
+    if eps == 0 or steps == 0:
+        return x.clone()
+    with torch.no_grad():
+        p_clean = F.softmax(model(x), 1)
+    noise = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    x_adv = (x + 0.001 * noise).clamp(0, 1)
+    for _ in range(steps):
+        x_adv.requires_grad_(True)
+        kl = F.kl_div(F.log_softmax(model(x_adv), 1), p_clean, reduction="sum")
+        grad, = torch.autograd.grad(kl, x_adv)
+        with torch.no_grad():
+            x_adv = x + _project(x_adv + step_size * grad.sign() - x, "linf", eps)
+            x_adv = x_adv.clamp(0, 1)
+    return x_adv.detach()
+
+
 @dataclass(frozen=True)
 class PGD:
     """A PGD attack as a value: hashable, printable, callable as attack(model, x, y)."""

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 
 from core import data, jobs
 from core.analyses import Analysis, Command, Page, Sweep, attacks, register
+from core.analyses.cka import linear_cka
 from core.data import ImageFolder, ImageTensorDataset, batch_sizes, batches, require_labels
 from core.errors import IncompatibleModelError, RobustLensError, UnknownLayerError
 from core.jobs.results import write_json
@@ -47,7 +48,13 @@ from core.views import DEFAULT_A, FOLDER_HELP, Setting
 Loader = ImageTensorDataset | Iterable[tuple[torch.Tensor, torch.Tensor]]  # what data.batches reads
 
 METHODS = ("task", "direct")
-INITS = ("random", "identity", "direct")
+# the stitching layer's start: PyTorch's default (the paper's random), the identity, a
+# random permutation of the channels (the paper's "perm"), or least squares ("direct",
+# the paper's pseudo-inverse)
+INITS = ("random", "identity", "permutation", "direct")
+# the stitcher's own adversarial training, as the paper's trainers define it: Madry's PGD
+# on a share alpha of each batch, or TRADES with its weight beta
+ADVERSARIAL = ("madry", "trades")
 
 
 class StitchingError(RobustLensError, ValueError):
@@ -111,6 +118,22 @@ def _check_point(probe: Probe, layer: str, role: str) -> tuple[int, ...]:
     return probe.layer_shapes()[layer]
 
 
+class LowRankStitch(nn.Module):
+    """A 1x1 convolution of rank r: `down` to r channels (no bias), `up` to the end's
+    width (with bias); the paper's start: both orthogonal, the bias zero."""
+
+    def __init__(self, in_channels: int, out_channels: int, rank: int) -> None:
+        super().__init__()
+        self.down = nn.Conv2d(in_channels, rank, 1, bias=False)
+        self.up = nn.Conv2d(rank, out_channels, 1, bias=True)
+        nn.init.orthogonal_(self.down.weight)
+        nn.init.orthogonal_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.up(self.down(h))
+
+
 def _fmt_shape(shape: Sequence[int]) -> str:
     return "x".join(str(s) for s in shape)
 
@@ -126,7 +149,7 @@ class StitchedModel(nn.Module):
     """
 
     def __init__(self, front: Probe, end: Probe, layer: str,
-                 end_layer: str | None = None) -> None:
+                 end_layer: str | None = None, rank: int | None = None) -> None:
         super().__init__()
         end_layer = end_layer or layer
         fshape = _check_point(front, layer, "front")
@@ -142,14 +165,22 @@ class StitchedModel(nn.Module):
         self.front, self.end = front, end
         self.layer, self.end_layer = layer, end_layer
         self.in_channels, self.out_channels = int(fshape[0]), int(eshape[0])
-        self.stitch = nn.Conv2d(self.in_channels, self.out_channels, 1, bias=True).to(front.device)
+        widest = min(self.in_channels, self.out_channels)
+        if rank is not None and not 1 <= rank <= widest:
+            raise StitchingError(f"a low-rank stitch at {layer} takes a rank from 1 to {widest} "
+                                 f"(the narrower of {self.in_channels} and "
+                                 f"{self.out_channels} channels), not {rank}")
+        self.rank = rank
+        self.stitch = (nn.Conv2d(self.in_channels, self.out_channels, 1, bias=True)
+                       if rank is None else LowRankStitch(self.in_channels, self.out_channels,
+                                                          rank)).to(front.device)
         self.name = f"{_model_name(front)}[..{layer}] -> {_model_name(end)}[{end_layer}..]"
         self.training = False
         self.stitch.eval()
 
     @property
     def device(self) -> torch.device:
-        return self.stitch.weight.device
+        return next(self.stitch.parameters()).device
 
     def train(self, mode: bool = True) -> "StitchedModel":
         """Switch the stitching layer only; the donors' modes are left alone."""
@@ -168,28 +199,61 @@ class StitchedModel(nn.Module):
             h = front_half(x)
         return self.end.forward_from(self.end_layer, self.transfer(h))
 
-    def identity_init(self) -> "StitchedModel":
-        """Weight = identity, bias = 0: for a model stitched to itself this is the model."""
+    def _square(self, start: str) -> None:
         if self.in_channels != self.out_channels:
             raise StitchingError(
-                f"an identity stitch needs equal widths; {self.layer} has {self.in_channels} "
+                f"an {start} start needs equal widths; {self.layer} has {self.in_channels} "
                 f"channels in the front and {self.out_channels} in the end")
-        with torch.no_grad():
-            self.stitch.weight.copy_(torch.eye(self.in_channels).view_as(self.stitch.weight))
-            self.stitch.bias.zero_()
-        return self
+        if self.rank is not None and self.rank < self.in_channels:
+            raise StitchingError(f"an {start} start has full rank, {self.in_channels}; a "
+                                 f"rank-{self.rank} stitch starts random or by least squares")
+
+    def identity_init(self) -> "StitchedModel":
+        """Weight = identity, bias = 0: for a model stitched to itself this is the model."""
+        self._square("identity")
+        return self.set_linear(torch.eye(self.in_channels), torch.zeros(self.out_channels))
+
+    def permutation_init(self, generator: torch.Generator) -> "StitchedModel":
+        """Weight = a random permutation of the channels, bias = 0 (the paper's "perm")."""
+        self._square("permutation")
+        order = torch.randperm(self.in_channels, generator=generator)
+        return self.set_linear(torch.eye(self.in_channels)[order],
+                               torch.zeros(self.out_channels))
 
     def set_linear(self, weight: torch.Tensor, bias: torch.Tensor) -> "StitchedModel":
-        """Load a linear map: weight (out, in) and bias (out,)."""
+        """Load a linear map: weight (out, in) and bias (out,); a low-rank stitch takes
+        the map's best rank-r approximation (its r largest singular values)."""
+        weight = weight.to(self.device, torch.float32).reshape(self.out_channels,
+                                                               self.in_channels)
         with torch.no_grad():
-            self.stitch.weight.copy_(weight.reshape(self.stitch.weight.shape))
-            self.stitch.bias.copy_(bias.reshape(-1))
+            if self.rank is None:
+                self.stitch.weight.copy_(weight.reshape(self.stitch.weight.shape))
+                self.stitch.bias.copy_(bias.reshape(-1))
+                return self
+            u, sv, vh = torch.linalg.svd(weight.double(), full_matrices=False)
+            root = sv[:self.rank].sqrt()
+            self.stitch.down.weight.copy_((root[:, None] * vh[:self.rank])
+                                          .reshape(self.stitch.down.weight.shape))
+            self.stitch.up.weight.copy_((u[:, :self.rank] * root)
+                                        .reshape(self.stitch.up.weight.shape))
+            self.stitch.up.bias.copy_(bias.reshape(-1))
         return self
+
+    def linear(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stitch as one linear map: weight (out, in) and bias (out,)."""
+        with torch.no_grad():
+            if self.rank is None:
+                return (self.stitch.weight.reshape(self.out_channels, self.in_channels).clone(),
+                        self.stitch.bias.clone())
+            up = self.stitch.up.weight.reshape(self.out_channels, self.rank)
+            return (up @ self.stitch.down.weight.reshape(self.rank, self.in_channels),
+                    self.stitch.up.bias.clone())
 
     def identity(self) -> dict:
         """What result keys use to name this stitched model."""
         return {"front": self.front.identity(), "end": self.end.identity(),
-                "layer": self.layer, "end_layer": self.end_layer}
+                "layer": self.layer, "end_layer": self.end_layer,
+                **({"rank": self.rank} if self.rank is not None else {})}
 
 
 # ------------------------------------------------------------------ data helpers
@@ -293,6 +357,18 @@ class NormalEquations:
                                    driver="gelsd").solution.to(self.device)
         return x[:-1], x[-1]
 
+    def reduced_rank(self, w: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The least-squares map of rank `rank` (reduced-rank regression, the bias free):
+        the full solution `w` projected onto the top principal directions of its fitted
+        values. Returns (W (d_in, d_out), b (d_out,))."""
+        mean_a, mean_b = self.sum_a / self.n, self.sum_b / self.n
+        cov_a = self.ata / self.n - torch.outer(mean_a, mean_a)
+        fitted = w.T @ cov_a @ w
+        _, vectors = torch.linalg.eigh((fitted + fitted.T) / 2)
+        top = vectors[:, -rank:]
+        w_r = w @ top @ top.T
+        return w_r, mean_b - mean_a @ w_r
+
     def relative_error(self, w: torch.Tensor, b: torch.Tensor) -> float:
         """||A W + b - B||_F / ||B||_F on the accumulated rows (from the sums, so
         values below ~1e-7 are at float64's floor)."""
@@ -321,23 +397,53 @@ def _halves(stitched: StitchedModel) -> Iterator[tuple[Callable, Callable]]:
         yield front, end
 
 
-def representation_error(stitched: StitchedModel, loader: Loader, n: int | None = None,
-                         batch_size: int = 256) -> float:
-    """||stitch(front activation) - end activation||_F / ||end activation||_F at the
-    matching layer on (the first n images of) `loader`: how far the stitched
-    representation is from the one the end model expects, for either method."""
+def compare_representations(stitched: StitchedModel, loader: Loader, n: int | None = None,
+                            batch_size: int = 256, cka_images: int = 0) -> dict:
+    """The stitched representation, stitch(front activation), against the end model's
+    own at the matching layer, on (the first n images of) `loader`: "relative_l2",
+    ||stitched - end||_F / ||end||_F, and "cka", linear CKA (biased HSIC) of the two
+    with each image's activation one vector, on the first `cka_images` of them."""
     dev = stitched.device
     diff_sq, ref_sq = 0.0, 0.0
+    kept: list[tuple[torch.Tensor, torch.Tensor]] = []
     with torch.no_grad(), _modes((stitched, False)), _halves(stitched) as (front, end):
         for x, _y in batches(loader, batch_size, dev, limit=n):
             check_input_size(x, stitched.front, stitched.end)
             a = front(x)
             b = a if _same_stage(stitched) else end(x)
-            diff_sq += float((stitched.transfer(a) - b).double().pow(2).sum())
+            t = stitched.transfer(a)
+            diff_sq += float((t - b).double().pow(2).sum())
             ref_sq += float(b.double().pow(2).sum())
-    if ref_sq == 0:
-        return 0.0 if diff_sq == 0 else math.inf
-    return math.sqrt(diff_sq / ref_sq)
+            room = cka_images - sum(len(k) for k, _ in kept)
+            if room > 0:
+                kept.append((t[:room].flatten(1).cpu(), b[:room].flatten(1).cpu()))
+    relative = (0.0 if diff_sq == 0 else math.inf) if ref_sq == 0 else math.sqrt(diff_sq / ref_sq)
+    out: dict[str, Any] = {"relative_l2": relative}
+    if kept:
+        stitched_rows = torch.cat([k for k, _ in kept])
+        out.update(cka=linear_cka(stitched_rows, torch.cat([e for _, e in kept])),
+                   cka_images=len(stitched_rows))
+    return out
+
+
+def representation_error(stitched: StitchedModel, loader: Loader, n: int | None = None,
+                         batch_size: int = 256) -> float:
+    """||stitch(front activation) - end activation||_F / ||end activation||_F at the
+    matching layer on (the first n images of) `loader`: how far the stitched
+    representation is from the one the end model expects, for either method."""
+    return compare_representations(stitched, loader, n, batch_size)["relative_l2"]
+
+
+def spectrum(stitched: StitchedModel) -> dict:
+    """The stitch's singular values (largest first) and its effective rank, exp of the
+    entropy of the normalised singular values (Roy & Vetterli 2007): the number of
+    directions it really uses, from 1 to its rank."""
+    weight, _ = stitched.linear()
+    values = torch.linalg.svdvals(weight.double().cpu())
+    p = values / values.sum() if float(values.sum()) > 0 else values
+    entropy = -float((p[p > 0] * p[p > 0].log()).sum())
+    return {"singular_values": [round(float(v), 6) for v in values],
+            "effective_rank": math.exp(entropy)}
 
 
 def direct_match(stitched: StitchedModel, loader: Loader, batch_size: int = 128,
@@ -381,6 +487,8 @@ def direct_match(stitched: StitchedModel, loader: Loader, batch_size: int = 128,
             report(progress, i + 1, total or i + 1, f"direct matching: {seen} images")
         t0 = time.perf_counter()
         w, b = neq.solve(ridge)
+        if stitched.rank is not None:
+            w, b = neq.reduced_rank(w, stitched.rank)
         stitched.set_linear(w.T.float(), b.float())
         timing["solve_s"] = time.perf_counter() - t0
         error = neq.relative_error(w, b)
@@ -397,14 +505,21 @@ def fit(front: Probe, end: Probe, layer: str, loader: Loader, method: str = "tas
         end_layer: str | None = None, ridge: float = 1e-6,
         progress: Reporter | None = None, seed: int = 0, max_batches: int | None = None,
         init_batches: int | None = None, log_every: int | None = None,
-        profile: bool = False,
+        profile: bool = False, rank: int | None = None, adversarial: str | None = None,
+        alpha: float = 1.0, beta: float = 1.0, train_attack: attacks.PGD | None = None,
         ) -> tuple[StitchedModel, dict]:
     """Stitch `front` to `end` at `layer` and fit the stitching layer.
 
     method="task": cross-entropy on clean training data through the frozen end
     (Adam, lr x0.1 at 1/3 and 2/3 of the steps, a seeded shuffle each epoch);
-    init "random" (PyTorch's default, seeded), "identity" or "direct" (least
-    squares first). adapt_bn=True lets a private copy of the end model's
+    init "random" (PyTorch's default, seeded; a low-rank stitch: orthogonal factors),
+    "identity", "permutation" (a seeded random permutation) or "direct" (least
+    squares first). rank=r: a stitch of rank r (two 1x1 convolutions through r
+    channels; least squares then fits the best rank-r map). adversarial="madry"
+    replaces the first `alpha` share of each batch by `train_attack` examples against
+    the whole stitched network (default PGD-10 Linf 8/255, step 2/255, no random
+    start, the paper's); "trades" adds beta x KL(stitched(x) || stitched(x')) for
+    TRADES's examples x' at the attack's radius, step and steps. adapt_bn=True lets a private copy of the end model's
     BatchNorm layers run in train mode (batch statistics, running averages
     updated), as the original code did; the shared end model is never changed.
     The data are read in seeded random batches, a new order every epoch
@@ -425,11 +540,19 @@ def fit(front: Probe, end: Probe, layer: str, loader: Loader, method: str = "tas
         raise ValueError(f"init must be one of {INITS}, not {init!r}")
     if method == "task" and epochs < 1:
         raise ValueError("epochs must be at least 1")
+    if adversarial is not None and adversarial not in ADVERSARIAL:
+        raise ValueError(f"adversarial must be one of {ADVERSARIAL} or None, not {adversarial!r}")
+    if adversarial and method == "direct":
+        raise StitchingError("adversarial training of the stitching layer needs task-loss "
+                             "matching: direct matching is a closed-form fit")
+    if adversarial and adapt_bn:   # the attack would move the end's BatchNorm statistics
+        raise StitchingError("adversarial training of the stitching layer keeps the end "
+                             "model's BatchNorm statistics: turn adapt_bn off")
     if adapt_bn and method == "task":
         end = _private_copy(end)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)  # the stitching layer's default init, reproducibly
-        stitched = StitchedModel(front, end, layer, end_layer)
+        stitched = StitchedModel(front, end, layer, end_layer, rank)
 
     if method == "direct":
         hist = direct_match(stitched, loader, batch_size, max_batches, ridge, progress, profile,
@@ -449,21 +572,75 @@ def fit(front: Probe, end: Probe, layer: str, loader: Loader, method: str = "tas
     train_progress = progress
     if init == "identity":
         stitched.identity_init()
+    elif init == "permutation":
+        stitched.permutation_init(torch.Generator().manual_seed(seed))
     elif init == "direct":  # the first quarter of the progress bar
         init_record = direct_match(stitched, loader, batch_size,
                                    init_batches if init_batches is not None else max_batches,
                                    ridge, span(progress, 0, 0.25), profile, seed)
         train_progress = span(progress, 0.25, 0.75)
+    adversary = (None if adversarial is None else
+                 Adversary(adversarial, train_attack or TRAIN_ATTACK, alpha, beta))
     hist = _train_task(stitched, loader, epochs, steps_per_epoch, lr, weight_decay,
                        batch_size, adapt_bn, seed, max_batches, log_every, train_progress,
-                       profile)
-    hist.update({"init": init, "seed": seed})
+                       profile, adversary)
+    hist.update({"init": init, "seed": seed,
+                 **({"rank": rank} if rank is not None else {}),
+                 **({"adversarial": adversary.describe()} if adversary else {})})
     if init_record is not None:
         hist["init_dm_error"] = init_record["dm_error"]
         hist["init_images"] = init_record["n_train"]
         hist["seconds"] += init_record["seconds"]
         hist["timing"]["init_s"] = round(init_record["seconds"], 4)
     return stitched.eval(), hist
+
+
+# the paper's attack for training a stitcher adversarially: PGD-10 Linf 8/255, step 2/255,
+# from the clean image
+TRAIN_ATTACK = attacks.PGD("linf", 8 / 255, 2 / 255, 10, random_start=False)
+
+
+@dataclass(frozen=True)
+class Adversary:
+    """How a stitcher is trained adversarially: "madry" (the share `alpha` of each batch
+    replaced by `attack`'s examples) or "trades" (TRADES's examples at the attack's
+    radius, step and steps; the KL term weighted by `beta`)."""
+    kind: str
+    attack: attacks.PGD
+    alpha: float = 1.0
+    beta: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.kind == "madry" and not 0 < self.alpha <= 1:
+            raise StitchingError(f"the attack ratio alpha is the share of each batch that is "
+                                 f"attacked, above 0 and at most 1, not {self.alpha}")
+        if self.kind == "trades" and (self.beta < 0 or self.attack.norm != "linf"):
+            raise StitchingError("TRADES takes a weight beta of at least 0 and a Linf attack")
+
+    def describe(self) -> str:
+        if self.kind == "madry":
+            return f"Madry: {self.attack.describe()} on {self.alpha:.0%} of each batch"
+        a = self.attack
+        return (f"TRADES beta {self.beta:g}: {a.steps} steps, Linf eps {a.eps * 255:g}/255, "
+                f"step {a.step_size * 255:g}/255")
+
+    def loss(self, attacked: Callable, trained: Callable, x: torch.Tensor, y: torch.Tensor,
+             generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """(loss, logits of the images trained on) for one batch: the attack runs through
+        `attacked` (the whole stitched network), the loss through `trained` (the same,
+        with a front that builds no graph)."""
+        if self.kind == "madry":
+            k = round(self.alpha * len(x))
+            x = torch.cat([attacks.perturb(self.attack, attacked, x[:k], y[:k]), x[k:]])
+            logits = trained(x)
+            return F.cross_entropy(logits, y), logits
+        a = self.attack
+        with torch.enable_grad():
+            x_adv = attacks.trades_examples(attacked, x, a.eps, a.step_size, a.steps, generator)
+        logits = trained(x)
+        kl = F.kl_div(F.log_softmax(trained(x_adv), 1), F.softmax(logits, 1),
+                      reduction="batchmean")
+        return F.cross_entropy(logits, y) + self.beta * kl, logits
 
 
 def _private_copy(end: Probe) -> Probe:
@@ -482,7 +659,7 @@ def _lr_factor(step: int, total: int) -> float:
 def _train_task(stitched: StitchedModel, loader: Loader, epochs: int, steps_per_epoch: int,
                 lr: float, weight_decay: float, batch_size: int, adapt_bn: bool, seed: int,
                 max_batches: int | None, log_every: int | None, progress: Reporter | None,
-                profile: bool) -> dict:
+                profile: bool, adversary: Adversary | None = None) -> dict:
     dev = stitched.device
     front, end = stitched.front, stitched.end
     total = steps_per_epoch * epochs
@@ -508,13 +685,26 @@ def _train_task(stitched: StitchedModel, loader: Loader, epochs: int, steps_per_
                 for g in opt.param_groups:
                     g["lr"] = lr * factor
                 t1 = time.perf_counter()
-                with torch.no_grad():  # the front is frozen: no graph needed
-                    h = front_half(x)
+                if adversary is None:
+                    with torch.no_grad():  # the front is frozen: no graph needed
+                        h = front_half(x)
                 if profile:
                     _sync(dev)
                 t2 = time.perf_counter()
-                logits = end.forward_from(stitched.end_layer, stitched.transfer(h))
-                loss = F.cross_entropy(logits, y)
+                if adversary is None:
+                    logits = end.forward_from(stitched.end_layer, stitched.transfer(h))
+                    loss = F.cross_entropy(logits, y)
+                else:   # the attack sees the whole stitched network
+                    def whole(z: torch.Tensor) -> torch.Tensor:
+                        return end.forward_from(stitched.end_layer,
+                                                stitched.transfer(front_half(z)))
+
+                    def trained(z: torch.Tensor) -> torch.Tensor:
+                        with torch.no_grad():
+                            h = front_half(z)
+                        return end.forward_from(stitched.end_layer, stitched.transfer(h))
+                    generator = torch.Generator(device=dev).manual_seed(seed * 1_000_003 + step)
+                    loss, logits = adversary.loss(whole, trained, x, y, generator)
                 opt.zero_grad(set_to_none=True)
                 # gradients for the stitch only: no weight gradient of the shared models
                 # is computed, and no flag of theirs is touched
@@ -622,6 +812,11 @@ def cell_inputs(front: Probe, end: Probe, layer: str, method: str, *, epochs: in
             "attack": attack.to_dict() if attack is not None else None, "options": opts}
 
 
+# linear CKA between the stitched and the end representation: on this many test images
+# (the first of those under attack), each image's activation one vector
+CKA_IMAGES = 500
+
+
 def stitch_cell(front: Probe, end: Probe, layer: str, method: str = "task",
                 train_loader: Loader | None = None, test_loader: Loader | None = None,
                 attack: attacks.PGD | None = None, epochs: int = 30, *,
@@ -633,8 +828,10 @@ def stitch_cell(front: Probe, end: Probe, layer: str, method: str = "task",
     least-squares fit's relative error on the training data, for direct matching
     or the direct init of task matching), the relative distance of the stitched
     representation from the end model's own on the first robust_n (else test_n)
-    test images (for either method), image counts, seconds and the fit's history
-    (training curve). The papers' code reports squared relative errors: square these.
+    test images (for either method) and their linear CKA on the first CKA_IMAGES of
+    those, the stitch's singular values and effective rank, image counts, seconds and
+    the fit's history (training curve, recipe). The papers' code reports squared
+    relative errors: square these.
     """
     if train_loader is None or test_loader is None:
         raise StitchingError("a stitch cell needs training data and test data")
@@ -645,10 +842,14 @@ def stitch_cell(front: Probe, end: Probe, layer: str, method: str = "task",
     ev = evaluate(stitched, test_loader, attack, test_n=test_n, robust_n=robust_n,
                   progress=span(progress, fit_share, 1 - fit_share, prefix=f"{layer}: "))
     repr_n = robust_n if robust_n is not None else test_n
+    compared = compare_representations(stitched, test_loader, repr_n,
+                                       cka_images=min(CKA_IMAGES, repr_n or CKA_IMAGES))
     return {"layer": layer, "end_layer": stitched.end_layer, "method": method,
             "clean_accuracy": ev["clean_accuracy"], "robust_accuracy": ev["robust_accuracy"],
             "dm_error": hist.get("dm_error", hist.get("init_dm_error")),
-            "test_representation_error": representation_error(stitched, test_loader, repr_n),
+            "test_representation_error": compared["relative_l2"],
+            "test_cka": compared.get("cka"), "cka_images": compared.get("cka_images"),
+            **spectrum(stitched),
             "n_train": hist["n_train"], "n_test": ev["n"], "n_robust": ev["n_robust"],
             "fit_seconds": round(hist["seconds"], 3),
             "eval_seconds": {k: v for k, v in ev["seconds"].items()},
@@ -948,20 +1149,125 @@ FOLDER_STITCH_RECIPE = {**STITCH_RECIPE, "test_images": 10_000,
                         "attack": attacks.PGD("linf", 4 / 255, 1 / 255, 20).for_accuracy()}
 
 
-def stitch_recipe(recipe: dict | None, folder: str | None = None) -> dict:
-    """A stitching recipe with its attack as a PGD (plain data names it by a dict);
-    None: the recipe for CIFAR-10 or for an image folder."""
-    recipe = dict(recipe or (FOLDER_STITCH_RECIPE if folder else STITCH_RECIPE))
-    if isinstance(recipe["attack"], dict):
-        recipe["attack"] = attacks.PGD(**recipe["attack"])
-    return recipe
+# What a recipe may set beyond the shipped one: a low-rank stitch, the stitcher's
+# adversarial training (its attack ratio alpha, TRADES's beta, its attack). At these values
+# a setting stays out of the result key, so that cells stored before it existed still count.
+RECIPE_EXTRAS: dict[str, Any] = {"rank": None, "adversarial": None, "alpha": 1.0, "beta": 1.0,
+                                 "train_attack": TRAIN_ATTACK}
+# Named recipes, each over the base (CIFAR-10's or an image folder's): "short", the shipped
+# cells' (a least-squares start, one epoch on 10,000 images; what a CPU affords), and
+# "paper", Balogh & Jelasity's (a random start, 30 epochs on all 50,000 training images)
+RECIPES: dict[str, dict[str, Any]] = {
+    "short": {},
+    "paper": {"epochs": 30, "init": "random", "init_batches": None, "train_images": 50_000},
+}
+Recipe = str | Mapping[str, Any] | None
+
+
+def _attack(value: Any) -> attacks.PGD:
+    return value if isinstance(value, attacks.PGD) else attacks.PGD(**value)
+
+
+def stitch_recipe(recipe: Recipe, folder: str | None = None) -> dict:
+    """A whole stitching recipe, its attacks as PGDs: None, a name of RECIPES, or a dict
+    of settings over the base (the base recipe's name under "recipe", default "short")
+    for CIFAR-10 or for an image folder. Raises StitchingError on a setting out of range."""
+    base = FOLDER_STITCH_RECIPE if folder else STITCH_RECIPE
+    given = {"recipe": recipe} if isinstance(recipe, str) else dict(recipe or {})
+    name = given.pop("recipe", "short")
+    if name not in RECIPES:
+        raise StitchingError(f"no stitching recipe is called {name!r}; the recipes are "
+                             f"{', '.join(RECIPES)}")
+    unknown = sorted(set(given) - set(base) - set(RECIPE_EXTRAS))
+    if unknown:
+        raise StitchingError(f"a stitching recipe has no setting {', '.join(unknown)}; it "
+                             f"sets {', '.join([*base, *RECIPE_EXTRAS])}")
+    full = {**base, **RECIPE_EXTRAS, **RECIPES[name], **given}
+    full["attack"], full["train_attack"] = _attack(full["attack"]), _attack(full["train_attack"])
+    _check_recipe(full)
+    return full
+
+
+def _check_recipe(r: dict) -> None:
+    def whole(key: str, low: int) -> bool:
+        return isinstance(r[key], int) and not isinstance(r[key], bool) and r[key] >= low
+    problems = [f"{key} must be a whole number of at least {low}, not {r[key]!r}"
+                for key, low in (("epochs", 1), ("train_images", 1), ("batch_size", 1),
+                                 ("robust_images", 0)) if not whole(key, low)]
+    if r["init"] not in INITS:
+        problems.append(f"the start (init) is one of {', '.join(INITS)}, not {r['init']!r}")
+    if r["rank"] is not None and not whole("rank", 1):
+        problems.append(f"rank must be a whole number of at least 1, not {r['rank']!r}")
+    if r["adversarial"] not in (None, *ADVERSARIAL):
+        problems.append(f"the stitcher's adversarial training is {' or '.join(ADVERSARIAL)} "
+                        f"(or none), not {r['adversarial']!r}")
+    elif r["adversarial"]:
+        try:
+            Adversary(r["adversarial"], r["train_attack"], r["alpha"], r["beta"])
+        except StitchingError as e:
+            problems.append(str(e))
+        train, test = r["train_attack"], r["attack"]
+        if (test.norm, test.eps) != (train.norm, train.eps) or test.steps <= train.steps:
+            problems.append(f"robust accuracy is measured with a stronger attack than the "
+                            f"stitcher was trained with, at its radius: {test.describe()} "
+                            f"is not stronger than {train.describe()}")
+    if problems:
+        raise StitchingError("; ".join(problems) + ".")
 
 
 def _recipe_inputs(recipe: dict, method: str) -> dict:
-    keep = {k: v for k, v in recipe.items() if k != "attack"}
+    """The recipe as a result key names it: only what the fit reads (direct matching
+    reads the data and the rank), extras only at values other than RECIPE_EXTRAS'."""
+    adversarial = recipe["adversarial"] if method == "task" else None
+    relevant = {"rank": True, "adversarial": True, "alpha": adversarial == "madry",
+                "beta": adversarial == "trades", "train_attack": bool(adversarial)}
+    extras = {k: recipe[k] for k, default in RECIPE_EXTRAS.items()
+              if relevant[k] and recipe[k] != default}
+    keep = {k: v for k, v in recipe.items() if k != "attack" and k not in RECIPE_EXTRAS}
     if method == "direct":  # only the data matter to a least-squares fit
         keep = {"train_images": recipe["train_images"]}
-    return {**keep, "attack": recipe["attack"].to_dict()}
+        extras.pop("adversarial", None)
+    if "train_attack" in extras:
+        extras["train_attack"] = extras["train_attack"].to_dict()
+    return {**keep, **extras, "attack": recipe["attack"].to_dict()}
+
+
+def plain_recipe(recipe: Recipe) -> Recipe:
+    """A recipe as job arguments hold it: plain data (its attacks as dicts)."""
+    if not isinstance(recipe, Mapping):
+        return recipe
+    return {k: v.to_dict() if isinstance(v, attacks.PGD) else v for k, v in recipe.items()}
+
+
+def cell_recipe(cell: Mapping[str, Any]) -> dict:
+    """What a stored cell was fitted with, read from its history (cells stored before
+    these fields existed included): start, epochs, training images, the stitcher's
+    attack and rank. Direct matching has no start, epochs or attack."""
+    hist = cell.get("history") or {}
+    task = cell.get("method") == "task"
+    return {"start": ("least squares" if hist.get("init") == "direct" else hist.get("init"))
+            if task else None,
+            "epochs": hist.get("epochs") if task else None,
+            "train_images": hist.get("n_train", cell.get("n_train")),
+            "stitcher_attack": hist.get("adversarial") if task else None,
+            "rank": hist.get("rank")}
+
+
+def describe_recipe(recipe: dict, method: str) -> str:
+    """One sentence's worth: how the stitching layers of a matrix are fitted."""
+    rank = f"rank-{recipe['rank']} " if recipe["rank"] else ""
+    if method == "direct":
+        return f"{rank}least squares on {recipe['train_images']:,} training images"
+    start = {"direct": "a least-squares start", "random": "a random start",
+             "identity": "an identity start", "permutation": "a permutation start"}
+    adversary = ("" if not recipe["adversarial"] else "; adversarially: " + Adversary(
+        recipe["adversarial"], recipe["train_attack"], recipe["alpha"], recipe["beta"]
+    ).describe())
+    epochs = recipe["epochs"]
+    return (f"{rank}stitch from {start[recipe['init']]}, then Adam lr {recipe['lr']:g}, weight "
+            f"decay {recipe['weight_decay']:g}, batch {recipe['batch_size']}, {epochs} "
+            f"epoch{'s' if epochs != 1 else ''} on {recipe['train_images']:,} training "
+            f"images{adversary}")
 
 
 def _shuffled_test() -> data.ImageTensorDataset:
@@ -1012,14 +1318,15 @@ def stitch_data(analysis: str, recipe: dict, folder: str | None, *probes: Probe)
 
 
 def stitch_cell_job(load: jobs.Loader, front: str, end: str, layer: str, method: str = "task",
-                    recipe: dict | None = None, folder: str | None = None, *,
+                    recipe: Recipe = None, folder: str | None = None, *,
                     end_layer: str | None = None, where: StitchData | None = None) -> jobs.Job:
     """One cell of the stitching matrix: front[..layer] -> 1x1 conv -> end[end_layer..]
     (default: the same layer), trained and tested on CIFAR-10, or on the two parts of
     an image `folder` (`where`: its stitch_data, when a whole matrix made it once)."""
     other_end = {"end_layer": end_layer} if end_layer not in (None, layer) else {}
-    args = {"front": front, "end": end, "layer": layer, "method": method, "recipe": recipe,
-            **({"folder": folder} if folder else {}), **other_end}
+    args = {"front": front, "end": end, "layer": layer, "method": method,
+            "recipe": plain_recipe(recipe), **({"folder": folder} if folder else {}),
+            **other_end}
     recipe = stitch_recipe(recipe, folder)
     pf, pe = load(front), load(end)
     where = where or stitch_data("Stitching", recipe, folder, pf, pe)
@@ -1029,9 +1336,10 @@ def stitch_cell_job(load: jobs.Loader, front: str, end: str, layer: str, method:
 
     def run(progress: Reporter) -> dict:
         opts = {k: recipe[k] for k in ("batch_size", "lr", "weight_decay", "adapt_bn", "init",
-                                       "init_batches")}
+                                       "init_batches", "rank", "adversarial", "alpha", "beta",
+                                       "train_attack")}
         if method == "direct":
-            opts = {"batch_size": recipe["batch_size"]}
+            opts = {"batch_size": recipe["batch_size"], "rank": recipe["rank"]}
         return stitch_cell(pf, pe, layer, method, where.train(), where.test(),
                                      recipe["attack"], recipe["epochs"],
                                      robust_n=recipe["robust_images"], progress=progress,
@@ -1041,12 +1349,12 @@ def stitch_cell_job(load: jobs.Loader, front: str, end: str, layer: str, method:
                 f"stitch {pf.name} -> {pe.name} at {at} ({method} matching)", args)
 
 
-def accuracy_job(load: jobs.Loader, spec: str, recipe: dict | None = None,
+def accuracy_job(load: jobs.Loader, spec: str, recipe: Recipe = None,
                  folder: str | None = None, *, where: StitchData | None = None) -> jobs.Job:
     """Clean (the test images) and robust (the first robust_images) accuracy of a model,
     on CIFAR-10's test set or on the test part of an image `folder` (`where`: as for
     stitch_cell_job)."""
-    args = {"spec": spec, "recipe": recipe, **({"folder": folder} if folder else {})}
+    args = {"spec": spec, "recipe": plain_recipe(recipe), **({"folder": folder} if folder else {})}
     recipe = stitch_recipe(recipe, folder)
     probe = load(spec)
     where = where or stitch_data("Measuring accuracy", recipe, folder, probe)
@@ -1082,7 +1390,7 @@ class StitchMatrix:
 
 
 def stitch_matrix(load: jobs.Loader, pairs: Sequence[tuple[str, str]], method: str = "task",
-                  layers: Sequence[str] | None = None, recipe: dict | None = None,
+                  layers: Sequence[str] | None = None, recipe: Recipe = None,
                   folder: str | None = None) -> StitchMatrix:
     """The jobs of a stitching matrix of model specs (rows: (front, end) pairs;
     default layers: Grid.of's), on CIFAR-10 or an image `folder`."""
@@ -1176,6 +1484,14 @@ def cell_cost(job: jobs.Job) -> jobs.Cost:
                  if recipe["init"] == "direct" else 0)
         forward += min(start, train)
         trained = recipe["epochs"] * train
+        # an adversarial stitcher: the attack's steps through the whole stitched network
+        steps = recipe["train_attack"].steps
+        if recipe["adversarial"] == "madry":
+            gradient += trained * recipe["alpha"] * steps
+        elif recipe["adversarial"] == "trades":   # + the clean answer, + the adversarial loss
+            gradient += trained * steps
+            forward += trained
+            trained *= 2
     forward += robust
     front, end = job.models
     passes = {front: ((forward + trained) / 2, gradient / 2)}
@@ -1191,6 +1507,19 @@ def _cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--end", action="append", help="end model(s), in the order of --front")
     p.add_argument("--layers", default="all", help="'all' stitch points or a comma list")
     p.add_argument("--method", default="both", choices=["task", "direct", "both"])
+    p.add_argument("--recipe", default="short", choices=list(RECIPES),
+                   help="short: a least-squares start, 1 epoch on 10,000 images (the shipped "
+                        "cells); paper: a random start, 30 epochs on all 50,000")
+    p.add_argument("--init", choices=INITS, help="the stitching layer's start (task loss)")
+    p.add_argument("--epochs", type=int, help="task-loss training epochs")
+    p.add_argument("--train-images", type=int, help="training images")
+    p.add_argument("--rank", type=int, help="a low-rank stitching layer of this rank")
+    p.add_argument("--adversarial", choices=ADVERSARIAL,
+                   help="train the stitching layer adversarially: madry (PGD-10 Linf 8/255 on "
+                        "a share alpha of each batch) or trades (weight beta)")
+    p.add_argument("--alpha", type=float, help="madry: the share of each batch attacked "
+                                                  "(default 1)")
+    p.add_argument("--beta", type=float, help="trades: the weight of the KL term (default 1)")
     p.add_argument("--device")
     p.add_argument("--force", action="store_true", help="recompute even if stored")
     p.add_argument("--out", help="write the cells as JSON here")
@@ -1207,8 +1536,13 @@ def _cli(args: argparse.Namespace) -> Any:
         pairs = default_stitch_pairs()
     methods = ["task", "direct"] if args.method == "both" else [args.method]
     layers = None if args.layers == "all" else args.layers.split(",")
-    matrices = [stitch_matrix(load, pairs, method, layers) for method in methods]
-    out: dict = {"pairs": [{"front": f, "end": e, "cells": {}} for f, e in pairs],
+    chosen = {"init": args.init, "epochs": args.epochs, "train_images": args.train_images,
+              "rank": args.rank, "adversarial": args.adversarial, "alpha": args.alpha,
+              "beta": args.beta}
+    recipe = {"recipe": args.recipe, **{k: v for k, v in chosen.items() if v is not None}}
+    matrices = [stitch_matrix(load, pairs, method, layers, recipe) for method in methods]
+    out: dict = {"recipe": {m.method: describe_recipe(m.recipe, m.method) for m in matrices},
+                 "pairs": [{"front": f, "end": e, "cells": {}} for f, e in pairs],
                  "accuracy": {s: run_printed(job, args.force)
                               for s, job in sorted(matrices[0].donors.items())}}
     for m in matrices:
@@ -1216,7 +1550,10 @@ def _cli(args: argparse.Namespace) -> Any:
             for layer, job in zip(m.grid.layers, cell_jobs):
                 cell = run_printed(job, args.force)
                 row["cells"][f"{m.method}/{layer}"] = {
-                    k: cell[k] for k in ("clean_accuracy", "robust_accuracy", "dm_error")}
+                    **{k: cell.get(k) for k in ("clean_accuracy", "robust_accuracy",
+                                                "dm_error", "test_representation_error",
+                                                "test_cka", "effective_rank")},
+                    "recipe": cell_recipe(cell)}
     return write_json(out, args.out) if args.out else out
 
 
