@@ -43,6 +43,27 @@ with st.container(key="settings"), st.container(border=True):
     state.segmented(c[0], PAGE, "st_method")
     state.selectbox(c[1], PAGE, "st_metric")
     state.folder(c[2], PAGE, "st_folder", a)
+    # the advanced recipe: open when a link or an earlier choice set any of it
+    with st.expander("Advanced recipe", icon=":material/tune:",
+                     expanded=stitching.page_recipe(state.current(PAGE)) is not None):
+        c = st.columns(4)
+        state.segmented(c[0], PAGE, "st_recipe")
+        with page.guard():
+            base = stitching.stitch_recipe(state.value(PAGE, "st_recipe"))
+        state.selectbox(c[1], PAGE, "st_init")
+        for col, key, name in ((c[2], "st_epochs", "epochs"), (c[3], "st_train", "train_images")):
+            state.selectbox(col, PAGE, key, format_func=lambda v, n=base[name]: v and f"{int(v):,}"
+                            or f"the recipe's ({n:,})")
+        c = st.columns(4)
+        state.selectbox(c[0], PAGE, "st_rank")
+        adversarial = state.selectbox(c[1], PAGE, "st_adv")
+        if adversarial == "madry":
+            state.selectbox(c[2], PAGE, "st_alpha")
+        if adversarial == "trades":
+            state.selectbox(c[2], PAGE, "st_beta")
+        if state.value(PAGE, "st_method") == "direct":
+            st.caption("Direct matching is a closed-form fit: of these it reads the training "
+                       "images and the rank.")
 settings = state.current(PAGE)
 state.publish(PAGE)
 method, metric = settings["st_method"], settings["st_metric"]
@@ -64,14 +85,14 @@ recipe, where = plan.recipe, cell_jobs[0][0].inputs
 values = matrix.values(metric)
 i, j = state.cell(settings, "st_cell", len(pairs), len(layers))
 missing = [job for row, jrow in zip(cells, cell_jobs) for c, job in zip(row, jrow) if c is None]
-rel = metric.endswith("_rel")
+number_format, low, high, colours = stitching.metric_scale(metric, values)
 under = f" ({plan.recipe['attack'].threat()})" if metric.startswith("robust") else ""
 title = f"{setting['st_metric'].show(metric)}{under}, {setting['st_method'].show(method)} matching"
 
 left, right = st.columns([2.4, 1])
 with left:
-    fig = figures.matrix_heatmap(values, row_labels, columns,
-                                 title=title, zmax=1.2 if rel else 1.0, selected=(i, j), big=big)
+    fig = figures.matrix_heatmap(values, row_labels, columns, title=title, zmin=low, zmax=high,
+                                 fmt=number_format, colorscale=colours, selected=(i, j), big=big)
     st.plotly_chart(fig, key="st_matrix", selection_mode="points",
                     on_select=state.pick_cell("st_matrix", "st_cell"))
     page.caption(PAGE, f"{title}; robust {backend.label(pairs[0][0])}, standard "
@@ -83,8 +104,9 @@ with left:
                   for n, (f, e) in zip(stitching.STITCH_PAIRS, pairs)]
     csv = matrix.to_csv(values, [(n, f, e) for n, (f, e) in zip(stitching.STITCH_PAIRS, pairs)])
     page.export_menu(f"stitching-{method}-{metric}", page.figure_files(lambda fmt: exports.heatmap(
-        values, plain_rows, layers, title, inputs, fmt, col_title="stitching layer", annotate=True,
-        vmax=1.2 if rel else 1.0, cmap="RdYlGn", caption=f"{title}; {views.page(PAGE).paper}")) + [
+        values, plain_rows, layers, title, inputs, fmt, col_title="stitching layer",
+        annotate=number_format, vmin=low, vmax=high, cmap=colours,
+        caption=f"{title}; {views.page(PAGE).paper}")) + [
         ("Data, CSV", lambda: exports.csv_with_inputs(csv, inputs), ".csv", "text/csv"),
         ("Cells, JSON", lambda: exports.to_json({"cells": cells, "references": refs}, inputs),
          ".json", "application/json")])
@@ -93,13 +115,10 @@ with left:
         page.results(missing + [job for job in ref_jobs.values() if got[job.key] is None],
                      f"Compute all {len(missing)} missing cells", "st-all",
                      what="Computing a stitching cell")
-    fit = (f"least-squares start, then Adam lr {recipe['lr']:g}, weight decay "
-           f"{recipe['weight_decay']:g}, batch {recipe['batch_size']}, {recipe['epochs']} epoch"
-           if method == "task" else "least squares")
     source = (f" of {settings['st_folder']} (the first {where['train']['n']:,} of its fixed "
               f"shuffle for training, the next {where['test']['n']:,} for testing)"
               if "folder" in where["train"] else "")
-    st.caption(f"Recipe: {fit} on {where['train']['n']:,} training images; clean accuracy on "
+    st.caption(f"Recipe: {stitching.describe_recipe(recipe, method, where['train']['n'])}; clean accuracy on "
                f"{where['test']['n']:,} test images, robust accuracy under "
                f"{recipe['attack'].describe()} on "
                f"{min(recipe['robust_images'], where['test']['n']):,}{source}.")
@@ -135,9 +154,31 @@ with right:
         if cell.get("dm_error") is not None:
             st.metric("Direct-matching error ‖AW−B‖/‖B‖", f"{cell['dm_error']:.3f}",
                       help="Relative least-squares error of the fit on the training data.")
-        if cell.get("test_representation_error") is not None:
-            st.caption(f"Stitched vs end representation on test images: relative distance "
-                       f"{cell['test_representation_error']:.3f}")
+        m = st.columns(3)
+        for col, key, name, tip in (
+                (m[0], "test_cka", "CKA", "Linear CKA of the stitched and the end model's own "
+                                          "representation at this layer, on test images."),
+                (m[1], "test_representation_error", "Relative L2",
+                 "‖stitched − end‖ / ‖end‖ at this layer, on test images."),
+                (m[2], "effective_rank", "Effective rank",
+                 "exp of the entropy of the stitch's normalised singular values: the "
+                 "directions it really uses.")):
+            col.metric(name, "—" if cell.get(key) is None else f"{cell[key]:.3g}", help=tip)
+        if cell.get("singular_values"):
+            st.plotly_chart(figures.curve(list(range(1, len(cell["singular_values"]) + 1)),
+                                          {"singular value": cell["singular_values"]},
+                                          "index", "singular value", height=200),
+                            key="st_spectrum")
+        elif cell.get("test_cka") is None:
+            st.caption("This cell was stored before CKA and the spectrum were measured: "
+                       "`python -m core stitch ... --force` computes it again with them.")
+        made = stitching.cell_recipe(cell)
+        st.caption("Fitted with: " + ", ".join(
+            f"{name} {made[key]:,}" if isinstance(made[key], int) else f"{name} {made[key]}"
+            for key, name in (("start", "start"), ("epochs", "epochs"),
+                              ("train_images", "training images"),
+                              ("stitcher_attack", "stitcher trained adversarially,"),
+                              ("rank", "rank")) if made[key] is not None) + ".")
         curve = (cell.get("history") or {}).get("curve") or {}
         if curve.get("step"):
             st.plotly_chart(figures.curve(curve["epoch"], {"loss": curve["loss"],
@@ -155,6 +196,7 @@ with right:
         payload = {"pair": stitching.STITCH_PAIRS[i], "front": front, "end": end, "layer": layer,
                    "end_layer": end_layer,
                    "method": method, "recipe": cell_jobs[i][j].inputs["recipe"],
+                   "fitted_with": stitching.cell_recipe(cell),
                    **{k: v for k, v in cell.items() if k != "history"}}
         st.download_button("Cell as JSON", json.dumps(payload, indent=1, default=float),
                            f"stitch-{front}-{end}-{layer}-{method}.json", "application/json",

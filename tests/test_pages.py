@@ -80,6 +80,28 @@ def test_stitching_cell_on_demand(world):
     assert "Stitched, clean" in labels and "Direct-matching error ‖AW−B‖/‖B‖" in labels
 
 
+def test_stitching_advanced_recipe_runs_a_low_rank_adversarial_stitcher(world):
+    """The advanced recipe from a link: the panel opens, the caption names the recipe, a
+    cell trains a rank-4 stitcher on Madry examples and shows its similarity and spectrum."""
+    at = run_app("pages/stitching.py", {"st_adv": "madry", "st_alpha": "0.5", "st_rank": "4",
+                                        "st_train": "1000", "st_metric": "effective_rank"})
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.expander[0].label == "Advanced recipe"
+    assert "rank-4 stitch from a least-squares start" in texts(at)
+    assert "adversarially: Madry: PGD-10 LINF eps 8/255 step 2/255 on 50% of each batch" \
+        in texts(at)
+    click(at, "Compute this cell")
+    assert not at.exception, [e.value for e in at.exception]
+    assert {"CKA", "Relative L2", "Effective rank"} <= {m.label for m in at.metric}
+    assert "stitcher trained adversarially, Madry" in texts(at) and "rank 4." in texts(at)
+    rank = next(m.value for m in at.metric if m.label == "Effective rank")
+    assert 1 <= float(rank) <= 4
+    # a start that cannot be low rank: one sentence, no traceback
+    bad = run_app("pages/stitching.py", {"st_init": "identity", "st_rank": "4"})
+    assert not bad.exception
+    assert "an identity start has full rank" in " ".join(w.value for w in bad.warning)
+
+
 def test_inversion_reconstructs_with_both_models(world):
     at = run_app("pages/inversion.py", {"inv_steps": "12"})
     assert not at.exception, [e.value for e in at.exception]

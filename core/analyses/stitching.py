@@ -876,6 +876,8 @@ class StitchResult:
     histories: list[list[dict | None]]
     front_accuracy: list[dict | None] = field(default_factory=list)
     end_accuracy: list[dict | None] = field(default_factory=list)
+    cka: np.ndarray | None = None             # stitched vs end representation, linear CKA
+    effective_rank: np.ndarray | None = None  # of the stitching layer's map
 
     @classmethod
     def empty(cls, pairs: list[dict], layers: Sequence[str], method: str,
@@ -884,7 +886,7 @@ class StitchResult:
         nan = lambda: np.full(shape, np.nan)  # noqa: E731
         return cls(list(pairs), list(layers), method, dict(settings), nan(), nan(), nan(),
                    nan(), nan(), [[None] * shape[1] for _ in pairs], [None] * shape[0],
-                   [None] * shape[0])
+                   [None] * shape[0], nan(), nan())
 
     def set_cell(self, pair: int, layer: int | str, cell: dict) -> None:
         """Store a stitch_cell() result at (pair, layer)."""
@@ -894,15 +896,24 @@ class StitchResult:
         robust = cell.get("robust_accuracy")
         self.robust[pair, j] = nan if robust is None else robust
         self.dm_error[pair, j] = nan if cell.get("dm_error") is None else cell["dm_error"]
-        rep = cell.get("test_representation_error")
-        self.repr_error[pair, j] = nan if rep is None else rep
+        for array, key in ((self.repr_error, "test_representation_error"),
+                           (self.cka, "test_cka"), (self.effective_rank, "effective_rank")):
+            if array is not None:   # cells stored before similarity was measured lack some
+                array[pair, j] = nan if cell.get(key) is None else cell[key]
         self.seconds[pair, j] = cell.get("fit_seconds", nan) + sum(
             (cell.get("eval_seconds") or {}).values())
         self.histories[pair][j] = cell.get("history")
 
     def values(self, metric: str) -> np.ndarray:
-        """The cells' clean or robust accuracy ("clean", "robust"), or either relative
-        to the end model's own ("clean_rel", "robust_rel"; NaN where that is unknown)."""
+        """The cells' clean or robust accuracy ("clean", "robust"), either relative
+        to the end model's own ("clean_rel", "robust_rel"; NaN where that is unknown),
+        or the stitched representation's similarity to the end model's ("cka",
+        "relative_l2") or the stitch's "effective_rank" (NaN where a cell lacks it)."""
+        similar = {"cka": self.cka, "relative_l2": self.repr_error,
+                   "effective_rank": self.effective_rank}
+        if metric in similar:
+            array = similar[metric]
+            return np.full(self.clean.shape, np.nan) if array is None else array
         kind = metric.removesuffix("_rel")
         values = self.robust if kind == "robust" else self.clean
         if metric.endswith("_rel"):
@@ -934,7 +945,8 @@ class StitchResult:
                 "method": self.method, "settings": self.settings,
                 "clean": self.clean, "robust": self.robust, "dm_error": self.dm_error,
                 "repr_error": self.repr_error, "seconds": self.seconds, "histories": self.histories,
-                "front_accuracy": self.front_accuracy, "end_accuracy": self.end_accuracy}
+                "front_accuracy": self.front_accuracy, "end_accuracy": self.end_accuracy,
+                "cka": self.cka, "effective_rank": self.effective_rank}
 
     @classmethod
     def from_dict(cls, d: dict) -> "StitchResult":
@@ -944,7 +956,27 @@ class StitchResult:
                    arr("seconds"),
                    [list(row) for row in d["histories"]],
                    list(d.get("front_accuracy") or [None] * len(d["pairs"])),
-                   list(d.get("end_accuracy") or [None] * len(d["pairs"])))
+                   list(d.get("end_accuracy") or [None] * len(d["pairs"])),
+                   *(arr(k) if d.get(k) is not None else None
+                     for k in ("cka", "effective_rank")))
+
+
+# how a metric of the matrix is drawn: number format, colour range (None: up to the widest
+# stitch), colours; the ones a reader wants high are green
+METRIC_SCALES: dict[str, tuple[str, float, float | None, str]] = {
+    "clean": (".0%", 0.0, 1.0, "RdYlGn"), "robust": (".0%", 0.0, 1.0, "RdYlGn"),
+    "clean_rel": (".0%", 0.0, 1.2, "RdYlGn"), "robust_rel": (".0%", 0.0, 1.2, "RdYlGn"),
+    "cka": (".2f", 0.0, 1.0, "RdYlGn"), "relative_l2": (".2f", 0.0, 1.5, "RdYlGn_r"),
+    "effective_rank": (".0f", 1.0, None, "viridis"),
+}
+
+
+def metric_scale(metric: str, values: np.ndarray) -> tuple[str, float, float, str]:
+    """(format, low, high, colours) of a matrix metric over these values."""
+    fmt, low, high, colours = METRIC_SCALES[metric]
+    if high is None:
+        high = float(np.nanmax(values)) if np.isfinite(values).any() else 1.0
+    return fmt, low, max(high, low + 1e-9), colours
 
 
 def _pairs(pairs_or_front: Probe | Sequence[tuple[Probe, Probe]],
@@ -1198,6 +1230,9 @@ def _check_recipe(r: dict) -> None:
         problems.append(f"the start (init) is one of {', '.join(INITS)}, not {r['init']!r}")
     if r["rank"] is not None and not whole("rank", 1):
         problems.append(f"rank must be a whole number of at least 1, not {r['rank']!r}")
+    elif r["rank"] is not None and r["init"] in ("identity", "permutation"):
+        problems.append(f"an {r['init']} start has full rank: a rank-{r['rank']} stitch "
+                        "starts random or from least squares")
     if r["adversarial"] not in (None, *ADVERSARIAL):
         problems.append(f"the stitcher's adversarial training is {' or '.join(ADVERSARIAL)} "
                         f"(or none), not {r['adversarial']!r}")
@@ -1253,11 +1288,13 @@ def cell_recipe(cell: Mapping[str, Any]) -> dict:
             "rank": hist.get("rank")}
 
 
-def describe_recipe(recipe: dict, method: str) -> str:
-    """One sentence's worth: how the stitching layers of a matrix are fitted."""
+def describe_recipe(recipe: dict, method: str, train_images: int | None = None) -> str:
+    """One sentence's worth: how the stitching layers of a matrix are fitted (on
+    `train_images`, where the data hold fewer than the recipe asks)."""
     rank = f"rank-{recipe['rank']} " if recipe["rank"] else ""
+    train = train_images or recipe["train_images"]
     if method == "direct":
-        return f"{rank}least squares on {recipe['train_images']:,} training images"
+        return f"{rank}least squares on {train:,} training images"
     start = {"direct": "a least-squares start", "random": "a random start",
              "identity": "an identity start", "permutation": "a permutation start"}
     adversary = ("" if not recipe["adversarial"] else "; adversarially: " + Adversary(
@@ -1266,8 +1303,7 @@ def describe_recipe(recipe: dict, method: str) -> str:
     epochs = recipe["epochs"]
     return (f"{rank}stitch from {start[recipe['init']]}, then Adam lr {recipe['lr']:g}, weight "
             f"decay {recipe['weight_decay']:g}, batch {recipe['batch_size']}, {epochs} "
-            f"epoch{'s' if epochs != 1 else ''} on {recipe['train_images']:,} training "
-            f"images{adversary}")
+            f"epoch{'s' if epochs != 1 else ''} on {train:,} training images{adversary}")
 
 
 def _shuffled_test() -> data.ImageTensorDataset:
@@ -1436,10 +1472,29 @@ def stitch_rows(s: Mapping[str, Any], robust: list[str], standard: list[str],
     return [(r, st), (st, r), (st, st2), pair]
 
 
+def page_recipe(s: Mapping[str, Any]) -> Recipe:
+    """The recipe a view of the page names: its recipe and the advanced settings that
+    differ from it (None: the shipped one)."""
+    chosen = {"init": s.get("st_init") or None,
+              "epochs": int(s["st_epochs"]) if s.get("st_epochs") else None,
+              "train_images": int(s["st_train"]) if s.get("st_train") else None,
+              "rank": int(s["st_rank"]) if s.get("st_rank") else None,
+              "adversarial": s.get("st_adv") or None}
+    if chosen["adversarial"] == "madry":
+        chosen["alpha"] = float(s.get("st_alpha") or 1)
+    if chosen["adversarial"] == "trades":
+        chosen["beta"] = float(s.get("st_beta") or 1)
+    recipe = {"recipe": s.get("st_recipe") or "short",
+              **{k: v for k, v in chosen.items() if v is not None}}
+    return None if recipe == {"recipe": "short"} else recipe
+
+
 def stitch_plan(load: jobs.Loader, s: Mapping[str, Any], rows: list[tuple[str, str]]
                 ) -> StitchMatrix:
-    """The stitching matrix's jobs, on CIFAR-10 or the view's image folder."""
-    return stitch_matrix(load, rows, s["st_method"], folder=s.get("st_folder") or None)
+    """The stitching matrix's jobs, on CIFAR-10 or the view's image folder, at the view's
+    recipe."""
+    return stitch_matrix(load, rows, s["st_method"], recipe=page_recipe(s),
+                         folder=s.get("st_folder") or None)
 
 
 def view_jobs(load: jobs.Loader, s: Mapping[str, Any]) -> list[jobs.Job]:
@@ -1591,11 +1646,44 @@ SETTINGS = (
             help="Task loss: the stitching layer is trained with cross-entropy through "
                  "the frozen end model. Direct: a closed-form least-squares fit to the end "
                  "model's own activation at that layer (every pixel a sample)."),
-    Setting("st_metric", "robust", "Cells show",
-            ("clean", "robust", "clean_rel", "robust_rel"),
+    Setting("st_metric", "robust", "Cells show", tuple(METRIC_SCALES),
             {"clean": "clean accuracy", "robust": "robust accuracy",
              "clean_rel": "clean, relative to the end model",
-             "robust_rel": "robust, relative to the end model"}),
+             "robust_rel": "robust, relative to the end model",
+             "cka": "CKA, stitched vs end representation",
+             "relative_l2": "relative L2, stitched vs end representation",
+             "effective_rank": "effective rank of the stitch"},
+            help="CKA and relative L2 compare the stitched representation with the one the "
+                 "end model computes itself at that layer, on test images; the effective rank "
+                 "counts the directions the stitching layer really uses. Cells stored before "
+                 "these were measured show a dash: compute them again with --force on the "
+                 "command line."),
+    Setting("st_recipe", "short", "Recipe", tuple(RECIPES),
+            {"short": "short (shipped)", "paper": "the paper's"},
+            help="Short: a least-squares start, then 1 epoch on 10,000 training images, what "
+                 "the shipped cells use. The paper's: a random start, 30 epochs on all 50,000 "
+                 "(a GPU job). Direct matching reads only the training images."),
+    Setting("st_init", "", "Start", ("", *INITS),
+            {"": "the recipe's", "random": "random", "identity": "identity",
+             "permutation": "permutation", "direct": "least squares"},
+            help="Where task-loss training starts: PyTorch's random init, the identity or a "
+                 "random permutation of the channels (equal widths only), or the "
+                 "least-squares fit."),
+    Setting("st_epochs", "", "Epochs", ("", "1", "3", "10", "30")),
+    Setting("st_train", "", "Training images", ("", "1000", "10000", "50000")),
+    Setting("st_rank", "", "Rank", ("", "1", "2", "4", "8", "16", "32", "64", "128"),
+            {"": "full"}, help="A low-rank stitching layer: the map goes through this many "
+                               "channels (least squares: the best map of that rank)."),
+    Setting("st_adv", "", "Adversarial stitcher", ("", *ADVERSARIAL),
+            {"": "no", "madry": "Madry (PGD)", "trades": "TRADES"},
+            help="Train the stitching layer on attacked images (PGD-10 Linf 8/255, step "
+                 "2/255, against the whole stitched network), as the paper's trainers do: "
+                 "Madry replaces a share alpha of each batch, TRADES adds beta x the KL "
+                 "divergence between the answers on clean and attacked images. Robust "
+                 "accuracy is then measured with the stronger PGD-20 with a random start."),
+    Setting("st_alpha", "1", "Attack ratio alpha", ("1", "0.75", "0.5", "0.25")),
+    Setting("st_beta", "1", "TRADES beta", ("1", "3", "6")),
+
     Setting("st_cell", [0, 0], "Cell"),
     Setting("st_folder", "", "Image folder", help=FOLDER_HELP + " Its fixed shuffle "
             "gives the stitching layer's training images and, after them, the test images.",

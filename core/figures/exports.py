@@ -56,9 +56,10 @@ def _caption(fig, caption: str) -> None:
 
 def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title: str,
             inputs: dict, fmt: str = "png", row_title: str = "", col_title: str = "",
-            annotate: bool = False, vmin: float = 0.0, vmax: float = 1.0,
+            annotate: bool | str = False, vmin: float = 0.0, vmax: float = 1.0,
             cmap: str = "viridis", caption: str = "") -> bytes:
-    """A labelled heatmap as PNG (300 dpi) or SVG; origin bottom-left unless annotate."""
+    """A labelled heatmap as PNG (300 dpi) or SVG; origin bottom-left unless annotate
+    (True: each value written as a percentage; a format string: in that format)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -76,10 +77,11 @@ def heatmap(matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str], title:
     ax.set_title(title, fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     if annotate:
+        number = annotate if isinstance(annotate, str) else ".0%"
         for i in range(m.shape[0]):
             for j in range(m.shape[1]):
                 if not np.isnan(m[i, j]):
-                    ax.text(j, i, f"{m[i, j]:.0%}", ha="center", va="center", fontsize=7,
+                    ax.text(j, i, format(m[i, j], number), ha="center", va="center", fontsize=7,
                             color="black")
     _caption(fig, caption)
     return _save(fig, fmt, inputs)
