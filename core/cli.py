@@ -24,6 +24,10 @@ def _train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="override the zoo recipe's epochs")
     p.add_argument("--subset", type=int, help="train on n images only (smoke runs)")
     p.add_argument("--data", help="CIFAR-10 root (official batches or ImageFolder)")
+    p.add_argument("--data-set", default="cifar10",
+                   help="train on another data set (svhn, cifar100, mnist, fashion-mnist: "
+                        "`python -m core data --set NAME` first); the model is named "
+                        "NAME-<data set>")
     p.add_argument("--device", help="cuda, mps or cpu (default: best available)")
     p.add_argument("--stop-after-epoch", type=int, help="end this call after that epoch")
     p.add_argument("--no-export", action="store_true", help="do not write pretrained/")
@@ -51,6 +55,12 @@ def _train(args: argparse.Namespace) -> dict:
         if name not in train.ZOO:
             raise RobustLensError(f"no zoo recipe {name!r}; known: {', '.join(train.ZOO)}")
         cfg = dataclasses.replace(train.ZOO[name], data_root=args.data, device=args.device)
+        if args.data_set != "cifar10":
+            if args.all:
+                raise RobustLensError("--all measures the CIFAR-10 zoo; train another data "
+                                      "set's models by name")
+            cfg = dataclasses.replace(cfg, name=f"{name}-{args.data_set}",
+                                      data_set=args.data_set)
         if args.epochs:
             cfg.epochs = args.epochs
         if args.subset:
@@ -165,6 +175,10 @@ def _eval(args: argparse.Namespace) -> dict:
 
 
 def _data_args(p: argparse.ArgumentParser) -> None:
+    from core.data import datasets
+    p.add_argument("--set", default="cifar10", choices=datasets.NAMES,
+                   help="which data set (the stitching paper's others: 32 px, MNIST-like "
+                        "sets with one channel)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--download", action="store_true",
                    help="download the official CIFAR-10 batches (torchvision; internet)")
@@ -173,11 +187,25 @@ def _data_args(p: argparse.ArgumentParser) -> None:
 
 
 def _data(args: argparse.Namespace) -> dict:
-    """Get CIFAR-10 into the cache folder, or say where it is found."""
+    """Get CIFAR-10 (or --set another data set) into the cache folder, or say where it
+    is found."""
     import shutil
     from pathlib import Path
 
     from core import data
+    from core.data import datasets
+    if args.set != "cifar10":
+        if args.download or args.source:
+            return datasets.fetch(args.set, Path(args.source).expanduser() if args.source
+                                  else None)
+        found = {}
+        for split in ("train", "test"):
+            try:
+                ds = datasets.load(args.set, split)
+                found[split] = {"images": len(ds), "source": ds.source}
+            except data.DataNotFoundError as e:
+                found[split] = str(e)
+        return found
     if args.download:
         data.download_cifar10()
     elif args.source:

@@ -234,8 +234,12 @@ def test_every_kind_declares_the_models_and_splits_its_key_names(world):
     jobs: the value snapshots', and those of every page's default view."""
     from helpers import snapshot_jobs
     load = _loader()
+    from core import stitching
     examples = [*snapshot_jobs(load).values(),
-                *(job for page in views.pages() for job in views.view_jobs(load, page, {}))]
+                *(job for page in views.pages() for job in views.view_jobs(load, page, {})),
+                # a kind no page shows: cross-task stitching, here CIFAR-10 to itself
+                stitching.cross_task_job(load, "resnet18-linf-8", "resnet18-standard-s0",
+                                         "layer2.0", train_set="cifar10", test_sets=["cifar10"])]
     built = [part for job in examples for part in (*job.needs.values(), job)]
     assert {job.kind for job in built} == set(jobs.kinds())
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from core import data, jobs
 from core.analyses import Analysis, Command, Page, Sweep, attacks, register
 from core.analyses.cka import linear_cka
-from core.data import ImageFolder, ImageTensorDataset, batch_sizes, batches, require_labels
+from core.data import ImageFolder, ImageTensorDataset, batch_sizes, batches, datasets, require_labels
 from core.errors import IncompatibleModelError, RobustLensError, UnknownLayerError
 from core.jobs.results import write_json
 from core.jobs.runner import run_printed
@@ -213,10 +213,11 @@ class StitchedModel(nn.Module):
         self._square("identity")
         return self.set_linear(torch.eye(self.in_channels), torch.zeros(self.out_channels))
 
-    def permutation_init(self, generator: torch.Generator) -> "StitchedModel":
-        """Weight = a random permutation of the channels, bias = 0 (the paper's "perm")."""
+    def permutation_init(self, seed: int = 0) -> "StitchedModel":
+        """Weight = a seeded random permutation of the channels, bias = 0 (the paper's
+        "perm")."""
         self._square("permutation")
-        order = torch.randperm(self.in_channels, generator=generator)
+        order = data.shuffled_order(self.in_channels, seed)
         return self.set_linear(torch.eye(self.in_channels)[order],
                                torch.zeros(self.out_channels))
 
@@ -573,7 +574,7 @@ def fit(front: Probe, end: Probe, layer: str, loader: Loader, method: str = "tas
     if init == "identity":
         stitched.identity_init()
     elif init == "permutation":
-        stitched.permutation_init(torch.Generator().manual_seed(seed))
+        stitched.permutation_init(seed)
     elif init == "direct":  # the first quarter of the progress bar
         init_record = direct_match(stitched, loader, batch_size,
                                    init_batches if init_batches is not None else max_batches,
@@ -821,8 +822,11 @@ def stitch_cell(front: Probe, end: Probe, layer: str, method: str = "task",
                 train_loader: Loader | None = None, test_loader: Loader | None = None,
                 attack: attacks.PGD | None = None, epochs: int = 30, *,
                 test_n: int | None = None, robust_n: int | None = None, seed: int = 0,
-                progress: Reporter | None = None, **fit_options: Any) -> dict:
+                progress: Reporter | None = None,
+                more_tests: Mapping[str, Loader] | None = None, **fit_options: Any) -> dict:
     """Fit one stitching layer and score it: one cell of a stitching matrix.
+    `more_tests` ({name: test data}): score it on these too, under "more_tests"
+    (cross-task stitching: the test sets of both tasks).
 
     Returns plain values: layer, method, clean/robust accuracy, DM error (the
     least-squares fit's relative error on the training data, for direct matching
@@ -839,8 +843,13 @@ def stitch_cell(front: Probe, end: Probe, layer: str, method: str = "task",
     stitched, hist = fit(front, end, layer, train_loader, method, epochs=epochs, seed=seed,
                          progress=span(progress, 0, fit_share, prefix=f"{layer}: "),
                          **fit_options)
-    ev = evaluate(stitched, test_loader, attack, test_n=test_n, robust_n=robust_n,
-                  progress=span(progress, fit_share, 1 - fit_share, prefix=f"{layer}: "))
+    tests = {"": test_loader, **(more_tests or {})}
+    share = (1 - fit_share) / len(tests)
+    scored = {name: evaluate(stitched, loader, attack, test_n=test_n, robust_n=robust_n,
+                             progress=span(progress, fit_share + k * share, share,
+                                           prefix=f"{layer}{' on ' + name if name else ''}: "))
+              for k, (name, loader) in enumerate(tests.items())}
+    ev = scored.pop("")
     repr_n = robust_n if robust_n is not None else test_n
     compared = compare_representations(stitched, test_loader, repr_n,
                                        cka_images=min(CKA_IMAGES, repr_n or CKA_IMAGES))
@@ -853,6 +862,9 @@ def stitch_cell(front: Probe, end: Probe, layer: str, method: str = "task",
             "n_train": hist["n_train"], "n_test": ev["n"], "n_robust": ev["n_robust"],
             "fit_seconds": round(hist["seconds"], 3),
             "eval_seconds": {k: v for k, v in ev["seconds"].items()},
+            **({"more_tests": {name: {k: e[k] for k in ("clean_accuracy", "robust_accuracy",
+                                                        "n", "n_robust")}
+                               for name, e in scored.items()}} if scored else {}),
             "history": hist}
 
 
@@ -1353,6 +1365,15 @@ def stitch_data(analysis: str, recipe: dict, folder: str | None, *probes: Probe)
                       lambda: torch.utils.data.Subset(source, order[n_train:n_train + n_test]))
 
 
+def _fit_options(recipe: dict, method: str) -> dict:
+    """fit()'s options from a whole recipe (direct matching reads the batch and rank)."""
+    if method == "direct":
+        return {"batch_size": recipe["batch_size"], "rank": recipe["rank"]}
+    return {k: recipe[k] for k in ("batch_size", "lr", "weight_decay", "adapt_bn", "init",
+                                   "init_batches", "rank", "adversarial", "alpha", "beta",
+                                   "train_attack")}
+
+
 def stitch_cell_job(load: jobs.Loader, front: str, end: str, layer: str, method: str = "task",
                     recipe: Recipe = None, folder: str | None = None, *,
                     end_layer: str | None = None, where: StitchData | None = None) -> jobs.Job:
@@ -1371,15 +1392,9 @@ def stitch_cell_job(load: jobs.Loader, front: str, end: str, layer: str, method:
               "train": where.train_key, "test": where.test_key}
 
     def run(progress: Reporter) -> dict:
-        opts = {k: recipe[k] for k in ("batch_size", "lr", "weight_decay", "adapt_bn", "init",
-                                       "init_batches", "rank", "adversarial", "alpha", "beta",
-                                       "train_attack")}
-        if method == "direct":
-            opts = {"batch_size": recipe["batch_size"], "rank": recipe["rank"]}
         return stitch_cell(pf, pe, layer, method, where.train(), where.test(),
-                                     recipe["attack"], recipe["epochs"],
-                                     robust_n=recipe["robust_images"], progress=progress,
-                                     **other_end, **opts)
+                           recipe["attack"], recipe["epochs"], robust_n=recipe["robust_images"],
+                           progress=progress, **other_end, **_fit_options(recipe, method))
     at = layer if not other_end else f"{layer} / {end_layer}"
     return jobs.make("stitch_cell", inputs, run,
                 f"stitch {pf.name} -> {pe.name} at {at} ({method} matching)", args)
@@ -1401,6 +1416,67 @@ def accuracy_job(load: jobs.Loader, spec: str, recipe: Recipe = None,
         return evaluate(probe, where.test(), recipe["attack"],
                                   robust_n=recipe["robust_images"], progress=progress)
     return jobs.make("accuracy", inputs, run, f"accuracy of {probe.name}", args)
+
+
+# cross-task stitching scores on (the first of the fixed shuffle of) this many test images
+# of each data set
+CROSS_TEST_IMAGES = 10_000
+
+
+def cross_task_job(load: jobs.Loader, front: str, end: str, layer: str, method: str = "task",
+                   recipe: Recipe = None, *, train_set: str, test_sets: Sequence[str],
+                   end_layer: str | None = None) -> jobs.Job:
+    """Cross-task stitching (Balogh & Jelasity's find_cross_dataset_transform): a front
+    and an end model trained on different data sets of one image size, the stitching
+    layer trained on `train_set`'s training images (the end model's outputs read as
+    that set's classes), clean and robust accuracy on the test images of each of
+    `test_sets` (core.data.datasets names: cifar10, svhn, cifar100, mnist,
+    fashion-mnist)."""
+    if not test_sets:
+        raise StitchingError("cross-task stitching needs at least one test set")
+    other_end = {"end_layer": end_layer} if end_layer not in (None, layer) else {}
+    args = {"front": front, "end": end, "layer": layer, "method": method,
+            "recipe": plain_recipe(recipe), "train_set": train_set,
+            "test_sets": list(test_sets), **other_end}
+    recipe = stitch_recipe(recipe)
+    pf, pe = load(front), load(end)
+    for probe in (pf, pe):
+        if probe.input_size != datasets.SIZE:
+            raise IncompatibleModelError(
+                f"cross-task stitching reads the data sets at {datasets.SIZE} px, and "
+                f"{probe.name} takes {probe.input_size} px images")
+    for name in dict.fromkeys((train_set, *test_sets)):
+        if datasets.classes(name) > pe.num_classes:
+            raise IncompatibleModelError(
+                f"{name} has {datasets.classes(name)} classes and the end model "
+                f"{pe.name} {pe.num_classes} outputs: a stitched network answers with the "
+                "end model's outputs, one per class")
+    shuffled = {"order": "fixed-shuffle-0"}
+    tests = [{**datasets.identity(name, "test"), **shuffled, "n": CROSS_TEST_IMAGES}
+             for name in test_sets]
+    inputs = {"front": pf.identity(), "end": pe.identity(), "layer": layer, **other_end,
+              "method": method, "recipe": _recipe_inputs(recipe, method), "seed": 0,
+              "train": {**datasets.identity(train_set, "train"), **shuffled,
+                        "n": recipe["train_images"]},
+              "test": tests[0], "more_tests": tests[1:]}
+
+    def test_data(name: str) -> ImageTensorDataset:
+        test = datasets.load(name, "test")
+        return data.fixed_subset(test, min(len(test), CROSS_TEST_IMAGES))
+
+    def run(progress: Reporter) -> dict:
+        train = data.fixed_subset(datasets.load(train_set, "train"), recipe["train_images"])
+        cell = stitch_cell(pf, pe, layer, method, train, test_data(test_sets[0]),
+                           recipe["attack"], recipe["epochs"], robust_n=recipe["robust_images"],
+                           progress=progress,
+                           more_tests={name: test_data(name) for name in test_sets[1:]},
+                           **other_end, **_fit_options(recipe, method))
+        first = {"clean_accuracy": cell["clean_accuracy"], "n": cell["n_test"],
+                 "robust_accuracy": cell["robust_accuracy"], "n_robust": cell["n_robust"]}
+        return {**cell, "train_set": train_set,
+                "tests": {test_sets[0]: first, **cell.get("more_tests", {})}}
+    return jobs.make("stitch_cross", inputs, run,
+                     f"stitch {pf.name} -> {pe.name} at {layer}, trained on {train_set}", args)
 
 
 @dataclass
@@ -1516,6 +1592,15 @@ def _evaluation_passes(job: jobs.Job) -> tuple[float, float, int, dict]:
     return test + robust, robust * jobs.attack_steps(recipe["attack"].to_dict()), robust, recipe
 
 
+def cross_cost(job: jobs.Job) -> jobs.Cost:
+    """A cell's cost, with the scoring repeated on each further test set."""
+    cell = cell_cost(job)
+    forward, gradient, _, _ = _evaluation_passes(job)
+    more = len(job.inputs["more_tests"])
+    return jobs.Cost({spec: (f + more * forward / 2, g + more * gradient / 2)
+                      for spec, (f, g) in cell.passes.items()})
+
+
 def accuracy_cost(job: jobs.Job) -> jobs.Cost:
     """An accuracy attack is counted at full length, though it stops at an image once that
     is misclassified (bench/estimates.py: within 10% of the run, up to 1.5x above it for
@@ -1575,6 +1660,12 @@ def _cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, help="madry: the share of each batch attacked "
                                                   "(default 1)")
     p.add_argument("--beta", type=float, help="trades: the weight of the KL term (default 1)")
+    p.add_argument("--train-set", choices=datasets.NAMES,
+                   help="cross-task stitching: train the stitching layer on this data set's "
+                        "training images (front and end trained on different data sets)")
+    p.add_argument("--test-set", action="append", choices=datasets.NAMES,
+                   help="cross-task stitching: score on this data set's test images (repeat "
+                        "for both tasks; default: the training set)")
     p.add_argument("--device")
     p.add_argument("--force", action="store_true", help="recompute even if stored")
     p.add_argument("--out", help="write the cells as JSON here")
@@ -1595,6 +1686,8 @@ def _cli(args: argparse.Namespace) -> Any:
               "rank": args.rank, "adversarial": args.adversarial, "alpha": args.alpha,
               "beta": args.beta}
     recipe = {"recipe": args.recipe, **{k: v for k, v in chosen.items() if v is not None}}
+    if args.train_set or args.test_set:
+        return _cli_cross_task(args, load, pairs, methods, layers, recipe)
     matrices = [stitch_matrix(load, pairs, method, layers, recipe) for method in methods]
     out: dict = {"recipe": {m.method: describe_recipe(m.recipe, m.method) for m in matrices},
                  "pairs": [{"front": f, "end": e, "cells": {}} for f, e in pairs],
@@ -1609,6 +1702,29 @@ def _cli(args: argparse.Namespace) -> Any:
                                                 "dm_error", "test_representation_error",
                                                 "test_cka", "effective_rank")},
                     "recipe": cell_recipe(cell)}
+    return write_json(out, args.out) if args.out else out
+
+
+def _cli_cross_task(args: argparse.Namespace, load: jobs.Loader, pairs: list[tuple[str, str]],
+                    methods: list[str], layers: list[str] | None, recipe: dict) -> Any:
+    """Cross-task cells: accuracy on each test set per pair, method and layer."""
+    if not args.train_set:
+        raise RobustLensError("cross-task stitching needs --train-set (the data set the "
+                              "stitching layer learns on)")
+    tests = args.test_set or [args.train_set]
+    grid = Grid.of([(load(f), load(e)) for f, e in pairs], layers)
+    out: dict = {"train_set": args.train_set, "test_sets": tests,
+                 "recipe": {m: describe_recipe(stitch_recipe(recipe), m) for m in methods},
+                 "pairs": [{"front": f, "end": e, "cells": {}} for f, e in pairs]}
+    for method in methods:
+        for row, (f, e), points in zip(out["pairs"], pairs, grid.points):
+            for layer, end_layer in points:
+                cell = run_printed(cross_task_job(load, f, e, layer, method, recipe,
+                                                  train_set=args.train_set, test_sets=tests,
+                                                  end_layer=end_layer), args.force)
+                row["cells"][f"{method}/{layer}"] = {
+                    "tests": cell["tests"], "test_cka": cell.get("test_cka"),
+                    "effective_rank": cell.get("effective_rank"), "recipe": cell_recipe(cell)}
     return write_json(out, args.out) if args.out else out
 
 
@@ -1694,6 +1810,8 @@ register(Analysis(
     "stitching",
     kinds={"stitch_cell": jobs.Kind(stitch_cell_job, models=("front", "end"),
                                     reads=("train", "test"), cost=cell_cost),
+           "stitch_cross": jobs.Kind(cross_task_job, models=("front", "end"), shipped=False,
+                                     cost=cross_cost),
            "accuracy": jobs.Kind(accuracy_job, reads=("test",), cost=accuracy_cost)},
     commands=(Command("stitch", _cli_arguments, _cli),),
     sweeps=(Sweep("stitching", _grid), Sweep("accuracy", _accuracy_grid)),

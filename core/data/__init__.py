@@ -53,11 +53,13 @@ def cache_dir() -> Path:
 # --------------------------------------------------------------------------- CIFAR-10
 
 class ImageTensorDataset(torch.utils.data.Dataset):
-    """uint8 NCHW images + int64 labels; items are (float CHW in [0,1], label)."""
+    """uint8 NCHW images (three channels, or one: grey) + int64 labels; items are
+    (float CHW in [0,1], label)."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, source: str = "") -> None:
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError("images must be a uint8 tensor of shape (N, 3, H, W)")
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+            raise ValueError("images must be a uint8 tensor of shape (N, 3, H, W) or "
+                             "(N, 1, H, W)")
         self.images, self.labels, self.source = images, labels.long(), source
         self._digest: str | None = None
 

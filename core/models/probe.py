@@ -309,6 +309,8 @@ class Probe(nn.Module):
                                 "(divide 0..255 pixels by 255)")
         if self.mean.shape[1] == 1 and x.shape[1] == 3:   # a one-channel model: grey levels
             x = x.mean(1, keepdim=True)
+        elif self.mean.shape[1] == 3 and x.shape[1] == 1:   # grey images, in all three
+            x = x.expand(-1, 3, -1, -1)
         return (x - self.mean) / self.std
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -24,7 +24,7 @@ from core import PROJECT
 from core.models import archs
 
 from core.analyses import attacks
-from core.data import MEAN, STD, cache_dir, cifar10
+from core.data import MEAN, STD, ImageTensorDataset, cache_dir, cifar10, datasets
 from core.errors import RobustLensError
 from core.models.probe import Probe, pick_device
 
@@ -47,6 +47,7 @@ class TrainConfig:
     attack_step_size: float = 0.0
     random_start: bool = True
     data_root: str | None = None
+    data_set: str = "cifar10"        # or one of core.data.datasets (the stitching paper's)
     subset: int | None = None        # train on the first n images (tests)
     eval_images: int = 1000          # clean test accuracy after every epoch
     amp: bool = True                 # bf16 autocast where the device supports it
@@ -58,7 +59,15 @@ class TrainConfig:
         d = asdict(self)
         for k in ("data_root", "device", "subset", "eval_images", "extra"):
             d.pop(k)
+        if self.data_set == "cifar10":   # runs recorded before other sets existed resume
+            d.pop("data_set")
         return d
+
+    def split(self, split: str) -> ImageTensorDataset:
+        """Its data set's `split`: CIFAR-10 (from data_root where given) or another."""
+        if self.data_set == "cifar10":
+            return cifar10(split, self.data_root)
+        return datasets.load(self.data_set, split)
 
 
 def _amp_ok(device: torch.device) -> bool:
@@ -98,7 +107,7 @@ def one_cycle(step: int, total: int, peak: float, warmup: float) -> float:
 
 
 def build_probe(cfg: TrainConfig) -> Probe:
-    model = archs.build(cfg.arch, num_classes=10, width=cfg.width)
+    model = archs.build(cfg.arch, num_classes=datasets.classes(cfg.data_set), width=cfg.width)
     return Probe(model, MEAN, STD, name=cfg.name)
 
 
@@ -117,7 +126,7 @@ class _Run:
         torch.manual_seed(cfg.seed)
         self.probe = build_probe(cfg).to(device).to(memory_format=torch.channels_last)
         self.use_amp = cfg.amp and _amp_ok(device)
-        train_set = cifar10("train", cfg.data_root)
+        train_set = cfg.split("train")
         images, labels = train_set.images, train_set.labels
         if cfg.subset:  # a fixed random subset (the data are stored class by class)
             keep = torch.randperm(len(labels), generator=torch.Generator().manual_seed(12345))
@@ -174,7 +183,7 @@ def train(cfg: TrainConfig, log: Callable[[str], None] = print,
     """
     run = _Run(cfg)
     probe, opt, device = run.probe, run.opt, run.device
-    test_set = cifar10("test", cfg.data_root)
+    test_set = cfg.split("test")
 
     rdir = run_dir(cfg.name)
     rdir.mkdir(parents=True, exist_ok=True)
@@ -319,12 +328,14 @@ def train_parallel(cfgs: list[TrainConfig], budget_s: float | None = None,
     runs are first timed side by side and each recipe's epochs are cut to what fits;
     a run already under way keeps the epochs it started with. Returns {name: epochs}."""
     for cfg in cfgs:  # decode the data set once, before the children read the cache
-        cifar10("train", cfg.data_root), cifar10("test", cfg.data_root)
+        cfg.split("train"), cfg.split("test")
 
     def flags(cfg: TrainConfig) -> list[str]:
-        out = ["train", cfg.name]
+        own = cfg.name.removesuffix(f"-{cfg.data_set}") if cfg.data_set != "cifar10" else cfg.name
+        out = ["train", own]
         for opt, val in (("--data", cfg.data_root), ("--device", cfg.device),
-                         ("--subset", cfg.subset)):
+                         ("--subset", cfg.subset),
+                         ("--data-set", cfg.data_set if cfg.data_set != "cifar10" else None)):
             if val:
                 out += [opt, str(val)]
         return out
@@ -363,7 +374,9 @@ def card_fields(cfg: TrainConfig) -> dict:
         threat, eps, label = "linf", cfg.eps, f"Linf {cfg.eps * 255:g}/255"
     else:
         threat, eps, label = cfg.threat, cfg.eps, f"L2 {cfg.eps:.1f}"
-    return {"label": label, "dataset": "cifar10", "threat_model": threat, "eps": eps,
+    if cfg.data_set != "cifar10":
+        label = f"{label}, {datasets.DATA_SETS[cfg.data_set].title}"
+    return {"label": label, "dataset": cfg.data_set, "threat_model": threat, "eps": eps,
             "arch": cfg.arch, "width": cfg.width, "seed": cfg.seed}
 
 
