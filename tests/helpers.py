@@ -154,6 +154,16 @@ def tiny_probe(width: int = 8, seed: int = 0, name: str = "tiny", arch: str = "r
     return probe.eval()
 
 
+def colour_task(n: int, seed: int, size: int = 16, classes: int = 5):
+    """A learnable task: each class is a colour (fixed across splits) plus noise."""
+    from core import data
+    palette = torch.rand(classes, 3, 1, 1, generator=torch.Generator().manual_seed(99))
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, classes, (n,), generator=g)
+    x = palette[y] + 0.08 * torch.randn(n, 3, size, size, generator=g)
+    return data.ImageTensorDataset((x.clamp(0, 1) * 255).round().to(torch.uint8), y, "colours")
+
+
 def shipped(*names: str):
     """Skip unless these shipped models are in pretrained/."""
     from core import zoo

@@ -7,27 +7,12 @@ import json
 import pytest
 import torch
 
-from helpers import tiny_probe
-from core import attacks, data, stitching
+from helpers import colour_task, tiny_probe
+from core import attacks, stitching
 from core.__main__ import main
 from core.probe import Probe
 
-
-def colour_task(n: int, seed: int, size: int = 16, classes: int = 5) -> data.ImageTensorDataset:
-    """A learnable task: each class is a colour plus noise."""
-    palette = torch.rand(classes, 3, 1, 1, generator=torch.Generator().manual_seed(99))
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    x = palette[y] + 0.08 * torch.randn(n, 3, size, size, generator=g)
-    return data.ImageTensorDataset((x.clamp(0, 1) * 255).round().to(torch.uint8), y, "colours")
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

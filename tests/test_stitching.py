@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from helpers import tiny_probe
+from helpers import colour_task, tiny_probe
 from core import attacks, data, results, stitching
 from core.errors import RobustLensError, UnknownLayerError
 from core.probe import Probe
@@ -19,27 +19,11 @@ POINTS = ["relu", "layer1.0", "layer1.1", "layer2.0", "layer2.1", "layer3.0", "l
           "layer4.0", "layer4.1", "avgpool"]
 
 
-def colour_task(n: int, seed: int, size: int = 16, classes: int = 5) -> data.ImageTensorDataset:
-    """A learnable task: each class is a colour (fixed across splits) plus noise."""
-    palette = torch.rand(classes, 3, 1, 1, generator=torch.Generator().manual_seed(99))
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, classes, (n,), generator=g)
-    x = palette[y] + 0.08 * torch.randn(n, 3, size, size, generator=g)
-    return data.ImageTensorDataset((x.clamp(0, 1) * 255).round().to(torch.uint8), y, "colours")
-
 
 def random_images(n: int, seed: int = 0, size: int = 16) -> torch.Tensor:
     return torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: with OpenMP's default active waiting, two threads on
-    two cores busy with other work make these tiny ops up to 50x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
