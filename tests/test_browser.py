@@ -191,6 +191,33 @@ def test_gallery_and_cells_show_what_was_clicked(browser, offline_server):
     page.context.close()
 
 
+def test_stitching_advanced_recipe_opens_and_names_its_recipe(browser, offline_server):
+    """A speaker opens the advanced recipe, picks an adversarial low-rank stitcher and a
+    metric of similarity: the caption names the recipe, the link keeps it, the shipped
+    short-recipe cells stay one click away."""
+    page = open_page(browser, offline_server, "stitching")
+    page.get_by_text("Advanced recipe").click()
+    settle(page)
+    for label, option in (("Adversarial stitcher", "TRADES"), ("Rank", "8")):
+        page.get_by_role("combobox", name=label).click()
+        page.get_by_role("option", name=option, exact=True).click()
+        settle(page)
+    page.get_by_text("rank-8 stitch from a least-squares start").wait_for(timeout=60_000)
+    assert "adversarially: TRADES beta 1" in page.inner_text("body")
+    assert "st_adv=trades" in page.url and "st_rank=8" in page.url
+    assert_clean(page)          # not shipped: the cells ask for the data set, in a sentence
+    shot(page, "stitching-advanced-recipe")
+    page.get_by_role("combobox", name="Rank").click()
+    page.get_by_role("option", name="full", exact=True).click()
+    page.get_by_role("combobox", name="Adversarial stitcher").click()
+    page.get_by_role("option", name="no", exact=True).click()
+    settle(page)
+    page.get_by_text("1 epoch on 10,000 training images; clean").wait_for(timeout=60_000)
+    assert "not computed yet" not in page.inner_text("body")
+    assert_clean(page, offline=True)
+    page.context.close()
+
+
 def test_a_page_keeps_its_settings_across_a_visit_elsewhere_and_links_them(
         browser, offline_server):
     page = open_page(browser, offline_server, "cka?cka_folder=/tmp/a%26b%23c%20d")
