@@ -80,6 +80,7 @@ def test_a_low_rank_stitch_has_that_rank_and_says_so(a, b):
     assert 1 <= spectrum["effective_rank"] <= 2 + 1e-6
     assert stitching.spectrum(full)["effective_rank"] > 2
     assert h_full["dm_error"] <= h_low["dm_error"] and low.identity()["rank"] == 2
+    assert h_low["rank"] == 2 and "rank" not in h_full
     x = torch.rand(4, 3, 16, 16)
     weight, bias = low.linear()
     with a.tap("layer2.0") as front:

@@ -558,7 +558,7 @@ def fit(front: Probe, end: Probe, layer: str, loader: Loader, method: str = "tas
     if method == "direct":
         hist = direct_match(stitched, loader, batch_size, max_batches, ridge, progress, profile,
                             seed)
-        hist["seed"] = seed
+        hist.update({"seed": seed, **({"rank": rank} if rank is not None else {})})
         return stitched.eval(), hist
 
     sizes = batch_sizes(loader, batch_size, _limit(max_batches, batch_size))
