@@ -1,0 +1,264 @@
+"""Representational similarity measures, one registry: `MEASURES` and `compare`.
+
+Each measure takes two representations of the same n images, X (n, d1) and Y (n, d2)
+(a feature map enters flattened, or pooled over space first: `rows`), and returns one
+number. Each declares what it is invariant to (so a reader knows which differences it
+cannot see), whether higher means more similar, and whether it can accumulate over
+minibatches (the CKA family's HSIC can; the CCA family, Procrustes, RSA and k-NN need
+all n rows at once).
+
+Definitions, with their sources:
+- linear / RBF CKA, biased (Kornblith et al. 2019) or debiased (Song et al. 2012's
+  unbiased HSIC): core.analyses.cka.
+- mean CCA: the mean of the canonical correlations of the centred X and Y.
+- SVCCA (Raghu et al. 2017): each side reduced to the top singular directions that keep
+  99% of its variance, then mean CCA.
+- PWCCA (Morcos et al. 2018): the canonical correlations weighted by how much of the
+  side with fewer dimensions each canonical variate accounts for, alpha_i = sum_j
+  |<h_i, x_j>| over that side's centred neurons x_j, h_i its unit-norm canonical
+  variates, the weights normalised to sum 1.
+- Procrustes (Williams et al. 2021, as netrep): both sides centred and scaled to unit
+  Frobenius norm (the narrower zero-padded), the angle arccos ||X^T Y||_* in radians:
+  a distance, 0 for the same representation up to rotation.
+- RSA (Kriegeskorte et al. 2008): each side's representational dissimilarity matrix,
+  1 - the Pearson correlation between two images' activations, compared over its upper
+  triangle by Pearson or Spearman correlation.
+- mutual k-NN (Huh et al. 2024): the mean share of each image's k nearest neighbours
+  (cosine, itself excluded) that the two representations have in common.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from core.analyses import cka
+from core.errors import RobustLensError
+
+Array = Any   # a tensor or an array, (n, ...)
+
+# invariances a measure may have: an orthogonal map of the features, one scale for all
+# of them, a permutation of them, a shift of every image by one vector, any invertible
+# linear map
+INVARIANCES = ("orthogonal", "isotropic_scaling", "permutation", "translation",
+               "invertible_linear")
+# the CCA family solves in d x d: above this many dimensions a side is too wide (a
+# flattened layer1 map of 32,768 dimensions would need a 4 GB covariance): pool it
+MAX_CCA_DIMENSIONS = 4096
+
+
+class SimilarityError(RobustLensError, ValueError):
+    """Two representations cannot be compared by this measure as given."""
+
+
+@dataclass(frozen=True)
+class Measure:
+    name: str
+    title: str
+    compute: Callable[[torch.Tensor, torch.Tensor], float]
+    invariant_to: frozenset[str]
+    higher_is_similar: bool = True
+    streams: bool = False        # accumulates over minibatches (minibatch HSIC)
+    help: str = ""
+
+    def invariances(self) -> str:
+        """In words, for a page's help."""
+        have = [i.replace("_", " ") for i in INVARIANCES if i in self.invariant_to]
+        lack = [i.replace("_", " ") for i in INVARIANCES if i not in self.invariant_to]
+        return (f"invariant to {', '.join(have) or 'nothing'}"
+                + (f"; not to {', '.join(lack)}" if lack else ""))
+
+
+def rows(h: Array, how: str = "flatten") -> torch.Tensor:
+    """A layer's activations (n, C, H, W) or (n, d) as rows (n, d) in float64: each
+    image's map flattened, or averaged over space ("pool": d = C)."""
+    t = h.detach() if torch.is_tensor(h) else torch.from_numpy(np.asarray(h))
+    if how not in ("flatten", "pool"):
+        raise SimilarityError(f"a feature map enters a measure flattened or pooled, not {how!r}")
+    if how == "pool" and t.ndim == 4:
+        t = t.mean((2, 3))
+    return t.reshape(t.shape[0], -1).to(torch.float64)
+
+
+def _checked(X: Array, Y: Array) -> tuple[torch.Tensor, torch.Tensor]:
+    x, y = rows(X), rows(Y)
+    if len(x) != len(y):
+        raise SimilarityError(f"the two representations must be of the same images: {len(x)} "
+                              f"rows against {len(y)}")
+    if len(x) < 4:
+        raise SimilarityError(f"a similarity needs at least 4 images, not {len(x)}")
+    if not (bool(torch.isfinite(x).all()) and bool(torch.isfinite(y).all())):
+        raise SimilarityError("a representation holds NaN or infinite values")
+    return x, y
+
+
+# ------------------------------------------------------------------------ CCA family
+
+def _basis(x: torch.Tensor, keep: float | None = None) -> torch.Tensor:
+    """An orthonormal basis (n, k) of the centred columns' span (directions of zero
+    variance dropped); keep: only the top singular directions holding that share of
+    the variance (SVCCA's reduction)."""
+    if x.shape[1] > MAX_CCA_DIMENSIONS:
+        raise SimilarityError(
+            f"the CCA family needs a {x.shape[1]} x {x.shape[1]} covariance here: pool the "
+            f"feature map (rows(h, 'pool')) or compare at most {MAX_CCA_DIMENSIONS} dimensions")
+    c = x - x.mean(0)
+    u, s, _ = torch.linalg.svd(c, full_matrices=False)
+    rank = int((s > s.max() * max(c.shape) * torch.finfo(c.dtype).eps).sum()) if len(s) else 0
+    if rank == 0:
+        raise SimilarityError("a representation is constant over these images: no "
+                              "canonical correlation is defined")
+    if keep is not None:
+        share = (s[:rank] ** 2).cumsum(0) / (s[:rank] ** 2).sum()
+        rank = int((share < keep).sum()) + 1
+    if rank >= len(x) - 1:
+        raise SimilarityError(f"CCA needs more images than dimensions: {len(x)} images and "
+                              f"{rank} dimensions would correlate perfectly by chance")
+    return u[:, :rank]
+
+
+def canonical_correlations(X: Array, Y: Array, keep: float | None = None) -> torch.Tensor:
+    """The canonical correlations of X and Y, largest first (min of the two ranks)."""
+    x, y = _checked(X, Y)
+    return torch.linalg.svdvals(_basis(x, keep).T @ _basis(y, keep)).clamp(0, 1)
+
+
+def mean_cca(X: Array, Y: Array) -> float:
+    return float(canonical_correlations(X, Y).mean())
+
+
+def svcca(X: Array, Y: Array, keep: float = 0.99) -> float:
+    return float(canonical_correlations(X, Y, keep).mean())
+
+
+def pwcca(X: Array, Y: Array) -> float:
+    x, y = _checked(X, Y)
+    qx, qy = _basis(x), _basis(y)
+    if qy.shape[1] < qx.shape[1]:     # the weights come from the narrower side
+        x, qx, qy = y, qy, qx
+    u, rho, _ = torch.linalg.svd(qx.T @ qy, full_matrices=False)
+    variates = qx @ u                  # unit-norm canonical variates of the narrower side
+    weights = (variates.T @ (x - x.mean(0))).abs().sum(1)
+    return float((weights / weights.sum() * rho.clamp(0, 1)).sum())
+
+
+# ------------------------------------------------------------- Procrustes, RSA, k-NN
+
+def procrustes_distance(X: Array, Y: Array) -> float:
+    x, y = _checked(X, Y)
+    x, y = x - x.mean(0), y - y.mean(0)
+    nx, ny = torch.linalg.norm(x), torch.linalg.norm(y)
+    if nx == 0 or ny == 0:
+        raise SimilarityError("a representation is constant over these images")
+    nuclear = float(torch.linalg.svdvals((x / nx).T @ (y / ny)).sum())   # padding adds 0s
+    return math.acos(min(1.0, max(-1.0, nuclear)))
+
+
+def rdm(X: Array) -> torch.Tensor:
+    """Representational dissimilarity matrix: 1 - Pearson correlation of images' rows."""
+    x = rows(X)
+    c = x - x.mean(1, keepdim=True)
+    norms = torch.linalg.norm(c, dim=1, keepdim=True)
+    if bool((norms == 0).any()):
+        raise SimilarityError("an image's activation is constant across features: its "
+                              "correlation with others is undefined")
+    c = c / norms
+    return 1 - c @ c.T
+
+
+def _ranks(v: torch.Tensor) -> torch.Tensor:
+    """Ranks with ties averaged (Spearman)."""
+    order = torch.argsort(v)
+    ranks = torch.empty_like(v)
+    ranks[order] = torch.arange(1, len(v) + 1, dtype=v.dtype)
+    values, inverse, counts = torch.unique(v, return_inverse=True, return_counts=True)
+    sums = torch.zeros(len(values), dtype=v.dtype).index_add_(0, inverse, ranks)
+    return (sums / counts)[inverse]
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denom = float(torch.linalg.norm(a) * torch.linalg.norm(b))
+    return float(a @ b) / denom if denom > 0 else 0.0
+
+
+def rsa(X: Array, Y: Array, method: str = "pearson") -> float:
+    x, y = _checked(X, Y)
+    upper = torch.triu_indices(len(x), len(x), 1)
+    a, b = (r[upper[0], upper[1]] for r in (rdm(x), rdm(y)))
+    if method == "spearman":
+        a, b = _ranks(a), _ranks(b)
+    return _pearson(a, b)
+
+
+def mutual_knn(X: Array, Y: Array, k: int = 10) -> float:
+    x, y = _checked(X, Y)
+    if not 1 <= k < len(x):
+        raise SimilarityError(f"k nearest neighbours need 1 <= k < {len(x)} images, not {k}")
+
+    def neighbours(z: torch.Tensor) -> torch.Tensor:
+        z = z / torch.linalg.norm(z, dim=1, keepdim=True).clamp_min(1e-300)
+        sim = z @ z.T
+        sim.fill_diagonal_(-math.inf)
+        return torch.topk(sim, k, dim=1).indices
+    nx, ny = neighbours(x), neighbours(y)
+    hits = (nx[:, :, None] == ny[:, None, :]).any(2).sum(1).double()
+    return float((hits / k).mean())
+
+
+# ---------------------------------------------------------------------- registry
+
+_ALL = frozenset(INVARIANCES) - {"invertible_linear"}
+MEASURES: dict[str, Measure] = {m.name: m for m in (
+    Measure("linear_cka", "linear CKA", lambda x, y: cka.linear_cka(x, y), _ALL, streams=True,
+            help="Centred kernel alignment of linear kernels (Kornblith et al. 2019)."),
+    Measure("linear_cka_debiased", "linear CKA, debiased",
+            lambda x, y: cka.linear_cka(x, y, unbiased=True), _ALL, streams=True,
+            help="With the unbiased HSIC estimator (Song et al. 2012): no upward bias at "
+                 "small n."),
+    Measure("rbf_cka", "RBF CKA", lambda x, y: cka.rbf_cka(x, y), _ALL,
+            help="Gaussian kernels, bandwidth 0.8 x the median distance."),
+    Measure("rbf_cka_debiased", "RBF CKA, debiased",
+            lambda x, y: cka.rbf_cka(x, y, unbiased=True), _ALL),
+    Measure("mean_cca", "mean CCA", mean_cca, frozenset(INVARIANCES),
+            help="The mean canonical correlation: blind to any invertible linear map."),
+    Measure("svcca", "SVCCA", svcca, _ALL,
+            help="CCA after keeping the top singular directions with 99% of the variance."),
+    Measure("pwcca", "PWCCA", pwcca, _ALL - {"orthogonal"},
+            help="Canonical correlations weighted by how much of the representation each "
+                 "accounts for (its neurons: not invariant to rotating them)."),
+    Measure("procrustes", "Procrustes distance", procrustes_distance, _ALL,
+            higher_is_similar=False,
+            help="The angle between the two after the best rotation (radians, 0: the same)."),
+    Measure("rsa_pearson", "RSA (Pearson)", rsa,
+            frozenset({"isotropic_scaling", "permutation"}),
+            help="Correlation of the two dissimilarity matrices (1 - Pearson r of images)."),
+    Measure("rsa_spearman", "RSA (Spearman)", lambda x, y: rsa(x, y, "spearman"),
+            frozenset({"isotropic_scaling", "permutation"})),
+    Measure("mutual_knn", "mutual k-NN", mutual_knn,
+            frozenset({"orthogonal", "isotropic_scaling", "permutation"}),
+            help="Share of each image's 10 nearest neighbours both representations agree on "
+                 "(Huh et al. 2024)."),
+)}
+
+
+def compare(X: Array, Y: Array, measure: str = "linear_cka") -> float:
+    """The similarity (or, where MEASURES says so, distance) of X (n, ...) and Y (n, ...)
+    under `measure`, in float64."""
+    if measure not in MEASURES:
+        raise SimilarityError(f"no similarity measure is called {measure!r}; the measures: "
+                              f"{', '.join(MEASURES)}")
+    x, y = _checked(X, Y)
+    return float(MEASURES[measure].compute(x, y))
+
+
+def matrix(features_a: Mapping[str, Array], features_b: Mapping[str, Array],
+           measure: str = "linear_cka", how: str = "flatten") -> np.ndarray:
+    """A layer x layer matrix of `measure` between two models' features of the same
+    images ({layer: activations}), each map entering as `how` says."""
+    a = {k: rows(v, how) for k, v in features_a.items()}
+    b = {k: rows(v, how) for k, v in features_b.items()}
+    return np.array([[compare(x, y, measure) for y in b.values()] for x in a.values()])
