@@ -212,9 +212,12 @@ def test_every_job_kind_reads_seeded_batches_unless_it_answers_in_order(world, m
         if isinstance(source, data.ImageTensorDataset):  # a data set, not given batches
             reads.append((current["kind"], shuffle_seed))
         return real(source, batch_size, device, shuffle_seed, limit, epoch)
-    import core
-    for module in vars(core).values():
-        if getattr(module, "batches", None) is real:
+    import sys
+
+    import core.analyses  # noqa: F401  (every analysis module, imported by its package)
+    # every module of core that took `batches` by name, whichever imported it first
+    for name, module in list(sys.modules.items()):
+        if name.startswith("core.") and getattr(module, "batches", None) is real:
             monkeypatch.setattr(module, "batches", spy)
     load = _loader()
     built = snapshot_jobs(load)
@@ -235,11 +238,15 @@ def test_every_kind_declares_the_models_and_splits_its_key_names(world):
     from helpers import snapshot_jobs
     load = _loader()
     from core import stitching
+    from core.analyses import similarity
     examples = [*snapshot_jobs(load).values(),
                 *(job for page in views.pages() for job in views.view_jobs(load, page, {})),
-                # a kind no page shows: cross-task stitching, here CIFAR-10 to itself
+                # kinds no page shows yet: cross-task stitching (here CIFAR-10 to itself),
+                # any similarity measure
                 stitching.cross_task_job(load, "resnet18-linf-8", "resnet18-standard-s0",
-                                         "layer2.0", train_set="cifar10", test_sets=["cifar10"])]
+                                         "layer2.0", train_set="cifar10", test_sets=["cifar10"]),
+                similarity.similarity_job(load, "resnet18-linf-8", "resnet18-standard-s0",
+                                          "svcca", n=80)]
     built = [part for job in examples for part in (*job.needs.values(), job)]
     assert {job.kind for job in built} == set(jobs.kinds())
 

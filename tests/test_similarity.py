@@ -148,3 +148,28 @@ def test_a_layer_matrix_of_feature_maps_flattened_or_pooled():
     pooled = similarity.matrix(a, b, "linear_cka", how="pool")
     assert flat.shape == (2, 1) and flat[0, 0] > 0.95 and flat[1, 0] < 0.6
     assert pooled[0, 0] > 0.9 and similarity.rows(a["l1"], "pool").shape == (40, 4)
+
+
+def test_the_command_line_compares_two_zoo_models_under_a_measure(world, tmp_path, capsys):
+    import json
+
+    from core.__main__ import main
+    out = tmp_path / "svcca.json"
+    assert main(["similarity", "--a", "resnet18-linf-8", "--b", "resnet18-standard-s0",
+                 "--measure", "svcca", "-n", "80", "--layers", "layer1.0,layer2.0,layer4.1",
+                 "--device", "cpu", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["n"] == 80 and result["maps"] == "pool" and len(result["matrix"]) == 3
+    assert all(0 <= v <= 1 for row in result["matrix"] for v in row)
+    assert result["invariances"].startswith("invariant to orthogonal")
+    capsys.readouterr()
+    # a model against itself: the diagonal is perfect
+    assert main(["similarity", "--a", "resnet18-linf-8", "--b", "resnet18-linf-8",
+                 "--measure", "procrustes", "-n", "80", "--layers", "layer2.0,layer4.1",
+                 "--device", "cpu"]) == 0
+    same = json.loads(capsys.readouterr().out)
+    assert np.allclose(np.diag(same["matrix"]), 0, atol=1e-6) and not same["higher_is_similar"]
+    # flattened maps of every layer on too many images: one sentence, nothing computed
+    assert main(["similarity", "--a", "resnet18-linf-8", "--b", "resnet18-standard-s0",
+                 "--measure", "rsa_pearson", "-n", "100000", "--maps", "flatten"]) == 2
+    assert "holds the features of all 100,000 images at once" in capsys.readouterr().err

@@ -28,6 +28,7 @@ Definitions, with their sources:
 """
 from __future__ import annotations
 
+import argparse
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
@@ -35,8 +36,14 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from core.analyses import cka
+from core import data, jobs
+from core.analyses import Analysis, Command, cka, register
+from core.data import batches
 from core.errors import RobustLensError
+from core.jobs.results import write_json
+from core.jobs.runner import run_printed
+from core.models import zoo
+from core.progress import Reporter, report
 
 Array = Any   # a tensor or an array, (n, ...)
 
@@ -262,3 +269,99 @@ def matrix(features_a: Mapping[str, Array], features_b: Mapping[str, Array],
     a = {k: rows(v, how) for k, v in features_a.items()}
     b = {k: rows(v, how) for k, v in features_b.items()}
     return np.array([[compare(x, y, measure) for y in b.values()] for x in a.values()])
+
+
+# ------------------------------------------------------------ jobs and command line
+
+# the features of every layer of both models are held at once (every measure but the
+# CKA family needs all rows together): at most this many bytes of them
+FEATURE_BYTES = 4 << 30
+
+
+def similarity_job(load: jobs.Loader, a: str, b: str, measure: str = "linear_cka",
+                   layers_a: str | list[str] = "blocks", layers_b: str | list[str] = "blocks",
+                   n: int = 1000, maps: str = "pool") -> jobs.Job:
+    """Layer x layer `measure` of model a against model b on the first n test images of
+    CIFAR-10's fixed shuffle, each feature map entering `maps` ("pool": averaged over
+    space, "flatten": whole), the features of all n images at once."""
+    if measure not in MEASURES:
+        raise SimilarityError(f"no similarity measure is called {measure!r}; the measures: "
+                              f"{', '.join(MEASURES)}")
+    if maps not in ("pool", "flatten"):
+        raise SimilarityError(f"a feature map enters a measure pooled or flattened, not {maps!r}")
+    args = {"a": a, "b": b, "measure": measure, "layers_a": layers_a, "layers_b": layers_b,
+            "n": n, "maps": maps}
+    pa, pb = load(a), load(b)
+    jobs.on_cifar10("Comparing representations", pa, pb)
+    la, lb = jobs.layer_list(pa, layers_a), jobs.layer_list(pb, layers_b)
+    width = sum(_width(p, layer, maps) for p, layer_names in ((pa, la), (pb, lb))
+                for layer in layer_names)
+    if n * width * 8 > FEATURE_BYTES:
+        raise SimilarityError(
+            f"{measure} holds the features of all {n:,} images at once: "
+            f"{n * width * 8 / 2**30:.1f} GB here, over {FEATURE_BYTES / 2**30:.0f} GB; pool "
+            "the feature maps, choose fewer layers or fewer images")
+    inputs = {"a": pa.identity(), "b": pb.identity(), "layers_a": la, "layers_b": lb,
+              "measure": measure, "maps": maps, "images": jobs.test_images(n)}
+
+    def run(progress: Reporter) -> dict:
+        images = data.fixed_subset(data.cifar10("test"), n)
+        feats = {side: {layer: [] for layer in layer_names}
+                 for side, layer_names in (("a", la), ("b", lb))}
+        done = 0
+        with torch.no_grad():
+            for x, _y in batches(images, 250, pa.device):
+                for side, probe, layer_names in (("a", pa, la), ("b", pb, lb)):
+                    for layer, h in probe.features(x, layer_names).items():
+                        feats[side][layer].append(rows(h, maps).cpu())
+                done += len(x)
+                report(progress, done, n, f"features of {done:,} images")
+        joined = {side: {k: torch.cat(v) for k, v in f.items()} for side, f in feats.items()}
+        return {"measure": measure, "maps": maps, "layers_a": la, "layers_b": lb, "n": done,
+                "matrix": matrix(joined["a"], joined["b"], measure),
+                "higher_is_similar": MEASURES[measure].higher_is_similar}
+    return jobs.make("similarity", inputs, run,
+                     f"{MEASURES[measure].title} {pa.name} vs {pb.name}, {n} images", args)
+
+
+def _width(probe: Any, layer: str, maps: str) -> int:
+    """A layer's row width as it enters the measure."""
+    shape = probe.layer_shapes()[layer]
+    return int(shape[0]) if maps == "pool" or len(shape) == 1 else int(np.prod(shape))
+
+
+def similarity_cost(job: jobs.Job) -> jobs.Cost:
+    n = job.inputs["images"]["n"]
+    return jobs.Cost({spec: (n, 0.0) for spec in job.models})
+
+
+def _cli_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--a", required=True, help="first model")
+    p.add_argument("--b", required=True, help="second model")
+    p.add_argument("--measure", default="linear_cka", choices=list(MEASURES))
+    p.add_argument("--layers", default="blocks",
+                   help="blocks, all, or a comma list (both models)")
+    p.add_argument("-n", type=int, default=1000, help="test images (all at once in memory)")
+    p.add_argument("--maps", default="pool", choices=["pool", "flatten"],
+                   help="how a feature map enters the measure: averaged over space, or whole")
+    p.add_argument("--device")
+    p.add_argument("--force", action="store_true", help="recompute even if stored")
+    p.add_argument("--out", help="write the matrix as JSON here")
+
+
+def _cli(args: argparse.Namespace) -> Any:
+    """Layer x layer similarity of two models under any measure of the registry."""
+    layers = args.layers if args.layers in ("blocks", "all") else args.layers.split(",")
+    job = similarity_job(zoo.loader(args.device), args.a, args.b, args.measure, layers, layers,
+                         args.n, args.maps)
+    out = {**run_printed(job, args.force),
+           "invariances": MEASURES[args.measure].invariances()}
+    return write_json(out, args.out) if args.out else out
+
+
+register(Analysis(
+    "similarity",
+    kinds={"similarity": jobs.Kind(similarity_job, models=("a", "b"), reads=("test",),
+                                   shipped=False, cost=similarity_cost)},
+    commands=(Command("similarity", _cli_arguments, _cli),),
+))
