@@ -154,13 +154,13 @@ with right:
         if cell.get("dm_error") is not None:
             st.metric("Direct-matching error ‖AW−B‖/‖B‖", f"{cell['dm_error']:.3f}",
                       help="Relative least-squares error of the fit on the training data.")
-        m = st.columns(3)
+        m = st.columns(2)     # a third column would cut the labels short in this panel
         for col, key, name, tip in (
                 (m[0], "test_cka", "CKA", "Linear CKA of the stitched and the end model's own "
                                           "representation at this layer, on test images."),
                 (m[1], "test_representation_error", "Relative L2",
                  "‖stitched − end‖ / ‖end‖ at this layer, on test images."),
-                (m[2], "effective_rank", "Effective rank",
+                (st, "effective_rank", "Effective rank",
                  "exp of the entropy of the stitch's normalised singular values: the "
                  "directions it really uses.")):
             col.metric(name, "—" if cell.get(key) is None else f"{cell[key]:.3g}", help=tip)

@@ -1775,7 +1775,7 @@ SETTINGS = (
                  "these were measured show a dash: compute them again with --force on the "
                  "command line."),
     Setting("st_recipe", "short", "Recipe", tuple(RECIPES),
-            {"short": "short (shipped)", "paper": "the paper's"},
+            {"short": "short", "paper": "paper's"},
             help="Short: a least-squares start, then 1 epoch on 10,000 training images, what "
                  "the shipped cells use. The paper's: a random start, 30 epochs on all 50,000 "
                  "(a GPU job). Direct matching reads only the training images."),
