@@ -173,3 +173,20 @@ def test_the_command_line_compares_two_zoo_models_under_a_measure(world, tmp_pat
     assert main(["similarity", "--a", "resnet18-linf-8", "--b", "resnet18-standard-s0",
                  "--measure", "rsa_pearson", "-n", "100000", "--maps", "flatten"]) == 2
     assert "holds the features of all 100,000 images at once" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["linear_cka", "svcca", "procrustes", "mutual_knn"])
+def test_calibration_tells_related_from_unrelated_representations(name):
+    x, y = pair(8)
+    related = similarity.calibrate(x[:120], y[:120], name, permutations=40, resamples=40)
+    assert related["p_value"] == pytest.approx(1 / 41)
+    low, high = related["interval"]
+    assert low <= related["value"] <= high
+    beyond = (low > related["null_95"]) if MEASURES[name].higher_is_similar \
+        else (high < related["null_95"])
+    assert beyond, related
+    unrelated = np.random.default_rng(9).normal(size=(120, D2))
+    null = similarity.calibrate(x[:120], unrelated, name, permutations=40, resamples=10)
+    assert null["p_value"] > 0.05, null
+    assert similarity.calibrate(x[:120], y[:120], name, permutations=40, resamples=40) == related
+    assert related["resample"] == MEASURES[name].resample

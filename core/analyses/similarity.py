@@ -70,6 +70,10 @@ class Measure:
     higher_is_similar: bool = True
     streams: bool = False        # accumulates over minibatches (minibatch HSIC)
     help: str = ""
+    # its interval resamples images with replacement ("bootstrap"), or, where a repeated
+    # image would distort it (a neighbour of itself, a debiased estimator's diagonal),
+    # draws half of the images without replacement ("half")
+    resample: str = "bootstrap"
 
     def invariances(self) -> str:
         """In words, for a page's help."""
@@ -224,12 +228,13 @@ MEASURES: dict[str, Measure] = {m.name: m for m in (
             help="Centred kernel alignment of linear kernels (Kornblith et al. 2019)."),
     Measure("linear_cka_debiased", "linear CKA, debiased",
             lambda x, y: cka.linear_cka(x, y, unbiased=True), _ALL, streams=True,
+            resample="half",
             help="With the unbiased HSIC estimator (Song et al. 2012): no upward bias at "
                  "small n."),
     Measure("rbf_cka", "RBF CKA", lambda x, y: cka.rbf_cka(x, y), _ALL,
             help="Gaussian kernels, bandwidth 0.8 x the median distance."),
     Measure("rbf_cka_debiased", "RBF CKA, debiased",
-            lambda x, y: cka.rbf_cka(x, y, unbiased=True), _ALL),
+            lambda x, y: cka.rbf_cka(x, y, unbiased=True), _ALL, resample="half"),
     Measure("mean_cca", "mean CCA", mean_cca, frozenset(INVARIANCES),
             help="The mean canonical correlation: blind to any invertible linear map."),
     Measure("svcca", "SVCCA", svcca, _ALL,
@@ -246,7 +251,7 @@ MEASURES: dict[str, Measure] = {m.name: m for m in (
     Measure("rsa_spearman", "RSA (Spearman)", lambda x, y: rsa(x, y, "spearman"),
             frozenset({"isotropic_scaling", "permutation"})),
     Measure("mutual_knn", "mutual k-NN", mutual_knn,
-            frozenset({"orthogonal", "isotropic_scaling", "permutation"}),
+            frozenset({"orthogonal", "isotropic_scaling", "permutation"}), resample="half",
             help="Share of each image's 10 nearest neighbours both representations agree on "
                  "(Huh et al. 2024)."),
 )}
@@ -260,6 +265,44 @@ def compare(X: Array, Y: Array, measure: str = "linear_cka") -> float:
                               f"{', '.join(MEASURES)}")
     x, y = _checked(X, Y)
     return float(MEASURES[measure].compute(x, y))
+
+
+def calibrate(X: Array, Y: Array, measure: str = "linear_cka", permutations: int = 100,
+              resamples: int = 100, seed: int = 0) -> dict:
+    """Is this value high? The measure's value with a permutation null (Y's images
+    shuffled against X's: what unrelated representations of these images score) and a
+    95% interval over resampled images (Measure.resample says how; the interval is the
+    resampled values' spread about their mean, around the value). Images, not batches,
+    are resampled: the measure here sees all n images at once.
+
+    Returns {"value", "null_mean", "null_95" (the null's 95th percentile, its 5th for a
+    distance), "p_value" (the share of the null at least as similar, counting the
+    value itself), "interval" [low, high], "resample", "permutations", "resamples"}."""
+    x, y = _checked(X, Y)
+    m = MEASURES.get(measure)
+    if m is None:
+        raise SimilarityError(f"no similarity measure is called {measure!r}; the measures: "
+                              f"{', '.join(MEASURES)}")
+    if permutations < 1 or resamples < 2:
+        raise SimilarityError("calibration needs at least 1 permutation and 2 resamples")
+    n, g = len(x), torch.Generator().manual_seed(seed)
+    value = float(m.compute(x, y))
+    null = np.array([m.compute(x, y[torch.randperm(n, generator=g)])
+                     for _ in range(permutations)])
+    sign = 1.0 if m.higher_is_similar else -1.0
+    picks = [torch.randint(0, n, (n,), generator=g) if m.resample == "bootstrap"
+             else torch.randperm(n, generator=g)[:n // 2] for _ in range(resamples)]
+    resampled = np.array([m.compute(x[i], y[i]) for i in picks])
+    # the resampled values' spread about their own mean, put around the value: a measure
+    # biased at a smaller or repeated sample moves its resampled values, not its interval;
+    # half-samples vary by sqrt(2) more than the whole
+    spread = (resampled - resampled.mean()) * math.sqrt(len(picks[0]) / n)
+    return {"value": value, "null_mean": float(null.mean()),
+            "null_95": float(np.percentile(null, 95 if m.higher_is_similar else 5)),
+            "p_value": float((1 + np.sum(sign * null >= sign * value)) / (1 + permutations)),
+            "interval": [value + float(np.percentile(spread, 2.5)),
+                         value + float(np.percentile(spread, 97.5))],
+            "resample": m.resample, "permutations": permutations, "resamples": resamples}
 
 
 def matrix(features_a: Mapping[str, Array], features_b: Mapping[str, Array],
