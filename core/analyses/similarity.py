@@ -287,11 +287,12 @@ def calibrate(X: Array, Y: Array, measure: str = "linear_cka", permutations: int
         raise SimilarityError("calibration needs at least 1 permutation and 2 resamples")
     n, g = len(x), torch.Generator().manual_seed(seed)
     value = float(m.compute(x, y))
-    null = np.array([m.compute(x, y[torch.randperm(n, generator=g)])
-                     for _ in range(permutations)])
+    # the orders come from core.data's one seeded shuffle, the k-th draw per permutation
+    null = np.array([m.compute(x, y[data.shuffled_order(n, seed, k)])
+                     for k in range(permutations)])
     sign = 1.0 if m.higher_is_similar else -1.0
     picks = [torch.randint(0, n, (n,), generator=g) if m.resample == "bootstrap"
-             else torch.randperm(n, generator=g)[:n // 2] for _ in range(resamples)]
+             else data.shuffled_order(n, seed + 1, k)[:n // 2] for k in range(resamples)]
     resampled = np.array([m.compute(x[i], y[i]) for i in picks])
     # the resampled values' spread about their own mean, put around the value: a measure
     # biased at a smaller or repeated sample moves its resampled values, not its interval;
