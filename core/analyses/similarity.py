@@ -288,11 +288,12 @@ def calibrate(X: Array, Y: Array, measure: str = "linear_cka", permutations: int
     n, g = len(x), torch.Generator().manual_seed(seed)
     value = float(m.compute(x, y))
     # the orders come from core.data's one seeded shuffle, the k-th draw per permutation
-    null = np.array([m.compute(x, y[data.shuffled_order(n, seed, k)])
-                     for k in range(permutations)])
+    orders = data.shuffled_orders(n, seed)
+    null = np.array([m.compute(x, y[next(orders)]) for _ in range(permutations)])
     sign = 1.0 if m.higher_is_similar else -1.0
+    halves = data.shuffled_orders(n, seed + 1)
     picks = [torch.randint(0, n, (n,), generator=g) if m.resample == "bootstrap"
-             else data.shuffled_order(n, seed + 1, k)[:n // 2] for k in range(resamples)]
+             else next(halves)[:n // 2] for _ in range(resamples)]
     resampled = np.array([m.compute(x[i], y[i]) for i in picks])
     # the resampled values' spread about their own mean, put around the value: a measure
     # biased at a smaller or repeated sample moves its resampled values, not its interval;
@@ -338,7 +339,7 @@ def similarity_job(load: jobs.Loader, a: str, b: str, measure: str = "linear_cka
     pa, pb = load(a), load(b)
     jobs.on_cifar10("Comparing representations", pa, pb)
     la, lb = jobs.layer_list(pa, layers_a), jobs.layer_list(pb, layers_b)
-    width = sum(_width(p, layer, maps) for p, layer_names in ((pa, la), (pb, lb))
+    width = sum(_width(p.layer_shapes()[layer], maps) for p, layer_names in ((pa, la), (pb, lb))
                 for layer in layer_names)
     if n * width * 8 > FEATURE_BYTES:
         raise SimilarityError(
@@ -368,9 +369,8 @@ def similarity_job(load: jobs.Loader, a: str, b: str, measure: str = "linear_cka
                      f"{MEASURES[measure].title} {pa.name} vs {pb.name}, {n} images", args)
 
 
-def _width(probe: Any, layer: str, maps: str) -> int:
-    """A layer's row width as it enters the measure."""
-    shape = probe.layer_shapes()[layer]
+def _width(shape: tuple[int, ...], maps: str) -> int:
+    """A layer's row width, from its output shape, as it enters the measure."""
     return int(shape[0]) if maps == "pool" or len(shape) == 1 else int(np.prod(shape))
 
 

@@ -36,7 +36,8 @@ import torch.nn.functional as F
 from core import data, jobs
 from core.analyses import Analysis, Command, Page, Sweep, attacks, register
 from core.analyses.cka import linear_cka
-from core.data import ImageFolder, ImageTensorDataset, batch_sizes, batches, datasets, require_labels
+from core.data import (ImageFolder, ImageTensorDataset, batch_sizes, batches, datasets,
+                       require_labels)
 from core.errors import IncompatibleModelError, RobustLensError, UnknownLayerError
 from core.jobs.results import write_json
 from core.jobs.runner import run_printed
@@ -52,6 +53,8 @@ METHODS = ("task", "direct")
 # random permutation of the channels (the paper's "perm"), or least squares ("direct",
 # the paper's pseudo-inverse)
 INITS = ("random", "identity", "permutation", "direct")
+START_NAMES = {"random": "random", "identity": "identity", "permutation": "permutation",
+               "direct": "least squares"}   # how the page, the cells and captions name them
 # the stitcher's own adversarial training, as the paper's trainers define it: Madry's PGD
 # on a share alpha of each batch, or TRADES with its weight beta
 ADVERSARIAL = ("madry", "trades")
@@ -407,6 +410,7 @@ def compare_representations(stitched: StitchedModel, loader: Loader, n: int | No
     dev = stitched.device
     diff_sq, ref_sq = 0.0, 0.0
     kept: list[tuple[torch.Tensor, torch.Tensor]] = []
+    room = cka_images
     with torch.no_grad(), _modes((stitched, False)), _halves(stitched) as (front, end):
         for x, _y in batches(loader, batch_size, dev, limit=n):
             check_input_size(x, stitched.front, stitched.end)
@@ -415,9 +419,9 @@ def compare_representations(stitched: StitchedModel, loader: Loader, n: int | No
             t = stitched.transfer(a)
             diff_sq += float((t - b).double().pow(2).sum())
             ref_sq += float(b.double().pow(2).sum())
-            room = cka_images - sum(len(k) for k, _ in kept)
             if room > 0:
                 kept.append((t[:room].flatten(1).cpu(), b[:room].flatten(1).cpu()))
+                room -= len(kept[-1][0])
     relative = (0.0 if diff_sq == 0 else math.inf) if ref_sq == 0 else math.sqrt(diff_sq / ref_sq)
     out: dict[str, Any] = {"relative_l2": relative}
     if kept:
@@ -520,9 +524,10 @@ def fit(front: Probe, end: Probe, layer: str, loader: Loader, method: str = "tas
     replaces the first `alpha` share of each batch by `train_attack` examples against
     the whole stitched network (default PGD-10 Linf 8/255, step 2/255, no random
     start, the paper's); "trades" adds beta x KL(stitched(x) || stitched(x')) for
-    TRADES's examples x' at the attack's radius, step and steps. adapt_bn=True lets a private copy of the end model's
-    BatchNorm layers run in train mode (batch statistics, running averages
-    updated), as the original code did; the shared end model is never changed.
+    TRADES's examples x' at the attack's radius, step and steps. adapt_bn=True lets
+    a private copy of the end model's BatchNorm layers run in train mode (batch
+    statistics, running averages updated), as the original code did; the shared end
+    model is never changed.
     The data are read in seeded random batches, a new order every epoch
     (core.data.batches). max_batches caps the batches per epoch (direct: in
     total); init_batches caps those of the direct init (default: max_batches).
@@ -1292,8 +1297,7 @@ def cell_recipe(cell: Mapping[str, Any]) -> dict:
     attack and rank. Direct matching has no start, epochs or attack."""
     hist = cell.get("history") or {}
     task = cell.get("method") == "task"
-    return {"start": ("least squares" if hist.get("init") == "direct" else hist.get("init"))
-            if task else None,
+    return {"start": START_NAMES.get(hist.get("init"), hist.get("init")) if task else None,
             "epochs": hist.get("epochs") if task else None,
             "train_images": hist.get("n_train", cell.get("n_train")),
             "stitcher_attack": hist.get("adversarial") if task else None,
@@ -1307,13 +1311,13 @@ def describe_recipe(recipe: dict, method: str, train_images: int | None = None) 
     train = train_images or recipe["train_images"]
     if method == "direct":
         return f"{rank}least squares on {train:,} training images"
-    start = {"direct": "a least-squares start", "random": "a random start",
-             "identity": "an identity start", "permutation": "a permutation start"}
+    name = START_NAMES[recipe["init"]].replace(" ", "-")
+    start = f"{'an' if name[0] in 'aeiou' else 'a'} {name} start"
     adversary = ("" if not recipe["adversarial"] else "; adversarially: " + Adversary(
         recipe["adversarial"], recipe["train_attack"], recipe["alpha"], recipe["beta"]
     ).describe())
     epochs = recipe["epochs"]
-    return (f"{rank}stitch from {start[recipe['init']]}, then Adam lr {recipe['lr']:g}, weight "
+    return (f"{rank}stitch from {start}, then Adam lr {recipe['lr']:g}, weight "
             f"decay {recipe['weight_decay']:g}, batch {recipe['batch_size']}, {epochs} "
             f"epoch{'s' if epochs != 1 else ''} on {train:,} training images{adversary}")
 
@@ -1780,8 +1784,7 @@ SETTINGS = (
                  "the shipped cells use. The paper's: a random start, 30 epochs on all 50,000 "
                  "(a GPU job). Direct matching reads only the training images."),
     Setting("st_init", "", "Start", ("", *INITS),
-            {"": "the recipe's", "random": "random", "identity": "identity",
-             "permutation": "permutation", "direct": "least squares"},
+            {"": "the recipe's", **START_NAMES},
             help="Where task-loss training starts: PyTorch's random init, the identity or a "
                  "random permutation of the channels (equal widths only), or the "
                  "least-squares fit."),

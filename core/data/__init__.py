@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
 import json
 import os
 import pickle
@@ -83,13 +84,17 @@ class ImageTensorDataset(torch.utils.data.Dataset):
         return ImageTensorDataset(self.images[idx], self.labels[idx], self.source)
 
 
+def shuffled_orders(n: int, seed: int = 0) -> Iterator[torch.Tensor]:
+    """The seeded random orders of n items, draw after draw of one generator."""
+    gen = torch.Generator().manual_seed(seed)
+    while True:
+        yield torch.randperm(n, generator=gen)
+
+
 def shuffled_order(n: int, seed: int = 0, epoch: int = 0) -> torch.Tensor:
     """The seeded random order of n items; epoch k is the (k+1)-th draw of one
     generator, so that every epoch of a training loop has its own order."""
-    gen = torch.Generator().manual_seed(seed)
-    for _ in range(epoch):
-        torch.randperm(n, generator=gen)
-    return torch.randperm(n, generator=gen)
+    return next(itertools.islice(shuffled_orders(n, seed), epoch, None))
 
 
 def fixed_subset(ds: ImageTensorDataset, n: int, seed: int = 0) -> ImageTensorDataset:

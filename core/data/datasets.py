@@ -40,7 +40,7 @@ class DataSet:
     title: str
     classes: int
     channels: int
-    files: dict[str, tuple[str, ...]]     # split -> files under its folder, as torchvision lays them
+    files: dict[str, tuple[str, ...]]     # split -> files in its folder, torchvision's layout
     read: Callable[[Path, str], tuple[np.ndarray, np.ndarray]]   # -> (N, C, H, W) uint8, labels
     download: Callable[[Path], None]
 
@@ -55,7 +55,8 @@ def _read_svhn(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 
 class _ArraysOnly(pickle.Unpickler):
     """CIFAR-100's files are pickles: load numpy arrays and plain data, run nothing else."""
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"),
                ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}
 
     def find_class(self, module: str, name: str):
@@ -71,11 +72,16 @@ def _read_cifar100(root: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     return images, np.asarray(batch["fine_labels"], dtype=np.int64)
 
 
+def _present(path: Path) -> Path:
+    """The file, or its gzipped copy where only that is there (MNIST's raw files)."""
+    zipped = Path(str(path) + ".gz")
+    return zipped if not path.exists() and zipped.exists() else path
+
+
 def _idx(path: Path) -> np.ndarray:
     """An IDX file (MNIST's format), gzipped or not."""
+    path = _present(path)
     opener = gzip.open if path.suffix == ".gz" else open
-    if not path.exists() and Path(str(path) + ".gz").exists():
-        path, opener = Path(str(path) + ".gz"), gzip.open
     with opener(path, "rb") as f:
         raw = f.read()
     dims = raw[3]
@@ -143,9 +149,7 @@ def _files(name: str, split: str) -> list[Path]:
     root, wanted = folder(name), DATA_SETS[name].files[split]
     found = []
     for f in wanted:
-        path = root / f
-        if not path.exists() and Path(str(path) + ".gz").exists():
-            path = Path(str(path) + ".gz")
+        path = _present(root / f)
         if not path.exists():
             raise DataNotFoundError(f"{DATA_SETS[name].title}'s {split} split is not here "
                                     f"({root / f} is missing). {_hint(name)}")
