@@ -158,6 +158,9 @@ def _eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strong", action="store_true", help="also APGD-CE and APGD-DLR "
                    "(AutoAttack's code) at the model's own eps on 1,000 images, and PGD-20 "
                    "at 4x eps")
+    p.add_argument("--unforeseen", action="store_true", help="only the accuracy under the "
+                   "unforeseen attacks (snow, Gabor, JPEG) on 1,000 images (-n: fewer), added "
+                   "to the cards' measured numbers with --write")
     p.add_argument("--data", help="CIFAR-10 root")
     p.add_argument("--device")
 
@@ -167,10 +170,15 @@ def _eval(args: argparse.Namespace) -> dict:
     from core.training import evaluation
     from core.models import zoo
     out = {}
+    log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     for name in args.names or zoo.names():
+        if args.unforeseen:
+            out[name] = evaluation.unforeseen_robustness(
+                name, min(args.n or evaluation.STRONG_N, evaluation.STRONG_N), args.data,
+                args.device, args.write, log)
+            continue
         out[name] = evaluation.measure(name, n=args.n, root=args.data, device=args.device,
-                                       write=args.write, strong=args.strong,
-                                       log=lambda s: print(s, file=sys.stderr))
+                                       write=args.write, strong=args.strong, log=log)
     return out
 
 

@@ -62,6 +62,19 @@ def describe_pair(res: CKAResult, i: int, j: int, first: str, second: str) -> No
         st.caption(f"{backend.label(second)}: {backend.model(second).describe(res.layers_b[j])}")
 
 
+def attacked_inputs(job) -> None:
+    """A few samples and their attacked versions, with the attacked model's answers."""
+    value = page.result(job, f"Show: {job.label}", f"cka_examples_{job.key[:12]}", auto=True)
+    if value is None:
+        return
+    names = value["classes"]
+    for row, answers in (("clean", "clean_answers"), ("attacked", "attacked_answers")):
+        st.image([figures.upscale(x, 2) for x in value[row]], width=64,
+                 caption=[f"{row}: {names[k]}" for k in value[answers]])
+    st.caption(f"{job.label}. Under each image, the model's answer; the true classes: "
+               f"{', '.join(names[k] for k in value['labels'])}.")
+
+
 def heatmap_exports(res: CKAResult, job, title: str, stem: str, row: str, col: str) -> None:
     inputs = {"kind": job.kind, **job.inputs}
     cap = f"{title}; {res.n} images; {views.page(PAGE).paper}"
@@ -71,6 +84,13 @@ def heatmap_exports(res: CKAResult, job, title: str, stem: str, row: str, col: s
         ("Data, JSON", lambda: exports.to_json(res.to_dict(), inputs), ".json", "application/json"),
     ])
 
+
+with page.guard():
+    shown = cka.example_requests(backend.model, settings)
+if shown:
+    with st.expander("What the attacked inputs look like", icon=":material/image:"):
+        for example_job in shown:
+            attacked_inputs(example_job)
 
 with page.guard():
     requests = cka.cka_requests(backend.model, settings)

@@ -61,6 +61,7 @@ with st.container(key="settings"), st.container(border=True):
             state.selectbox(c[2], PAGE, "st_alpha")
         if adversarial == "trades":
             state.selectbox(c[2], PAGE, "st_beta")
+        state.selectbox(c[3], PAGE, "st_attack")
         if state.value(PAGE, "st_method") == "direct":
             st.caption("Direct matching is a closed-form fit: of these it reads the training "
                        "images and the rank.")

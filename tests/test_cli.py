@@ -24,6 +24,31 @@ def test_eval_writes_measured_numbers_into_cards(world, tmp_path, capsys, monkey
     assert "PGD-20 L2 eps 1 step 0.25" in m["pgd"] and m["weights_sha256"] == card["weights"]["sha256"]
 
 
+def test_the_unforeseen_attacks_on_the_command_line(world, tmp_path, capsys, monkeypatch):
+    """eval --unforeseen adds to a card's numbers; cka and stitch take the attacks."""
+    import shutil
+    zoo_dir = tmp_path / "zoo"
+    shutil.copytree(world["zoo"], zoo_dir)
+    monkeypatch.setattr(zoo, "PRETRAINED", zoo_dir)
+    assert run("eval", "resnet18-linf-8", "--write", "--device", "cpu", "-n", "16") == 0
+    assert run("eval", "resnet18-linf-8", "--unforeseen", "-n", "16", "--write",
+               "--device", "cpu") == 0
+    m = zoo.card("resnet18-linf-8", zoo_dir)["measured"]
+    assert m["n"] == 16 and "pgd" in m  # the earlier numbers stay
+    assert m["unforeseen"]["n"] == 16 and all(0 <= m["unforeseen"][k] <= m["clean"]
+                                               for k in ("snow", "gabor", "jpeg"))
+    capsys.readouterr()
+    assert run("cka", "--a", "resnet18-linf-8", "--adv-a", "gabor", "-n", "16",
+               "--device", "cpu") == 0
+    assert len(json.loads(capsys.readouterr().out)["matrix"]) == 11
+    assert run("stitch", "--front", "resnet18-linf-8", "--end", "resnet18-standard-s0",
+               "--layers", "layer2.0", "--method", "direct", "--robust-attack", "jpeg",
+               "--device", "cpu") == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert "JPEG" in json.dumps(printed)
+    assert 0 <= printed["pairs"][0]["cells"]["direct/layer2.0"]["robust_accuracy"] <= 1
+
+
 def test_cka_stitch_invert_share_the_store(world, tmp_path, capsys):
     out = tmp_path / "cka.json"
     assert run("cka", "--a", "resnet18-linf-8", "--b", "resnet18-standard-s0", "-n", "80",

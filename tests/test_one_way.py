@@ -238,11 +238,12 @@ def test_every_kind_declares_the_models_and_splits_its_key_names(world):
     from helpers import snapshot_jobs
     load = _loader()
     from core import stitching
-    from core.analyses import similarity
+    from core.analyses import cka, similarity
     examples = [*snapshot_jobs(load).values(),
                 *(job for page in views.pages() for job in views.view_jobs(load, page, {})),
                 # kinds no page shows yet: cross-task stitching (here CIFAR-10 to itself),
-                # any similarity measure
+                # any similarity measure, the samples under an attack (a view's expander)
+                cka.attack_examples_job(load, "resnet18-linf-8", "snow", count=2),
                 stitching.cross_task_job(load, "resnet18-linf-8", "resnet18-standard-s0",
                                          "layer2.0", train_set="cifar10", test_sets=["cifar10"]),
                 similarity.similarity_job(load, "resnet18-linf-8", "resnet18-standard-s0",

@@ -67,6 +67,31 @@ def test_cka_paper_view_takes_its_roles_from_the_models(world):
     assert "are both standard" in texts(same) and "**Robust:**" not in texts(same)
 
 
+def test_cka_on_the_unforeseen_attacks_inputs(world):
+    """Snow examples on one side, JPEG on the other: computed, named, no traceback."""
+    at = run_app("pages/cka.py", {"cka_n": "1000", "cka_in_a": "snow", "cka_in_b": "jpeg"})
+    assert not at.exception, [e.value for e in at.exception]
+    # a few samples under each attack, against the model each side's examples are made for
+    assert "What the attacked inputs look like" in [e.label for e in at.expander]
+    assert "Snow (unforeseen) on 8 samples against resnet18-l2-1.0" in texts(at)
+    assert "JPEG (unforeseen) on 8 samples against resnet18-standard-s0" in texts(at)
+    while any(b.label.startswith("Compute") for b in at.button):
+        click(at, "Compute")
+        assert not at.exception, [e.value for e in at.exception]
+    assert any(m.label == "CKA" for m in at.metric)
+
+
+def test_stitching_robust_accuracy_under_an_unforeseen_attack(world):
+    at = run_app("pages/stitching.py", {"st_attack": "gabor", "st_train": "1000",
+                                        "st_metric": "robust"})
+    assert not at.exception, [e.value for e in at.exception]
+    assert "robust accuracy under Gabor (10 steps of 0.05, strength 75/255)" in texts(at)
+    click(at, "Compute this cell")
+    assert not at.exception, [e.value for e in at.exception]
+    assert "robust accuracy (Gabor)" in texts(at)
+    assert "Stitched, robust" in [m.label for m in at.metric]
+
+
 def test_stitching_cell_on_demand(world):
     at = run_app("pages/stitching.py", {"st_method": "direct"})
     assert not at.exception

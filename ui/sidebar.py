@@ -9,6 +9,7 @@ from core import data
 from core.errors import RobustLensError, UntrustedPickleError
 from core.models import zoo
 from core.server import access
+from core.analyses.unforeseen import UNFORESEEN
 from core.training.evaluation import own_pgd20
 
 from . import backend, presentation, state, uploads
@@ -55,6 +56,10 @@ def _card_summary(where, spec: str) -> None:
                 rows.append({"measure": f"worst of PGD-20, APGD-CE, APGD-DLR ({strong['threat']}, "
                                         f"{strong['n']:,} images)",
                              "accuracy": f"{strong['worst_case']:.1%}"})
+            unforeseen = measured.get("unforeseen") or {}
+            rows += [{"measure": f"{UNFORESEEN[k].label} (unforeseen, {unforeseen['n']:,} "
+                                 f"images)", "accuracy": f"{unforeseen[k]:.1%}"}
+                     for k in UNFORESEEN if k in unforeseen]
             st.dataframe(rows, hide_index=True, width="stretch")
             st.caption(f"Measured on {measured.get('n', '?'):,} CIFAR-10 test images "
                        f"({measured.get('hardware', '')}, {measured.get('date', '')}).")

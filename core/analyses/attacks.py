@@ -1,4 +1,6 @@
-"""Projected gradient descent under L2 and Linf, and (robust) accuracy.
+"""Projected gradient descent under L2 and Linf, and (robust) accuracy. The unforeseen
+attacks (snow, Gabor, JPEG) are in core/analyses/unforeseen.py; from_dict rebuilds any
+attack from its to_dict().
 
 Models take inputs in [0, 1] (normalisation lives inside the model). The model's
 train/eval mode is the caller's choice; only the gradient with respect to the
@@ -16,6 +18,7 @@ import torch.nn.functional as F
 
 from core.data import batch_sizes, batches, require_labels
 from core.data.images import norms
+from core.analyses import unforeseen
 from core.models.probe import check_input_size
 from core.progress import Reporter, report
 
@@ -192,6 +195,17 @@ class PGD:
         if norm == "linf":
             return PGD("linf", 8 / 255, 2 / 255, 20)
         return PGD("l2", 1.0, 0.1, 20)
+
+
+AnyAttack = "PGD | unforeseen.Unforeseen"
+
+
+def from_dict(d: dict[str, Any]) -> "PGD | unforeseen.Unforeseen":
+    """The attack a to_dict() describes: a PGD (its dicts carry no kind, so that keys
+    made before the unforeseen attacks stay valid) or an unforeseen attack."""
+    if "kind" in d:
+        return unforeseen.from_dict(d)
+    return PGD(**d)
 
 
 def perturb(attack: Attack, model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

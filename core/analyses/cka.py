@@ -42,6 +42,7 @@ import torch
 from core import data, jobs
 from core.analyses import Analysis, Command, Page, Sweep, register
 from core.analyses.attacks import PGD, Attack, examples, perturb
+from core.analyses.unforeseen import JPEG, Gabor, Snow, Unforeseen
 from core.data import batch_sizes, batches
 from core.jobs.results import write_json
 from core.jobs.runner import run_printed
@@ -492,17 +493,22 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
 
 # ======================================================================= jobs
 
-# Inputs a side of a comparison can see: benign images, or PGD examples (the
-# attacks of Cianfarani et al. 2022).
-INPUT_CHOICES: dict[str, PGD | None] = {
+# Inputs a side of a comparison can see: benign images, or adversarial examples under
+# the attacks of Cianfarani et al. 2022 (PGD, and the unforeseen snow, Gabor and JPEG)
+INPUT_CHOICES: dict[str, PGD | Unforeseen | None] = {
     "benign": None,
     "linf": PGD.paper("linf"),
     "l2": PGD.paper("l2"),
+    "snow": Snow(),
+    "gabor": Gabor(),
+    "jpeg": JPEG(),
 }
-INPUT_LABELS = {"benign": "benign", "linf": "PGD Linf 8/255", "l2": "PGD L2 1.0"}
+INPUT_LABELS = {"benign": "benign", "linf": "PGD Linf 8/255", "l2": "PGD L2 1.0",
+                "snow": "Snow (unforeseen)", "gabor": "Gabor (unforeseen)",
+                "jpeg": "JPEG (unforeseen)"}
 
 
-def input_attack(choice: str) -> PGD | None:
+def input_attack(choice: str) -> PGD | Unforeseen | None:
     if choice not in INPUT_CHOICES:
         raise ValueError(f"inputs must be one of {list(INPUT_CHOICES)}, not {choice!r}")
     return INPUT_CHOICES[choice]
@@ -533,6 +539,37 @@ def adversarial_job(load: jobs.Loader, spec: str, inputs: str, n: int = 10_000,
     return jobs.make("adversarial_examples", key_inputs, run,
                      f"{INPUT_LABELS[inputs]} examples against {probe.name}, {n} images",
                      {"spec": spec, "inputs": inputs, "n": n, "batch_size": batch_size})
+
+
+EXAMPLE_IMAGES = 8
+
+
+def attack_examples_job(load: jobs.Loader, spec: str, inputs: str,
+                        count: int = EXAMPLE_IMAGES) -> jobs.Job:
+    """What an input choice looks like: the first `count` shipped CIFAR-10 samples
+    (foolbox's), their adversarial examples against model `spec`, and its answers on
+    both. Needs no data set."""
+    probe, attack = load(spec), input_attack(inputs)
+    jobs.on_cifar10("Adversarial examples", probe)
+    if attack is None:
+        raise ValueError("benign inputs need no adversarial examples")
+    samples = data.cifar_samples()[:count]
+    key_inputs = {"model": probe.identity(), "attack": attack.to_dict(),
+                  "images": [s.key for s in samples]}
+
+    def run(progress: Reporter) -> dict:
+        attacked = examples(probe, samples, attack, len(samples), shuffle_seed=None,
+                            progress=progress)
+        clean = torch.stack([data.to_tensor(s.image) for s in samples])
+        with torch.no_grad():
+            answers = [probe(x.to(probe.device)).argmax(1).cpu().tolist()
+                       for x in (clean, attacked)]
+        return {"clean": clean, "attacked": attacked, "labels": [s.label for s in samples],
+                "clean_answers": answers[0], "attacked_answers": answers[1],
+                "classes": list(probe.classes)}
+    return jobs.make("attack_examples", key_inputs, run,
+                     f"{INPUT_LABELS[inputs]} on {len(samples)} samples against {probe.name}",
+                     {"spec": spec, "inputs": inputs, "count": count})
 
 
 def cka_job(load: jobs.Loader, a: str, b: str, layers_a: str | list[str] = "blocks",
@@ -646,6 +683,26 @@ def transposed_cka(value: Mapping[str, Any]) -> dict:
     return out
 
 
+def example_requests(load: jobs.Loader, s: Mapping[str, Any]) -> list[jobs.Job]:
+    """What the view's attacked inputs look like: a few samples under each side's attack,
+    made against the model that side's examples are made against (the paper view: the
+    robust model's own). None for benign inputs or an image folder."""
+    if s.get("cka_folder"):
+        return []
+    first, second = cka_pairs(load, s)[0]
+    if s["cka_view"] != "Explore":
+        wanted = [(paper_roles(load, s)[0], s["cka_in_a"])]
+    else:
+        against = s["cka_against"]
+        wanted = [(second if against == "b" else first, s["cka_in_a"]),
+                  (first if against == "a" else second, s["cka_in_b"])]
+    seen: list[tuple[str, str]] = []
+    for spec, choice in wanted:
+        if choice != "benign" and (spec, choice) not in seen:
+            seen.append((spec, choice))
+    return [attack_examples_job(load, spec, choice) for spec, choice in seen]
+
+
 def cka_requests(load: jobs.Loader, s: Mapping[str, Any]) -> list[tuple[jobs.Job, bool]]:
     """The (job, transposed) behind each panel of a CKA view."""
     n, layers, kernel = int(s["cka_n"]), s["cka_layers"], s["cka_kernel"]
@@ -712,13 +769,19 @@ def adversarial_cost(job: jobs.Job) -> jobs.Cost:
     return jobs.Cost({job.models[0]: (n, n * jobs.attack_steps(job.inputs["attack"]))})
 
 
+def examples_cost(job: jobs.Job) -> jobs.Cost:
+    n = len(job.inputs["images"])
+    return jobs.Cost({job.models[0]: (2 * n, n * jobs.attack_steps(job.inputs["attack"]))})
+
+
 # -------------------------------------------------------------- command line
 
 def _cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--a", required=True, help="model A (shipped name or checkpoint path)")
     p.add_argument("--b", help="model B (default: A)")
     p.add_argument("--adv-a", default="benign", choices=list(INPUT_CHOICES),
-                   help="inputs of A: benign, or PGD linf (8/255) / l2 (1.0) examples")
+                   help="inputs of A: benign, or examples of PGD linf (8/255) / l2 (1.0) or of "
+                        "the unforeseen snow / gabor / jpeg attacks")
     p.add_argument("--adv-b", default="benign", choices=list(INPUT_CHOICES))
     p.add_argument("--against", default="self", choices=list(ADV_AGAINST),
                    help="which model the adversarial examples are made against")
@@ -772,7 +835,10 @@ SETTINGS = (
             help="A and B are the models chosen in the sidebar."),
     Setting("cka_in_a", "benign", "Inputs, first side", tuple(INPUT_CHOICES), INPUT_LABELS,
             help="Benign test images, or PGD adversarial examples (Linf 8/255, step "
-                 "2/255, or L2 1.0, step 0.1; 20 steps, random start)."),
+                 "2/255, or L2 1.0, step 0.1; 20 steps, random start), or the paper's "
+                 "unforeseen attacks (Kang et al.): snow streaks, Gabor noise, or moved JPEG "
+                 "coefficients, 10 steps each at the paper's evaluation settings. The page "
+                 "shows a few samples under each."),
     Setting("cka_in_b", "benign", "Inputs, second side", tuple(INPUT_CHOICES), INPUT_LABELS),
     Setting("cka_against", "self", "Adversarial against", ADV_AGAINST,
             {"self": "own model", "a": "first model", "b": "second model"},
@@ -798,6 +864,8 @@ register(Analysis(
         # made of data-set pixels and large: computed where they are used
         "adversarial_examples": jobs.Kind(adversarial_job, shipped=False, reads=("test",),
                                           cost=adversarial_cost),
+        # pixels of data-set images: computed where they are shown, never shipped
+        "attack_examples": jobs.Kind(attack_examples_job, shipped=False, cost=examples_cost),
     },
     commands=(Command("cka", _cli_arguments, _cli),),
     sweeps=(Sweep("cka", _grid),),
@@ -806,7 +874,8 @@ register(Analysis(
                 summary="How similar are the representations of two layers? Linear CKA over "
                         "CIFAR-10 test images or an image folder",
                 about="Centered Kernel Alignment of every layer of one model with every layer of "
-                      "another, on benign test images or on PGD adversarial examples. The estimate"
+                      "another, on benign test images or on adversarial examples (PGD, or the unforeseen "
+                      "snow, Gabor and JPEG attacks). The estimate"
                       " is the unbiased minibatch HSIC of Nguyen et al. (2021), accumulated over "
                       "seeded random batches of 1,024 images; a cell's spread is the standard "
                       "deviation of the per-batch CKA. Click a cell to see the layer pair.",

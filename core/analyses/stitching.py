@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from core import data, jobs
 from core.analyses import Analysis, Command, Page, Sweep, attacks, register
 from core.analyses.cka import linear_cka
+from core.analyses.unforeseen import JPEG, Gabor, Snow
 from core.data import (ImageFolder, ImageTensorDataset, batch_sizes, batches, datasets,
                        require_labels)
 from core.errors import IncompatibleModelError, RobustLensError, UnknownLayerError
@@ -1213,8 +1214,20 @@ RECIPES: dict[str, dict[str, Any]] = {
 Recipe = str | Mapping[str, Any] | None
 
 
-def _attack(value: Any) -> attacks.PGD:
-    return value if isinstance(value, attacks.PGD) else attacks.PGD(**value)
+# What robust accuracy may be measured under: the recipe's PGD-20, or one of the CKA
+# paper's unforeseen attacks at its evaluation parameters (a recipe's "attack" may name one)
+ROBUST_ATTACKS: dict[str, Any] = {"snow": Snow(), "gabor": Gabor(), "jpeg": JPEG()}
+ROBUST_ATTACK_LABELS = {"": "PGD-20 Linf (the recipe's)", "snow": "Snow (unforeseen)",
+                        "gabor": "Gabor (unforeseen)", "jpeg": "JPEG (unforeseen)"}
+
+
+def _attack(value: Any) -> Any:
+    if isinstance(value, str):
+        if value not in ROBUST_ATTACKS:
+            raise StitchingError(f"robust accuracy is measured under PGD or one of "
+                                 f"{', '.join(ROBUST_ATTACKS)}, not {value!r}")
+        return ROBUST_ATTACKS[value]
+    return value if hasattr(value, "to_dict") else attacks.from_dict(value)
 
 
 def stitch_recipe(recipe: Recipe, folder: str | None = None) -> dict:
@@ -1259,7 +1272,9 @@ def _check_recipe(r: dict) -> None:
         except StitchingError as e:
             problems.append(str(e))
         train, test = r["train_attack"], r["attack"]
-        if (test.norm, test.eps) != (train.norm, train.eps) or test.steps <= train.steps:
+        # an unforeseen attack measures another threat, not the trained one: no comparison
+        if isinstance(test, attacks.PGD) and (
+                (test.norm, test.eps) != (train.norm, train.eps) or test.steps <= train.steps):
             problems.append(f"robust accuracy is measured with a stronger attack than the "
                             f"stitcher was trained with, at its radius: {test.describe()} "
                             f"is not stronger than {train.describe()}")
@@ -1288,7 +1303,7 @@ def plain_recipe(recipe: Recipe) -> Recipe:
     """A recipe as job arguments hold it: plain data (its attacks as dicts)."""
     if not isinstance(recipe, Mapping):
         return recipe
-    return {k: v.to_dict() if isinstance(v, attacks.PGD) else v for k, v in recipe.items()}
+    return {k: v.to_dict() if hasattr(v, "to_dict") else v for k, v in recipe.items()}
 
 
 def cell_recipe(cell: Mapping[str, Any]) -> dict:
@@ -1559,7 +1574,7 @@ def page_recipe(s: Mapping[str, Any]) -> Recipe:
               "epochs": int(s["st_epochs"]) if s.get("st_epochs") else None,
               "train_images": int(s["st_train"]) if s.get("st_train") else None,
               "rank": int(s["st_rank"]) if s.get("st_rank") else None,
-              "adversarial": s.get("st_adv") or None}
+              "adversarial": s.get("st_adv") or None, "attack": s.get("st_attack") or None}
     if chosen["adversarial"] == "madry":
         chosen["alpha"] = float(s.get("st_alpha") or 1)
     if chosen["adversarial"] == "trades":
@@ -1664,6 +1679,8 @@ def _cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--alpha", type=float, help="madry: the share of each batch attacked "
                                                   "(default 1)")
     p.add_argument("--beta", type=float, help="trades: the weight of the KL term (default 1)")
+    p.add_argument("--robust-attack", choices=list(ROBUST_ATTACKS),
+                   help="robust accuracy under this unforeseen attack instead of PGD-20")
     p.add_argument("--train-set", choices=datasets.NAMES,
                    help="cross-task stitching: train the stitching layer on this data set's "
                         "training images (front and end trained on different data sets)")
@@ -1688,7 +1705,7 @@ def _cli(args: argparse.Namespace) -> Any:
     layers = None if args.layers == "all" else args.layers.split(",")
     chosen = {"init": args.init, "epochs": args.epochs, "train_images": args.train_images,
               "rank": args.rank, "adversarial": args.adversarial, "alpha": args.alpha,
-              "beta": args.beta}
+              "beta": args.beta, "attack": args.robust_attack}
     recipe = {"recipe": args.recipe, **{k: v for k, v in chosen.items() if v is not None}}
     if args.train_set or args.test_set:
         return _cli_cross_task(args, load, pairs, methods, layers, recipe)
@@ -1801,6 +1818,10 @@ SETTINGS = (
                  "divergence between the answers on clean and attacked images. Robust "
                  "accuracy is then measured with the stronger PGD-20 with a random start."),
     Setting("st_alpha", "1", "Attack ratio alpha", ("1", "0.75", "0.5", "0.25")),
+    Setting("st_attack", "", "Robust accuracy under", ("", *ROBUST_ATTACKS), ROBUST_ATTACK_LABELS,
+            help="The attack of the robust accuracy: PGD-20 (the best iterate per image), or "
+                 "one of the unforeseen attacks of Cianfarani et al. 2022 at their evaluation "
+                 "settings (snow, Gabor noise, JPEG coefficients; 10 steps, the last iterate)."),
     Setting("st_beta", "1", "TRADES beta", ("1", "3", "6")),
 
     Setting("st_cell", [0, 0], "Cell"),

@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-from core.analyses import attacks
+from core.analyses import attacks, unforeseen
 
 from core.models import zoo
 from core.data import ImageTensorDataset, batches, cifar10, fixed_subset
@@ -144,6 +144,36 @@ def strong_robustness(probe, test: ImageTensorDataset, card: dict, n: int = STRO
     log(f"{card.get('name', '?')}: worst case {res['worst_case']:.4f} (PGD-20 {res['pgd20']:.4f},"
         f" APGD-CE {res['apgd_ce']:.4f}, APGD-DLR {res['apgd_dlr']:.4f}), 4x eps "
         f"{res['pgd20_at_4x_eps']:.4f}; {res['masking_check']}")
+    return res
+
+
+def unforeseen_robustness(name: str, n: int = STRONG_N, root: str | None = None,
+                          device: str | None = None, write: bool = False,
+                          log: Callable[[str], None] = print) -> dict:
+    """Accuracy under the CKA paper's unforeseen attacks (snow, Gabor, JPEG at its
+    evaluation settings) on the first n test images of the fixed shuffle; with write=True
+    added to the card's measured numbers (the others stay)."""
+    probe = zoo.load(name, device=device)
+    sub = fixed_subset(cifar10("test", root), n)
+    batch = 1000 if probe.device.type == "cuda" else 250
+    t0 = time.time()
+    res: dict = {"n": len(sub)}
+    for kind, attack in unforeseen.UNFORESEEN.items():
+        ok = _robust_mask(probe, sub, lambda a, b, atk=attack(): atk(probe, a, b), batch)
+        res[kind] = float(ok.float().mean())
+        log(f"{name}: {attack().describe()} {res[kind]:.4f} on {len(sub)} images")
+    res.update({"seconds": round(time.time() - t0, 1), "hardware": hardware(probe.device),
+                "method": "core.analyses.unforeseen at the CKA paper's evaluation settings "
+                          "(10 steps, the last iterate, seed 0), on clean-correct images; "
+                          f"first {len(sub)} test images of the fixed shuffle"})
+    if write:
+        path = zoo.PRETRAINED / f"{name}.json"
+        c = json.loads(path.read_text())
+        if not c.get("measured"):
+            raise ValueError(f"{name}'s card has no measured numbers to add to: run "
+                             f"python -m core eval {name} --write first")
+        c["measured"]["unforeseen"] = res
+        path.write_text(json.dumps(c, indent=2) + "\n")
     return res
 
 
