@@ -7,6 +7,7 @@ import numpy as np  # noqa: E402
 import streamlit as st  # noqa: E402
 
 from core import cka, exports, figures, views  # noqa: E402
+from core.analyses import similarity  # noqa: E402
 from core.cka import CKAResult  # noqa: E402
 from core.probe import short_names  # noqa: E402
 from ui import backend, page, presentation, sidebar, state  # noqa: E402
@@ -21,7 +22,7 @@ HEIGHT = 470 if big else 540          # the heatmap fits a 1280x720 projector wi
 with st.container(key="settings"):
     view = state.segmented(st, PAGE, "cka_view", label_visibility="collapsed")
     with st.container(border=True):
-        c = st.columns([1.1, 1, 1, 1.1, 1, 1, 1.3])
+        c = st.columns([1, 1, 1, 1.05, 0.95, 1.25, 0.85, 1.15])
         if view == "Explore":
             state.selectbox(c[0], PAGE, "cka_pair")
         in_a = state.selectbox(c[1], PAGE, "cka_in_a",
@@ -31,12 +32,16 @@ with st.container(key="settings"):
             state.selectbox(c[3], PAGE, "cka_against",
                             disabled=in_a == "benign" and in_b == "benign")
         state.selectbox(c[4], PAGE, "cka_layers")
-        state.selectbox(c[5], PAGE, "cka_kernel")
-        state.select_slider(c[6], PAGE, "cka_n")
+        measure = state.selectbox(c[5], PAGE, "cka_measure")
+        # the minibatch CKA takes a kernel; the other measures, how feature maps enter
+        state.selectbox(c[6], PAGE, "cka_kernel" if measure == "cka" else "cka_maps")
+        state.select_slider(c[7], PAGE, "cka_n")
         state.folder(st, PAGE, "cka_folder", a, b)
 settings = state.current(PAGE)
 state.publish(PAGE)
 name = {"A": backend.label(a), "B": backend.label(b)}
+measure = settings["cka_measure"]
+scale = cka.measure_scale(measure)
 
 
 def stored_or_offer(job, transposed: bool, key: str) -> CKAResult | None:
@@ -53,13 +58,41 @@ def describe_pair(res: CKAResult, i: int, j: int, first: str, second: str) -> No
                           for ls, k in ((res.layers_a, i), (res.layers_b, j)))
         st.markdown(f"**{a_name}** × **{b_name}**")
         m1, m2 = st.columns(2)
-        m1.metric("CKA", f"{res.matrix[i, j]:.3f}")
+        m1.metric(scale.label, f"{res.matrix[i, j]:.3f}")
         spread = res.spread[i, j]
-        m2.metric("Batch spread", "n/a" if np.isnan(spread) else f"± {spread:.3f}",
-                  help=f"Standard deviation of the per-batch CKA over {res.n_batches} batches "
-                       f"of {res.batch_size} images.")
+        if res.measure == "cka":
+            m2.metric("Batch spread", "n/a" if np.isnan(spread) else f"± {spread:.3f}",
+                      help=f"Standard deviation of the per-batch CKA over {res.n_batches} "
+                           f"batches of {res.batch_size} images.")
         st.caption(f"{backend.label(first)}: {backend.model(first).describe(res.layers_a[i])}")
         st.caption(f"{backend.label(second)}: {backend.model(second).describe(res.layers_b[j])}")
+
+
+def calibration(res: CKAResult, i: int, j: int) -> None:
+    """Is this cell's value high? Its permutation null and resampled interval (shipped for
+    the default view, else computed on a click), and two standard seeds' value beside it."""
+    requests = cka.calibration_requests(backend.model, settings, (i, j))
+    if requests is None:
+        return
+    full, one = requests
+    whole = backend.stored(full)
+    if whole is not None:
+        cal, (r, c) = whole, (i, j)
+    elif backend.test_set() is None:   # an extra of the view, not part of it: no data offer
+        cal = None
+        st.caption("Calibrating this cell (a permutation null and a 95% interval) reads "
+                   "CIFAR-10's test images: `python -m core data --download` gets them.")
+    else:
+        cal, (r, c) = page.result(one, "Calibrate this cell", "cka_calibrate", auto=True), (0, 0)
+    if cal is not None:
+        st.caption(similarity.describe_calibration(cal, r, c))
+    baseline = cka.seed_baseline(backend.model, backend.stored, settings, res.layers_a[i],
+                                 res.layers_b[j])
+    if baseline is not None:
+        x, y, seeds = baseline
+        st.caption(f"Two standard models that differ only in their seed ({backend.label(x)}, "
+                   f"{backend.label(y)}), same layers and inputs: {seeds:.3f} (the natural "
+                   "baseline).")
 
 
 def attacked_inputs(job) -> None:
@@ -108,14 +141,14 @@ with page.guard():
             fig = figures.cka_heatmap(res.matrix, res.layers_a, res.layers_b,
                                       f"{models}<br><sup>{inputs}</sup>",
                                       backend.label(first), backend.label(second), res.spread,
-                                      selected=(i, j), big=big, height=HEIGHT)
+                                      selected=(i, j), big=big, height=HEIGHT, scale=scale)
             left.plotly_chart(fig, key="cka_heatmap", selection_mode="points",
                               on_select=state.pick_cell("cka_heatmap", "cka_cell"))
             with right:
                 st.markdown("**Layer pair** (click a cell)")
                 describe_pair(res, i, j, first, second)
-                st.caption(f"{res.n:,} images, batches of {res.batch_size}, {res.kernel} kernel, "
-                           f"unbiased HSIC; computed in {res.seconds:.0f} s.")
+                calibration(res, i, j)
+                st.caption(cka.result_caption(res))
                 heatmap_exports(res, job, title, f"cka-{settings['cka_pair'].replace(' ', '')}-"
                                 f"{settings['cka_in_a']}-{settings['cka_in_b']}",
                                 backend.label(first), backend.label(second))
@@ -145,18 +178,21 @@ with page.guard():
                    "title": f"{t}<br><sup>{backend.label(x)} vs {backend.label(y)}</sup>",
                    "name_a": backend.label(x), "name_b": backend.label(y), "spread": r.spread}
                   for t, (x, y), r in zip(titles, pairs, results)]
-        st.plotly_chart(figures.cka_panels(panels, big=big, height=HEIGHT - 40), key="cka_panels")
-        page.caption(PAGE, (f"Robust: {backend.label(robust)} · standard: "
+        st.plotly_chart(figures.cka_panels(panels, big=big, height=HEIGHT - 40, scale=scale),
+                        key="cka_panels")
+        page.caption(PAGE, (f"{scale.label} · " if measure != "cka" else "") +
+                           (f"Robust: {backend.label(robust)} · standard: "
                             f"{backend.label(standard)} · " if roles else "") +
                            f"{inputs_label[settings['cka_in_a']]} inputs · "
                            f"{settings['cka_n']:,} test images")
         summary = cka.paper_summary(*results)
         c1, c2, c3 = st.columns(3)
-        c1.metric(f"Mean off-diagonal CKA, {role_s}", f"{summary['within_first']:.2f}")
-        c2.metric(f"Mean off-diagonal CKA, {role_r}", f"{summary['within_second']:.2f}",
+        c1.metric(f"Mean off-diagonal {scale.label}, {role_s}", f"{summary['within_first']:.2f}")
+        c2.metric(f"Mean off-diagonal {scale.label}, {role_r}", f"{summary['within_second']:.2f}",
                   help="Cianfarani et al.: robust networks lose the block structure; distant "
                        "layers stay similar.")
-        c3.metric(f"Mean CKA, {role_s} vs {role_r} (same layer)", f"{summary['same_layer']:.2f}")
+        c3.metric(f"Mean {scale.label}, {role_s} vs {role_r} (same layer)",
+                  f"{summary['same_layer']:.2f}")
         st.plotly_chart(figures.diagonal_profile([(f"{role_s} vs {role_r}, same layer",
                                                    summary["layers"], summary["diagonal"])],
                                                  big=big), key="cka_diag")

@@ -81,6 +81,33 @@ def test_cka_on_the_unforeseen_attacks_inputs(world):
     assert any(m.label == "CKA" for m in at.metric)
 
 
+def test_cka_page_under_another_measure_with_each_cell_calibrated(world):
+    """A measure of the registry from the selector: its matrix, its name on the metric, the
+    clicked cell's permutation null and interval, two standard seeds' value beside it."""
+    baseline = run_app("pages/cka.py", {"cka_n": "1000", "cka_measure": "rsa_spearman",
+                                        "a": "resnet18-standard-s0", "b": "resnet18-standard-s1"})
+    click(baseline, "Compute")
+    at = run_app("pages/cka.py", {"cka_n": "1000", "cka_measure": "rsa_spearman",
+                                  "cka_cell": "[3, 2]"})
+    assert not at.exception, [e.value for e in at.exception]
+    assert at.selectbox(key="cka_maps").value == "pool"   # the kernel's place, for a measure
+    click(at, "Compute")
+    assert not at.exception, [e.value for e in at.exception]
+    assert [m.label for m in at.metric] == ["RSA (Spearman)"]
+    shown = texts(at)
+    assert "Calibrated on the first 80 images as RSA (Spearman)" in shown
+    assert "95% interval" in shown and "p = " in shown
+    assert re.search(r"differ only in their seed .*: -?\d\.\d{3} \(the natural baseline\)", shown)
+    assert "invariant to isotropic scaling, permutation" in shown
+    # the paper view under a distance: its panels and metrics name it
+    paper = run_app("pages/cka.py", {"cka_n": "1000", "cka_measure": "procrustes",
+                                     "cka_view": "Paper view"})
+    while any(b.label.startswith("Compute") for b in paper.button):
+        click(paper, "Compute")
+        assert not paper.exception, [e.value for e in paper.exception]
+    assert "Mean off-diagonal Procrustes distance, robust" in [m.label for m in paper.metric]
+
+
 def test_stitching_robust_accuracy_under_an_unforeseen_attack(world):
     at = run_app("pages/stitching.py", {"st_attack": "gabor", "st_train": "1000",
                                         "st_metric": "robust"})

@@ -190,3 +190,81 @@ def test_calibration_tells_related_from_unrelated_representations(name):
     assert null["p_value"] > 0.05, null
     assert similarity.calibrate(x[:120], y[:120], name, permutations=40, resamples=40) == related
     assert related["resample"] == MEASURES[name].resample
+
+
+@pytest.mark.parametrize("ours, theirs", [("rsa_pearson", "corr"), ("rsa_spearman", "spearman")])
+def test_rsa_matches_rsatoolbox(ours, theirs):
+    """The reference RSA: rsatoolbox's correlation-distance RDMs, compared by Pearson or
+    Spearman correlation (installed for the tests)."""
+    from rsatoolbox.data import Dataset
+    from rsatoolbox.rdm import calc_rdm
+    from rsatoolbox.rdm import compare as rsa_compare
+    x, y = pair(3)
+    rdms = [calc_rdm(Dataset(v), method="correlation") for v in (x, y)]
+    assert compare(x, y, ours) == pytest.approx(float(rsa_compare(*rdms, method=theirs)[0, 0]),
+                                                abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["linear_cka", "rbf_cka_debiased", "rsa_spearman"])
+def test_a_layer_matrix_reads_each_layer_once_and_agrees_cell_by_cell(name):
+    g = torch.Generator().manual_seed(1)
+    a = {"l1": torch.randn(60, 5, generator=g), "l2": torch.randn(60, 7, generator=g)}
+    b = {"m1": a["l2"] @ torch.randn(7, 4, generator=g), "m2": torch.randn(60, 3, generator=g)}
+    m = similarity.matrix(a, b, name)
+    per_cell = [[compare(x, y, name) for y in b.values()] for x in a.values()]
+    assert np.allclose(m, per_cell, atol=1e-12)
+
+
+def test_calibration_job_calibrates_a_view_cell_by_cell(world):
+    """A CKA-page view's cells on its first images: the minibatch CKA as debiased CKA; a
+    cell alone gives the same numbers as in the whole matrix."""
+    from core.analyses import cka
+    from core.jobs import runner
+    from core.models import zoo
+
+    def run(job):
+        return runner.run(job)[0]
+    load = zoo.loader("cpu")
+    layers = ["layer1.0", "layer3.1"]
+    whole = run(similarity.calibration_job(load, "resnet18-linf-8", "resnet18-standard-s0",
+                                           layers, layers, n=48))
+    assert whole["measure"] == "linear_cka_debiased" and whole["count"] == 48
+    assert np.asarray(whole["p_value"]).shape == (2, 2)
+    assert np.all(np.asarray(whole["low"]) <= np.asarray(whole["value"]))
+    one = run(similarity.calibration_job(load, "resnet18-linf-8", "resnet18-standard-s0",
+                                         ["layer3.1"], ["layer1.0"], n=48))
+    for key in ("value", "null_mean", "p_value", "low"):
+        assert float(np.asarray(one[key])[0][0]) == pytest.approx(
+            float(np.asarray(whole[key])[1][0]), abs=1e-9)
+    # another measure, on adversarial inputs (the view's own examples)
+    adv = run(similarity.calibration_job(load, "resnet18-linf-8", "resnet18-standard-s0",
+                                         ["layer4.1"], ["layer4.1"], "svcca", n=48,
+                                         inputs_a="linf", inputs_b="linf"))
+    assert adv["measure"] == "svcca" and 0 <= float(np.asarray(adv["value"])[0][0]) <= 1
+    text = similarity.describe_calibration(whole, 0, 1)
+    assert text.startswith("Calibrated on the first 48 images as linear CKA, debiased")
+    # the page's default view ships its calibration
+    from core import views
+    kinds = [j.kind for j in views.view_jobs(load, "cka", {})]
+    assert kinds == ["cka", "calibration"]
+    assert [j.kind for j in views.view_jobs(load, "cka", {"cka_n": 2000})] == ["cka"]
+    assert cka.calibration_requests(load, {**views.page_settings("cka"), "a": "x",
+                                           "cka_folder": "/some/folder"}, (0, 0)) is None
+
+
+def test_the_cka_command_and_sweeps_take_a_measure(world, capsys):
+    import json
+
+    from core.__main__ import main
+    from core.analyses import cka
+    from core.models import zoo
+    assert main(["cka", "--a", "resnet18-linf-8", "--b", "resnet18-standard-s0", "-n", "40",
+                 "--measure", "procrustes", "--layers", "layer2.0,layer4.1",
+                 "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["matrix"]) == 2 and all(0 <= v <= math.pi / 2 for r in out["matrix"] for v in r)
+    grid = cka._grid({"pairs": [["resnet18-linf-8", "resnet18-standard-s0"]], "n": 40,
+                      "measure": ["cka", "svcca", "pwcca"], "kernel": ["linear", "rbf"]},
+                     zoo.names(), zoo.loader("cpu"))
+    # the minibatch CKA at each kernel; a measure of the registry takes no kernel: once each
+    assert sorted(j.kind for j in grid) == ["cka", "cka", "similarity", "similarity"]

@@ -123,9 +123,10 @@ def test_the_pieces_match_the_reference(advex):
     shift = torch.randn(2, count) * 0.1
     ours = unforeseen.jpeg_decode(x, shift, 25.0)
     jpeg = jpeg_ref.JPEG()
-    l, c = 16 * 64, 4 * 64
-    ref = jpeg(x * 255, [shift[:, :l].view(2, 16, 8, 8), shift[:, l:l + c].view(2, 4, 8, 8),
-                         shift[:, l + c:].view(2, 4, 8, 8)], torch.full((2,), 25.0)) / 255
+    luma, chroma = 16 * 64, 4 * 64
+    ref = jpeg(x * 255, [shift[:, :luma].view(2, 16, 8, 8),
+                         shift[:, luma:luma + chroma].view(2, 4, 8, 8),
+                         shift[:, luma + chroma:].view(2, 4, 8, 8)], torch.full((2,), 25.0)) / 255
     assert (ours - ref).abs().max() < 1e-4
     still = unforeseen.jpeg_decode(x, torch.zeros(2, count), 25.0)
     smooth = torch.rand(2, 1, 32, 32).repeat_interleave(3, 1)  # grey: no chroma to lose

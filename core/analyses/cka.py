@@ -34,22 +34,23 @@ import io
 import itertools
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from core import data, jobs
-from core.analyses import Analysis, Command, Page, Sweep, register
+from core.analyses import Analysis, Command, Page, Sweep, register, similarity
 from core.analyses.attacks import PGD, Attack, examples, perturb
 from core.analyses.unforeseen import JPEG, Gabor, Snow, Unforeseen
 from core.data import batch_sizes, batches
+from core.figures import Scale
 from core.jobs.results import write_json
 from core.jobs.runner import run_printed
 from core.models import zoo
 from core.models.probe import Probe, check_input_size
 from core.progress import Reporter, report
-from core.views import FOLDER_HELP, Setting
+from core.views import DEFAULT_A, DEFAULT_B, FOLDER_HELP, Setting
 
 Array = torch.Tensor | np.ndarray
 
@@ -245,6 +246,11 @@ def _pair_cka(K: torch.Tensor, L: torch.Tensor, unbiased: bool) -> float:
     return float(_cka(h[:1, 1:], s[:1], s[1:])[0, 0])
 
 
+def kernel_cka(K: Array, L: Array, unbiased: bool = False) -> float:
+    """CKA of two representations given as their (n, n) kernels (Gram matrices)."""
+    return _pair_cka(_as_kernel(K), _as_kernel(L), unbiased)
+
+
 def linear_cka(X: Array, Y: Array, unbiased: bool = False) -> float:
     """Linear CKA of X (n, d1) and Y (n, d2), in float64; 0 if either is constant."""
     return _pair_cka(gram_linear(X), gram_linear(Y), unbiased)
@@ -266,6 +272,8 @@ class CKAResult:
     (model_b); spread[i, j] the standard deviation over batches of the per-batch
     CKA (NaN with a single batch): how much one batch of `batch_size` images
     moves the value; the standard error of `matrix` is about spread / sqrt(n_batches).
+    Another measure of core.analyses.similarity (`measure`, all images in one batch,
+    feature maps entering as `maps` says) gives a result of the same shape.
     """
     matrix: np.ndarray
     spread: np.ndarray
@@ -283,6 +291,9 @@ class CKAResult:
     attack_b: str
     adv_against: str
     seconds: float
+    measure: str = "cka"            # "cka": the minibatch CKA of this module
+    higher_is_similar: bool = True
+    maps: str = "flatten"           # how a feature map enters the measure
 
     def __post_init__(self) -> None:
         self.matrix = np.asarray(self.matrix, dtype=np.float64)
@@ -305,7 +316,7 @@ class CKAResult:
         def array(v: Any) -> np.ndarray:
             return (v.detach().cpu().numpy() if torch.is_tensor(v) else np.asarray(v)).astype(
                 np.float64)
-        return cls(**{**{f.name: d[f.name] for f in fields(cls)},
+        return cls(**{**{f.name: d[f.name] for f in fields(cls) if f.name in d},
                       "matrix": array(d["matrix"]), "spread": array(d["spread"]),
                       "layers_a": list(d["layers_a"]), "layers_b": list(d["layers_b"])})
 
@@ -323,7 +334,7 @@ class CKAResult:
 
 # ---------------------------------------------------------------------- matrix
 
-def _describe(attack: Attack | None) -> str:
+def describe_attack(attack: Attack | None) -> str:
     if attack is None:
         return "benign"
     return attack.describe() if hasattr(attack, "describe") else repr(attack)
@@ -487,7 +498,7 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
         model_a=model_a.identity(), model_b=model_b.identity(), n=done,
         n_batches=len(per_batch), kernel=kernel, unbiased=unbiased, batch_size=largest,
         sigma_frac=sigma_frac if kernel == "rbf" else None,
-        attack_a=_describe(attack_a), attack_b=_describe(attack_b),
+        attack_a=describe_attack(attack_a), attack_b=describe_attack(attack_b),
         adv_against=adv_against, seconds=time.perf_counter() - start)
 
 
@@ -645,25 +656,50 @@ def cka_pairs(load: jobs.Loader, s: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def cka_title(first: str, second: str, s: Mapping[str, Any]) -> tuple[str, str]:
-    """The explore view's title: (the two models, their inputs: once when shared and, when
-    adversarial, whose gradients made them)."""
+    """The explore view's title: (the two models and, other than the minibatch CKA, the
+    measure; their inputs: once when shared and, when adversarial, whose gradients made
+    them)."""
     in_a, in_b = s["cka_in_a"], s["cka_in_b"]
     inputs = (f"{INPUT_LABELS[in_a]} inputs" if in_a == in_b
               else f"{INPUT_LABELS[in_a]} inputs to {first}, {INPUT_LABELS[in_b]} to {second}")
     if in_a != "benign" or in_b != "benign":
         inputs += {"self": ", each model's own", "a": f", made against {first}",
                    "b": f", made against {second}"}[s["cka_against"]]
-    return f"{first} vs {second}", inputs
+    measure = s.get("cka_measure", "cka")
+    models = f"{first} vs {second}"
+    if measure != "cka":
+        models = f"{measure_title(measure)}: {models}"
+        inputs += f", feature maps {'pooled' if s.get('cka_maps') != 'flatten' else 'flattened'}"
+    return models, inputs
 
 
 def cka_request(load: jobs.Loader, x: str, y: str, layers: str | list[str],
                 in_x: str = "benign", in_y: str = "benign", against: str = "self",
                 kernel: str = "linear", n: int = 10_000, folder: str = "",
-                batch_size: int | None = None) -> tuple[jobs.Job, bool]:
-    """The job behind CKA(x, y) and whether its matrix must be transposed: the two
-    sides are put in one canonical order (by model, then inputs), so that B vs A is
-    A vs B transposed and is computed and shipped once (by the app, the CLI and sweeps)."""
+                batch_size: int | None = None, measure: str = "cka",
+                maps: str = "pool") -> tuple[jobs.Job, bool]:
+    """The job behind CKA(x, y) (or another `measure` of core.analyses.similarity, its
+    feature maps entering as `maps` says) and whether its matrix must be transposed: the
+    two sides are put in one canonical order (by model, then inputs), so that B vs A is
+    A vs B transposed and is computed and shipped once (by the app, the CLI and sweeps);
+    a measure that is not symmetric keeps the order asked."""
     folder = folder or None
+    if measure != "cka":
+        if folder:
+            raise similarity.SimilarityError(
+                "the other measures read CIFAR-10's test images: on an image folder, CKA")
+        m = similarity.MEASURES.get(measure)
+        if m is None:
+            raise similarity.SimilarityError(
+                f"no similarity measure is called {measure!r}; the measures: cka, "
+                f"{', '.join(similarity.MEASURES)}")
+        swap = m.symmetric and (x, in_x) > (y, in_y)
+        if not swap:
+            return similarity.similarity_job(load, x, y, measure, layers, layers, n, maps,
+                                             in_x, in_y, against), False
+        swapped = {"a": "b", "b": "a"}.get(against, against)
+        return similarity.similarity_job(load, y, x, measure, layers, layers, n, maps,
+                                         in_y, in_x, swapped), True
     if (x, in_x) <= (y, in_y):
         return cka_job(load, x, y, layers, layers, in_x, in_y, against, kernel, n, batch_size,
                        folder=folder), False
@@ -707,16 +743,98 @@ def cka_requests(load: jobs.Loader, s: Mapping[str, Any]) -> list[tuple[jobs.Job
     """The (job, transposed) behind each panel of a CKA view."""
     n, layers, kernel = int(s["cka_n"]), s["cka_layers"], s["cka_kernel"]
     folder = s.get("cka_folder", "")
+    measure = {"measure": s.get("cka_measure", "cka"), "maps": s.get("cka_maps", "pool")}
     if s["cka_view"] == "Paper view":
         return [cka_request(load, x, y, layers, s["cka_in_a"], s["cka_in_a"], "self", kernel, n,
-                            folder) for x, y in cka_pairs(load, s)]
+                            folder, **measure) for x, y in cka_pairs(load, s)]
     (x, y), = cka_pairs(load, s)
     return [cka_request(load, x, y, layers, s["cka_in_a"], s["cka_in_b"], s["cka_against"],
-                        kernel, n, folder)]
+                        kernel, n, folder, **measure)]
+
+
+def calibration_requests(load: jobs.Loader, s: Mapping[str, Any], cell: tuple[int, int]
+                         ) -> tuple[jobs.Job, jobs.Job] | None:
+    """The calibration of the explore view's whole matrix (shipped for the default view)
+    and of its cell (row, column), in the view's order; None on an image folder."""
+    if s.get("cka_folder"):
+        return None
+    (first, second), = cka_pairs(load, s)
+    la = jobs.layer_list(load(first), s["cka_layers"])
+    lb = jobs.layer_list(load(second), s["cka_layers"])
+    common = {"measure": s["cka_measure"], "n": int(s["cka_n"]), "maps": s["cka_maps"],
+              "kernel": s["cka_kernel"], "inputs_a": s["cka_in_a"], "inputs_b": s["cka_in_b"],
+              "adv_against": s["cka_against"]}
+    i, j = cell
+    return (similarity.calibration_job(load, first, second, la, lb, **common),
+            similarity.calibration_job(load, first, second, [la[i]], [lb[j]], **common))
+
+
+def seed_baseline(load: jobs.Loader, stored: Callable[[jobs.Job], Any], s: Mapping[str, Any],
+                  layer_a: str, layer_b: str) -> tuple[str, str, float] | None:
+    """The natural baseline of a view's cell ("is 0.3 high?"): the same cell of the same
+    view of two standard models of the zoo that differ only in their training seed, as
+    (model, model, value) where that view is stored (the default views ship) and has the
+    two layers; else None."""
+    standard = [n for n in zoo.names() if not zoo.is_robust(zoo.card(n))]
+    if len(standard) < 2 or s.get("cka_folder"):
+        return None
+    x, y = standard[:2]
+    job, transposed = cka_request(load, x, y, s["cka_layers"], s["cka_in_a"], s["cka_in_b"],
+                                  s["cka_against"], s["cka_kernel"], int(s["cka_n"]),
+                                  measure=s["cka_measure"], maps=s["cka_maps"])
+    value = stored(job)
+    if value is None:
+        return None
+    res = CKAResult.from_dict(transposed_cka(value) if transposed else value)
+    if layer_a not in res.layers_a or layer_b not in res.layers_b:
+        return None
+    return x, y, float(res.matrix[res.layers_a.index(layer_a), res.layers_b.index(layer_b)])
+
+
+def measure_title(measure: str) -> str:
+    """A measure as a figure's colour bar and a metric name it."""
+    return "CKA" if measure == "cka" else similarity.MEASURES[measure].title
+
+
+def measure_scale(measure: str) -> Scale:
+    """A measure's colours in a figure: its name, its fixed range, which end is similar."""
+    if measure == "cka":
+        return Scale()
+    m = similarity.MEASURES[measure]
+    return Scale(m.title, *m.value_range, distance=not m.higher_is_similar)
+
+
+def result_caption(res: CKAResult) -> str:
+    """How a matrix was estimated, in a line under it."""
+    if res.measure == "cka":
+        return (f"{res.n:,} images, batches of {res.batch_size}, {res.kernel} kernel, "
+                f"unbiased HSIC; computed in {res.seconds:.0f} s.")
+    m = similarity.MEASURES[res.measure]
+    maps = "pooled over space" if res.maps == "pool" else "flattened"
+    return (f"{res.n:,} images at once, feature maps {maps}; "
+            f"{'a distance (0: the same)' if not m.higher_is_similar else 'higher: more similar'}, "
+            f"{m.invariances()}; computed in {res.seconds:.0f} s.")
+
+
+MEASURE_LABELS = {"cka": "CKA, minibatch (the paper's)",
+                  **{k: f"{m.title}, all at once" for k, m in similarity.MEASURES.items()}}
+MEASURE_HELP = (
+    "CKA, minibatch: the paper's estimate, the unbiased HSIC accumulated over batches of "
+    "1,024 images with the kernel beside it (linear or RBF); feature maps enter whole. "
+    "The others compare all images at once, each feature map pooled over space or "
+    "flattened: " + " ".join(f"**{m.title}**: {m.help + ' ' if m.help else ''}"
+                             f"{m.invariances().capitalize()}."
+                             for m in similarity.MEASURES.values()))
 
 
 def cka_jobs(load: jobs.Loader, s: Mapping[str, Any]) -> list[jobs.Job]:
-    return [job for job, _ in cka_requests(load, s)]
+    """The jobs of a view; the page's default view also calibrates every cell (shipped)."""
+    out = [job for job, _ in cka_requests(load, s)]
+    defaults = {st.key: st.default for st in SETTINGS if st.key != "cka_cell"}
+    if (s.get("a"), s.get("b")) == (DEFAULT_A, DEFAULT_B) and all(
+            s.get(k) == v for k, v in defaults.items()):
+        out.append(calibration_requests(load, s, (0, 0))[0])
+    return out
 
 
 def pair_value(value: Mapping[str, Any] | None, transposed: bool, layer_a: str,
@@ -787,6 +905,11 @@ def _cli_arguments(p: argparse.ArgumentParser) -> None:
                    help="which model the adversarial examples are made against")
     p.add_argument("--layers", default="blocks", help="blocks, all, or a comma list of taps")
     p.add_argument("--kernel", default="linear", choices=list(KERNELS))
+    p.add_argument("--measure", default="cka", choices=["cka", *similarity.MEASURES],
+                   help="cka: the minibatch CKA (--kernel); any other measure of the registry "
+                        "compares all images at once (python -m core similarity lists them)")
+    p.add_argument("--maps", default="pool", choices=["pool", "flatten"],
+                   help="with --measure: a feature map enters averaged over space, or whole")
     p.add_argument("-n", type=int, default=10_000, help="test images")
     p.add_argument("--batch-size", type=int, help="default: 1024 (fewer for small -n)")
     p.add_argument("--folder", default="", help="an image folder (ROOT/CLASS/IMAGE) instead "
@@ -802,7 +925,7 @@ def _cli(args: argparse.Namespace) -> Any:
     layers = args.layers if args.layers in jobs.LAYER_SETS else args.layers.split(",")
     job, transposed = cka_request(zoo.loader(args.device), args.a, args.b or args.a, layers,
                                   args.adv_a, args.adv_b, args.against, args.kernel, args.n,
-                                  args.folder, args.batch_size)
+                                  args.folder, args.batch_size, args.measure, args.maps)
     value = run_printed(job, args.force)
     value = transposed_cka(value) if transposed else value
     if args.out is None:
@@ -814,15 +937,21 @@ def _cli(args: argparse.Namespace) -> Any:
 # ---------------------------------------------------------------------- sweeps
 
 def _grid(options: Mapping[str, Any], models: list[str], load: jobs.Loader) -> list[jobs.Job]:
-    """cka: {pairs: all | [[a, b], ...], layers, inputs: [benign, linf, l2], kernel, n,
-    folder}: every pair (each once: B vs A is A vs B transposed) at each input and kernel."""
+    """cka: {pairs: all | [[a, b], ...], layers, inputs: [benign, linf, l2, snow, ...],
+    kernel, measure: [cka, svcca, ...], maps, n, folder}: every pair (each once: B vs A is
+    A vs B transposed) at each input, kernel and measure."""
     from core.jobs import sweep
-    return [cka_request(load, x, y, options.get("layers", "blocks"), inputs, inputs, "self",
-                        kernel, int(options.get("n", 10_000)), options.get("folder", ""))[0]
-            for (x, y), inputs, kernel in itertools.product(
-                sweep.pairs(options.get("pairs"), models, False, "cka"),
-                sweep.listed(options.get("inputs", "benign"), "cka.inputs"),
-                sweep.listed(options.get("kernel", "linear"), "cka.kernel"))]
+    grid = itertools.product(sweep.pairs(options.get("pairs"), models, False, "cka"),
+                             sweep.listed(options.get("inputs", "benign"), "cka.inputs"),
+                             sweep.listed(options.get("kernel", "linear"), "cka.kernel"),
+                             sweep.listed(options.get("measure", "cka"), "cka.measure"))
+    jobs_seen: dict[str, jobs.Job] = {}
+    for (x, y), inputs, kernel, measure in grid:
+        job = cka_request(load, x, y, options.get("layers", "blocks"), inputs, inputs, "self",
+                          kernel, int(options.get("n", 10_000)), options.get("folder", ""),
+                          measure=measure, maps=options.get("maps", "pool"))[0]
+        jobs_seen.setdefault(job.key, job)   # a measure takes no kernel: one job each
+    return list(jobs_seen.values())
 
 
 # ----------------------------------------------------------------------- page
@@ -850,8 +979,15 @@ SETTINGS = (
                  "each conv, batch norm, ReLU, pool and linear layer."),
     Setting("cka_n", 10_000, "Images", (1000, 2000, 5000, 10_000),
             {n: f"{n:,}" for n in (1000, 2000, 5000, 10_000)}),
+    Setting("cka_measure", "cka", "Measure", ("cka", *similarity.MEASURES), MEASURE_LABELS,
+            help=MEASURE_HELP),
     Setting("cka_kernel", "linear", "Kernel", KERNELS,
             {"linear": "linear", "rbf": "RBF (0.8 x median)"}),
+    Setting("cka_maps", "pool", "Feature maps", ("pool", "flatten"),
+            {"pool": "pooled", "flatten": "flattened"},
+            help="How a layer's feature map enters a measure other than the minibatch CKA: "
+                 "averaged over space (one value per channel), or whole. The CCA family "
+                 "refuses more than 4,096 dimensions, and all images' features must fit 4 GB."),
     Setting("cka_cell", [0, 0], "Layer pair"),
     Setting("cka_folder", "", "Image folder", help=FOLDER_HELP, server_path=True),
 )
@@ -874,11 +1010,15 @@ register(Analysis(
                 summary="How similar are the representations of two layers? Linear CKA over "
                         "CIFAR-10 test images or an image folder",
                 about="Centered Kernel Alignment of every layer of one model with every layer of "
-                      "another, on benign test images or on adversarial examples (PGD, or the unforeseen "
-                      "snow, Gabor and JPEG attacks). The estimate"
+                      "another, on benign test images or on adversarial examples (PGD, or the "
+                      "unforeseen snow, Gabor and JPEG attacks). The estimate"
                       " is the unbiased minibatch HSIC of Nguyen et al. (2021), accumulated over "
                       "seeded random batches of 1,024 images; a cell's spread is the standard "
-                      "deviation of the per-batch CKA. Click a cell to see the layer pair.",
+                      "deviation of the per-batch CKA. Click a cell to see the layer pair, "
+                      "its permutation null and 95% interval (on up to 2,000 images) and two "
+                      "standard seeds' value. The Measure setting offers the field's other "
+                      "measures (CKA on all images at once, debiased or not; mean CCA, SVCCA, "
+                      "PWCCA; Procrustes; RSA; mutual k-NN), their invariances in its help.",
                 paper="Cianfarani et al., Understanding Robust Learning through the Lens of "
                       "Representation Similarities, NeurIPS 2022",
                 cite="Cianfarani et al., NeurIPS 2022"),),

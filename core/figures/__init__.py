@@ -3,6 +3,7 @@ only: images are converted in core.images, tap names shortened by core.probe."""
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -67,15 +68,26 @@ def _centred(title: str) -> dict:
     return dict(text=title, x=0.5, xanchor="center")
 
 
+@dataclass(frozen=True)
+class Scale:
+    """A similarity matrix's colours: the measure's name, a fixed range, and whether
+    low values are the similar ones (a distance: its colours run the other way)."""
+    label: str = "CKA"
+    low: float = 0.0
+    high: float = 1.0
+    distance: bool = False
+
+
 def cka_heatmap(matrix: np.ndarray, layers_a: Sequence[str], layers_b: Sequence[str],
                 title: str = "", name_a: str = "model A", name_b: str = "model B",
                 spread: np.ndarray | None = None, selected: tuple[int, int] | None = None,
-                big: bool = False, height: int | None = None) -> go.Figure:
-    """Layer x layer CKA: model A's layers on y (first layer at the bottom),
-    model B's on x, a fixed 0..1 colour scale, layer names in the hover; a click on
-    a cell selects it (customdata[:2] of the selected point = row, column)."""
+                big: bool = False, height: int | None = None, scale: Scale = Scale()
+                ) -> go.Figure:
+    """Layer x layer CKA (or another measure, `scale`): model A's layers on y (first
+    layer at the bottom), model B's on x, a fixed colour scale, layer names in the hover;
+    a click on a cell selects it (customdata[:2] of the selected point = row, column)."""
     fig = go.Figure()
-    trace = _cka_trace(matrix, layers_a, layers_b, name_a, name_b, spread)
+    trace = _cka_trace(matrix, layers_a, layers_b, name_a, name_b, spread, scale=scale)
     trace.hoverinfo, trace.hovertemplate = "skip", None  # the click layer hovers instead
     fig.add_trace(trace)
     m = np.asarray(matrix, dtype=float)
@@ -87,7 +99,7 @@ def cka_heatmap(matrix: np.ndarray, layers_a: Sequence[str], layers_b: Sequence[
     fig.add_trace(click_layer(
         jj, ii, custom,
         f"{name_a}: %{{customdata[2]}}<br>{name_b}: %{{customdata[3]}}<br>"
-        "CKA %{customdata[4]:.3f} ± %{customdata[5]:.3f}<extra></extra>",
+        f"{scale.label} %{{customdata[4]:.3f}} ± %{{customdata[5]:.3f}}<extra></extra>",
         size=max(4.0, (height or (600 if big else 420)) * 0.8 / max(len(layers_a), len(layers_b)))))
     _style_cka(fig, layers_a, layers_b, name_a, name_b, title, big)
     if height:
@@ -99,7 +111,8 @@ def cka_heatmap(matrix: np.ndarray, layers_a: Sequence[str], layers_b: Sequence[
     return fig
 
 
-def _cka_trace(matrix, layers_a, layers_b, name_a, name_b, spread, showscale=True) -> go.Heatmap:
+def _cka_trace(matrix, layers_a, layers_b, name_a, name_b, spread, showscale=True,
+               scale: Scale = Scale()) -> go.Heatmap:
     m = np.asarray(matrix, dtype=float)
     sp = np.full_like(m, np.nan) if spread is None else np.asarray(spread, dtype=float)
     custom = np.dstack([np.broadcast_to(np.array(layers_a, dtype=object)[:, None], m.shape),
@@ -107,10 +120,11 @@ def _cka_trace(matrix, layers_a, layers_b, name_a, name_b, spread, showscale=Tru
                         sp])
     return go.Heatmap(
         z=m, x=list(range(len(layers_b))), y=list(range(len(layers_a))),
-        zmin=0, zmax=1, colorscale=CKA_SCALE, customdata=custom, showscale=showscale,
-        colorbar=dict(title="CKA", thickness=14),
+        zmin=scale.low, zmax=scale.high, colorscale=CKA_SCALE, reversescale=scale.distance,
+        customdata=custom, showscale=showscale,
+        colorbar=dict(title=scale.label.replace(" ", "<br>", 1), thickness=14),
         hovertemplate=(f"{name_a}: %{{customdata[0]}}<br>{name_b}: %{{customdata[1]}}"
-                       "<br>CKA %{z:.3f} ± %{customdata[2]:.3f}<extra></extra>"))
+                       f"<br>{scale.label} %{{z:.3f}} ± %{{customdata[2]:.3f}}<extra></extra>"))
 
 
 def _style_cka(fig, layers_a, layers_b, name_a, name_b, title, big, row=None, col=None):
@@ -137,14 +151,16 @@ def _style_cka(fig, layers_a, layers_b, name_a, name_b, title, big, row=None, co
                       margin=dict(l=10, r=10, t=top, b=10), height=720 if big else 520)
 
 
-def cka_panels(panels: list[dict], big: bool = False, height: int | None = None) -> go.Figure:
-    """The paper view: several CKA matrices side by side with one colour bar.
-    Each panel: {matrix, layers_a, layers_b, title, name_a, name_b, spread}."""
+def cka_panels(panels: list[dict], big: bool = False, height: int | None = None,
+               scale: Scale = Scale()) -> go.Figure:
+    """The paper view: several CKA (or `scale`'s measure) matrices side by side with one
+    colour bar. Each panel: {matrix, layers_a, layers_b, title, name_a, name_b, spread}."""
     fig = make_subplots(rows=1, cols=len(panels), subplot_titles=[p["title"] for p in panels],
                         horizontal_spacing=0.06)
     for k, p in enumerate(panels, start=1):
         fig.add_trace(_cka_trace(p["matrix"], p["layers_a"], p["layers_b"], p["name_a"],
-                                 p["name_b"], p.get("spread"), showscale=k == len(panels)),
+                                 p["name_b"], p.get("spread"), showscale=k == len(panels),
+                                 scale=scale),
                       row=1, col=k)
         _style_cka(fig, p["layers_a"], p["layers_b"], p["name_a"], p["name_b"], "", big,
                    row=1, col=k)

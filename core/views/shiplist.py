@@ -21,12 +21,14 @@ from typing import Any
 
 from core import PROJECT, data, views
 from core.analyses.inversion import MANIPULATION_TABS
+from core.analyses.similarity import MEASURES
 from core.analyses.stitching import STITCH_ROBUST
 from core.models import zoo
 
 ASSETS_BUDGET_MB = 30
 COMPUTE_BUDGET_CPU_HOURS = 6
 ADVERSARIAL_IMAGES = 2000
+ALL_AT_ONCE_IMAGES = 2000
 DECKS = PROJECT / "assets" / "decks"
 
 View = tuple[str, dict[str, Any]]
@@ -94,12 +96,21 @@ def papers_views() -> list[View]:
     return [("cka", {"cka_kernel": "rbf"})] + paper[:1] + adversarial + paper[1:]
 
 
+def measure_views() -> list[View]:
+    """The default pair under every similarity measure of the registry: on all 10,000
+    images where the measure streams, else on ALL_AT_ONCE_IMAGES (the full-data measures
+    hold every image's features and, for RSA and k-NN, an n x n matrix per layer)."""
+    return [("cka", {"cka_measure": name,
+                     "cka_n": 10_000 if m.streams else ALL_AT_ONCE_IMAGES})
+            for name, m in MEASURES.items()]
+
+
 def ship_list() -> list[View]:
     """Every (page, params) view that must work offline, most important first, without
     repeats: the decks, the pages' defaults, the sidebar's model choices, the papers'
-    adversarial and paper views."""
+    adversarial and paper views, the default pair under every measure."""
     seen, out = set(), []
-    for view in deck_views() + defaults() + model_choices() + papers_views():
+    for view in deck_views() + defaults() + model_choices() + papers_views() + measure_views():
         key = (view[0], tuple(sorted((k, str(v)) for k, v in view[1].items())))
         if key not in seen:
             seen.add(key)
