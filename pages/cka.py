@@ -20,7 +20,11 @@ big = presentation.presenting()
 HEIGHT = 470 if big else 540          # the heatmap fits a 1280x720 projector with the header
 
 with st.container(key="settings"):
-    view = state.segmented(st, PAGE, "cka_view", label_visibility="collapsed")
+    top = st.columns([4, 1.3], vertical_alignment="bottom")
+    view = state.segmented(top[0], PAGE, "cka_view", label_visibility="collapsed")
+    with top[1].popover("Estimator", icon=":material/tune:", width="stretch"):
+        state.selectbox(st, PAGE, "cka_maps")
+        state.selectbox(st, PAGE, "cka_passes")
     with st.container(border=True):
         c = st.columns([1, 1, 1, 1.05, 0.95, 1.25, 0.85, 1.15])
         if view == "Explore":
@@ -33,15 +37,14 @@ with st.container(key="settings"):
                             disabled=in_a == "benign" and in_b == "benign")
         state.selectbox(c[4], PAGE, "cka_layers")
         measure = state.selectbox(c[5], PAGE, "cka_measure")
-        # the minibatch CKA takes a kernel; the other measures, how feature maps enter
-        state.selectbox(c[6], PAGE, "cka_kernel" if measure == "cka" else "cka_maps")
+        state.selectbox(c[6], PAGE, "cka_kernel", disabled=measure != "cka")
         state.select_slider(c[7], PAGE, "cka_n")
         state.folder(st, PAGE, "cka_folder", a, b)
 settings = state.current(PAGE)
 state.publish(PAGE)
 name = {"A": backend.label(a), "B": backend.label(b)}
 measure = settings["cka_measure"]
-scale = cka.measure_scale(measure)
+scale = figures.Scale(*cka.measure_scale(measure))
 
 
 def stored_or_offer(job, transposed: bool, key: str) -> CKAResult | None:

@@ -492,3 +492,50 @@ def test_axis_stages_of_each_architecture_family(layers, stages):
     head, not its stem; DeepMind's groups are layer.0..2."""
     from core import figures
     assert figures._stages(layers) == stages
+
+
+def test_dataset_passes_rebatch_the_same_images(models, images, benign):
+    """The paper's dataset passes: pass 0 as before, pass 1 the same images in the next
+    seeded batching, the HSICs summed over the batches of both (checked against the
+    reference minibatch CKA of those batches)."""
+    a, b = models
+    two = cka.cka_matrix(a, b, images, LAYERS, LAYERS, batch_size=BATCH, passes=2)
+    assert two.n == N and two.n_batches == 2 * benign.n_batches and two.passes == 2
+    subset = data.fixed_subset(images, N)
+    second = data.shuffled_order(N, 0, epoch=1)
+    batches = [(features(a, x), features(b, x)) for x, _ in data.batches(images, BATCH)]
+    for s in range(0, N, BATCH):
+        x, _ = next(data.batches(subset.subset(second[s:s + BATCH].tolist()), BATCH, "cpu", None))
+        batches.append((features(a, x), features(b, x)))
+    expected, _ = ref_minibatch(batches, LAYERS, LAYERS, True)
+    assert np.allclose(two.matrix, expected, atol=1e-5)
+    assert not np.allclose(two.matrix, benign.matrix, atol=1e-6)
+    with pytest.raises(ValueError, match="passes"):
+        cka.cka_matrix(a, b, images, LAYERS, LAYERS, batch_size=BATCH, passes=0)
+
+
+def test_pooled_feature_maps_enter_averaged_over_space(models, images):
+    a, b = models
+    pooled = cka.cka_matrix(a, b, images, ["layer2.0"], ["layer3.1"], batch_size=N,
+                            unbiased=False, maps="pool")
+    x, _ = next(data.batches(images, N))
+    fa, fb = (features(m, x, [layer])[layer] for m, layer in ((a, "layer2.0"), (b, "layer3.1")))
+    assert pooled.matrix[0, 0] == pytest.approx(
+        cka.linear_cka(fa.mean((2, 3)), fb.mean((2, 3))), abs=1e-6)
+    assert pooled.maps == "pool"
+
+
+def test_passes_and_pooling_enter_the_key_only_when_asked(world):
+    from core.models import zoo
+    load = zoo.loader("cpu")
+    plain = cka.cka_job(load, "resnet18-linf-8", "resnet18-standard-s0", n=40)
+    assert "passes" not in plain.inputs and "maps" not in plain.inputs
+    both = cka.cka_job(load, "resnet18-linf-8", "resnet18-standard-s0", n=40, passes=3,
+                       maps="pool")
+    assert both.inputs["passes"] == 3 and both.inputs["maps"] == "pool"
+    # auto: a 32 px model's maps enter CKA whole, the other measures' pooled
+    job, _ = cka.cka_request(load, "resnet18-linf-8", "resnet18-standard-s0", "blocks", n=40)
+    assert job.key == plain.key
+    other, _ = cka.cka_request(load, "resnet18-linf-8", "resnet18-standard-s0", "blocks", n=40,
+                               measure="svcca")
+    assert other.inputs["maps"] == "pool"

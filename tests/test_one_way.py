@@ -334,7 +334,8 @@ def test_the_cli_and_the_app_ask_for_the_same_keys(world, monkeypatch):
         page_params = {"a": params["a"], "b": params["b"], **extra.get(page, {})}
         at = run_app(f"pages/{page}.py", {k: str(v) for k, v in page_params.items()})
         assert not at.exception, (page, [e.value for e in at.exception])
-        view = views.view_jobs(load, page, page_params)
+        view = views.view_jobs(load, page, page_params) + views.view_extras(load, page,
+                                                                            page_params)
         keys = {j.key for j in view} | {n.key for j in view for n in j.needs.values()}
         assert asked and asked <= keys, (page, asked - keys)
 

@@ -90,7 +90,7 @@ def test_cka_page_under_another_measure_with_each_cell_calibrated(world):
     at = run_app("pages/cka.py", {"cka_n": "1000", "cka_measure": "rsa_spearman",
                                   "cka_cell": "[3, 2]"})
     assert not at.exception, [e.value for e in at.exception]
-    assert at.selectbox(key="cka_maps").value == "pool"   # the kernel's place, for a measure
+    assert at.selectbox(key="cka_kernel").disabled   # a measure of the registry takes no kernel
     click(at, "Compute")
     assert not at.exception, [e.value for e in at.exception]
     assert [m.label for m in at.metric] == ["RSA (Spearman)"]

@@ -49,6 +49,9 @@ class Page:
     settings: tuple
     view_jobs: Callable[[Loader, Mapping[str, Any]], list[Job]]
     summary: str = ""                 # what it shows, in a line (under its title, at home)
+    # what a view looks up beside its jobs, shown when stored or on a click, never shipped
+    # for every view (a clicked cell's calibration, a baseline, samples under an attack)
+    view_extras: Callable[[Loader, Mapping[str, Any]], list[Job]] | None = None
     about: str = ""                   # how, in its About popover
     paper: str = ""                   # the work it shows, in full and in short
     cite: str = ""

@@ -34,7 +34,7 @@ import io
 import itertools
 import time
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -44,7 +44,6 @@ from core.analyses import Analysis, Command, Page, Sweep, register, similarity
 from core.analyses.attacks import PGD, Attack, examples, perturb
 from core.analyses.unforeseen import JPEG, Gabor, Snow, Unforeseen
 from core.data import batch_sizes, batches
-from core.figures import Scale
 from core.jobs.results import write_json
 from core.jobs.runner import run_printed
 from core.models import zoo
@@ -294,6 +293,7 @@ class CKAResult:
     measure: str = "cka"            # "cka": the minibatch CKA of this module
     higher_is_similar: bool = True
     maps: str = "flatten"           # how a feature map enters the measure
+    passes: int = 1                 # the minibatch CKA's passes over the images
 
     def __post_init__(self) -> None:
         self.matrix = np.asarray(self.matrix, dtype=np.float64)
@@ -340,9 +340,15 @@ def describe_attack(attack: Attack | None) -> str:
     return attack.describe() if hasattr(attack, "describe") else repr(attack)
 
 
-def _layer_kernel(out: torch.Tensor, kernel: str, sigma_frac: float) -> torch.Tensor:
+# how a feature map enters the minibatch CKA: whole, or averaged over space (the paper's
+# --pool_features for large images; vectors enter as they are)
+MAPS = ("flatten", "pool")
+
+
+def _layer_kernel(out: torch.Tensor, kernel: str, sigma_frac: float,
+                  maps: str = "flatten") -> torch.Tensor:
     """One tap's (n, n) kernel from its output, which stays untouched."""
-    X = out.flatten(1)
+    X = (out.mean((2, 3)) if maps == "pool" and out.ndim == 4 else out).flatten(1)
     if X.dtype not in (torch.float32, torch.float64):
         X = X.float()  # half-precision Grams would lose the signal
     # the product is the costly step: in the activations' own precision, on the
@@ -354,14 +360,14 @@ def _layer_kernel(out: torch.Tensor, kernel: str, sigma_frac: float) -> torch.Te
 
 
 def _batch_kernels(model: Probe, x: torch.Tensor, layers: list[str], kernel: str,
-                   unbiased: bool, sigma_frac: float) -> _Kernels:
+                   unbiased: bool, sigma_frac: float, maps: str = "flatten") -> _Kernels:
     """One forward pass; every tap's kernel is taken inside its forward hook
     (Probe.features with reduce): activations are neither cloned nor kept, a
     kernel taken in the hook is safe from later in-place ops, and peak memory is
     the forward pass plus the (L, n, n) kernels, whatever the number of taps."""
     kernels = _Kernels(len(layers), x.shape[0], unbiased, model.device)
     taken = model.features(x.to(model.device), layers,
-                           reduce=lambda _name, out: _layer_kernel(out, kernel, sigma_frac))
+                           reduce=lambda _name, out: _layer_kernel(out, kernel, sigma_frac, maps))
     for i, name in enumerate(layers):
         kernels.k[i] = taken[name]
     kernels.centre()
@@ -377,7 +383,8 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
                limit: int | None = None, shuffle_seed: int | None = 0,
                examples_a: torch.Tensor | None = None,
                examples_b: torch.Tensor | None = None,
-               attack: Attack | None = None) -> CKAResult:
+               attack: Attack | None = None, passes: int = 1,
+               maps: str = "flatten") -> CKAResult:
     """Minibatch CKA of every layer of model_a against every layer of model_b.
 
     CKA = sum_b HSIC(K_b, L_b) / sqrt(sum_b HSIC(K_b, K_b) * sum_b HSIC(L_b, L_b))
@@ -400,6 +407,13 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
     used instead of running its attack again. attack: the same attack on both sides
     (the design's one-keyword form of attack_a = attack_b).
 
+    passes: the paper's dataset passes: the same images read again passes - 1 times, each
+    in another seeded batching (shuffled_order's next epochs over the images the first
+    pass read; a data set read by index only), the HSICs summed over every batch of
+    every pass; adversarial examples made beforehand are reused per image. maps:
+    "flatten" (each feature map whole) or "pool" (averaged over space first, the paper's
+    --pool_features for large images).
+
     Gram matrices are float32 products of the activations (of the activations
     minus the batch's first example where the mean dwarfs the spread, which
     keeps them precise), HSIC float64: CKA agrees with float64 to ~1e-6.
@@ -415,6 +429,12 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
         raise ValueError(f"adv_against must be one of {ADV_AGAINST}, not {adv_against!r}")
     if kernel == "rbf" and sigma_frac <= 0:
         raise ValueError(f"sigma_frac must be positive, not {sigma_frac}")
+    if not isinstance(passes, int) or passes < 1:
+        raise ValueError(f"passes must be a whole number of at least 1, not {passes!r}")
+    if passes > 1 and (shuffle_seed is None or not hasattr(loader, "subset")):
+        raise ValueError("several passes re-batch a data set read by index in a seeded order")
+    if maps not in MAPS:
+        raise ValueError(f"a feature map enters CKA flattened or pooled, not {maps!r}")
     layers_a = model_a.check_layers(layers_a if layers_a is not None else model_a.layers)
     layers_b = model_b.check_layers(layers_b if layers_b is not None else model_b.layers)
     if not layers_a or not layers_b:
@@ -447,12 +467,13 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
         if ex is not None and total is not None and len(ex) != total:
             raise ValueError(f"examples_{side} holds {len(ex)} images for {total} in the data")
 
-    def side_inputs(side: str, x: torch.Tensor, y: torch.Tensor, start: int) -> torch.Tensor:
+    def side_inputs(side: str, x: torch.Tensor, y: torch.Tensor,
+                    where: torch.Tensor) -> torch.Tensor:
         attack, ex = (attack_a, examples_a) if side == "a" else (attack_b, examples_b)
         if attack is None:
             return x
         if ex is not None:
-            return ex[start:start + len(x)].to(x.device)
+            return ex[where].to(x.device)
         model = target(side)
         return perturb(attack, model, x.to(model.device), y.to(model.device))
 
@@ -463,18 +484,19 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
     sum_bb = torch.zeros(len(layers_b), dtype=torch.float64, device=device)
     per_batch: list[torch.Tensor] = []
     done, largest = 0, 0
-    for x, y in batches(loader, batch_size, device, shuffle_seed, limit):
+    for x, y, where in _passes(loader, batch_size, device, shuffle_seed, limit, passes):
         check_input_size(x, model_a, model_b)
         if len(x) < min_n:
             raise ValueError(f"a batch of {len(x)} images is too small: "
                              f"{'unbiased' if unbiased else 'biased'} HSIC needs {min_n}")
-        xa = side_inputs("a", x, y, done)
-        ka = _batch_kernels(model_a, xa, names_a, kernel, unbiased, sigma_frac)
+        xa = side_inputs("a", x, y, where)
+        ka = _batch_kernels(model_a, xa, names_a, kernel, unbiased, sigma_frac, maps)
         if shared:
             kb = ka
         else:
-            xb = xa if same_inputs else side_inputs("b", x, y, done)
-            kb = _batch_kernels(model_b, xb, names_b, kernel, unbiased, sigma_frac).to(device)
+            xb = xa if same_inputs else side_inputs("b", x, y, where)
+            kb = _batch_kernels(model_b, xb, names_b, kernel, unbiased, sigma_frac,
+                                maps).to(device)
         hab = ka.cross(kb)[idx_a][:, idx_b]
         haa = ka.self_hsic()[idx_a]
         hbb = kb.self_hsic()[idx_b]
@@ -485,7 +507,8 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
         per_batch.append(_cka(hab, haa, hbb))
         done += len(x)
         largest = max(largest, len(x))
-        report(progress, done, total or done, f"CKA: {done} of {total or done} images")
+        whole = total * passes if total else done
+        report(progress, done, whole, f"CKA: {done} of {whole} images")
     if not per_batch:
         raise ValueError("cka_matrix got no data")
 
@@ -495,11 +518,32 @@ def cka_matrix(model_a: Probe, model_b: Probe, loader: Any,
               else torch.full_like(stacked[0], float("nan"))).cpu().numpy()
     return CKAResult(
         matrix=matrix, spread=spread, layers_a=layers_a, layers_b=layers_b,
-        model_a=model_a.identity(), model_b=model_b.identity(), n=done,
+        model_a=model_a.identity(), model_b=model_b.identity(), n=done // passes,
         n_batches=len(per_batch), kernel=kernel, unbiased=unbiased, batch_size=largest,
         sigma_frac=sigma_frac if kernel == "rbf" else None,
         attack_a=describe_attack(attack_a), attack_b=describe_attack(attack_b),
-        adv_against=adv_against, seconds=time.perf_counter() - start)
+        adv_against=adv_against, seconds=time.perf_counter() - start, passes=passes,
+        maps=maps)
+
+
+def _passes(loader: Any, batch_size: int, device: torch.device, shuffle_seed: int | None,
+            limit: int | None, passes: int
+            ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(x, y, positions) of every batch of every pass: the first pass as core.data.batches
+    reads the loader; the others re-batch the same images (its fixed subset) in the
+    next seeded orders. positions: each image's place in the first pass's order."""
+    done = 0
+    for x, y in batches(loader, batch_size, device, shuffle_seed, limit):
+        yield x, y, torch.arange(done, done + len(x))
+        done += len(x)
+    if passes > 1:
+        images = data.fixed_subset(loader, done, shuffle_seed)
+        for p in range(1, passes):
+            order = data.shuffled_order(done, shuffle_seed, epoch=p)
+            for s in range(0, done, batch_size):
+                where = order[s:s + batch_size]
+                x, y = next(batches(images.subset(where.tolist()), len(where), device, None))
+                yield x, y, where
 
 
 # ======================================================================= jobs
@@ -587,14 +631,22 @@ def cka_job(load: jobs.Loader, a: str, b: str, layers_a: str | list[str] = "bloc
             layers_b: str | list[str] = "blocks", inputs_a: str = "benign",
             inputs_b: str = "benign", adv_against: str = "self", kernel: str = "linear",
             n: int = 10_000, batch_size: int | None = None, sigma_frac: float = 0.8,
-            folder: str | None = None) -> jobs.Job:
+            folder: str | None = None, passes: int = 1, maps: str = "flatten") -> jobs.Job:
     """Layer x layer CKA of model a against model b (see cka_matrix) on
     the first n test images of the seeded order (of CIFAR-10, or of the image
-    `folder` at the models' input size), in seeded random batches."""
+    `folder` at the models' input size), in seeded random batches; `passes` batchings
+    of them, feature maps entering `maps` (flattened or pooled)."""
+    if maps not in MAPS:
+        raise ValueError(f"a feature map enters CKA flattened or pooled, not {maps!r}")
+    if not isinstance(passes, int) or not 1 <= passes <= 10:
+        raise ValueError(f"passes over the images: 1 to 10, not {passes!r}")
+    # the paper's options, in the key only where they differ from the shipped results'
+    options = {**({"passes": passes} if passes > 1 else {}),
+               **({"maps": maps} if maps != "flatten" else {})}
     args = {"a": a, "b": b, "layers_a": layers_a, "layers_b": layers_b, "inputs_a": inputs_a,
             "inputs_b": inputs_b, "adv_against": adv_against, "kernel": kernel, "n": n,
             "batch_size": batch_size, "sigma_frac": sigma_frac,
-            **({"folder": folder} if folder else {})}
+            **({"folder": folder} if folder else {}), **options}
     pa, pb = load(a), load(b)
     source = jobs.image_folder("CKA", folder, pa, pb)
     if source is not None:
@@ -610,7 +662,7 @@ def cka_job(load: jobs.Loader, a: str, b: str, layers_a: str | list[str] = "bloc
               "adv_against": adv_against, "kernel": kernel, "unbiased": True,
               "sigma_frac": sigma_frac if kernel == "rbf" else None,
               "batch_size": batch_size, "images": jobs.test_images(n) if source is None else
-              {"folder": source.identity(), "order": "fixed-shuffle-0", "n": n}}
+              {"folder": source.identity(), "order": "fixed-shuffle-0", "n": n}, **options}
     against = {"a": b if adv_against == "b" else a, "b": a if adv_against == "a" else b}
     # CIFAR-10's adversarial examples are made once and shared by every view; a folder's
     # are made batch by batch as CKA reads them (224 px examples would not fit the store)
@@ -624,7 +676,7 @@ def cka_job(load: jobs.Loader, a: str, b: str, layers_a: str | list[str] = "bloc
         res = cka_matrix(pa, pb, images, la, lb, kernel=kernel, unbiased=True,
                          attack_a=atk_a, attack_b=atk_b, adv_against=adv_against,
                          sigma_frac=sigma_frac, progress=progress, batch_size=batch_size,
-                         limit=n,
+                         limit=n, passes=passes, maps=maps,
                          examples_a=None if examples_a is None else examples_a["images"],
                          examples_b=None if examples_b is None else examples_b["images"])
         return res.to_dict()
@@ -677,13 +729,18 @@ def cka_request(load: jobs.Loader, x: str, y: str, layers: str | list[str],
                 in_x: str = "benign", in_y: str = "benign", against: str = "self",
                 kernel: str = "linear", n: int = 10_000, folder: str = "",
                 batch_size: int | None = None, measure: str = "cka",
-                maps: str = "pool") -> tuple[jobs.Job, bool]:
+                maps: str = "auto", passes: int = 1) -> tuple[jobs.Job, bool]:
     """The job behind CKA(x, y) (or another `measure` of core.analyses.similarity, its
     feature maps entering as `maps` says) and whether its matrix must be transposed: the
     two sides are put in one canonical order (by model, then inputs), so that B vs A is
     A vs B transposed and is computed and shipped once (by the app, the CLI and sweeps);
-    a measure that is not symmetric keeps the order asked."""
+    a measure that is not symmetric keeps the order asked. maps "auto": the minibatch CKA
+    flattens maps of models below 224 px and pools larger ones (as the paper does), the
+    other measures pool; passes: the minibatch CKA's passes over the images."""
     folder = folder or None
+    if maps == "auto":
+        large = max(load(x).input_size, load(y).input_size) >= 224
+        maps = "pool" if measure != "cka" or large else "flatten"
     if measure != "cka":
         if folder:
             raise similarity.SimilarityError(
@@ -702,10 +759,10 @@ def cka_request(load: jobs.Loader, x: str, y: str, layers: str | list[str],
                                          in_y, in_x, swapped), True
     if (x, in_x) <= (y, in_y):
         return cka_job(load, x, y, layers, layers, in_x, in_y, against, kernel, n, batch_size,
-                       folder=folder), False
+                       folder=folder, passes=passes, maps=maps), False
     swapped = {"a": "b", "b": "a"}.get(against, against)
     return cka_job(load, y, x, layers, layers, in_y, in_x, swapped, kernel, n, batch_size,
-                   folder=folder), True
+                   folder=folder, passes=passes, maps=maps), True
 
 
 def transposed_cka(value: Mapping[str, Any]) -> dict:
@@ -743,7 +800,8 @@ def cka_requests(load: jobs.Loader, s: Mapping[str, Any]) -> list[tuple[jobs.Job
     """The (job, transposed) behind each panel of a CKA view."""
     n, layers, kernel = int(s["cka_n"]), s["cka_layers"], s["cka_kernel"]
     folder = s.get("cka_folder", "")
-    measure = {"measure": s.get("cka_measure", "cka"), "maps": s.get("cka_maps", "pool")}
+    measure = {"measure": s.get("cka_measure", "cka"), "maps": s.get("cka_maps", "auto"),
+               "passes": int(s.get("cka_passes", 1))}
     if s["cka_view"] == "Paper view":
         return [cka_request(load, x, y, layers, s["cka_in_a"], s["cka_in_a"], "self", kernel, n,
                             folder, **measure) for x, y in cka_pairs(load, s)]
@@ -761,12 +819,29 @@ def calibration_requests(load: jobs.Loader, s: Mapping[str, Any], cell: tuple[in
     (first, second), = cka_pairs(load, s)
     la = jobs.layer_list(load(first), s["cka_layers"])
     lb = jobs.layer_list(load(second), s["cka_layers"])
-    common = {"measure": s["cka_measure"], "n": int(s["cka_n"]), "maps": s["cka_maps"],
+    maps = "pool" if s["cka_maps"] == "auto" else s["cka_maps"]
+    common = {"measure": s["cka_measure"], "n": int(s["cka_n"]), "maps": maps,
               "kernel": s["cka_kernel"], "inputs_a": s["cka_in_a"], "inputs_b": s["cka_in_b"],
               "adv_against": s["cka_against"]}
     i, j = cell
     return (similarity.calibration_job(load, first, second, la, lb, **common),
             similarity.calibration_job(load, first, second, [la[i]], [lb[j]], **common))
+
+
+def _seed_pair(s: Mapping[str, Any]) -> tuple[str, str] | None:
+    """Two standard models of the zoo that differ only in their seed (none on a folder)."""
+    standard = [n for n in zoo.names() if not zoo.is_robust(zoo.card(n))]
+    if len(standard) < 2 or s.get("cka_folder"):
+        return None
+    return standard[0], standard[1]
+
+
+def _baseline_request(load: jobs.Loader, s: Mapping[str, Any], x: str,
+                      y: str) -> tuple[jobs.Job, bool]:
+    return cka_request(load, x, y, s["cka_layers"], s["cka_in_a"], s["cka_in_b"],
+                       s["cka_against"], s["cka_kernel"], int(s["cka_n"]),
+                       measure=s["cka_measure"], maps=s["cka_maps"],
+                       passes=int(s["cka_passes"]))
 
 
 def seed_baseline(load: jobs.Loader, stored: Callable[[jobs.Job], Any], s: Mapping[str, Any],
@@ -775,20 +850,34 @@ def seed_baseline(load: jobs.Loader, stored: Callable[[jobs.Job], Any], s: Mappi
     view of two standard models of the zoo that differ only in their training seed, as
     (model, model, value) where that view is stored (the default views ship) and has the
     two layers; else None."""
-    standard = [n for n in zoo.names() if not zoo.is_robust(zoo.card(n))]
-    if len(standard) < 2 or s.get("cka_folder"):
+    pair = _seed_pair(s)
+    if pair is None:
         return None
-    x, y = standard[:2]
-    job, transposed = cka_request(load, x, y, s["cka_layers"], s["cka_in_a"], s["cka_in_b"],
-                                  s["cka_against"], s["cka_kernel"], int(s["cka_n"]),
-                                  measure=s["cka_measure"], maps=s["cka_maps"])
+    job, transposed = _baseline_request(load, s, *pair)
     value = stored(job)
     if value is None:
         return None
     res = CKAResult.from_dict(transposed_cka(value) if transposed else value)
     if layer_a not in res.layers_a or layer_b not in res.layers_b:
         return None
-    return x, y, float(res.matrix[res.layers_a.index(layer_a), res.layers_b.index(layer_b)])
+    return (*pair, float(res.matrix[res.layers_a.index(layer_a), res.layers_b.index(layer_b)]))
+
+
+def cka_extras(load: jobs.Loader, s: Mapping[str, Any]) -> list[jobs.Job]:
+    """What a view looks up beside its jobs: the selected cell's calibration (the whole
+    matrix's where shipped), the two standard seeds' view, the samples under its attacks."""
+    out = list(example_requests(load, s))
+    if s["cka_view"] == "Explore":
+        (first, second), = cka_pairs(load, s)
+        i, j = s["cka_cell"] if isinstance(s.get("cka_cell"), (list, tuple)) else (0, 0)
+        la = jobs.layer_list(load(first), s["cka_layers"])
+        lb = jobs.layer_list(load(second), s["cka_layers"])
+        calibration = calibration_requests(load, s, (min(i, len(la) - 1), min(j, len(lb) - 1)))
+        out += list(calibration or ())
+        baseline = _seed_pair(s)
+        if baseline is not None:
+            out.append(_baseline_request(load, s, *baseline)[0])
+    return out
 
 
 def measure_title(measure: str) -> str:
@@ -796,12 +885,13 @@ def measure_title(measure: str) -> str:
     return "CKA" if measure == "cka" else similarity.MEASURES[measure].title
 
 
-def measure_scale(measure: str) -> Scale:
-    """A measure's colours in a figure: its name, its fixed range, which end is similar."""
+def measure_scale(measure: str) -> tuple[str, float, float, bool]:
+    """A measure's colours in a figure (figures.Scale): its name, its fixed range, and
+    whether it is a distance (low values the similar ones)."""
     if measure == "cka":
-        return Scale()
+        return "CKA", 0.0, 1.0, False
     m = similarity.MEASURES[measure]
-    return Scale(m.title, *m.value_range, distance=not m.higher_is_similar)
+    return (m.title, *m.value_range, not m.higher_is_similar)
 
 
 def result_caption(res: CKAResult) -> str:
@@ -908,8 +998,11 @@ def _cli_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--measure", default="cka", choices=["cka", *similarity.MEASURES],
                    help="cka: the minibatch CKA (--kernel); any other measure of the registry "
                         "compares all images at once (python -m core similarity lists them)")
-    p.add_argument("--maps", default="pool", choices=["pool", "flatten"],
-                   help="with --measure: a feature map enters averaged over space, or whole")
+    p.add_argument("--maps", default="auto", choices=["auto", *MAPS],
+                   help="a feature map enters averaged over space (pool) or whole (flatten); "
+                        "auto: whole for the minibatch CKA below 224 px, else pooled")
+    p.add_argument("--passes", type=int, default=1,
+                   help="the minibatch CKA's passes over the images (other batchings)")
     p.add_argument("-n", type=int, default=10_000, help="test images")
     p.add_argument("--batch-size", type=int, help="default: 1024 (fewer for small -n)")
     p.add_argument("--folder", default="", help="an image folder (ROOT/CLASS/IMAGE) instead "
@@ -925,7 +1018,8 @@ def _cli(args: argparse.Namespace) -> Any:
     layers = args.layers if args.layers in jobs.LAYER_SETS else args.layers.split(",")
     job, transposed = cka_request(zoo.loader(args.device), args.a, args.b or args.a, layers,
                                   args.adv_a, args.adv_b, args.against, args.kernel, args.n,
-                                  args.folder, args.batch_size, args.measure, args.maps)
+                                  args.folder, args.batch_size, args.measure, args.maps,
+                                  args.passes)
     value = run_printed(job, args.force)
     value = transposed_cka(value) if transposed else value
     if args.out is None:
@@ -938,7 +1032,7 @@ def _cli(args: argparse.Namespace) -> Any:
 
 def _grid(options: Mapping[str, Any], models: list[str], load: jobs.Loader) -> list[jobs.Job]:
     """cka: {pairs: all | [[a, b], ...], layers, inputs: [benign, linf, l2, snow, ...],
-    kernel, measure: [cka, svcca, ...], maps, n, folder}: every pair (each once: B vs A is
+    kernel, measure: [cka, svcca, ...], maps, passes, n, folder}: every pair (each once: B vs A is
     A vs B transposed) at each input, kernel and measure."""
     from core.jobs import sweep
     grid = itertools.product(sweep.pairs(options.get("pairs"), models, False, "cka"),
@@ -949,7 +1043,8 @@ def _grid(options: Mapping[str, Any], models: list[str], load: jobs.Loader) -> l
     for (x, y), inputs, kernel, measure in grid:
         job = cka_request(load, x, y, options.get("layers", "blocks"), inputs, inputs, "self",
                           kernel, int(options.get("n", 10_000)), options.get("folder", ""),
-                          measure=measure, maps=options.get("maps", "pool"))[0]
+                          measure=measure, maps=options.get("maps", "auto"),
+                          passes=int(options.get("passes", 1)))[0]
         jobs_seen.setdefault(job.key, job)   # a measure takes no kernel: one job each
     return list(jobs_seen.values())
 
@@ -983,11 +1078,17 @@ SETTINGS = (
             help=MEASURE_HELP),
     Setting("cka_kernel", "linear", "Kernel", KERNELS,
             {"linear": "linear", "rbf": "RBF (0.8 x median)"}),
-    Setting("cka_maps", "pool", "Feature maps", ("pool", "flatten"),
-            {"pool": "pooled", "flatten": "flattened"},
-            help="How a layer's feature map enters a measure other than the minibatch CKA: "
-                 "averaged over space (one value per channel), or whole. The CCA family "
-                 "refuses more than 4,096 dimensions, and all images' features must fit 4 GB."),
+    Setting("cka_maps", "auto", "Feature maps", ("auto", "pool", "flatten"),
+            {"auto": "auto", "pool": "pooled", "flatten": "flattened"},
+            help="How a layer's feature map enters the measure: averaged over space (one "
+                 "value per channel), or whole. Auto: whole for the minibatch CKA below "
+                 "224 px, pooled for larger models (the paper's --pool_features) and for the "
+                 "other measures (the CCA family refuses more than 4,096 dimensions, and "
+                 "all images' features must fit 4 GB)."),
+    Setting("cka_passes", 1, "Passes", (1, 2, 3, 5),
+            help="The paper's dataset passes for the minibatch CKA: the same images read "
+                 "again in other seeded batchings, the HSICs summed over all of them (the "
+                 "estimate then depends less on how the images fell into batches)."),
     Setting("cka_cell", [0, 0], "Layer pair"),
     Setting("cka_folder", "", "Image folder", help=FOLDER_HELP, server_path=True),
 )
@@ -1006,7 +1107,7 @@ register(Analysis(
     commands=(Command("cka", _cli_arguments, _cli),),
     sweeps=(Sweep("cka", _grid),),
     pages=(Page("cka", "pages/cka.py", "CKA explorer", ":material/grid_on:", 1, SETTINGS,
-                cka_jobs,
+                cka_jobs, view_extras=cka_extras,
                 summary="How similar are the representations of two layers? Linear CKA over "
                         "CIFAR-10 test images or an image folder",
                 about="Centered Kernel Alignment of every layer of one model with every layer of "

@@ -150,6 +150,13 @@ def view_jobs(load: Loader, page: str, params: Mapping[str, Any]) -> list[Job]:
     return _pages()[page].view_jobs(load, s) if page else []
 
 
+def view_extras(load: Loader, page: str, params: Mapping[str, Any]) -> list[Job]:
+    """What the view (page, params) looks up beside its jobs (Page.view_extras)."""
+    s = settings(page, params)
+    extras = _pages()[page].view_extras if page else None
+    return extras(load, s) if extras else []
+
+
 # -------------------------------------------------------------------- decks
 
 def load_deck(path: str | Path) -> dict:
