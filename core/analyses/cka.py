@@ -245,6 +245,24 @@ def _pair_cka(K: torch.Tensor, L: torch.Tensor, unbiased: bool) -> float:
     return float(_cka(h[:1, 1:], s[:1], s[1:])[0, 0])
 
 
+def centred_kernel(K: Array, unbiased: bool = False) -> torch.Tensor:
+    """A kernel centred as HSIC centres it (HKH, or the U-centring with its zero
+    diagonal): HSIC(K, L) is then <Kc, Lc> / a constant, and centring commutes with a
+    permutation of the images (a permutation null needs one centring)."""
+    K = _as_kernel(K)
+    kernels = _Kernels(1, K.shape[0], unbiased, K.device)
+    kernels.k[0] = 0 if _is_constant(K) else K
+    kernels.centre()
+    return kernels.k[0]
+
+
+def centred_cka(Kc: torch.Tensor, Lc: torch.Tensor) -> float:
+    """CKA of two kernels centred alike (centred_kernel)."""
+    hab, haa, hbb = (torch.dot(u.flatten(), v.flatten()).view(1)
+                     for u, v in ((Kc, Lc), (Kc, Kc), (Lc, Lc)))
+    return float(_cka(hab.view(1, 1), haa, hbb)[0, 0])
+
+
 def kernel_cka(K: Array, L: Array, unbiased: bool = False) -> float:
     """CKA of two representations given as their (n, n) kernels (Gram matrices)."""
     return _pair_cka(_as_kernel(K), _as_kernel(L), unbiased)

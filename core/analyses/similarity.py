@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from core import data, jobs
 from core.analyses import Analysis, Command, register
@@ -82,6 +83,9 @@ class Measure:
     # its rows and columns picked (calibration in O(n^2) a draw)
     gram: Callable[[torch.Tensor], torch.Tensor] | None = None
     from_grams: Callable[[torch.Tensor, torch.Tensor], float] | None = None
+    # the CKA family's centring commutes with permuting the images: a kernel centred
+    # once serves every permutation of the null (one product each)
+    centred: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     def invariances(self) -> str:
         """In words, for a page's help."""
@@ -189,13 +193,8 @@ def rdm(X: Array) -> torch.Tensor:
 
 
 def _ranks(v: torch.Tensor) -> torch.Tensor:
-    """Ranks with ties averaged (Spearman)."""
-    order = torch.argsort(v)
-    ranks = torch.empty_like(v)
-    ranks[order] = torch.arange(1, len(v) + 1, dtype=v.dtype)
-    values, inverse, counts = torch.unique(v, return_inverse=True, return_counts=True)
-    sums = torch.zeros(len(values), dtype=v.dtype).index_add_(0, inverse, ranks)
-    return (sums / counts)[inverse]
+    """Ranks with ties averaged (Spearman), as scipy.stats.rankdata gives them."""
+    return torch.from_numpy(rankdata(v.cpu().numpy())).to(v)
 
 
 def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -247,6 +246,7 @@ def _cka_measure(name: str, title: str, kernel: str, unbiased: bool, **kw: Any) 
         return cka.kernel_cka(k, other, unbiased)
     return Measure(name, title, lambda x, y: from_grams(gram(x), gram(y)), _ALL,
                    gram=gram, from_grams=from_grams,
+                   centred=lambda k: cka.centred_kernel(k, unbiased),
                    resample="half" if unbiased else "bootstrap", **kw)
 
 
@@ -333,7 +333,12 @@ def _calibrated(a: torch.Tensor, b: torch.Tensor, m: Measure, permutations: int,
     observed = value(None, None)
     # the orders come from core.data's one seeded shuffle, the k-th draw per permutation
     orders = data.shuffled_orders(n, seed)
-    null = np.array([value(None, next(orders)) for _ in range(permutations)])
+    if m.centred is not None:
+        ca, cb = m.centred(a), m.centred(b)
+        null = np.array([cka.centred_cka(ca, cb[p][:, p])
+                         for p in (next(orders) for _ in range(permutations))])
+    else:
+        null = np.array([value(None, next(orders)) for _ in range(permutations)])
     sign = 1.0 if m.higher_is_similar else -1.0
     halves = data.shuffled_orders(n, seed + 1)
     picks = [torch.randint(0, n, (n,), generator=g) if m.resample == "bootstrap"
