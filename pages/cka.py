@@ -86,7 +86,9 @@ def calibration(res: CKAResult, i: int, j: int) -> None:
         st.caption("Calibrating this cell (a permutation null and a 95% interval) reads "
                    "CIFAR-10's test images: `python -m core data --download` gets them.")
     else:
-        cal, (r, c) = page.result(one, "Calibrate this cell", "cka_calibrate", auto=True), (0, 0)
+        # a click on a cell computes its calibration; opening a view computes nothing
+        cal, (r, c) = page.result(one, "Calibrate this cell", "cka_calibrate",
+                                  auto=state.picked("cka_cell")), (0, 0)
     if cal is not None:
         st.caption(similarity.describe_calibration(cal, r, c))
     baseline = cka.seed_baseline(backend.model, backend.stored, settings, res.layers_a[i],
@@ -100,7 +102,7 @@ def calibration(res: CKAResult, i: int, j: int) -> None:
 
 def attacked_inputs(job) -> None:
     """A few samples and their attacked versions, with the attacked model's answers."""
-    value = page.result(job, f"Show: {job.label}", f"cka_examples_{job.key[:12]}", auto=True)
+    value = page.result(job, f"Show {job.label}", f"cka_examples_{job.key[:12]}")
     if value is None:
         return
     names = value["classes"]
@@ -120,13 +122,6 @@ def heatmap_exports(res: CKAResult, job, title: str, stem: str, row: str, col: s
         ("Data, JSON", lambda: exports.to_json(res.to_dict(), inputs), ".json", "application/json"),
     ])
 
-
-with page.guard():
-    shown = cka.example_requests(backend.model, settings)
-if shown:
-    with st.expander("What the attacked inputs look like", icon=":material/image:"):
-        for example_job in shown:
-            attacked_inputs(example_job)
 
 with page.guard():
     requests = cka.cka_requests(backend.model, settings)
@@ -208,3 +203,11 @@ with page.guard():
             lambda fmt: exports.panels(items, inputs, fmt, cap)) + [
             ("Data, JSON", lambda: exports.to_json([r.to_dict() for r in results], inputs), ".json",
              "application/json")])
+
+# below the figure, which draws first; a talk shows the figure alone
+with page.guard():
+    shown = [] if big else cka.example_requests(backend.model, settings)
+if shown:
+    with st.expander("What the attacked inputs look like", icon=":material/image:"):
+        for example_job in shown:
+            attacked_inputs(example_job)

@@ -539,3 +539,18 @@ def test_passes_and_pooling_enter_the_key_only_when_asked(world):
     other, _ = cka.cka_request(load, "resnet18-linf-8", "resnet18-standard-s0", "blocks", n=40,
                                measure="svcca")
     assert other.inputs["maps"] == "pool"
+
+
+@pytest.mark.parametrize("unbiased", [False, True])
+@pytest.mark.parametrize("n, d1, d2", [(300, 10, 8), (40, 3, 90), (200, 64, 32)])
+def test_linear_cka_through_features_equals_the_kernel_form(n, d1, d2, unbiased):
+    """Narrow features take the X^T Y route (no n x n kernel): the same value as the
+    kernels', a large mean and a constant side included."""
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(n, d1, generator=g, dtype=torch.float64) * 3 + 50
+    y = torch.tanh(x[:, :min(d1, d2)] @ torch.randn(min(d1, d2), d2, generator=g,
+                                                      dtype=torch.float64) / 50)
+    y = y + 0.3 * torch.randn(n, d2, generator=g, dtype=torch.float64)
+    kernels = cka._pair_cka(cka.gram_linear(x), cka.gram_linear(y), unbiased)
+    assert cka.linear_cka(x, y, unbiased) == pytest.approx(kernels, abs=1e-10)
+    assert cka.linear_cka(x, torch.full((n, d2), 7.0), unbiased) == 0.0

@@ -73,6 +73,9 @@ def test_cka_on_the_unforeseen_attacks_inputs(world):
     assert not at.exception, [e.value for e in at.exception]
     # a few samples under each attack, against the model each side's examples are made for
     assert "What the attacked inputs look like" in [e.label for e in at.expander]
+    while any(b.label.startswith("Show ") for b in at.button):   # opening computes nothing
+        click(at, "Show ")
+        assert not at.exception, [e.value for e in at.exception]
     assert "Snow (unforeseen) on 8 samples against resnet18-l2-1.0" in texts(at)
     assert "JPEG (unforeseen) on 8 samples against resnet18-standard-s0" in texts(at)
     while any(b.label.startswith("Compute") for b in at.button):
@@ -94,6 +97,8 @@ def test_cka_page_under_another_measure_with_each_cell_calibrated(world):
     click(at, "Compute")
     assert not at.exception, [e.value for e in at.exception]
     assert [m.label for m in at.metric] == ["RSA (Spearman)"]
+    click(at, "Calibrate this cell")   # a cell opened from a link: calibrated on request
+    assert not at.exception, [e.value for e in at.exception]
     shown = texts(at)
     assert "Calibrated on the first 80 images as RSA (Spearman)" in shown
     assert "95% interval" in shown and "p = " in shown

@@ -207,4 +207,11 @@ def pick_cell(chart_key: str, state_key: str) -> Callable[[], None]:
         if points and points[0].get("customdata"):
             st.session_state[state_key] = [int(points[0]["customdata"][0]),
                                            int(points[0]["customdata"][1])]
+            st.session_state[f"picked:{state_key}"] = True
     return callback
+
+
+def picked(state_key: str) -> bool:
+    """Whether this session has clicked a cell into state_key (a view opened at a cell
+    from a link or a deck has not): what a click asks for may start at once."""
+    return bool(st.session_state.get(f"picked:{state_key}"))

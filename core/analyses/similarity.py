@@ -244,8 +244,11 @@ def _cka_measure(name: str, title: str, kernel: str, unbiased: bool, **kw: Any) 
 
     def from_grams(k: torch.Tensor, other: torch.Tensor) -> float:
         return cka.kernel_cka(k, other, unbiased)
-    return Measure(name, title, lambda x, y: from_grams(gram(x), gram(y)), _ALL,
-                   gram=gram, from_grams=from_grams,
+    def compute(x: torch.Tensor, y: torch.Tensor) -> float:
+        if kernel == "linear":   # through the features where they are narrower than n
+            return cka.linear_cka(x, y, unbiased)
+        return from_grams(gram(x), gram(y))
+    return Measure(name, title, compute, _ALL, gram=gram, from_grams=from_grams,
                    centred=lambda k: cka.centred_kernel(k, unbiased),
                    resample="half" if unbiased else "bootstrap", **kw)
 
@@ -357,9 +360,11 @@ def _calibrated(a: torch.Tensor, b: torch.Tensor, m: Measure, permutations: int,
 
 
 def matrix(features_a: Mapping[str, Array], features_b: Mapping[str, Array],
-           measure: str = "linear_cka", how: str = "flatten") -> np.ndarray:
+           measure: str = "linear_cka", how: str = "flatten",
+           progress: Reporter | None = None) -> np.ndarray:
     """A layer x layer matrix of `measure` between two models' features of the same
-    images ({layer: activations}), each map entering as `how` says."""
+    images ({layer: activations}), each map entering as `how` says; progress: an Event
+    after every row of cells."""
     m = MEASURES.get(measure)
     if m is None:
         raise SimilarityError(f"no similarity measure is called {measure!r}; the measures: "
@@ -367,12 +372,18 @@ def matrix(features_a: Mapping[str, Array], features_b: Mapping[str, Array],
     a = {k: rows(v, how) for k, v in features_a.items()}
     b = {k: rows(v, how) for k, v in features_b.items()}
     n = len(next(iter(a.values())))
-    if m.gram is None or n * n * 8 * (len(a) + len(b)) > KERNEL_BYTES:
-        return np.array([[compare(x, y, measure) for y in b.values()] for x in a.values()])
-    # each layer's (n, n) matrix once, not once per cell
-    ka = [m.gram(_checked(x, x)[0]) for x in a.values()]
-    kb = [m.gram(_checked(y, y)[0]) for y in b.values()]
-    return np.array([[m.from_grams(k, other) for other in kb] for k in ka])
+    kept = m.gram is not None and n * n * 8 * (len(a) + len(b)) <= KERNEL_BYTES
+    # each layer's (n, n) matrix once where they fit, not once per cell
+    kb = [m.gram(_checked(y, y)[0]) for y in b.values()] if kept else None
+    out = []
+    for i, x in enumerate(a.values()):
+        if kept:
+            k = m.gram(_checked(x, x)[0])
+            out.append([m.from_grams(k, other) for other in kb])
+        else:
+            out.append([compare(x, y, measure) for y in b.values()])
+        report(progress, i + 1, len(a), f"{MEASURES[measure].title}: row {i + 1} of {len(a)}")
+    return np.array(out)
 
 
 # matrix() keeps every layer's (n, n) kernel when they fit this: at 2,000 images 32 MB each
@@ -443,7 +454,7 @@ def similarity_job(load: jobs.Loader, a: str, b: str, measure: str = "linear_cka
                 done += len(x)
                 report(progress, done, n, f"features of {done:,} images")
         joined = {side: {k: torch.cat(v) for k, v in f.items()} for side, f in feats.items()}
-        values = matrix(joined["a"], joined["b"], measure)
+        values = matrix(joined["a"], joined["b"], measure, progress=progress)
         return {"matrix": values, "spread": np.full_like(values, np.nan), "layers_a": la,
                 "layers_b": lb, "model_a": pa.identity(), "model_b": pb.identity(), "n": done,
                 "n_batches": 1, "kernel": "linear" if "rbf" not in measure else "rbf",

@@ -1217,7 +1217,7 @@ Recipe = str | Mapping[str, Any] | None
 # What robust accuracy may be measured under: the recipe's PGD-20, or one of the CKA
 # paper's unforeseen attacks at its evaluation parameters (a recipe's "attack" may name one)
 ROBUST_ATTACKS: dict[str, Any] = {"snow": Snow(), "gabor": Gabor(), "jpeg": JPEG()}
-ROBUST_ATTACK_LABELS = {"": "PGD-20 Linf (the recipe's)", "snow": "Snow (unforeseen)",
+ROBUST_ATTACK_LABELS = {"": "PGD-20 Linf", "snow": "Snow (unforeseen)",
                         "gabor": "Gabor (unforeseen)", "jpeg": "JPEG (unforeseen)"}
 
 
