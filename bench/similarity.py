@@ -108,9 +108,9 @@ def main() -> None:
     theirs = peers(fa, fb)
     rows = []
     for name in similarity.MEASURES:
-        matrix, seconds = timed(lambda: similarity.matrix(fa, fb, name))
-        x, y = fa["layer3.1"], fb["layer3.1"]
-        _, cell = timed(lambda: similarity.compare(x, y, name), repeat=3)
+        matrix, seconds = timed(lambda name=name: similarity.matrix(fa, fb, name))
+        _, cell = timed(lambda name=name: similarity.compare(fa["layer3.1"], fb["layer3.1"],
+                                                             name), repeat=3)
         row = {"measure": name, "matrix_s": round(seconds, 3), "cell_s": round(cell, 4)}
         if name in theirs:
             peer, value, peer_s = theirs[name]
