@@ -22,11 +22,9 @@ HEIGHT = 470 if big else 540          # the heatmap fits a 1280x720 projector wi
 with st.container(key="settings"):
     top = st.columns([4, 1.3], vertical_alignment="bottom")
     view = state.segmented(top[0], PAGE, "cka_view", label_visibility="collapsed")
-    with top[1].popover("Estimator", icon=":material/tune:", width="stretch"):
-        state.selectbox(st, PAGE, "cka_maps")
-        state.selectbox(st, PAGE, "cka_passes")
+    estimator = top[1].popover("Estimator", icon=":material/tune:", width="stretch")
     with st.container(border=True):
-        c = st.columns([1, 1, 1, 1.05, 0.95, 1.25, 0.85, 1.15])
+        c = st.columns([1.1, 1, 1, 1.1, 1, 1.2, 1.3])
         if view == "Explore":
             state.selectbox(c[0], PAGE, "cka_pair")
         in_a = state.selectbox(c[1], PAGE, "cka_in_a",
@@ -37,8 +35,11 @@ with st.container(key="settings"):
                             disabled=in_a == "benign" and in_b == "benign")
         state.selectbox(c[4], PAGE, "cka_layers")
         measure = state.selectbox(c[5], PAGE, "cka_measure")
-        state.selectbox(c[6], PAGE, "cka_kernel", disabled=measure != "cka")
-        state.select_slider(c[7], PAGE, "cka_n")
+        state.select_slider(c[6], PAGE, "cka_n")
+    with estimator:   # how the chosen measure is estimated
+        state.selectbox(st, PAGE, "cka_kernel", disabled=measure != "cka")
+        state.selectbox(st, PAGE, "cka_maps")
+        state.selectbox(st, PAGE, "cka_passes", disabled=measure != "cka")
         state.folder(st, PAGE, "cka_folder", a, b)
 settings = state.current(PAGE)
 state.publish(PAGE)
