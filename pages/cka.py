@@ -91,12 +91,13 @@ def calibration(res: CKAResult, i: int, j: int) -> None:
         cal, (r, c) = page.result(one, "Calibrate this cell", "cka_calibrate",
                                   auto=state.picked("cka_cell")), (0, 0)
     if cal is not None:
-        st.caption(similarity.describe_calibration(cal, r, c))
+        st.caption(similarity.describe_calibration(cal, r, c, brief=big))
     baseline = cka.seed_baseline(backend.model, backend.stored, settings, res.layers_a[i],
                                  res.layers_b[j])
     if baseline is not None:
         x, y, seeds = baseline
-        st.caption(f"Two standard models that differ only in their seed ({backend.label(x)}, "
+        st.caption(f"Two standard seeds: {seeds:.3f}" if big else
+                   f"Two standard models that differ only in their seed ({backend.label(x)}, "
                    f"{backend.label(y)}), same layers and inputs: {seeds:.3f} (the natural "
                    "baseline).")
 

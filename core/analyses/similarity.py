@@ -559,9 +559,14 @@ def calibration_job(load: jobs.Loader, a: str, b: str, layers_a: str | list[str]
                      args, needs)
 
 
-def describe_calibration(cal: Mapping[str, Any], i: int, j: int) -> str:
-    """A calibration's cell (row i, column j) in two sentences."""
+def describe_calibration(cal: Mapping[str, Any], i: int, j: int, brief: bool = False) -> str:
+    """A calibration's cell (row i, column j) in two sentences, or in one line (brief:
+    a projector's)."""
     m = MEASURES[cal["measure"]]
+    if brief:
+        return (f"95% interval [{float(cal['low'][i][j]):.3f}, {float(cal['high'][i][j]):.3f}]"
+                f" · shuffled images: {float(cal['null_95'][i][j]):.3f} "
+                f"({'95th' if m.higher_is_similar else '5th'} pct.)")
     how = ("bootstrap of images" if cal["resample"] == "bootstrap"
            else "half-samples of images")
     percentile = "95th" if m.higher_is_similar else "5th"
