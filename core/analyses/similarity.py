@@ -86,6 +86,10 @@ class Measure:
     # the CKA family's centring commutes with permuting the images: a kernel centred
     # once serves every permutation of the null (one product each)
     centred: Callable[[torch.Tensor], torch.Tensor] | None = None
+    # what a layer x layer matrix keeps of each layer, made once (a kernel, an RDM's
+    # ranked triangle), and the value of two such: not once per cell
+    prepare: Callable[[torch.Tensor], torch.Tensor] | None = None
+    from_prepared: Callable[[torch.Tensor, torch.Tensor], float] | None = None
 
     def invariances(self) -> str:
         """In words, for a page's help."""
@@ -211,11 +215,14 @@ def rsa(X: Array, Y: Array, method: str = "pearson") -> float:
 def rdm_correlation(a: torch.Tensor, b: torch.Tensor, method: str = "pearson") -> float:
     """RSA of two (n, n) dissimilarity matrices: the Pearson or Spearman correlation of
     their upper triangles."""
-    upper = torch.triu_indices(len(a), len(a), 1)
-    a, b = a[upper[0], upper[1]], b[upper[0], upper[1]]
-    if method == "spearman":
-        a, b = _ranks(a), _ranks(b)
-    return _pearson(a, b)
+    return _pearson(_triangle(a, method), _triangle(b, method))
+
+
+def _triangle(r: torch.Tensor, method: str = "pearson") -> torch.Tensor:
+    """An RDM's upper triangle as RSA compares it: its values, or their ranks."""
+    upper = torch.triu_indices(len(r), len(r), 1)
+    values = r[upper[0], upper[1]]
+    return _ranks(values) if method == "spearman" else values
 
 
 def mutual_knn(X: Array, Y: Array, k: int = 10) -> float:
@@ -248,7 +255,9 @@ def _cka_measure(name: str, title: str, kernel: str, unbiased: bool, **kw: Any) 
         if kernel == "linear":   # through the features where they are narrower than n
             return cka.linear_cka(x, y, unbiased)
         return from_grams(gram(x), gram(y))
-    return Measure(name, title, compute, _ALL, gram=gram, from_grams=from_grams,
+    # linear: a cell through the features is cheaper than keeping the layers' kernels
+    kept = {} if kernel == "linear" else {"prepare": gram, "from_prepared": from_grams}
+    return Measure(name, title, compute, _ALL, gram=gram, from_grams=from_grams, **kept,
                    centred=lambda k: cka.centred_kernel(k, unbiased),
                    resample="half" if unbiased else "bootstrap", **kw)
 
@@ -274,10 +283,12 @@ MEASURES: dict[str, Measure] = {m.name: m for m in (
             help="The angle between the two after the best rotation (radians, 0: the same)."),
     Measure("rsa_pearson", "RSA (Pearson)", rsa,
             frozenset({"isotropic_scaling", "permutation"}), gram=rdm, from_grams=rdm_correlation,
+            prepare=lambda x: _triangle(rdm(x)), from_prepared=_pearson,
             help="Correlation of the two dissimilarity matrices (1 - Pearson r of images)."),
     Measure("rsa_spearman", "RSA (Spearman)", lambda x, y: rsa(x, y, "spearman"),
             frozenset({"isotropic_scaling", "permutation"}), gram=rdm,
-            from_grams=lambda a, b: rdm_correlation(a, b, "spearman")),
+            from_grams=lambda a, b: rdm_correlation(a, b, "spearman"),
+            prepare=lambda x: _triangle(rdm(x), "spearman"), from_prepared=_pearson),
     Measure("mutual_knn", "mutual k-NN", mutual_knn,
             frozenset({"orthogonal", "isotropic_scaling", "permutation"}), resample="half",
             help="Share of each image's 10 nearest neighbours both representations agree on "
@@ -372,14 +383,14 @@ def matrix(features_a: Mapping[str, Array], features_b: Mapping[str, Array],
     a = {k: rows(v, how) for k, v in features_a.items()}
     b = {k: rows(v, how) for k, v in features_b.items()}
     n = len(next(iter(a.values())))
-    kept = m.gram is not None and n * n * 8 * (len(a) + len(b)) <= KERNEL_BYTES
-    # each layer's (n, n) matrix once where they fit, not once per cell
-    kb = [m.gram(_checked(y, y)[0]) for y in b.values()] if kept else None
+    kept = m.prepare is not None and n * n * 8 * (len(a) + len(b)) <= KERNEL_BYTES
+    # what the measure reads of each layer, once where it fits, not once per cell
+    kb = [m.prepare(_checked(y, y)[0]) for y in b.values()] if kept else None
     out = []
     for i, x in enumerate(a.values()):
         if kept:
-            k = m.gram(_checked(x, x)[0])
-            out.append([m.from_grams(k, other) for other in kb])
+            k = m.prepare(_checked(x, x)[0])
+            out.append([m.from_prepared(k, other) for other in kb])
         else:
             out.append([compare(x, y, measure) for y in b.values()])
         report(progress, i + 1, len(a), f"{MEASURES[measure].title}: row {i + 1} of {len(a)}")
