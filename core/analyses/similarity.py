@@ -45,7 +45,7 @@ from core.errors import RobustLensError
 from core.jobs.results import write_json
 from core.jobs.runner import run_printed
 from core.models import zoo
-from core.progress import Reporter, report
+from core.progress import Reporter, report, span
 
 Array = Any   # a tensor or an array, (n, ...)
 
@@ -463,9 +463,10 @@ def similarity_job(load: jobs.Loader, a: str, b: str, measure: str = "linear_cka
                     for layer, h in probe.features(seen, layer_names).items():
                         feats[side][layer].append(rows(h, maps).cpu())
                 done += len(x)
-                report(progress, done, n, f"features of {done:,} images")
+                # the features fill the first half of the bar, the matrix's rows the rest
+                report(span(progress, 0.0, 0.5), done, n, f"features of {done:,} images")
         joined = {side: {k: torch.cat(v) for k, v in f.items()} for side, f in feats.items()}
-        values = matrix(joined["a"], joined["b"], measure, progress=progress)
+        values = matrix(joined["a"], joined["b"], measure, progress=span(progress, 0.5, 0.5))
         return {"matrix": values, "spread": np.full_like(values, np.nan), "layers_a": la,
                 "layers_b": lb, "model_a": pa.identity(), "model_b": pb.identity(), "n": done,
                 "n_batches": 1, "kernel": "linear" if "rbf" not in measure else "rbf",
