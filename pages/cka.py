@@ -36,11 +36,11 @@ with st.container(key="settings"):
         state.selectbox(c[4], PAGE, "cka_layers")
         measure = state.selectbox(c[5], PAGE, "cka_measure")
         state.select_slider(c[6], PAGE, "cka_n")
+        state.folder(st, PAGE, "cka_folder", a, b)
     with estimator:   # how the chosen measure is estimated
         state.selectbox(st, PAGE, "cka_kernel", disabled=measure != "cka")
         state.selectbox(st, PAGE, "cka_maps")
         state.selectbox(st, PAGE, "cka_passes", disabled=measure != "cka")
-        state.folder(st, PAGE, "cka_folder", a, b)
 settings = state.current(PAGE)
 state.publish(PAGE)
 name = {"A": backend.label(a), "B": backend.label(b)}
