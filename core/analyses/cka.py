@@ -956,8 +956,10 @@ def measure_scale(measure: str) -> tuple[str, float, float, bool]:
 def result_caption(res: CKAResult) -> str:
     """How a matrix was estimated, in a line under it."""
     if res.measure == "cka":
-        return (f"{res.n:,} images, batches of {res.batch_size}, {res.kernel} kernel, "
-                f"unbiased HSIC; computed in {res.seconds:.0f} s.")
+        passes = f" x {res.passes} passes" if res.passes > 1 else ""
+        pooled = ", feature maps pooled over space" if res.maps == "pool" else ""
+        return (f"{res.n:,} images{passes}, batches of {res.batch_size}, {res.kernel} kernel, "
+                f"unbiased HSIC{pooled}; computed in {res.seconds:.0f} s.")
     m = similarity.MEASURES[res.measure]
     maps = "pooled over space" if res.maps == "pool" else "flattened"
     return (f"{res.n:,} images at once, feature maps {maps}; "
