@@ -197,9 +197,6 @@ class PGD:
         return PGD("l2", 1.0, 0.1, 20)
 
 
-AnyAttack = "PGD | unforeseen.Unforeseen"
-
-
 def from_dict(d: dict[str, Any]) -> "PGD | unforeseen.Unforeseen":
     """The attack a to_dict() describes: a PGD (its dicts carry no kind, so that keys
     made before the unforeseen attacks stay valid) or an unforeseen attack."""

@@ -686,6 +686,15 @@ def attack_examples_job(load: jobs.Loader, spec: str, inputs: str,
                      {"spec": spec, "inputs": inputs, "count": count})
 
 
+def adversarial_needs(load: jobs.Loader, a: str, b: str, inputs_a: str, inputs_b: str,
+                      adv_against: str, n: int, batch_size: int) -> dict[str, jobs.Job]:
+    """The adversarial examples a view of a and b reads ({"examples_a": job, ...}), each
+    side's made against the model adv_against names: its own, or a's or b's."""
+    against = {"a": b if adv_against == "b" else a, "b": a if adv_against == "a" else b}
+    return {f"examples_{side}": adversarial_job(load, against[side], choice, n, batch_size)
+            for side, choice in (("a", inputs_a), ("b", inputs_b)) if choice != "benign"}
+
+
 def cka_job(load: jobs.Loader, a: str, b: str, layers_a: str | list[str] = "blocks",
             layers_b: str | list[str] = "blocks", inputs_a: str = "benign",
             inputs_b: str = "benign", adv_against: str = "self", kernel: str = "linear",
@@ -722,12 +731,10 @@ def cka_job(load: jobs.Loader, a: str, b: str, layers_a: str | list[str] = "bloc
               "sigma_frac": sigma_frac if kernel == "rbf" else None,
               "batch_size": batch_size, "images": jobs.test_images(n) if source is None else
               {"folder": source.identity(), "order": "fixed-shuffle-0", "n": n}, **options}
-    against = {"a": b if adv_against == "b" else a, "b": a if adv_against == "a" else b}
     # CIFAR-10's adversarial examples are made once and shared by every view; a folder's
     # are made batch by batch as CKA reads them (224 px examples would not fit the store)
-    needs = {f"examples_{side}": adversarial_job(load, against[side], choice, n, batch_size)
-             for side, choice in (("a", inputs_a), ("b", inputs_b))
-             if choice != "benign" and source is None}
+    needs = (adversarial_needs(load, a, b, inputs_a, inputs_b, adv_against, n, batch_size)
+             if source is None else {})
 
     def run(progress: Reporter, examples_a: dict | None = None,
             examples_b: dict | None = None) -> dict:

@@ -445,9 +445,7 @@ def similarity_job(load: jobs.Loader, a: str, b: str, measure: str = "linear_cka
               "inputs_a": atk_a.to_dict() if atk_a else "benign",
               "inputs_b": atk_b.to_dict() if atk_b else "benign", "adv_against": adv_against,
               "batch_size": batch_size, "images": jobs.test_images(n)}
-    against = {"a": b if adv_against == "b" else a, "b": a if adv_against == "a" else b}
-    needs = {f"examples_{side}": cka.adversarial_job(load, against[side], choice, n, batch_size)
-             for side, choice in (("a", inputs_a), ("b", inputs_b)) if choice != "benign"}
+    needs = cka.adversarial_needs(load, a, b, inputs_a, inputs_b, adv_against, n, batch_size)
 
     def run(progress: Reporter, examples_a: dict | None = None,
             examples_b: dict | None = None) -> dict:
@@ -521,9 +519,7 @@ def calibration_job(load: jobs.Loader, a: str, b: str, layers_a: str | list[str]
               "inputs_b": atk_b.to_dict() if atk_b else "benign", "adv_against": adv_against,
               "batch_size": batch_size, "images": jobs.test_images(n), "count": count,
               "draws": CALIBRATION_DRAWS}
-    against = {"a": b if adv_against == "b" else a, "b": a if adv_against == "a" else b}
-    needs = {f"examples_{side}": cka.adversarial_job(load, against[side], choice, n, batch_size)
-             for side, choice in (("a", inputs_a), ("b", inputs_b)) if choice != "benign"}
+    needs = cka.adversarial_needs(load, a, b, inputs_a, inputs_b, adv_against, n, batch_size)
     m = MEASURES[name]
 
     def run(progress: Reporter, examples_a: dict | None = None,
